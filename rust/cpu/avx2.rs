@@ -1,0 +1,316 @@
+//! AVX2+FMA kernels, 8 lanes. Same names and contracts as `scalar`; tails go through a scalar
+//! leftovers loop so nothing reads past a slice. Callers must have checked AVX2 and FMA
+//! (`cpu::isa()` does), which is why every function here is `unsafe`.
+
+use super::{scalar, AdamParams};
+use std::arch::x86_64::*;
+
+const W: usize = 8;
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[inline(always)]
+unsafe fn hmax(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_max_ps(lo, hi);
+    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// exp(x) by Cephes' range reduction and degree-5 polynomial (rel. error ~2 ulp);
+/// inputs are clamped to [-88.38, 88.38], so -inf gives 0 and +inf gives ~1.7e38.
+#[inline(always)]
+pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.376_26)), _mm256_set1_ps(88.376_26));
+    let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut y = _mm256_set1_ps(1.987_569_1e-4);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.398_199_9e-3));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.333_452e-3));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.166_579_6e-2));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.166_666_65));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+    // 2^n through the exponent bits; n is in [-127, 128) after the clamp.
+    let e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+}
+
+#[inline(always)]
+unsafe fn sigmoid8(x: __m256) -> __m256 {
+    let one = _mm256_set1_ps(1.0);
+    let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+    _mm256_div_ps(one, _mm256_add_ps(one, e))
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 4 * W <= n {
+        for u in 0..4 {
+            // SAFETY: i + 4W <= n, so lanes i+uW .. i+uW+8 are in bounds of both slices.
+            acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + u * W)), _mm256_loadu_ps(pb.add(i + u * W)), acc[u]);
+        }
+        i += 4 * W;
+    }
+    while i + W <= n {
+        // SAFETY: i + W <= n.
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+        i += W;
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    hsum(v) + scalar::dot(&a[i..], &b[i..])
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len());
+    let n = x.len();
+    let va = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    while i + W <= n {
+        // SAFETY: i + W <= n for both slices.
+        let r = _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(y.as_ptr().add(i)));
+        _mm256_storeu_ps(y.as_mut_ptr().add(i), r);
+        i += W;
+    }
+    scalar::axpy(alpha, &x[i..], &mut y[i..]);
+}
+
+/// Applies `$vec` to 8-lane chunks of equal-length slices and `$tail` to the leftovers.
+macro_rules! map_lanes {
+    ($n:expr, |$i:ident| $vec:block, $tail:expr) => {{
+        let n = $n;
+        let mut $i = 0;
+        while $i + W <= n {
+            $vec
+            $i += W;
+        }
+        $tail($i)
+    }};
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn scale(alpha: f32, x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len());
+    let va = _mm256_set1_ps(alpha);
+    map_lanes!(x.len(), |i| {
+        // SAFETY: i + W <= len for both slices.
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i))));
+    }, |i: usize| scalar::scale(alpha, &x[i..], &mut out[i..]))
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
+    assert!(a.len() == b.len() && a.len() == out.len());
+    map_lanes!(a.len(), |i| {
+        // SAFETY: i + W <= len for all three slices.
+        let r = _mm256_add_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+    }, |i: usize| scalar::add(&a[i..], &b[i..], &mut out[i..]))
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn mul(a: &[f32], b: &[f32], out: &mut [f32]) {
+    assert!(a.len() == b.len() && a.len() == out.len());
+    map_lanes!(a.len(), |i| {
+        // SAFETY: i + W <= len for all three slices.
+        let r = _mm256_mul_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+    }, |i: usize| scalar::mul(&a[i..], &b[i..], &mut out[i..]))
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn scale_mul(alpha: f32, x: &[f32], w: &[f32], out: &mut [f32]) {
+    assert!(x.len() == w.len() && x.len() == out.len());
+    let va = _mm256_set1_ps(alpha);
+    map_lanes!(x.len(), |i| {
+        // SAFETY: i + W <= len for all three slices.
+        let xs = _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(xs, _mm256_loadu_ps(w.as_ptr().add(i))));
+    }, |i: usize| scalar::scale_mul(alpha, &x[i..], &w[i..], &mut out[i..]))
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn sum(x: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let tail = map_lanes!(x.len(), |i| {
+        // SAFETY: i + W <= len.
+        acc = _mm256_add_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
+    }, |i: usize| scalar::sum(&x[i..]));
+    hsum(acc) + tail
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn sumsq(x: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let tail = map_lanes!(x.len(), |i| {
+        // SAFETY: i + W <= len.
+        let v = _mm256_loadu_ps(x.as_ptr().add(i));
+        acc = _mm256_fmadd_ps(v, v, acc);
+    }, |i: usize| scalar::sumsq(&x[i..]));
+    hsum(acc) + tail
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn max(x: &[f32]) -> f32 {
+    let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+    let tail = map_lanes!(x.len(), |i| {
+        // SAFETY: i + W <= len.
+        acc = _mm256_max_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
+    }, |i: usize| scalar::max(&x[i..]));
+    hmax(acc).max(tail)
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
+    assert_eq!(x.len(), out.len());
+    let vs = _mm256_set1_ps(shift);
+    let mut acc = _mm256_setzero_ps();
+    let tail = map_lanes!(x.len(), |i| {
+        // SAFETY: i + W <= len for both slices.
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vs));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), e);
+        acc = _mm256_add_ps(acc, e);
+    }, |i: usize| scalar::exp_shift_sum(&x[i..], shift, &mut out[i..]));
+    hsum(acc) + tail
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn silu(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len());
+    map_lanes!(x.len(), |i| {
+        // SAFETY: i + W <= len for both slices.
+        let v = _mm256_loadu_ps(x.as_ptr().add(i));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(v)));
+    }, |i: usize| scalar::silu(&x[i..], &mut out[i..]))
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    assert!(x.len() == dy.len() && x.len() == dx.len());
+    let one = _mm256_set1_ps(1.0);
+    map_lanes!(x.len(), |i| {
+        // SAFETY: i + W <= len for all three slices.
+        let v = _mm256_loadu_ps(x.as_ptr().add(i));
+        let s = sigmoid8(v);
+        let t = _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one);
+        let r = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), s), t);
+        _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
+    }, |i: usize| scalar::silu_backward(&x[i..], &dy[i..], &mut dx[i..]))
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gelu(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len());
+    let k2 = _mm256_set1_ps(2.0 * scalar::GELU_K);
+    let c = _mm256_set1_ps(scalar::GELU_C);
+    map_lanes!(x.len(), |i| {
+        // SAFETY: i + W <= len for both slices.
+        let v = _mm256_loadu_ps(x.as_ptr().add(i));
+        let x3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+        let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(c, x3, v));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(u2)));
+    }, |i: usize| scalar::gelu(&x[i..], &mut out[i..]))
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    assert!(x.len() == dy.len() && x.len() == dx.len());
+    let k2 = _mm256_set1_ps(2.0 * scalar::GELU_K);
+    let c = _mm256_set1_ps(scalar::GELU_C);
+    let c3 = _mm256_set1_ps(3.0 * scalar::GELU_C);
+    let one = _mm256_set1_ps(1.0);
+    map_lanes!(x.len(), |i| {
+        // SAFETY: i + W <= len for all three slices.
+        let v = _mm256_loadu_ps(x.as_ptr().add(i));
+        let x2 = _mm256_mul_ps(v, v);
+        let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(_mm256_mul_ps(c, x2), v, v));
+        let s = sigmoid8(u2);
+        let du = _mm256_mul_ps(k2, _mm256_fmadd_ps(c3, x2, one));
+        let inner = _mm256_mul_ps(_mm256_mul_ps(v, s), _mm256_mul_ps(_mm256_sub_ps(one, s), du));
+        let r = _mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), _mm256_add_ps(s, inner));
+        _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
+    }, |i: usize| scalar::gelu_backward(&x[i..], &dy[i..], &mut dx[i..]))
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamParams) {
+    let n = p.len();
+    assert!(g.len() == n && m.len() == n && v.len() == n);
+    let b1 = _mm256_set1_ps(h.beta1);
+    let b2 = _mm256_set1_ps(h.beta2);
+    let nb1 = _mm256_set1_ps(1.0 - h.beta1);
+    let nb2 = _mm256_set1_ps(1.0 - h.beta2);
+    let decay = _mm256_set1_ps(1.0 - h.lr * h.weight_decay);
+    let step = _mm256_set1_ps(h.lr / h.bias1);
+    let bc2 = _mm256_set1_ps(h.bias2_sqrt);
+    let eps = _mm256_set1_ps(h.eps);
+    map_lanes!(n, |i| {
+        // SAFETY: i + W <= n for all four slices.
+        let gi = _mm256_loadu_ps(g.as_ptr().add(i));
+        let mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m.as_ptr().add(i))), _mm256_mul_ps(nb1, gi));
+        let vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v.as_ptr().add(i))), _mm256_mul_ps(_mm256_mul_ps(nb2, gi), gi));
+        let denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
+        let pi = _mm256_mul_ps(_mm256_loadu_ps(p.as_ptr().add(i)), decay);
+        let pi = _mm256_sub_ps(pi, _mm256_mul_ps(step, _mm256_div_ps(mi, denom)));
+        _mm256_storeu_ps(m.as_mut_ptr().add(i), mi);
+        _mm256_storeu_ps(v.as_mut_ptr().add(i), vi);
+        _mm256_storeu_ps(p.as_mut_ptr().add(i), pi);
+    }, |i: usize| scalar::adamw(&mut p[i..], &g[i..], &mut m[i..], &mut v[i..], h))
+}
+
+pub const MR: usize = 6;
+pub const NR: usize = 16;
+
+/// GEMM microkernel, 6×16 tile in 12 accumulators.
+///
+/// ```text
+///            b: 2 ymm per k step (16 columns)
+///          [ b0 (cols 0..8) ][ b1 (cols 8..16) ]
+/// a[0] ->  [ c00            ][ c01             ]
+/// a[1] ->  [ c10            ][ c11             ]
+///  ...          (one broadcast of a[r] per row, 2 FMAs)
+/// a[5] ->  [ c50            ][ c51             ]
+/// ```
+/// 12 accumulators + 2 B vectors + 1 broadcast = 15 of 16 ymm registers.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
+    assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    for p in 0..kc {
+        // SAFETY: p < kc and the asserts above bound both panels.
+        let b0 = _mm256_loadu_ps(pb.add(p * NR));
+        let b1 = _mm256_loadu_ps(pb.add(p * NR + W));
+        for r in 0..MR {
+            let ar = _mm256_broadcast_ss(&*pa.add(p * MR + r));
+            acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
+        }
+    }
+    let pc = c.as_mut_ptr();
+    for r in 0..MR {
+        for h in 0..2 {
+            // SAFETY: row r < MR and column h*8+8 <= NR are within the asserted extent of c.
+            let dst = pc.add(r * ldc + h * W);
+            let v = if accumulate { _mm256_add_ps(_mm256_loadu_ps(dst), acc[r][h]) } else { acc[r][h] };
+            _mm256_storeu_ps(dst, v);
+        }
+    }
+}

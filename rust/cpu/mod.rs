@@ -1,0 +1,129 @@
+//! Instruction-set detection (once per process) and dispatch of the primitive kernels.
+//!
+//! `scalar` is the specification of every kernel; `avx2` (AVX2+FMA) and `avx512` (AVX-512F) carry
+//! the same names. `SOS_ISA=scalar|avx2|avx512` forces a lower path than the host offers (a higher
+//! one than detected is refused, with a warning, since it would fault).
+
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
+use std::sync::OnceLock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+/// The best instruction set this host supports, ignoring the environment.
+pub fn detected() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Isa::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Scalar
+}
+
+/// True when the host can run kernels of `isa` (tests use this to skip loudly).
+pub fn supports(isa: Isa) -> bool {
+    isa <= detected()
+}
+
+/// The instruction set in use: detected once, lowered by `SOS_ISA` when set.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = detected();
+        match std::env::var("SOS_ISA").ok().as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") | Some("auto") => best,
+            Some(want) => {
+                let forced = match want {
+                    "scalar" => Isa::Scalar,
+                    "avx2" => Isa::Avx2,
+                    "avx512" => Isa::Avx512,
+                    other => {
+                        eprintln!("sos_rs: SOS_ISA={other} is not one of scalar|avx2|avx512; using {}", best.name());
+                        best
+                    }
+                };
+                if forced > best {
+                    eprintln!("sos_rs: SOS_ISA={} is not supported by this CPU; using {}", forced.name(), best.name());
+                    best
+                } else {
+                    forced
+                }
+            }
+        }
+    })
+}
+
+/// Dispatches one primitive to the kernel of the active instruction set. Elementwise kernels are
+/// memory-bound, so AVX-512 uses the AVX2 body for them except where `avx512` has its own.
+macro_rules! dispatch {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)?, $avx512:ident) => {
+        #[inline]
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            match isa() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: isa() only reports Avx512 when avx512f, avx2 and fma are present.
+                Isa::Avx512 => unsafe { $avx512::$name($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: isa() only reports Avx2 when avx2 and fma are present.
+                Isa::Avx2 => unsafe { avx2::$name($($arg),*) },
+                _ => scalar::$name($($arg),*),
+            }
+        }
+    };
+}
+
+dispatch!(dot(a: &[f32], b: &[f32]) -> f32, avx512);
+dispatch!(axpy(alpha: f32, x: &[f32], y: &mut [f32]), avx512);
+dispatch!(scale(alpha: f32, x: &[f32], out: &mut [f32]), avx2);
+dispatch!(add(a: &[f32], b: &[f32], out: &mut [f32]), avx2);
+dispatch!(mul(a: &[f32], b: &[f32], out: &mut [f32]), avx2);
+dispatch!(scale_mul(alpha: f32, x: &[f32], w: &[f32], out: &mut [f32]), avx2);
+dispatch!(sum(x: &[f32]) -> f32, avx2);
+dispatch!(sumsq(x: &[f32]) -> f32, avx2);
+dispatch!(max(x: &[f32]) -> f32, avx2);
+dispatch!(exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32, avx512);
+dispatch!(silu(x: &[f32], out: &mut [f32]), avx2);
+dispatch!(silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]), avx2);
+dispatch!(gelu(x: &[f32], out: &mut [f32]), avx2);
+dispatch!(gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]), avx2);
+dispatch!(adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamParams), avx2);
+
+/// AdamW hyper-parameters for one step, with the bias corrections already computed.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1 - beta1^step
+    pub bias1: f32,
+    /// sqrt(1 - beta2^step)
+    pub bias2_sqrt: f32,
+}
+
+#[cfg(test)]
+mod tests;

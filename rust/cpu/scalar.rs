@@ -1,0 +1,157 @@
+//! Scalar kernels: the specification every SIMD twin is tested against, and the fallback on
+//! hosts without AVX2+FMA. Plain loops in index order; no tricks.
+
+use super::AdamParams;
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// y += alpha * x
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len());
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+pub fn scale(alpha: f32, x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len());
+    for (o, xi) in out.iter_mut().zip(x) {
+        *o = alpha * xi;
+    }
+}
+
+pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
+    assert!(a.len() == b.len() && a.len() == out.len());
+    for i in 0..out.len() {
+        out[i] = a[i] + b[i];
+    }
+}
+
+pub fn mul(a: &[f32], b: &[f32], out: &mut [f32]) {
+    assert!(a.len() == b.len() && a.len() == out.len());
+    for i in 0..out.len() {
+        out[i] = a[i] * b[i];
+    }
+}
+
+/// out = alpha * x * w (the normalise-and-scale step of RMSNorm)
+pub fn scale_mul(alpha: f32, x: &[f32], w: &[f32], out: &mut [f32]) {
+    assert!(x.len() == w.len() && x.len() == out.len());
+    for i in 0..out.len() {
+        out[i] = alpha * x[i] * w[i];
+    }
+}
+
+pub fn sum(x: &[f32]) -> f32 {
+    x.iter().sum()
+}
+
+pub fn sumsq(x: &[f32]) -> f32 {
+    x.iter().map(|v| v * v).sum()
+}
+
+/// Largest element; -inf for an empty slice.
+pub fn max(x: &[f32]) -> f32 {
+    x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+/// out = exp(x - shift); returns the sum of out.
+pub fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
+    assert_eq!(x.len(), out.len());
+    let mut s = 0.0;
+    for (o, xi) in out.iter_mut().zip(x) {
+        *o = (xi - shift).exp();
+        s += *o;
+    }
+    s
+}
+
+#[inline]
+pub fn sigmoid1(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// silu(x) = x * sigmoid(x)
+pub fn silu(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len());
+    for (o, &xi) in out.iter_mut().zip(x) {
+        *o = xi * sigmoid1(xi);
+    }
+}
+
+/// dx = dy * s * (1 + x * (1 - s)), s = sigmoid(x)
+pub fn silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    assert!(x.len() == dy.len() && x.len() == dx.len());
+    for i in 0..x.len() {
+        let s = sigmoid1(x[i]);
+        dx[i] = dy[i] * s * (1.0 + x[i] * (1.0 - s));
+    }
+}
+
+pub const GELU_K: f32 = 0.797_884_6; // sqrt(2/pi)
+pub const GELU_C: f32 = 0.044_715;
+
+/// GELU, tanh approximation: 0.5x(1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi)(x + 0.044715x^3).
+pub fn gelu(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len());
+    for (o, &xi) in out.iter_mut().zip(x) {
+        let u = GELU_K * (xi + GELU_C * xi * xi * xi);
+        *o = xi * sigmoid1(2.0 * u);
+    }
+}
+
+/// d/dx [x s(2u)] = s + x * s(1-s) * 2u', u' = sqrt(2/pi)(1 + 3*0.044715x^2)
+pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    assert!(x.len() == dy.len() && x.len() == dx.len());
+    for i in 0..x.len() {
+        let xi = x[i];
+        let u = GELU_K * (xi + GELU_C * xi * xi * xi);
+        let s = sigmoid1(2.0 * u);
+        let du = 2.0 * GELU_K * (1.0 + 3.0 * GELU_C * xi * xi);
+        dx[i] = dy[i] * (s + xi * s * (1.0 - s) * du);
+    }
+}
+
+/// One AdamW step in place, in PyTorch's operation order:
+/// p -= lr*wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamParams) {
+    let n = p.len();
+    assert!(g.len() == n && m.len() == n && v.len() == n);
+    let decay = 1.0 - h.lr * h.weight_decay;
+    let step = h.lr / h.bias1;
+    for i in 0..n {
+        let gi = g[i];
+        m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
+        v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
+        let denom = v[i].sqrt() / h.bias2_sqrt + h.eps;
+        p[i] = p[i] * decay - step * (m[i] / denom);
+    }
+}
+
+/// The GEMM microkernel's tile for this path.
+pub const MR: usize = 4;
+pub const NR: usize = 8;
+
+/// C[MR×NR] (+)= A_panel · B_panel over `kc` steps; panels as packed by `ops::matmul`
+/// (a: kc×MR, column of A per step; b: kc×NR, row of B per step). `c` has row stride `ldc`.
+pub fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for p in 0..kc {
+        let bp = &b[p * NR..p * NR + NR];
+        for r in 0..MR {
+            let ar = a[p * MR + r];
+            for j in 0..NR {
+                acc[r][j] += ar * bp[j];
+            }
+        }
+    }
+    for r in 0..MR {
+        let row = &mut c[r * ldc..r * ldc + NR];
+        for j in 0..NR {
+            row[j] = if accumulate { row[j] + acc[r][j] } else { acc[r][j] };
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Every SIMD primitive against its scalar twin over sizes 0..70, 127, 128, 129, 1000.
+//! A path the host lacks is skipped with a printed reason.
+
+use super::*;
+use crate::ops::testutil::{assert_close, rand_vec, sizes};
+
+type Unary = unsafe fn(&[f32], &mut [f32]);
+type Binary = unsafe fn(&[f32], &[f32], &mut [f32]);
+
+fn paths() -> Vec<Isa> {
+    let mut v = Vec::new();
+    for isa in [Isa::Avx2, Isa::Avx512] {
+        if supports(isa) {
+            v.push(isa);
+        } else {
+            eprintln!("SKIP {} kernels: the host CPU lacks them", isa.name());
+        }
+    }
+    v
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn simd_matches_scalar() {
+    for isa in paths() {
+        for n in sizes() {
+            let a: Vec<f32> = rand_vec(n, 1).iter().map(|x| x * 4.0).collect();
+            let b = rand_vec(n, 2);
+            let tag = |k: &str| format!("{k} {} n={n}", isa.name());
+            // SAFETY: `paths()` only yields instruction sets the host supports.
+            unsafe {
+                let (d, ax, es) = match isa {
+                    Isa::Avx512 => (avx512::dot(&a, &b), { let mut y = b.clone(); avx512::axpy(0.7, &a, &mut y); y },
+                        { let mut o = vec![0.0; n]; let s = avx512::exp_shift_sum(&a, 0.5, &mut o); (s, o) }),
+                    _ => (avx2::dot(&a, &b), { let mut y = b.clone(); avx2::axpy(0.7, &a, &mut y); y },
+                        { let mut o = vec![0.0; n]; let s = avx2::exp_shift_sum(&a, 0.5, &mut o); (s, o) }),
+                };
+                assert_close(&[d], &[scalar::dot(&a, &b)], 1e-5, 1e-5, &tag("dot"));
+                let mut y = b.clone();
+                scalar::axpy(0.7, &a, &mut y);
+                assert_close(&ax, &y, 1e-6, 1e-6, &tag("axpy"));
+                let mut o = vec![0.0; n];
+                let s = scalar::exp_shift_sum(&a, 0.5, &mut o);
+                assert_close(&es.1, &o, 2e-6, 0.0, &tag("exp"));
+                assert_close(&[es.0], &[s], 1e-5, 0.0, &tag("exp sum"));
+
+                let unary: [(&str, Unary, fn(&[f32], &mut [f32])); 2] = [("silu", avx2::silu, scalar::silu), ("gelu", avx2::gelu, scalar::gelu)];
+                for (name, simd, reference) in unary {
+                    let (mut o1, mut o2) = (vec![0.0; n], vec![0.0; n]);
+                    simd(&a, &mut o1);
+                    reference(&a, &mut o2);
+                    assert_close(&o1, &o2, 1e-5, 1e-6, &tag(name));
+                }
+                let binary: [(&str, Binary, fn(&[f32], &[f32], &mut [f32])); 4] = [
+                    ("add", avx2::add, scalar::add),
+                    ("mul", avx2::mul, scalar::mul),
+                    ("silu_backward", avx2::silu_backward, scalar::silu_backward),
+                    ("gelu_backward", avx2::gelu_backward, scalar::gelu_backward),
+                ];
+                for (name, simd, reference) in binary {
+                    let (mut o1, mut o2) = (vec![0.0; n], vec![0.0; n]);
+                    simd(&a, &b, &mut o1);
+                    reference(&a, &b, &mut o2);
+                    assert_close(&o1, &o2, 1e-5, 1e-6, &tag(name));
+                }
+                let (mut o1, mut o2) = (vec![0.0; n], vec![0.0; n]);
+                avx2::scale(-1.5, &a, &mut o1);
+                scalar::scale(-1.5, &a, &mut o2);
+                assert_close(&o1, &o2, 0.0, 0.0, &tag("scale"));
+                avx2::scale_mul(0.3, &a, &b, &mut o1);
+                scalar::scale_mul(0.3, &a, &b, &mut o2);
+                assert_close(&o1, &o2, 1e-6, 0.0, &tag("scale_mul"));
+                assert_close(&[avx2::sum(&a)], &[scalar::sum(&a)], 1e-5, 1e-5, &tag("sum"));
+                assert_close(&[avx2::sumsq(&a)], &[scalar::sumsq(&a)], 1e-5, 1e-5, &tag("sumsq"));
+                assert_eq!(avx2::max(&a), scalar::max(&a), "{}", tag("max"));
+
+                let h = AdamParams { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, bias1: 0.19, bias2_sqrt: 0.3 };
+                let (mut p1, mut m1, mut v1) = (a.clone(), b.clone(), b.iter().map(|x| x * x).collect::<Vec<_>>());
+                let (mut p2, mut m2, mut v2) = (p1.clone(), m1.clone(), v1.clone());
+                avx2::adamw(&mut p1, &b, &mut m1, &mut v1, &h);
+                scalar::adamw(&mut p2, &b, &mut m2, &mut v2, &h);
+                assert_close(&p1, &p2, 1e-6, 1e-7, &tag("adamw p"));
+                assert_close(&m1, &m2, 1e-6, 1e-7, &tag("adamw m"));
+                assert_close(&v1, &v2, 1e-6, 1e-7, &tag("adamw v"));
+            }
+        }
+    }
+}
+
+#[test]
+fn exp_kernel_limits() {
+    // -inf gives exactly 0 on every path; large inputs saturate instead of producing NaN.
+    let x = [f32::NEG_INFINITY, -100.0, 0.0, 80.0];
+    let mut o = [0.0; 4];
+    exp_shift_sum(&x, 0.0, &mut o);
+    assert_eq!(o[0], 0.0);
+    assert!(o[1] < 1e-37 && (o[2] - 1.0).abs() < 1e-6 && o[3].is_finite());
+}

@@ -1,0 +1,14 @@
+//! sos_rs: FP32 tensors, SIMD kernels and their backward passes for training small language
+//! models on CPUs. Python bindings live in `py/` behind the `python` feature.
+
+pub mod cpu;
+pub mod error;
+pub mod ops;
+pub mod par;
+pub mod tensor;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::{Error, Result};
+pub use tensor::Tensor;

@@ -1,0 +1,77 @@
+//! Cross-entropy over the vocabulary fused with its softmax: forward gives the mean loss and the
+//! per-row log-sum-exp; backward writes (softmax - onehot) * dloss / N without a probability
+//! tensor ever being stored.
+
+use crate::cpu;
+use crate::error::{ensure_shape, Result};
+use crate::ops::embedding::check_ids;
+use crate::par;
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+const ROWS_PER_TASK: usize = 8;
+
+/// logits: [..., V], targets: [N] with N = rows of logits -> (mean loss, lse [N])
+pub fn cross_entropy_forward(logits: &Tensor, targets: &[u32]) -> Result<(f32, Tensor)> {
+    let v = logits.last_dim();
+    let n = if v == 0 { 0 } else { logits.numel() / v };
+    ensure_shape!(logits.ndim() >= 2 && n == targets.len(), "cross_entropy", "logits {:?} need one target per row; got {} targets", logits.shape(), targets.len());
+    ensure_shape!(n > 0, "cross_entropy", "no rows in logits {:?}", logits.shape());
+    check_ids("cross_entropy", targets, v)?;
+    let ld = logits.data();
+    let mut lse = Tensor::zeros(&[n]);
+    // Per-row losses, summed in fixed row order (not a parallel reduction) for determinism.
+    let mut losses = vec![0.0f32; n];
+    lse.data_mut().par_chunks_mut(ROWS_PER_TASK).zip(losses.par_chunks_mut(ROWS_PER_TASK)).enumerate().for_each(|(t, (lc, lo))| {
+        let mut tmp = vec![0.0f32; v];
+        for j in 0..lc.len() {
+            let r = t * ROWS_PER_TASK + j;
+            let row = &ld[r * v..(r + 1) * v];
+            let m = cpu::max(row);
+            let l = m + cpu::exp_shift_sum(row, m, &mut tmp).ln();
+            lc[j] = l;
+            lo[j] = l - row[targets[r] as usize];
+        }
+    });
+    let total: f64 = losses.iter().map(|&x| x as f64).sum();
+    Ok(((total / n as f64) as f32, lse))
+}
+
+/// dlogits = (softmax(logits) - onehot(target)) * dloss / N
+pub fn cross_entropy_backward(logits: &Tensor, targets: &[u32], lse: &Tensor, dloss: f32) -> Result<Tensor> {
+    let v = logits.last_dim();
+    let n = if v == 0 { 0 } else { logits.numel() / v };
+    ensure_shape!(n == targets.len() && lse.shape() == [n], "cross_entropy_backward", "logits {:?}, {} targets, lse {:?}", logits.shape(), targets.len(), lse.shape());
+    check_ids("cross_entropy_backward", targets, v)?;
+    let (ld, sd) = (logits.data(), lse.data());
+    let g = dloss / n as f32;
+    let mut dl = Tensor::zeros(logits.shape());
+    par::for_row_chunks(dl.data_mut(), v, ROWS_PER_TASK, |r0, out| {
+        for (j, drow) in out.chunks_mut(v).enumerate() {
+            let r = r0 + j;
+            cpu::exp_shift_sum(&ld[r * v..(r + 1) * v], sd[r], drow);
+            for x in drow.iter_mut() {
+                *x *= g;
+            }
+            drow[targets[r] as usize] -= g;
+        }
+    });
+    Ok(dl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_case() {
+        // logits [0, ln 3], target 1: p = [1/4, 3/4], loss = -ln(3/4) = 0.2876821
+        let l = Tensor::from_slice(&[1, 2], &[0.0, 3.0f32.ln()]).unwrap();
+        let (loss, lse) = cross_entropy_forward(&l, &[1]).unwrap();
+        assert!((loss - 0.287_682_1).abs() < 1e-6);
+        let d = cross_entropy_backward(&l, &[1], &lse, 1.0).unwrap();
+        assert!((d.data()[0] - 0.25).abs() < 1e-6 && (d.data()[1] + 0.25).abs() < 1e-6);
+        assert!(cross_entropy_forward(&l, &[2]).is_err());
+        assert!(cross_entropy_forward(&l, &[0, 1]).is_err());
+    }
+}

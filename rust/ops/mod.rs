@@ -1,0 +1,16 @@
+//! Ops on whole tensors: forward and backward pairs built from the `cpu` primitives, run on the
+//! sos_rs pool, with shape checks that return `Error` instead of panicking.
+
+pub mod activation;
+pub mod attention;
+pub mod cross_entropy;
+pub mod elementwise;
+pub mod embedding;
+pub mod matmul;
+pub mod norm;
+pub mod optim;
+pub mod rope;
+pub mod softmax;
+
+#[cfg(test)]
+pub(crate) mod testutil;

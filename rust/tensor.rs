@@ -1,0 +1,152 @@
+//! Contiguous row-major f32 tensors on 64-byte aligned buffers. No strides, no views: every op
+//! reads and writes whole buffers, which keeps kernels simple and SIMD loads aligned per row start.
+
+use crate::error::{ensure_shape, Result};
+use std::alloc::{self, Layout};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+const ALIGN: usize = 64;
+
+/// A 64-byte aligned, zero-initialised `[f32]` buffer.
+pub struct AlignedBuf {
+    ptr: NonNull<f32>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf uniquely owns its allocation, like Vec<f32>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only hands out &[f32], like Vec<f32>.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    pub fn zeros(len: usize) -> Self {
+        if len == 0 {
+            return AlignedBuf { ptr: NonNull::dangling(), len: 0 };
+        }
+        let layout = Self::layout(len);
+        // SAFETY: layout has non-zero size; a null return is handled below.
+        let raw = unsafe { alloc::alloc_zeroed(layout) } as *mut f32;
+        let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len }
+    }
+
+    fn layout(len: usize) -> Layout {
+        Layout::from_size_align(len * std::mem::size_of::<f32>(), ALIGN).expect("tensor too large")
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        // SAFETY: ptr is valid for len initialised f32s (zeroed at allocation) or dangling with len 0.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as above, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: allocated in `zeros` with this exact layout.
+            unsafe { alloc::dealloc(self.ptr.as_ptr() as *mut u8, Self::layout(self.len)) }
+        }
+    }
+}
+
+impl Clone for AlignedBuf {
+    fn clone(&self) -> Self {
+        let mut b = AlignedBuf::zeros(self.len);
+        b.as_mut_slice().copy_from_slice(self.as_slice());
+        b
+    }
+}
+
+/// An f32 tensor: shape plus a contiguous row-major buffer. Clones and reshapes share the buffer;
+/// the first write through a shared handle copies it (copy-on-write), so handles never alias.
+#[derive(Clone)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    buf: Arc<AlignedBuf>,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor{:?}", self.shape)
+    }
+}
+
+impl Tensor {
+    pub fn zeros(shape: &[usize]) -> Self {
+        let n = shape.iter().product();
+        Tensor { shape: shape.to_vec(), buf: Arc::new(AlignedBuf::zeros(n)) }
+    }
+
+    pub fn from_slice(shape: &[usize], data: &[f32]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        ensure_shape!(n == data.len(), "tensor", "shape {:?} needs {} values, got {}", shape, n, data.len());
+        let mut t = Tensor::zeros(shape);
+        t.data_mut().copy_from_slice(data);
+        Ok(t)
+    }
+
+    pub fn full(shape: &[usize], value: f32) -> Self {
+        let mut t = Tensor::zeros(shape);
+        t.data_mut().fill(value);
+        t
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn ndim(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn numel(&self) -> usize {
+        self.buf.len
+    }
+    pub fn data(&self) -> &[f32] {
+        self.buf.as_slice()
+    }
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        Arc::make_mut(&mut self.buf).as_mut_slice()
+    }
+    /// Size of the last dimension (1 for a scalar).
+    pub fn last_dim(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
+    /// Same buffer, new shape with the same element count.
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        ensure_shape!(n == self.numel(), "reshape", "cannot view {:?} as {:?}", self.shape, shape);
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_and_zeroed() {
+        for n in [1usize, 7, 64, 1000] {
+            let t = Tensor::zeros(&[n]);
+            assert_eq!(t.data().as_ptr() as usize % ALIGN, 0);
+            assert!(t.data().iter().all(|&x| x == 0.0));
+        }
+    }
+
+    #[test]
+    fn from_slice_checks_length() {
+        assert!(Tensor::from_slice(&[2, 3], &[0.0; 5]).is_err());
+        let t = Tensor::from_slice(&[2, 3], &[1.0; 6]).unwrap();
+        assert_eq!(t.clone().reshape(&[3, 2]).unwrap().shape(), &[3, 2]);
+        let mut u = t.clone();
+        u.data_mut()[0] = 5.0;
+        assert_eq!((t.data()[0], u.data()[0]), (1.0, 5.0), "copy-on-write");
+        assert!(t.reshape(&[4]).is_err());
+    }
+}
