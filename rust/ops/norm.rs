@@ -44,7 +44,7 @@ pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> R
         let (xr, dyr, s) = (&xd[r * d..(r + 1) * d], &dyd[r * d..(r + 1) * d], sd[r]);
         let mut wdy = vec![0.0; d];
         cpu::mul(wd, dyr, &mut wdy);
-        let c = s * cpu::dot(&wdy, xr) * s / d as f32; // mean(wdy * xhat), xhat = s*x
+        let c = s * cpu::dot(&wdy, xr) / d as f32; // mean(wdy * xhat), xhat = s*x
         for i in 0..d {
             dxr[i] = s * (wdy[i] - c * s * xr[i]);
         }

@@ -1,0 +1,33 @@
+"""sos_rs: a CPU-native FP32 engine for training small language models.
+
+The compiled core (`sos_rs._core`) owns tensors and kernels; this package holds autograd,
+modules, model families and optimizers.
+"""
+
+from . import _core
+from ._core import detected_isa, isa, num_threads, set_num_threads
+from .autograd import Tensor, no_grad, tensor
+from .errors import DTypeError, InvalidValueError, SosError, ShapeError
+from . import functional, nn, optim
+from .models.dense import DenseConfig, DenseLM
+
+__version__ = _core.__version__
+
+__all__ = [
+    "DTypeError",
+    "DenseConfig",
+    "DenseLM",
+    "InvalidValueError",
+    "ShapeError",
+    "SosError",
+    "Tensor",
+    "detected_isa",
+    "functional",
+    "isa",
+    "nn",
+    "no_grad",
+    "num_threads",
+    "optim",
+    "set_num_threads",
+    "tensor",
+]

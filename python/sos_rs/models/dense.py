@@ -1,0 +1,120 @@
+"""The dense baseline: a Llama-style decoder (pre-RMSNorm, RoPE, SwiGLU, no biases, optional
+tied embeddings). Parameter names match HF `LlamaForCausalLM`, so an export needs no renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+from .. import functional as F
+from ..autograd import Tensor
+from ..nn import CausalSelfAttention, Embedding, Linear, Module, ModuleList, RMSNorm, SwiGLUMLP
+
+
+@dataclass
+class DenseConfig:
+    vocab_size: int = 4096
+    """Tokens in the vocabulary; ids must lie in [0, vocab_size)."""
+    d_model: int = 128
+    """Width of the residual stream (HF hidden_size)."""
+    n_layers: int = 4
+    """Number of decoder blocks."""
+    n_heads: int = 4
+    """Query heads; head size is d_model / n_heads and must be even (RoPE rotates pairs)."""
+    n_kv_heads: Optional[int] = None
+    """Key/value heads (grouped-query attention); None means n_heads (plain multi-head)."""
+    ffn_hidden: Optional[int] = None
+    """SwiGLU hidden width; None means the Llama rule 8/3 * d_model rounded up to a multiple of 32."""
+    max_seq_len: int = 256
+    """Longest sequence the model is trained and sampled at (HF max_position_embeddings)."""
+    rope_theta: float = 10000.0
+    """RoPE base."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    tie_embeddings: bool = False
+    """Share the token embedding with the output projection (lm_head)."""
+    init_std: float = 0.02
+    """Std of the normal initialisation of every matrix; o_proj and down_proj use
+    init_std / sqrt(2 * n_layers) so the residual stream's variance does not grow with depth."""
+    seed: int = 0
+    """Seed of the initialisation."""
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.ffn_hidden is None:
+            self.ffn_hidden = 32 * math.ceil(8 * self.d_model / 3 / 32)
+        problems = []
+        if self.d_model % self.n_heads:
+            problems.append(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
+        elif (self.d_model // self.n_heads) % 2:
+            problems.append(f"head size {self.d_model // self.n_heads} must be even for RoPE")
+        if self.n_heads % self.n_kv_heads:
+            problems.append(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        if problems:
+            raise ValueError("DenseConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class DecoderLayer(Module):
+    def __init__(self, cfg: DenseConfig, rng: np.random.Generator):
+        super().__init__()
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.rope_theta, rng, cfg.init_std, out_std)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLUMLP(cfg.d_model, cfg.ffn_hidden, rng, cfg.init_std, out_std)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = F.add(x, self.self_attn(self.input_layernorm(x)))
+        return F.add(x, self.mlp(self.post_attention_layernorm(x)))
+
+
+class DenseBody(Module):
+    def __init__(self, cfg: DenseConfig, rng: np.random.Generator):
+        super().__init__()
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.d_model, rng, cfg.init_std)
+        self.layers = ModuleList(DecoderLayer(cfg, rng) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+class DenseLM(Module):
+    """Token ids [B, T] -> logits [B, T, vocab]."""
+
+    def __init__(self, cfg: DenseConfig):
+        super().__init__()
+        self.config = cfg
+        rng = np.random.default_rng(cfg.seed)
+        self.model = DenseBody(cfg, rng)
+        if not cfg.tie_embeddings:
+            self.lm_head = Linear(cfg.d_model, cfg.vocab_size, rng, cfg.init_std)
+
+    def __call__(self, ids: np.ndarray) -> Tensor:
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            from ..errors import ShapeError
+
+            raise ShapeError(f"DenseLM expects token ids [B, T], got shape {ids.shape}")
+        if ids.shape[1] > self.config.max_seq_len:
+            from ..errors import ShapeError
+
+            raise ShapeError(f"sequence length {ids.shape[1]} exceeds max_seq_len={self.config.max_seq_len}")
+        x = self.model.embed_tokens(ids)                                 # [B, T, D]
+        for layer in self.model.layers:
+            x = layer(x)
+        x = self.model.norm(x)
+        head = self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
+        return F.linear(x, head)                                         # [B, T, V]
+
+    def loss(self, ids: np.ndarray, targets: np.ndarray) -> Tensor:
+        """Mean next-token cross-entropy; targets [B, T]."""
+        return F.cross_entropy(self(ids), targets)

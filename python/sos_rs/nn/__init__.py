@@ -1,0 +1,7 @@
+"""Modules: the parameter tree and the layers every model family is built from."""
+
+from .layers import Embedding, LayerNorm, Linear, RMSNorm
+from .module import Module, ModuleList, Parameter
+from .transformer import CausalSelfAttention, SwiGLUMLP
+
+__all__ = ["CausalSelfAttention", "Embedding", "LayerNorm", "Linear", "Module", "ModuleList", "Parameter", "RMSNorm", "SwiGLUMLP"]

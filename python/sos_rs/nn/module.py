@@ -1,0 +1,98 @@
+"""`Module` and `Parameter`: a parameter tree with PyTorch-style dotted names, which are also
+the names used in safetensors files and HF exports."""
+
+from __future__ import annotations
+
+from typing import Dict, Iterator, Tuple
+
+import numpy as np
+
+from .. import _core
+from ..autograd import Tensor
+from ..errors import ShapeError
+
+
+class Parameter(Tensor):
+    """A leaf tensor that requires grad; weight decay applies unless `no_decay` is set."""
+
+    __slots__ = ("no_decay",)
+
+    def __init__(self, array: np.ndarray, no_decay: bool = False):
+        super().__init__(_core.Tensor(np.ascontiguousarray(array, dtype=np.float32)), requires_grad=True)
+        self.no_decay = no_decay
+
+
+class Module:
+    """Registers Parameter and Module attributes in assignment order."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_params", {})
+        object.__setattr__(self, "_modules", {})
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, Parameter):
+            self._params[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, Parameter]]:
+        seen: set[int] = set()
+        for name, p in self._named(prefix):
+            if id(p) not in seen:  # tied weights appear once, under their first name
+                seen.add(id(p))
+                yield name, p
+
+    def _named(self, prefix: str):
+        for name, p in self._params.items():
+            yield prefix + name, p
+        for name, m in self._modules.items():
+            yield from m._named(prefix + name + ".")
+
+    def parameters(self) -> list:
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(p.data.numel() for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        return {name: p.numpy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copies arrays into the parameters by name; shapes must match exactly."""
+        own = dict(self.named_parameters())
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+        for name, p in own.items():
+            if name not in state:
+                continue
+            arr = np.asarray(state[name])
+            if tuple(arr.shape) != tuple(p.shape):
+                raise ShapeError(f"load_state_dict: {name} has shape {tuple(arr.shape)}, the model expects {tuple(p.shape)}")
+            p.data.copy_(_core.Tensor(np.ascontiguousarray(arr, dtype=np.float32)))
+
+
+class ModuleList(Module):
+    """Submodules named 0, 1, 2, ... (as in `layers.3.mlp`)."""
+
+    def __init__(self, modules) -> None:
+        super().__init__()
+        self._items = []
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+            self._items.append(m)
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i: int) -> Module:
+        return self._items[i]
