@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's test command: creates .venv, builds the extension in release mode, runs every
+# Rust and Python test. Works on a fresh machine with Rust and Python 3.9+.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "maturin>=1.5,<2" "numpy>=1.24" "pytest>=7"
+echo "== building sos_rs (release)"
+VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release -q
+echo "== Rust tests"
+cargo test --release -q
+echo "== Python tests"
+.venv/bin/python -m pytest -q -rs "$@"
