@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod error;
+pub mod moe;
 pub mod ops;
 pub mod par;
 pub mod tensor;

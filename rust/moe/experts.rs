@@ -1,0 +1,215 @@
+//! A bank of SwiGLU experts run over grouped rows: one dense GEMM per expert and projection over
+//! that expert's contiguous block of slots, so the work is proportional to N·k, not to E·N.
+//! Empty experts cost nothing in forward and get zero weight gradients.
+//!
+//! Weights (PyTorch Linear layout, stacked):  w_gate, w_up: [E, H, D]   w_down: [E, D, H]
+
+use crate::cpu;
+use crate::error::{ensure_shape, Result};
+use crate::ops::matmul::gemm;
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+
+#[derive(Clone, Copy)]
+struct Dims {
+    e: usize,
+    h: usize,
+    d: usize,
+    s: usize,
+}
+
+fn dims(op: &'static str, xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor, wd: &Tensor) -> Result<Dims> {
+    ensure_shape!(wg.ndim() == 3 && wu.shape() == wg.shape(), op, "w_gate {:?} and w_up {:?} must both be [E, H, D]", wg.shape(), wu.shape());
+    let (e, h, d) = (wg.shape()[0], wg.shape()[1], wg.shape()[2]);
+    ensure_shape!(wd.shape() == [e, d, h], op, "w_down {:?} must be [{}, {}, {}]", wd.shape(), e, d, h);
+    ensure_shape!(xs.ndim() == 2 && xs.shape()[1] == d, op, "rows {:?} must be [S, {}]", xs.shape(), d);
+    let s = xs.shape()[0];
+    ensure_shape!(offsets.len() == e + 1 && offsets[0] == 0 && offsets[e] == s && offsets.windows(2).all(|w| w[0] <= w[1]), op,
+        "offsets must rise from 0 to {} over {} experts, got {:?}", s, e, offsets);
+    Ok(Dims { e, h, d, s })
+}
+
+/// a = silu(g) * u over matching chunks (elementwise, fixed chunking).
+fn swiglu(g: &[f32], u: &[f32], a: &mut [f32]) {
+    a.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
+        let r = i * CHUNK..i * CHUNK + o.len();
+        cpu::silu(&g[r.clone()], o);
+        for (v, uu) in o.iter_mut().zip(&u[r]) {
+            *v *= uu;
+        }
+    });
+}
+
+/// ys[slots of e] = (silu(xs W_gate[e]ᵀ) ⊙ xs W_up[e]ᵀ) W_down[e]ᵀ.
+/// xs: [S, D] grouped by `offsets` (len E+1) -> (ys [S, D], g [S, H], u [S, H]); g, u are the
+/// cache backward reads.
+pub fn experts_forward(xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor, wd: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let Dims { e, h, d, s } = dims("experts", xs, offsets, wg, wu, wd)?;
+    let (mut g, mut u, mut ys) = (Tensor::zeros(&[s, h]), Tensor::zeros(&[s, h]), Tensor::zeros(&[s, d]));
+    let mut a = vec![0.0f32; s * h];
+    let x = xs.data();
+    for ex in 0..e {
+        let (r0, m) = (offsets[ex], offsets[ex + 1] - offsets[ex]);
+        if m == 0 {
+            continue;
+        }
+        let xe = &x[r0 * d..(r0 + m) * d];
+        gemm(m, h, d, xe, false, &wg.data()[ex * h * d..(ex + 1) * h * d], true, &mut g.data_mut()[r0 * h..(r0 + m) * h], false);
+        gemm(m, h, d, xe, false, &wu.data()[ex * h * d..(ex + 1) * h * d], true, &mut u.data_mut()[r0 * h..(r0 + m) * h], false);
+    }
+    swiglu(g.data(), u.data(), &mut a);
+    for ex in 0..e {
+        let (r0, m) = (offsets[ex], offsets[ex + 1] - offsets[ex]);
+        if m > 0 {
+            gemm(m, d, h, &a[r0 * h..(r0 + m) * h], false, &wd.data()[ex * d * h..(ex + 1) * d * h], true, &mut ys.data_mut()[r0 * d..(r0 + m) * d], false);
+        }
+    }
+    Ok((ys, g, u))
+}
+
+/// Gradients of experts_forward given dys [S, D]: (dxs [S, D], dw_gate, dw_up, dw_down).
+#[allow(clippy::too_many_arguments)]
+pub fn experts_backward(xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor, wd: &Tensor, g: &Tensor, u: &Tensor, dys: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let Dims { e, h, d, s } = dims("experts_backward", xs, offsets, wg, wu, wd)?;
+    ensure_shape!(g.shape() == [s, h] && u.shape() == [s, h] && dys.shape() == [s, d], "experts_backward",
+        "g {:?}, u {:?} must be [{}, {}]; dys {:?} must be [{}, {}]", g.shape(), u.shape(), s, h, dys.shape(), s, d);
+    let (x, gd, ud, dy) = (xs.data(), g.data(), u.data(), dys.data());
+    let mut a = vec![0.0f32; s * h];
+    swiglu(gd, ud, &mut a);
+    let (mut dwg, mut dwu, mut dwd) = (Tensor::zeros(wg.shape()), Tensor::zeros(wu.shape()), Tensor::zeros(wd.shape()));
+    // da = dy W_down[e];  dW_down[e] = dyᵀ a
+    let mut da = vec![0.0f32; s * h];
+    for ex in 0..e {
+        let (r0, m) = (offsets[ex], offsets[ex + 1] - offsets[ex]);
+        if m == 0 {
+            continue;
+        }
+        let dye = &dy[r0 * d..(r0 + m) * d];
+        gemm(m, h, d, dye, false, &wd.data()[ex * d * h..(ex + 1) * d * h], false, &mut da[r0 * h..(r0 + m) * h], false);
+        gemm(d, h, m, dye, true, &a[r0 * h..(r0 + m) * h], false, &mut dwd.data_mut()[ex * d * h..(ex + 1) * d * h], false);
+    }
+    // dg = da ⊙ u ⊙ silu'(g);  du = da ⊙ silu(g)   (reusing the buffers a -> du, da -> dg)
+    let mut dg = vec![0.0f32; s * h];
+    dg.par_chunks_mut(CHUNK).zip(a.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (dgo, duo))| {
+        let r = i * CHUNK..i * CHUNK + dgo.len();
+        let mut dau = vec![0.0f32; dgo.len()];
+        cpu::mul(&da[r.clone()], &ud[r.clone()], &mut dau);
+        cpu::silu_backward(&gd[r.clone()], &dau, dgo);
+        cpu::silu(&gd[r.clone()], duo);
+        for (v, dd) in duo.iter_mut().zip(&da[r]) {
+            *v *= dd;
+        }
+    });
+    let du = a;
+    let mut dxs = Tensor::zeros(&[s, d]);
+    for ex in 0..e {
+        let (r0, m) = (offsets[ex], offsets[ex + 1] - offsets[ex]);
+        if m == 0 {
+            continue;
+        }
+        let (dge, due, xe) = (&dg[r0 * h..(r0 + m) * h], &du[r0 * h..(r0 + m) * h], &x[r0 * d..(r0 + m) * d]);
+        let (wge, wue) = (&wg.data()[ex * h * d..(ex + 1) * h * d], &wu.data()[ex * h * d..(ex + 1) * h * d]);
+        let dx = &mut dxs.data_mut()[r0 * d..(r0 + m) * d];
+        gemm(m, d, h, dge, false, wge, false, dx, false);
+        gemm(m, d, h, due, false, wue, false, dx, true);
+        gemm(h, d, m, dge, true, xe, false, &mut dwg.data_mut()[ex * h * d..(ex + 1) * h * d], false);
+        gemm(h, d, m, due, true, xe, false, &mut dwu.data_mut()[ex * h * d..(ex + 1) * h * d], false);
+    }
+    Ok((dxs, dwg, dwu, dwd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testutil::{assert_close, rand_vec, run_threads, same_bits};
+
+    fn silu64(x: f64) -> f64 {
+        x / (1.0 + (-x).exp())
+    }
+
+    /// f64 loop reference of one expert row.
+    fn reference_row(x: &[f32], wg: &[f32], wu: &[f32], wd: &[f32], h: usize, d: usize) -> Vec<f64> {
+        let a: Vec<f64> = (0..h).map(|j| {
+            let g: f64 = (0..d).map(|c| x[c] as f64 * wg[j * d + c] as f64).sum();
+            let u: f64 = (0..d).map(|c| x[c] as f64 * wu[j * d + c] as f64).sum();
+            silu64(g) * u
+        }).collect();
+        (0..d).map(|c| (0..h).map(|j| a[j] * wd[c * h + j] as f64).sum()).collect()
+    }
+
+    fn setup(e: usize, h: usize, d: usize, offsets: &[usize]) -> (Tensor, Tensor, Tensor, Tensor) {
+        let s = offsets[e];
+        let xs = Tensor::from_slice(&[s, d], &rand_vec(s * d, 11)).unwrap();
+        let wg = Tensor::from_slice(&[e, h, d], &rand_vec(e * h * d, 12)).unwrap();
+        let wu = Tensor::from_slice(&[e, h, d], &rand_vec(e * h * d, 13)).unwrap();
+        let wd = Tensor::from_slice(&[e, d, h], &rand_vec(e * d * h, 14)).unwrap();
+        (xs, wg, wu, wd)
+    }
+
+    #[test]
+    fn forward_matches_per_row_reference_with_empty_experts() {
+        let (e, h, d) = (4, 7, 5);
+        let offsets = [0, 3, 3, 10, 11]; // expert 1 is empty
+        let (xs, wg, wu, wd) = setup(e, h, d, &offsets);
+        let (ys, _, _) = experts_forward(&xs, &offsets, &wg, &wu, &wd).unwrap();
+        for ex in 0..e {
+            for r in offsets[ex]..offsets[ex + 1] {
+                let want = reference_row(&xs.data()[r * d..(r + 1) * d], &wg.data()[ex * h * d..], &wu.data()[ex * h * d..], &wd.data()[ex * d * h..], h, d);
+                let want: Vec<f32> = want.iter().map(|v| *v as f32).collect();
+                assert_close(&ys.data()[r * d..(r + 1) * d], &want, 1e-5, 1e-5, "expert row");
+            }
+        }
+        assert!(experts_forward(&xs, &[0, 3, 3, 10], &wg, &wu, &wd).is_err());
+        assert!(experts_forward(&xs, &[0, 3, 2, 10, 11], &wg, &wu, &wd).is_err());
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_of_a_row() {
+        // loss = Σ dys ⊙ ys; check d/dxs and d/dW_gate at a few entries by central differences (f32, loose).
+        let (e, h, d) = (2, 4, 3);
+        let offsets = [0, 2, 5];
+        let (xs, wg, wu, wd) = setup(e, h, d, &offsets);
+        let dys = Tensor::from_slice(&[5, d], &rand_vec(5 * d, 15)).unwrap();
+        let (_, g, u) = experts_forward(&xs, &offsets, &wg, &wu, &wd).unwrap();
+        let (dxs, dwg, dwu, dwd) = experts_backward(&xs, &offsets, &wg, &wu, &wd, &g, &u, &dys).unwrap();
+        let loss = |xs: &Tensor, wg: &Tensor, wu: &Tensor, wd: &Tensor| -> f64 {
+            let (ys, _, _) = experts_forward(xs, &offsets, wg, wu, wd).unwrap();
+            ys.data().iter().zip(dys.data()).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        let eps = 1e-2f32;
+        let check = |which: usize, i: usize, want: f32| {
+            let mut ts = [xs.clone(), wg.clone(), wu.clone(), wd.clone()];
+            ts[which].data_mut()[i] += eps;
+            let fp = loss(&ts[0], &ts[1], &ts[2], &ts[3]);
+            ts[which].data_mut()[i] -= 2.0 * eps;
+            let fm = loss(&ts[0], &ts[1], &ts[2], &ts[3]);
+            let num = ((fp - fm) / (2.0 * eps as f64)) as f32;
+            assert!((num - want).abs() < 2e-3 * (1.0 + want.abs()), "input {which}[{i}]: numeric {num} vs {want}");
+        };
+        for i in [0, 4, 14] {
+            check(0, i, dxs.data()[i]);
+        }
+        for i in [0, 13, 23] {
+            check(1, i, dwg.data()[i]);
+            check(2, i, dwu.data()[i]);
+            check(3, i, dwd.data()[i]);
+        }
+    }
+
+    #[test]
+    fn one_and_two_threads_same_bits() {
+        let (e, h, d) = (3, 96, 80);
+        let offsets = [0, 70, 71, 200];
+        let (xs, wg, wu, wd) = setup(e, h, d, &offsets);
+        let outs = run_threads(|| {
+            let (ys, g, u) = experts_forward(&xs, &offsets, &wg, &wu, &wd).unwrap();
+            let (a, b, c, dd) = experts_backward(&xs, &offsets, &wg, &wu, &wd, &g, &u, &ys).unwrap();
+            [ys, a, b, c, dd].map(|t| t.data().to_vec())
+        });
+        for i in 0..5 {
+            assert!(same_bits(&outs[0][i], &outs[1][i]), "output {i}");
+        }
+    }
+}

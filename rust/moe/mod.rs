@@ -1,0 +1,13 @@
+//! Sparse expert dispatch (SPEC §6.1): the router (softmax with temperature, top-k, renormalised
+//! gates, load-balance and z-losses), the counting-sort `Plan` that groups tokens by expert under a
+//! capacity limit, gather/scatter with gradients, and a SwiGLU expert bank run as one GEMM per
+//! expert. Work grows with the number of routed assignments (N·k), not with the number of experts.
+//!
+//! Heterogeneous experts (the paths of an MoA block) use the same `Plan`: each path runs on
+//! `Plan::tokens_of(e)` and `combine_forward` scatters the outputs back weighted.
+
+pub mod dispatch;
+pub mod experts;
+pub mod router;
+
+pub use dispatch::{build_plan, capacity_for, Plan, DROPPED};
