@@ -7,6 +7,7 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
+pub mod metric_attention;
 pub mod norm;
 pub mod optim;
 pub mod rope;
