@@ -4,13 +4,17 @@
 pub mod activation;
 pub mod attention;
 pub mod cross_entropy;
+pub mod dwconv;
 pub mod elementwise;
 pub mod embedding;
+pub mod gating;
 pub mod matmul;
 pub mod metric_attention;
+pub mod metric_reg;
 pub mod norm;
 pub mod optim;
 pub mod rope;
+pub mod rope_angles;
 pub mod softmax;
 
 #[cfg(test)]

@@ -1,0 +1,108 @@
+//! Rotary embedding with given angles, forward and backward to both the input and the angles, so
+//! angles can be learned (BlackHoleRoPE adds a learned Fourier perturbation to RoPE's phases).
+//! Rotate-half layout as HF Llama: channel f pairs with f + hd/2,
+//!   y1 = x1 cos a - x2 sin a,   y2 = x2 cos a + x1 sin a,   a = ang[pos[n], f].
+//! Layouts: x [..., H, hd] seen as N rows of H·hd; ang [P, hd/2]; pos [N] with entries < P.
+
+use crate::error::{ensure_shape, Error, Result};
+use crate::par;
+use crate::tensor::Tensor;
+
+fn dims(op: &'static str, x: &Tensor, ang: &Tensor, pos: &[u32]) -> Result<(usize, usize, usize)> {
+    ensure_shape!(x.ndim() >= 2 && ang.ndim() == 2, op, "need x [..., H, hd] and ang [P, hd/2], got {:?}, {:?}", x.shape(), ang.shape());
+    let (h, hd) = (x.shape()[x.ndim() - 2], x.last_dim());
+    ensure_shape!(hd % 2 == 0 && ang.shape()[1] == hd / 2, op, "head size {} must be even and match ang {:?}", hd, ang.shape());
+    let n = x.numel() / (h * hd).max(1);
+    ensure_shape!(pos.len() == n, op, "{} positions for {} rows of x {:?}", pos.len(), n, x.shape());
+    if let Some(&p) = pos.iter().find(|&&p| p as usize >= ang.shape()[0]) {
+        return Err(Error::value(op, format!("position {p} is out of range for {} angle rows", ang.shape()[0])));
+    }
+    Ok((n, h, hd))
+}
+
+/// Rotates each (x1, x2) pair of one row by the angles `a` (len hd/2) scaled by `sign`.
+fn rotate(src: &[f32], a: &[f32], sign: f32, dst: &mut [f32]) {
+    let half = a.len();
+    for f in 0..half {
+        let (s, c) = (sign * a[f]).sin_cos();
+        let (x1, x2) = (src[f], src[f + half]);
+        dst[f] = x1 * c - x2 * s;
+        dst[f + half] = x2 * c + x1 * s;
+    }
+}
+
+pub fn rope_angles_forward(x: &Tensor, ang: &Tensor, pos: &[u32]) -> Result<Tensor> {
+    let (_, h, hd) = dims("rope_angles", x, ang, pos)?;
+    let mut y = Tensor::zeros(x.shape());
+    let (xd, ad, half) = (x.data(), ang.data(), hd / 2);
+    par::for_row_chunks(y.data_mut(), h * hd, par::rows_per_task(h * hd), |r0, out| {
+        for (j, row) in out.chunks_mut(h * hd).enumerate() {
+            let n = r0 + j;
+            let a = &ad[pos[n] as usize * half..][..half];
+            for hh in 0..h {
+                let at = n * h * hd + hh * hd;
+                rotate(&xd[at..at + hd], a, 1.0, &mut row[hh * hd..(hh + 1) * hd]);
+            }
+        }
+    });
+    Ok(y)
+}
+
+/// dx = rotation of dy by -a;  dang[pos[n], f] += Σ_h (dy2 · y1 - dy1 · y2), reduced over fixed
+/// row blocks in block order.
+pub fn rope_angles_backward(x: &Tensor, ang: &Tensor, pos: &[u32], dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (n, h, hd) = dims("rope_angles_backward", x, ang, pos)?;
+    ensure_shape!(dy.shape() == x.shape(), "rope_angles_backward", "dy {:?} vs x {:?}", dy.shape(), x.shape());
+    let (xd, ad, dyd, half) = (x.data(), ang.data(), dy.data(), hd / 2);
+    let mut dx = Tensor::zeros(x.shape());
+    par::for_row_chunks(dx.data_mut(), h * hd, par::rows_per_task(h * hd), |r0, out| {
+        for (j, row) in out.chunks_mut(h * hd).enumerate() {
+            let r = r0 + j;
+            let a = &ad[pos[r] as usize * half..][..half];
+            for hh in 0..h {
+                let at = r * h * hd + hh * hd;
+                rotate(&dyd[at..at + hd], a, -1.0, &mut row[hh * hd..(hh + 1) * hd]);
+            }
+        }
+    });
+    let block = 256usize;
+    let dang = par::ordered_sum(n.div_ceil(block), ang.numel(), |bi| {
+        let mut part = vec![0.0f32; ang.numel()];
+        let mut y = vec![0.0f32; hd];
+        for r in bi * block..((bi + 1) * block).min(n) {
+            let p = pos[r] as usize;
+            for hh in 0..h {
+                let at = r * h * hd + hh * hd;
+                rotate(&xd[at..at + hd], &ad[p * half..(p + 1) * half], 1.0, &mut y);
+                let g = &dyd[at..at + hd];
+                for f in 0..half {
+                    part[p * half + f] += g[f + half] * y[f] - g[f] * y[f + half];
+                }
+            }
+        }
+        part
+    });
+    Ok((dx, Tensor::from_slice(ang.shape(), &dang)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::rope::rope_forward;
+    use crate::ops::testutil::{assert_close, rand_vec, run_threads, same_bits};
+
+    #[test]
+    fn standard_angles_match_rope() {
+        // ang[t, f] = t · base^(-2f/hd) reproduces the RoPE op.
+        let (b, t, h, hd) = (2, 9, 3, 8);
+        let x = Tensor::from_slice(&[b, t, h, hd], &rand_vec(b * t * h * hd, 1)).unwrap();
+        let ang: Vec<f32> = (0..t).flat_map(|p| (0..hd / 2).map(move |f| p as f32 * 100f32.powf(-2.0 * f as f32 / hd as f32))).collect();
+        let ang = Tensor::from_slice(&[t, hd / 2], &ang).unwrap();
+        let pos: Vec<u32> = (0..b * t).map(|r| (r % t) as u32).collect();
+        let y = rope_angles_forward(&x, &ang, &pos).unwrap();
+        assert_close(y.data(), rope_forward(&x, None, 100.0).unwrap().data(), 1e-5, 1e-5, "rope");
+        assert!(rope_angles_forward(&x, &ang, &pos[1..]).is_err());
+        let outs = run_threads(|| rope_angles_backward(&x, &ang, &pos, &y).unwrap().1.data().to_vec());
+        assert!(same_bits(&outs[0], &outs[1]));
+    }
+}
