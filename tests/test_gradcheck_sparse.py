@@ -1,0 +1,140 @@
+"""The sparse ops against float64 numpy references (tests/references_sparse.py): forward values
+and central-difference gradients in float64 (eps 1e-6, rtol 1e-3, atol 1e-5, as gradcheck).
+Router, dispatch/combine, the expert bank, a whole MoE layer, metric attention (dense, MQA,
+routed rows, soft ball bias, hard pruning), ball penalty, TI loss and the MoA block's small ops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import references as R
+import references_sparse as RS
+import sos_rs
+from sos_rs import _core
+from sos_rs import functional as F
+from sos_rs import functional_sparse as FS
+
+EPS, RTOL, ATOL = 1e-6, 1e-3, 1e-5
+rng = np.random.default_rng(11)
+
+
+def arr(*shape, lo=-1.0, hi=1.0):
+    return rng.uniform(lo, hi, shape).astype(np.float32)
+
+
+def distinct_choices(n, k, e):
+    return np.stack([rng.permutation(e)[:k] for _ in range(n)])
+
+
+# Fixed discrete data shared by a case's op and its reference.
+P = RS.softmax(arr(6, 5, lo=-2, hi=2).astype(np.float64)).astype(np.float32)
+_, P_IDX = _core.topk_gates_forward(_core.Tensor(P), 2, True)
+IDX = distinct_choices(9, 2, 4)
+PLAN = FS.moe_plan(IDX, 4, capacity=4)                       # 18 assignments, 16 seats: drops
+SLOT_TOKEN = np.concatenate([PLAN.rows(e) for e in range(4)])
+TOKEN_SLOT = PLAN.token_slot()
+OFFSETS = PLAN.offsets
+ROWS = np.array([0, 2, 3, 6, 7, 9, 10, 11])                  # routed queries of B=2, T=6
+TRIPLES = rng.integers(0, 12, (7, 3))
+POS = np.array([3, 0, 2, 2, 1, 4])
+
+
+def moe_layer_case():
+    """A whole MoE layer: router linear -> probs (τ=1.5) -> top-2 gates -> plan -> dispatch ->
+    SwiGLU experts -> combine, with choices and plan fixed from the float32 forward."""
+    x, wr = arr(10, 6), arr(4, 6)
+    wg, wu, wd = arr(4, 5, 6), arr(4, 5, 6), arr(4, 6, 5)
+    probs = _core.router_probs_forward(_core.matmul(_core.Tensor(x), _core.Tensor(wr), False, True), 1.5)
+    _, idx = _core.topk_gates_forward(probs, 2, True)
+    plan = FS.moe_plan(idx, 4, capacity_factor=1.0)
+    slot_token = np.concatenate([plan.rows(e) for e in range(4)])
+    token_slot, offsets = plan.token_slot(), plan.offsets
+
+    def op(x, wr, wg, wu, wd):
+        gates, _ = FS.topk_gates(FS.router_probs(F.linear(x, wr), 1.5), 2)
+        ys = FS.experts_swiglu(FS.dispatch(x, plan), plan, wg, wu, wd)
+        return FS.combine(ys, gates, plan)
+
+    def ref(x, wr, wg, wu, wd):
+        gates = RS.topk_gates(RS.router_probs(x @ wr.T, 1.5), idx)
+        return RS.combine(RS.experts_swiglu(x[slot_token], offsets, wg, wu, wd), gates, token_slot)
+
+    return ("moe_layer", op, ref, [x, wr, wg, wu, wd], [0, 1, 2, 3, 4])
+
+
+def metric_inputs(b, t, h, hkv, hd, m=None):
+    q = arr(m, h, hd) if m else arr(b, t, h, hd)
+    return [q, arr(b, t, hkv, hd), arr(b, t, hkv, hd), arr(h, lo=0.5, hi=2.0), arr(h, hd, lo=0.2, hi=1.0), arr(b, t, h)]
+
+
+KB_HARD = arr(2, 6, 2)
+
+CASES = [
+    ("router_probs", lambda x: FS.router_probs(x, 2.0), lambda x: RS.router_probs(x, 2.0), [arr(5, 4, lo=-2, hi=2)], [0]),
+    ("topk_gates", lambda p: FS.topk_gates(p, 2)[0], lambda p: RS.topk_gates(p, P_IDX), [P], [0]),
+    ("topk_gates_raw", lambda p: FS.topk_gates(p, 2, renormalize=False)[0], lambda p: RS.topk_gates(p, P_IDX, False), [P], [0]),
+    ("load_balance", lambda p: FS.load_balance_loss(p, P_IDX), lambda p: RS.load_balance(p, P_IDX), [P], [0]),
+    ("z_loss", FS.router_z_loss, RS.z_loss, [arr(5, 4, lo=-2, hi=2)], [0]),
+    ("dispatch", lambda x: FS.dispatch(x, PLAN), lambda x: RS.dispatch(x, SLOT_TOKEN), [arr(9, 3)], [0]),
+    ("combine", lambda ys, g: FS.combine(ys, g, PLAN), lambda ys, g: RS.combine(ys, g, TOKEN_SLOT), [arr(PLAN.n_slots, 3), arr(9, 2)], [0, 1]),
+    ("experts_swiglu", lambda xs, a, b, c: FS.experts_swiglu(xs, PLAN, a, b, c), lambda xs, a, b, c: RS.experts_swiglu(xs, OFFSETS, a, b, c),
+     [arr(PLAN.n_slots, 3), arr(4, 5, 3), arr(4, 5, 3), arr(4, 3, 5)], [0, 1, 2, 3]),
+    moe_layer_case(),
+    ("metric_mha", lambda q, k, v, a, w: FS.metric_attention(q, k, v, a, w), lambda q, k, v, a, w: RS.metric_attention(q, k, v, a, w),
+     metric_inputs(2, 5, 2, 2, 4)[:5], [0, 1, 2, 3, 4]),
+    ("metric_mqa_ball_bias", lambda q, k, v, a, w, kb: FS.metric_attention(q, k, v, a, w, kb), lambda q, k, v, a, w, kb: RS.metric_attention(q, k, v, a, w, kb),
+     metric_inputs(1, 6, 3, 1, 4), [0, 1, 2, 3, 4, 5]),
+    ("metric_routed_rows", lambda q, k, v, a, w, kb: FS.metric_attention(q, k, v, a, w, kb, ROWS), lambda q, k, v, a, w, kb: RS.metric_attention(q, k, v, a, w, kb, ROWS),
+     metric_inputs(2, 6, 2, 1, 4, m=len(ROWS)), [0, 1, 2, 3, 4, 5]),
+    ("metric_hard", lambda q, k, v, a, w: FS.metric_attention(q, k, v, a, w, sos_rs.tensor(KB_HARD), hard=True),
+     lambda q, k, v, a, w: RS.metric_attention(q, k, v, a, w, KB_HARD.astype(np.float64), hard=True), metric_inputs(2, 6, 2, 2, 4)[:5], [0, 1, 2, 3, 4]),
+    ("ball_penalty", lambda k, o, r, w: FS.ball_penalty(k, o, r, w, 0.7), lambda k, o, r, w: RS.ball_penalty(k, o, r, w, 0.7),
+     [arr(2, 5, 1, 4), arr(3, 4, lo=-0.3, hi=0.3), arr(3, lo=0.3, hi=0.9), arr(3, 4, lo=0.3, hi=1.0)], [0, 1, 2, 3]),
+    ("ti_loss", lambda k, w: FS.ti_loss(k, w, TRIPLES, 0.5)[0], lambda k, w: RS.ti_loss(k, w, TRIPLES, 0.5), [arr(2, 6, 2, 3), arr(4, 3, lo=0.2, hi=1.0)], [0, 1]),
+    ("softplus", FS.softplus, RS.softplus, [arr(4, 7, lo=-5, hi=5)], [0]),
+    ("sigmoid_range", lambda x: FS.sigmoid_range(x, 0.5, 2.0), lambda x: RS.sigmoid_range(x, 0.5, 2.0), [arr(9, lo=-3, hi=3)], [0]),
+    ("col_scale", FS.col_scale, lambda x, s: x * s, [arr(3, 4, 5), arr(5)], [0, 1]),
+    ("gather_rows", lambda x: FS.gather_rows(x, np.array([3, 0, 3, 1])), lambda x: x[[3, 0, 3, 1]], [arr(5, 3)], [0]),
+    ("concat_rows", lambda a, b: FS.concat_rows([a, b]), lambda a, b: np.concatenate([a, b]), [arr(2, 3), arr(4, 3)], [0, 1]),
+    ("dwconv", FS.dwconv, RS.dwconv, [arr(2, 7, 3), arr(3, 5)], [0, 1]),
+    ("dwconv_rows", lambda x, w: FS.dwconv(x, w, ROWS), lambda x, w: RS.dwconv(x, w, ROWS), [arr(2, 6, 3), arr(3, 4)], [0, 1]),
+    ("rope_angles", lambda x, a: FS.rope_angles(x, a, POS), lambda x, a: RS.rope_angles(x, a, POS), [arr(2, 3, 2, 6), arr(5, 3, lo=-3, hi=3)], [0, 1]),
+]
+
+
+def numeric_grad(ref, inputs, i, upstream):
+    args = [a.astype(np.float64) for a in inputs]
+    x = args[i].copy()
+    g = np.zeros_like(x)
+    for j in range(x.size):
+        orig = x.flat[j]
+        vals = []
+        for step in (EPS, -EPS):
+            x.flat[j] = orig + step
+            args[i] = x
+            vals.append(np.sum(ref(*args) * upstream))
+        x.flat[j] = orig
+        g.flat[j] = (vals[0] - vals[1]) / (2 * EPS)
+    return g
+
+
+@pytest.mark.parametrize("name,op,ref,inputs,wrt", CASES, ids=[c[0] for c in CASES])
+def test_forward_and_gradient(name, op, ref, inputs, wrt):
+    tensors = [sos_rs.tensor(a, requires_grad=True) for a in inputs]
+    out = op(*tensors)
+    want = ref(*[a.astype(np.float64) for a in inputs])
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-6, err_msg=f"{name} forward")
+    upstream = rng.uniform(-1, 1, np.shape(want)).astype(np.float32)
+    out.backward(_core.Tensor(np.asarray(upstream, dtype=np.float32)))
+    for i in wrt:
+        num = numeric_grad(ref, inputs, i, upstream.astype(np.float64))
+        got = tensors[i].grad.numpy()
+        np.testing.assert_allclose(got, num, rtol=RTOL, atol=ATOL, err_msg=f"{name}: gradient of input {i}")
+
+
+def test_plan_reports_drops_and_case_exercises_them():
+    # capacity 4 over 4 experts seats 16 of the 18 assignments
+    assert PLAN.capacity == 4 and PLAN.dropped == 18 - PLAN.n_slots >= 2
+    assert (TOKEN_SLOT == -1).sum() == PLAN.dropped
+    assert sum(PLAN.counts) == PLAN.n_slots and all(c <= 4 for c in PLAN.counts)
