@@ -1,0 +1,230 @@
+"""MoA — Mixture of Attentions (SPEC §6.2): a stack of MoA blocks (routed paths: local conv,
+metric multi-head and multi-query attention, channel mix; routed HyperFFN), BlackHoleRoPE, the
+triangle-inequality regulariser, and the MoA LM head. Trained through the same API as the dense
+baseline: `model.loss(ids, targets)` returns the total loss (cross-entropy plus the weighted
+auxiliary losses) and leaves the step's statistics in `model.last_stats`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar, Optional, Tuple
+
+import numpy as np
+
+from .. import functional as F
+from ..autograd import Tensor
+from ..errors import ShapeError
+from ..nn import Embedding, Linear, Module, ModuleList
+from ..nn.moa import FFN_BRANCHES, MIXER_PATHS, MoABlock, MoAHead
+from ..nn.moe import Aux
+
+
+@dataclass
+class MoAConfig:
+    vocab_size: int = 4096
+    """Tokens in the vocabulary; ids must lie in [0, vocab_size)."""
+    d_model: int = 256
+    """Width of the residual stream."""
+    n_layers: int = 4
+    """Number of MoA blocks."""
+    n_heads: int = 8
+    """Query heads of each metric attention path (the MQA path shares one key/value head)."""
+    head_dim: Optional[int] = None
+    """Size of a head; None means d_model / n_heads. Must be even (RoPE rotates pairs)."""
+    max_seq_len: int = 256
+    """Longest sequence; also the period L of BlackHoleRoPE's Fourier basis."""
+    paths: Tuple[str, ...] = MIXER_PATHS
+    """Mixer paths, a subset of ("conv", "mha", "mqa", "mix") kept in that order."""
+    top_k: int = 2
+    """Paths each token is routed to (the MoA-150M config uses 3)."""
+    router_temperature: float = 2.0
+    """τ of every router's softmax(logits / τ)."""
+    conv_kernel: int = 5
+    """Kernel of the causal depthwise convolutions (LocalConv path and HyperFFN branch)."""
+    mix_hidden: Optional[int] = None
+    """Hidden width of the ChannelMix path (GELU MLP); None means 2 · d_model [ours]."""
+    ffn_hidden: Optional[int] = None
+    """Hidden width of the HyperFFN SwiGLU branch; None means 3 · d_model."""
+    ffn_rank: int = 32
+    """Rank of the HyperFFN gated bottleneck branch and of the LM head's adapter."""
+    ffn_top_k: int = 2
+    """HyperFFN branches per token, of 3 [ours: the source says only "mixed by a router"]."""
+    layer_scale_init: float = 1e-4
+    """Initial LayerScale of every residual branch (and of the head's adapter)."""
+    alpha_init: float = 1.5
+    """Initial α_h, the per-head scale of the metric distance in the scores."""
+    rope_theta: float = 10000.0
+    """RoPE base of BlackHoleRoPE's unperturbed phases."""
+    rope_fourier_terms: int = 16
+    """Fourier terms of BlackHoleRoPE's learned phase perturbation."""
+    v_gate_min: float = 0.5
+    """Lower bound of BlackHoleRoPE's value gate."""
+    v_gate_max: float = 2.0
+    """Upper bound of BlackHoleRoPE's value gate."""
+    ball_pruning: bool = False
+    """Per-head balls (origin, radius) in key space: a soft score penalty in training, a hard
+    key mask at inference (`model.eval()`)."""
+    ball_beta: float = 1.0
+    """β of the soft ball penalty -β·relu(‖k - o‖_w - r)."""
+    ball_radius_init: float = 2.0
+    """Initial ball radius r_h (in the weighted metric, before the square root is removed)."""
+    ti_lambda: float = 0.01
+    """λ of the triangle-inequality regulariser, averaged over attention modules; 0 turns it off."""
+    ti_triples: int = 64
+    """Random key triples per batch for the regulariser (distinct positions of the batch)."""
+    aux_loss_coef: float = 0.01
+    """Weight of each router's Switch load-balance loss (1.0 when perfectly balanced)."""
+    z_loss_coef: float = 0.0
+    """Weight of each router's z-loss; 0 turns it off."""
+    capacity_factor: float = 0.0
+    """Routing capacity per path, ceil(factor · N · k / paths); <= 0 means unlimited (paths are
+    few and unequal in cost, so by default no token is dropped)."""
+    tie_embeddings: bool = True
+    """Share the token embedding with the output projection."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    init_std: float = 0.02
+    """Std of the normal initialisation of matrices; output projections use
+    init_std / sqrt(2 · n_layers)."""
+    seed: int = 0
+    """Seed of the initialisation and of the regulariser's triples."""
+
+    model_type: ClassVar[str] = "sos_moa"
+
+    def __post_init__(self) -> None:
+        self.paths = tuple(self.paths)
+        self.head_dim = self.head_dim or (self.d_model // self.n_heads if self.n_heads else 0)
+        self.mix_hidden = self.mix_hidden or 2 * self.d_model
+        self.ffn_hidden = self.ffn_hidden or 3 * self.d_model
+        problems = []
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "head_dim", "conv_kernel", "ffn_rank"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        if self.head_dim % 2:
+            problems.append(f"head_dim {self.head_dim} must be even for RoPE")
+        if not self.paths or any(p not in MIXER_PATHS for p in self.paths) or list(self.paths) != [p for p in MIXER_PATHS if p in self.paths]:
+            problems.append(f"paths {self.paths} must be a non-empty ordered subset of {MIXER_PATHS}")
+        if not 1 <= self.top_k <= len(self.paths):
+            problems.append(f"top_k={self.top_k} must be in 1..{len(self.paths)}")
+        if not 1 <= self.ffn_top_k <= len(FFN_BRANCHES):
+            problems.append(f"ffn_top_k={self.ffn_top_k} must be in 1..{len(FFN_BRANCHES)}")
+        if self.router_temperature <= 0 or not self.v_gate_min < 1.0 < self.v_gate_max:
+            problems.append("router_temperature must be positive and v_gate_min < 1 < v_gate_max")
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["paths"] = list(self.paths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MoAConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def tiny(cls, **over) -> "MoAConfig":
+        """A few-second test model."""
+        base = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_seq_len=64, ffn_rank=8, ball_pruning=True, ball_radius_init=0.6)
+        return cls(**{**base, **over})
+
+
+class MoABody(Module):
+    def __init__(self, cfg: MoAConfig, rng: np.random.Generator):
+        super().__init__()
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.d_model, rng, cfg.init_std)
+        self.layers = ModuleList(MoABlock(cfg, rng) for _ in range(cfg.n_layers))
+        self.head = MoAHead(cfg, rng)
+
+
+class MoALM(Module):
+    """Token ids [B, T] -> logits [B, T, vocab]."""
+
+    config_class = MoAConfig
+
+    def __init__(self, cfg: MoAConfig):
+        super().__init__()
+        self.config = cfg
+        rng = np.random.default_rng(cfg.seed)
+        self.model = MoABody(cfg, rng)
+        if not cfg.tie_embeddings:
+            self.lm_head = Linear(cfg.d_model, cfg.vocab_size, rng, cfg.init_std)
+        self.training = True
+        self._triple_rng = np.random.default_rng([cfg.seed, 1])
+        self.last_stats: dict = {}
+
+    def train(self, mode: bool = True) -> "MoALM":
+        """Training mode samples regulariser triples and uses the soft ball penalty; eval mode
+        uses the hard ball mask and adds no regulariser."""
+        self.training = mode
+        return self
+
+    def eval(self) -> "MoALM":
+        return self.train(False)
+
+    def _attention_modules(self) -> int:
+        return self.config.n_layers * sum(p in ("mha", "mqa") for p in self.config.paths)
+
+    def sample_triples(self, n_tokens: int) -> np.ndarray:
+        """ti_triples rows of 3 distinct flattened positions < n_tokens."""
+        if n_tokens < 3:
+            return np.zeros((0, 3), np.int64)
+        return np.stack([self._triple_rng.choice(n_tokens, 3, replace=False) for _ in range(self.config.ti_triples)])
+
+    def forward(self, ids: np.ndarray, triples: Optional[np.ndarray] = None) -> Tuple[Tensor, Aux]:
+        """Logits and the pass's auxiliary losses/statistics. `triples` fixes the regulariser's
+        key triples (sampled when None and training)."""
+        cfg = self.config
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ShapeError(f"{type(self).__name__} expects token ids [B, T], got shape {ids.shape}")
+        if ids.shape[1] > cfg.max_seq_len:
+            raise ShapeError(f"sequence length {ids.shape[1]} exceeds max_seq_len={cfg.max_seq_len}")
+        if self.training and cfg.ti_lambda and triples is None:
+            triples = self.sample_triples(ids.size)
+        aux = Aux(triples=triples, training=self.training, ti_lambda=cfg.ti_lambda, ti_weight=1.0 / max(self._attention_modules(), 1))
+        x = self.model.embed_tokens(ids)                                      # [B, T, D]
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, aux, f"layers.{i}")
+        h = self.model.head(x)
+        head = self.model.embed_tokens.weight if cfg.tie_embeddings else self.lm_head.weight
+        return F.linear(h, head), aux                                         # [B, T, V]
+
+    def __call__(self, ids: np.ndarray) -> Tensor:
+        logits, aux = self.forward(ids)
+        self.last_stats = self.stats(aux, np.asarray(ids).size)
+        return logits
+
+    def loss(self, ids: np.ndarray, targets: np.ndarray, triples: Optional[np.ndarray] = None) -> Tensor:
+        """Mean next-token cross-entropy plus the weighted auxiliary losses (load balance, z-loss,
+        triangle inequality); the parts are in `last_stats`."""
+        logits, aux = self.forward(ids, triples)
+        ce = F.cross_entropy(logits, targets)
+        extra = aux.total()
+        self.last_stats = self.stats(aux, np.asarray(ids).size)
+        self.last_stats["ce"] = ce.item()
+        return ce if extra is None else F.add(ce, extra)
+
+    def stats(self, aux: Aux, n_tokens: int) -> dict:
+        """Active-parameter fraction (per token and layer: parameters read for that token's
+        output, divided by all), routing shares and drops, auxiliary losses, TI violation rate."""
+        total = self.num_parameters()
+        routed_all = sum(sum(r.path_params) for r in aux.routes)
+        routed_read = sum(sum(c * p for c, p in zip(r.counts, r.path_params)) for r in aux.routes)
+        embed = self.config.vocab_size * self.config.d_model
+        # Untied, a token reads one embedding row; tied, the head reads the whole table anyway.
+        always = total - routed_all - (0 if self.config.tie_embeddings else embed - self.config.d_model)
+        return {
+            "active_param_fraction": (n_tokens * always + routed_read) / (n_tokens * total),
+            "routed_active_fraction": routed_read / max(n_tokens * routed_all, 1),
+            "dropped": sum(r.dropped for r in aux.routes),
+            "path_share": {r.name: [round(float(f), 4) for f in r.fractions] for r in aux.routes},
+            "aux": dict(aux.named),
+            "ti_violation_rate": aux.ti_violations / aux.ti_checks if aux.ti_checks else None,
+        }
+
+    def save_config(self) -> str:
+        return json.dumps(self.config.to_dict())
