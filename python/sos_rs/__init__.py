@@ -8,8 +8,10 @@ from . import _core
 from ._core import detected_isa, isa, num_threads, set_num_threads
 from .autograd import Tensor, no_grad, tensor
 from .errors import DTypeError, InvalidValueError, SosError, ShapeError
-from . import functional, nn, optim
+from . import functional, functional_sparse, nn, optim
 from .models.dense import DenseConfig, DenseLM
+from .models.discoverlm import DiscoverLM, DiscoverLMConfig
+from .models.moa import MoAConfig, MoALM
 
 __version__ = _core.__version__
 
@@ -17,12 +19,17 @@ __all__ = [
     "DTypeError",
     "DenseConfig",
     "DenseLM",
+    "DiscoverLM",
+    "DiscoverLMConfig",
     "InvalidValueError",
+    "MoAConfig",
+    "MoALM",
     "ShapeError",
     "SosError",
     "Tensor",
     "detected_isa",
     "functional",
+    "functional_sparse",
     "isa",
     "nn",
     "no_grad",

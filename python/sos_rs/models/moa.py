@@ -37,7 +37,7 @@ class MoAConfig:
     """Longest sequence; also the period L of BlackHoleRoPE's Fourier basis."""
     paths: Tuple[str, ...] = MIXER_PATHS
     """Mixer paths, a subset of ("conv", "mha", "mqa", "mix") kept in that order."""
-    top_k: int = 2
+    router_top_k: int = 2
     """Paths each token is routed to (the MoA-150M config uses 3)."""
     router_temperature: float = 2.0
     """τ of every router's softmax(logits / τ)."""
@@ -106,8 +106,8 @@ class MoAConfig:
             problems.append(f"head_dim {self.head_dim} must be even for RoPE")
         if not self.paths or any(p not in MIXER_PATHS for p in self.paths) or list(self.paths) != [p for p in MIXER_PATHS if p in self.paths]:
             problems.append(f"paths {self.paths} must be a non-empty ordered subset of {MIXER_PATHS}")
-        if not 1 <= self.top_k <= len(self.paths):
-            problems.append(f"top_k={self.top_k} must be in 1..{len(self.paths)}")
+        if not 1 <= self.router_top_k <= len(self.paths):
+            problems.append(f"router_top_k={self.router_top_k} must be in 1..{len(self.paths)}")
         if not 1 <= self.ffn_top_k <= len(FFN_BRANCHES):
             problems.append(f"ffn_top_k={self.ffn_top_k} must be in 1..{len(FFN_BRANCHES)}")
         if self.router_temperature <= 0 or not self.v_gate_min < 1.0 < self.v_gate_max:
@@ -172,7 +172,12 @@ class MoALM(Module):
         """ti_triples rows of 3 distinct flattened positions < n_tokens."""
         if n_tokens < 3:
             return np.zeros((0, 3), np.int64)
-        return np.stack([self._triple_rng.choice(n_tokens, 3, replace=False) for _ in range(self.config.ti_triples)])
+        t = self._triple_rng.integers(0, n_tokens, (self.config.ti_triples, 3))
+        while True:  # redraw the (rare) rows that repeat a position
+            bad = (t[:, 0] == t[:, 1]) | (t[:, 1] == t[:, 2]) | (t[:, 0] == t[:, 2])
+            if not bad.any():
+                return t
+            t[bad] = self._triple_rng.integers(0, n_tokens, (int(bad.sum()), 3))
 
     def forward(self, ids: np.ndarray, triples: Optional[np.ndarray] = None) -> Tuple[Tensor, Aux]:
         """Logits and the pass's auxiliary losses/statistics. `triples` fixes the regulariser's

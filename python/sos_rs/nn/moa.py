@@ -68,7 +68,7 @@ class MoAMixer(Module):
     def __init__(self, cfg, rng: np.random.Generator):
         super().__init__()
         self.cfg = cfg
-        self.router = Router(cfg.d_model, len(cfg.paths), cfg.top_k, cfg.router_temperature, rng, cfg.init_std)
+        self.router = Router(cfg.d_model, len(cfg.paths), cfg.router_top_k, cfg.router_temperature, rng, cfg.init_std)
         hd, std, out = cfg.head_dim, cfg.init_std, _out_std(cfg)
         attn = dict(alpha_init=cfg.alpha_init, rope_theta=cfg.rope_theta, rope_terms=cfg.rope_fourier_terms,
                     v_gate_range=(cfg.v_gate_min, cfg.v_gate_max), ball_pruning=cfg.ball_pruning, ball_beta=cfg.ball_beta,
