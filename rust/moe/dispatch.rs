@@ -186,10 +186,9 @@ pub fn combine_backward(ys: &Tensor, gates: &Tensor, plan: &Plan, dy: &Tensor) -
     });
     let mut dg = Tensor::zeros(gates.shape());
     dg.data_mut().par_chunks_mut(k.max(1)).enumerate().for_each(|(n, row)| {
-        for j in 0..k {
-            let slot = plan.token_slot[n * k + j];
+        for (g, &slot) in row.iter_mut().zip(&plan.token_slot[n * k..(n + 1) * k]) {
             if slot != DROPPED {
-                row[j] = cpu::dot(&dyd[n * d..(n + 1) * d], &sd[slot as usize * d..(slot as usize + 1) * d]);
+                *g = cpu::dot(&dyd[n * d..(n + 1) * d], &sd[slot as usize * d..(slot as usize + 1) * d]);
             }
         }
     });

@@ -1,8 +1,9 @@
 //! Metric attention (SPEC §6.2), causal and memory-efficient, forward and backward:
 //!   s_ij = -α_h · Σ_c w_hc (q_ic - k_jc)² + kb_jh,   o_i = softmax_j≤i(s_ij) · v_j
 //! with w > 0 (the caller applies softplus) and an optional per-key bias kb (the ball penalty).
-//! Expanding the square gives one GEMM-like product plus norms: s_ij = α(2 (w⊙q_i)·k_j - ‖k_j‖²_w
-//! - ‖q_i‖²_w); the last term is constant along a row, cancels in the softmax, and is left out.
+//! Expanding the square gives one GEMM-like product plus norms,
+//!   s_ij = α (2 (w⊙q_i)·k_j − ‖k_j‖²_w − ‖q_i‖²_w),
+//! where the last term is constant along a row, cancels in the softmax, and is left out.
 //! Like `attention`, each query row walks its keys in blocks with an online softmax, so no
 //! B·H·T·T buffer exists; backward recomputes the probabilities in a query pass (dq, dα, half of
 //! dw) and a key pass (dk, dv, dkb, the rest of dw), each writing disjoint rows.

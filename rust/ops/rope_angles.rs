@@ -69,8 +69,8 @@ pub fn rope_angles_backward(x: &Tensor, ang: &Tensor, pos: &[u32], dy: &Tensor) 
     let dang = par::ordered_sum(n.div_ceil(block), ang.numel(), |bi| {
         let mut part = vec![0.0f32; ang.numel()];
         let mut y = vec![0.0f32; hd];
-        for r in bi * block..((bi + 1) * block).min(n) {
-            let p = pos[r] as usize;
+        for (r, &p) in pos.iter().enumerate().take(((bi + 1) * block).min(n)).skip(bi * block) {
+            let p = p as usize;
             for hh in 0..h {
                 let at = r * h * hd + hh * hd;
                 rotate(&xd[at..at + hd], &ad[p * half..(p + 1) * half], 1.0, &mut y);
