@@ -4,7 +4,8 @@ gates, per-expert gather -> SwiGLU -> index_add back), same process, same thread
 
     python benches/moe_layer.py [--d 512] [--hidden 1024] [--tokens 2048] [--k 2] [--experts 8 32] [--runs 7]
 
-Prints the median of --runs timed steps (after 2 warm-ups) for each implementation and E, the
+Prints the median of --runs timed steps (after 2 warm-ups; the two implementations alternate, so
+both see the same machine load) for each implementation and E, the
 ratio, the E=32/E=8 cost, and the active-parameter fraction. Capacity is unlimited on both sides
 (the same function; sos_rs's capacity rule is tested, not benchmarked).
 """
@@ -49,15 +50,17 @@ def torch_layer(d, hidden, e, k, tau, weights):
     return step
 
 
-def median_time(fn, runs):
-    for _ in range(2):
-        fn()
-    times = []
+def interleaved_medians(fns, runs):
+    """Median seconds of each fn, timed alternately so both see the same machine load."""
+    for f in fns:
+        f(), f()
+    times = [[] for _ in fns]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for f, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def main() -> None:
@@ -99,8 +102,7 @@ def main() -> None:
         aux.routes.clear()
         layer(x, aux)
         frac = layer.active_fraction(aux.routes[0])
-        t_sos = median_time(sos_step, args.runs)
-        t_torch = median_time(lambda: tstep(tx, tdy), args.runs)
+        t_sos, t_torch = interleaved_medians([sos_step, lambda: tstep(tx, tdy)], args.runs)
         res[e] = t_sos
         print(f"E={e:3d}: sos_rs {1e3 * t_sos:8.1f} ms ({flops / t_sos / 1e9:6.1f} GFLOP/s)   torch {1e3 * t_torch:8.1f} ms   "
               f"speed-up {t_torch / t_sos:5.2f}x   active params/token {100 * frac:5.2f}%   max|dx diff| {gap:.1e}")

@@ -4,7 +4,8 @@ same threads, same weights, same batches and regulariser triples.
 
     python benches/sparse_families.py [--batch 8] [--seq 64] [--steps 10] [--families moa discoverlm]
 
-Prints the median step time of --steps timed steps (after 3 warm-ups), tokens/s, the ratio, the
+Prints the median step time of --steps timed steps (after 3 warm-ups; the two implementations
+alternate), tokens/s, the ratio, the
 measured active-parameter fraction and the TI violation rate.
 """
 
@@ -28,15 +29,18 @@ import modeling_sos_moa as R  # noqa: E402
 HF = {"moa": (R.SosMoAConfig, R.SosMoAForCausalLM), "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM)}
 
 
-def median_step(step, warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
+def interleaved_medians(steps, warmup: int, runs: int):
+    """Median seconds of each step, timed alternately so all see the same machine load."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    times = [[] for _ in steps]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for step, ts in zip(steps, times):
+            t0 = time.perf_counter()
+            step()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def main() -> None:
@@ -78,9 +82,8 @@ def main() -> None:
             ref(tids, labels=ttargets, triples=triples[next(jt) % 4], return_aux=True)[1].backward()
             topt.step()
 
-        t_sos = median_step(sos_step, 3, args.steps)
+        t_sos, t_ref = interleaved_medians([sos_step, torch_step], 3, args.steps)
         stats = dict(model.last_stats)
-        t_ref = median_step(torch_step, 3, args.steps)
         tokens = ids.size
         print(f"{family:10s} params {model.num_parameters():8d}: sos_rs {1e3 * t_sos:7.1f} ms ({tokens / t_sos:8.0f} tok/s)   "
               f"torch reference {1e3 * t_ref:7.1f} ms ({tokens / t_ref:8.0f} tok/s)   speed-up {t_ref / t_sos:5.2f}x   "
