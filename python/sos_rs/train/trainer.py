@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import platform
 import signal
@@ -26,7 +27,7 @@ from .config import ConfigError, TrainConfig, dumps
 from .data_setup import DataSetup
 from .evaluate import evaluate
 from .memory import available_bytes, estimate_dense, peak_rss_bytes, rss_bytes
-from .metrics import MetricsLog, Timer, format_seconds
+from .metrics import MetricsLog, Timer, format_seconds, read_metrics
 from .schedule import lr_at
 
 
@@ -118,7 +119,18 @@ class Trainer:
         self.step = state["step"]
         self.best_val = state.get("best_val_loss")
         self.elapsed_before = state.get("elapsed_s", 0.0)
+        self._truncate_metrics()
         self.log(f"resumed from {folder} at step {self.step}")
+
+    def _truncate_metrics(self) -> None:
+        """Drops metric lines of steps after the checkpoint: they are about to be redone."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [json.dumps(r) for r in read_metrics(path) if r.get("step", 0) <= self.step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, elapsed: float, val_loss: Optional[float]) -> pathlib.Path:
