@@ -24,7 +24,7 @@ class DataSetup:
         self.meta = read_meta(self.dir)
         self.vocab_size = int(self.meta["vocab_size"])
         self.eot_id = int(self.meta["eot_id"])
-        self.tokenizer_path = self.dir / "tokenizer.json"
+        self.tokenizer_path = pathlib.Path(self.meta["tokenizer"])
         self.train_paths = [str(self.dir / p) for p in self.meta["shards"]["train"]]
         self.val_paths = [str(self.dir / p) for p in self.meta["shards"].get("val", [])]
         if not self.train_paths or self.meta.get("splits", {}).get("train", {}).get("tokens", 1) == 0:
@@ -35,7 +35,7 @@ class DataSetup:
         for src in cfg.data.mixture:
             d = pathlib.Path(src["dir"])
             m = read_meta(d)
-            if int(m["vocab_size"]) != self.vocab_size or (d / "tokenizer.json").read_bytes() != self.tokenizer_path.read_bytes():
+            if int(m["vocab_size"]) != self.vocab_size or pathlib.Path(m["tokenizer"]).read_bytes() != self.tokenizer_path.read_bytes():
                 raise DataError(f"mixture source {d} uses a different tokenizer than {self.dir}")
             self.mixture.append(([str(d / p) for p in m["shards"]["train"]], float(src["weight"])))
         self._tok = None
