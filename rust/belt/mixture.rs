@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub type SharedBelt = Arc<Mutex<Belt>>;
 
-fn lock(b: &SharedBelt) -> Result<MutexGuard<'_, Belt>> {
+/// Locks a shared belt; a lock poisoned by a panic becomes an error, never a second panic.
+pub fn lock(b: &SharedBelt) -> Result<MutexGuard<'_, Belt>> {
     b.lock().map_err(|_| Error::value("Mixture", "a belt was left inconsistent by an earlier panic"))
 }
 
@@ -70,16 +71,6 @@ impl Mixture {
         let batch = lock(&self.belts[i])?.next_batch()?;
         self.draws += 1;
         Ok((i, batch))
-    }
-
-    pub fn len(&self) -> usize {
-        self.belts.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.belts.is_empty()
-    }
-    pub fn belt(&self, i: usize) -> &SharedBelt {
-        &self.belts[i]
     }
 
     pub fn state(&self) -> Result<MixtureState> {

@@ -14,7 +14,7 @@ mod stream;
 
 pub use belt::{Belt, BeltConfig, BeltState};
 pub use corpus::Corpus;
-pub use mixture::{Mixture, MixtureState, SharedBelt};
+pub use mixture::{lock, Mixture, MixtureState, SharedBelt};
 pub use shard::{Header, Shard, ShardWriter, HEADER_BYTES, MAX_U16_VOCAB, VERSION};
 pub use stream::{Batch, BatchSpec, Cursor};
 

@@ -65,10 +65,6 @@ impl Stream {
         Stream { corpus, seed, shuffle, cursor, order, order_epoch: cursor.epoch, block: Vec::new(), starts: Vec::new() }
     }
 
-    pub fn cursor(&self) -> Cursor {
-        self.cursor
-    }
-
     /// Walks the next `n` tokens. `sink(doc_first, tokens_range_start_in_walk, doc, offset, len)`
     /// is called for each run inside one document; `doc_first` says the run starts a document.
     fn walk(&mut self, n: usize, mut sink: impl FnMut(bool, usize, super::corpus::DocRef, u64, usize)) {

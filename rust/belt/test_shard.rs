@@ -107,7 +107,7 @@ fn vocabulary_mismatch_between_shards_or_with_the_caller() {
     write_shard(&b, &[vec![1, 2]], 200, 0);
     let err = Corpus::open(&[a.clone(), b.clone()], true, None).err().unwrap().to_string();
     assert!(err.contains("b.sos") && err.contains("vocabulary mismatch") && err.contains("a.sos"), "{err}");
-    let err = Corpus::open(&[a.clone()], true, Some(300)).err().unwrap().to_string();
+    let err = Corpus::open(std::slice::from_ref(&a), true, Some(300)).err().unwrap().to_string();
     assert!(err.contains("a.sos") && err.contains("vocabulary size 100, expected 300"), "{err}");
     assert!(Corpus::open(&[a], true, Some(100)).is_ok());
 }
