@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "maturin>=1.5,<2" "numpy>=1.24" "pytest>=7"
+.venv/bin/python -m pip install -q "maturin>=1.5,<2" "numpy>=1.24" "pytest>=7" "polars>=1.20" "tokenizers>=0.21"
 echo "== building sos_rs (release)"
 VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release -q
 echo "== Rust tests"
