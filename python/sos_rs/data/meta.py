@@ -35,8 +35,10 @@ def _absolute(directory: Path, value: Any) -> Any:
 def read_meta(directory: PathLike) -> Dict[str, Any]:
     """The prepared directory's meta.json as a dict, with `tokenizer`, `shards` and each
     source's `shards` as absolute paths. Keys: vocab_size, eot_id, eot_token, tokenizer, dtype,
-    shards {"train": [...], "val": [...]}, counts {"train"/"val": {documents, tokens, bytes}},
-    sources {label: {shards, counts}}, stages, skipped_files, options, versions."""
+    shards {"train": [...], "val": [...]}, counts {"train"/"val": {documents, tokens, bytes}}
+    (also under the name `splits`), sources {label: {shards, counts, stages}}, stages, seconds,
+    skipped_files, options, versions. Tokens include one end-of-text per document and bytes
+    are UTF-8 bytes of the cleaned text, so bits per byte = loss_nats / ln 2 * tokens / bytes."""
     directory = Path(directory).resolve()
     path = directory / META_NAME
     if not path.is_file():
@@ -49,4 +51,5 @@ def read_meta(directory: PathLike) -> Dict[str, Any]:
     meta["shards"] = _absolute(directory, meta["shards"])
     for source in meta.get("sources", {}).values():
         source["shards"] = _absolute(directory, source["shards"])
+    meta["splits"] = meta["counts"]
     return meta

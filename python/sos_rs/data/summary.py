@@ -89,9 +89,10 @@ def format_summary(meta: Dict[str, Any]) -> str:
     tokens = sum(c[s]["tokens"] for s in SPLITS)
     text_bytes = sum(c[s]["bytes"] for s in SPLITS)
     read = st["read"]
-    rate = read["bytes_in"] / 1e6 / secs["total"] if secs.get("total") else 0.0
+    total = secs.get("total") or float("nan")
     lines = [
-        f"prepared {docs:,} documents, {tokens:,} tokens ({_mb(text_bytes)} of text) in {secs.get('total', 0):.1f} s = {rate:.2f} MB/s of input",
+        f"prepared {docs:,} documents, {tokens:,} tokens ({_mb(text_bytes)} of text) in {total:.1f} s: "
+        f"{read['bytes_in'] / 1e6 / total:.2f} MB/s of input files ({read['bytes_out'] / 1e6 / total:.2f} MB/s of text read)",
         f"  train: {c['train']['documents']:,} documents, {c['train']['tokens']:,} tokens, {_mb(c['train']['bytes'])}   "
         f"val: {c['val']['documents']:,} documents, {c['val']['tokens']:,} tokens, {_mb(c['val']['bytes'])}",
         f"  vocabulary {meta['vocab_size']:,} ({meta['dtype']}), end-of-text {meta['eot_token']!r} = {meta['eot_id']};  "
