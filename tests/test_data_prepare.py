@@ -152,3 +152,25 @@ def test_cli_prints_the_summary(mixed, tmp_path, capsys):
     for needle in ("documents", "tokens", "duplicate rate", "bytes per token", "MB/s", "dedup", "skipped"):
         assert needle in out, needle
     assert main(["prepare", str(mixed), "--out", str(tmp_path / "cli"), "--quiet"]) == 1  # exists, no --overwrite
+
+
+def test_a_failed_run_leaves_no_shards_behind(mixed, tmp_path, monkeypatch):
+    from sos_rs.data import pipeline
+
+    real, calls = pipeline.bpe.encode, []
+
+    def fail_on_third_batch(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real(*args)
+
+    monkeypatch.setattr(pipeline.bpe, "encode", fail_on_third_batch)
+    with pytest.raises(RuntimeError, match="disk full"):
+        # tiny batches and shards: finished shards exist on disk when the failure hits
+        prepare([mixed], tmp_path / "out", batch_mb=1e-6, shard_tokens=1, **SMALL)
+    assert len(calls) == 3
+    left = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != "work")
+    assert left == [], f"a failed run left {left}"
+    monkeypatch.undo()
+    prepare([mixed], tmp_path / "out", **SMALL)  # and needs no --overwrite afterwards

@@ -65,8 +65,8 @@ impl Stream {
         Stream { corpus, seed, shuffle, cursor, order, order_epoch: cursor.epoch, block: Vec::new(), starts: Vec::new() }
     }
 
-    /// Walks the next `n` tokens. `sink(doc_first, tokens_range_start_in_walk, doc, offset, len)`
-    /// is called for each run inside one document; `doc_first` says the run starts a document.
+    /// Walks the next `n` tokens, calling `sink(starts_doc, at, doc, offset, len)` for each run of
+    /// `len` tokens from `offset` in `doc`, landing at `at` within the walk.
     fn walk(&mut self, n: usize, mut sink: impl FnMut(bool, usize, super::corpus::DocRef, u64, usize)) {
         let n_docs = self.corpus.n_docs();
         let mut done = 0;

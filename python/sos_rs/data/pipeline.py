@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -308,11 +308,10 @@ def prepare(inputs: Sequence[Union[str, Path]], out: Union[str, Path], config: O
         seconds["total"] = time.perf_counter() - t0
         meta = build_meta(parts, skipped, shards, tok, cfg, seconds)
         write_meta(out, meta)
+    except BaseException:
+        _clear_outputs(out, overwrite=True)  # a failed run leaves no shards without a meta.json
+        raise
     finally:
         if not cfg.keep_work:
             shutil.rmtree(work, ignore_errors=True)
     return meta
-
-
-def config_dict(cfg: PrepareConfig) -> Dict[str, Any]:
-    return asdict(cfg)
