@@ -7,7 +7,7 @@ import sys
 
 
 def add_parser(sub) -> None:
-    from ..data.pipeline import PrepareConfig
+    from ..data.config import PrepareConfig
 
     d = PrepareConfig()
     p = sub.add_parser(
@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..data.pipeline import PrepareConfig, prepare
+    from ..data.config import PrepareConfig
+    from ..data.pipeline import prepare
     from ..data.summary import format_summary
 
     cfg = PrepareConfig(

@@ -15,7 +15,7 @@ from .meta import read_meta
 
 __all__ = ["Belt", "Mixture", "PrepareConfig", "ShardWriter", "format_summary", "prepare", "read_meta", "shard_info"]
 
-_LAZY = {"prepare": "pipeline", "PrepareConfig": "pipeline", "format_summary": "summary"}
+_LAZY = {"prepare": "pipeline", "PrepareConfig": "config", "format_summary": "summary"}
 
 
 def __getattr__(name: str) -> Any:

@@ -11,8 +11,7 @@ from typing import Iterable, List, Sequence, Tuple
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-EOT = "<|endoftext|>"
-MIN_VOCAB = 257  # 256 byte tokens and the end-of-text token
+from .config import EOT, MIN_VOCAB
 
 
 def train(texts: Iterable[Sequence[str]], vocab_size: int, eot: str = EOT, min_frequency: int = 2, length: int = 0) -> Tokenizer:
