@@ -101,7 +101,10 @@ def test_sigkill_and_resume_is_bit_identical(corpus, tmp_path, threads):
     # metrics.jsonl is appended across restarts, so kill thresholds grow
     for kill_at in sorted(rng.sample(range(2, 28), 3)):
         run_until_killed(SOS + ["train", str(cfg)], metrics, kill_at)
-    subprocess.run(SOS + ["train", str(cfg)], check=True, capture_output=True)
+        done = [int(p.name[5:]) for p in (tmp_path / "killed" / "checkpoints").glob("step-*")]
+        assert max(done, default=0) < 30, "the run finished before it was killed"
+    out = subprocess.run(SOS + ["train", str(cfg)], check=True, capture_output=True, text=True)
+    assert "resumed from" in out.stdout
     got = final_weights(tmp_path / "killed")
     assert sorted(got) == sorted(want)
     for name in want:
