@@ -8,6 +8,7 @@ pub mod dwconv;
 pub mod elementwise;
 pub mod embedding;
 pub mod gating;
+pub mod kv_attention;
 pub mod matmul;
 pub mod metric_attention;
 pub mod metric_reg;
