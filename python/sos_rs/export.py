@@ -1,6 +1,7 @@
 """Export to a Hugging Face folder: model.safetensors, config.json, tokenizer.json and
 tokenizer_config.json. For the dense baseline the folder loads with
-`transformers.AutoModelForCausalLM.from_pretrained(DIR)` as LlamaForCausalLM with the same logits."""
+`transformers.AutoModelForCausalLM.from_pretrained(DIR)` as LlamaForCausalLM with the same logits;
+MoA and DiscoverLM folders also hold modeling_sos_moa.py and load with `trust_remote_code=True`."""
 
 from __future__ import annotations
 
@@ -39,13 +40,21 @@ def llama_config(cfg: dict, eot_id: int) -> dict:
 
 def export_hf(model, family: str, tokenizer_path: pathlib.Path, eot_token: str, eot_id: int, out: pathlib.Path) -> list:
     """Writes the folder; returns the paths written."""
-    if family != "dense":
-        raise ValueError(f"HF export is implemented for the dense family; {family!r} exports through its own modeling file")
-    out.mkdir(parents=True, exist_ok=True)
     cfg = model.config.to_dict()
-    tensors = {name: np.ascontiguousarray(arr) for name, arr in model.state_dict().items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(llama_config(cfg, eot_id), indent=2))
+    if family in ("moa", "discoverlm"):
+        # The sparse families load through their own modeling file (trust_remote_code=True).
+        from .hf import export_pretrained
+
+        export_pretrained(model, out, extra_config={"bos_token_id": eot_id, "eos_token_id": eot_id})
+        written = [out / n for n in ("model.safetensors", "config.json", "modeling_sos_moa.py")]
+    elif family == "dense":
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {name: np.ascontiguousarray(arr) for name, arr in model.state_dict().items()}
+        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+        (out / "config.json").write_text(json.dumps(llama_config(cfg, eot_id), indent=2))
+        written = [out / "model.safetensors", out / "config.json"]
+    else:
+        raise ValueError(f"HF export is not implemented for the {family!r} family")
     shutil.copyfile(tokenizer_path, out / "tokenizer.json")
     tok_cfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -56,4 +65,4 @@ def export_hf(model, family: str, tokenizer_path: pathlib.Path, eot_token: str, 
         "clean_up_tokenization_spaces": False,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
-    return [out / n for n in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json")]
+    return written + [out / "tokenizer.json", out / "tokenizer_config.json"]

@@ -44,6 +44,8 @@ def generate(model, prompt_ids: list, max_new_tokens: int, temperature: float = 
     max_len = model.config.max_seq_len
     prompt_ids = list(prompt_ids)[-max_len:]
     out: list = []
+    if not hasattr(model, "new_cache"):
+        return _generate_uncached(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, rng, stop_id, max_len)
     with no_grad():
         cache = model.new_cache(1)
         logits = model(np.asarray([prompt_ids], dtype=np.int64), cache).numpy()[0, -1]
@@ -54,4 +56,26 @@ def generate(model, prompt_ids: list, max_new_tokens: int, temperature: float = 
             if tok == stop_id or cache[0].length >= max_len:
                 break
             logits = model(np.asarray([[tok]], dtype=np.int64), cache).numpy()[0, -1]
+    return out
+
+
+def _generate_uncached(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, rng, stop_id, max_len) -> list:
+    """For families without a KV cache (the sparse ones): the whole context is re-read per token,
+    in inference mode where the model has one."""
+    was = getattr(model, "training", None)
+    if was is not None:
+        model.eval()
+    ctx, out = list(prompt_ids), []
+    try:
+        with no_grad():
+            for _ in range(max_new_tokens):
+                logits = model(np.asarray([ctx[-max_len:]], dtype=np.int64)).numpy()[0, -1]
+                tok = int(rng.choice(logits.size, p=filter_logits(logits, temperature, top_k, top_p)))
+                out.append(tok)
+                ctx.append(tok)
+                if tok == stop_id or len(ctx) >= max_len:
+                    break
+    finally:
+        if was is not None:
+            model.train(was)
     return out

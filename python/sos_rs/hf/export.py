@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -28,8 +28,9 @@ def _families() -> dict:
     return {cfg.model_type: (cfg, model) for cfg, model in FAMILIES.values() if hasattr(cfg, "model_type")}
 
 
-def export_pretrained(model, out_dir: Union[str, pathlib.Path]) -> pathlib.Path:
-    """Writes the export directory for a MoA or DiscoverLM model; returns its path."""
+def export_pretrained(model, out_dir: Union[str, pathlib.Path], extra_config: Optional[dict] = None) -> pathlib.Path:
+    """Writes the export directory for a MoA or DiscoverLM model; returns its path.
+    `extra_config` adds keys to config.json (token ids, for instance)."""
     from safetensors.numpy import save_file
 
     model_type = getattr(type(model.config), "model_type", None)
@@ -43,6 +44,7 @@ def export_pretrained(model, out_dir: Union[str, pathlib.Path]) -> pathlib.Path:
     config = dict(model.config.to_dict())
     config.update(model_type=model_type, architectures=[model_cls], torch_dtype="float32", tie_word_embeddings=model.config.tie_embeddings,
                   auto_map={"AutoConfig": f"modeling_sos_moa.{cfg_cls}", "AutoModelForCausalLM": f"modeling_sos_moa.{model_cls}"})
+    config.update(extra_config or {})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     shutil.copyfile(MODELING, out / MODELING.name)
     return out

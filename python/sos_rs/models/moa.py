@@ -8,13 +8,13 @@ auxiliary losses) and leaves the step's statistics in `model.last_stats`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
-from typing import ClassVar, Optional, Tuple
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar, List, Optional, Tuple
 
 import numpy as np
 
 from .. import functional as F
-from ..autograd import Tensor
+from ..autograd import Tensor, no_grad
 from ..errors import ShapeError
 from ..nn import Embedding, Linear, Module, ModuleList
 from ..nn.moa import FFN_BRANCHES, MIXER_PATHS, MoABlock, MoAHead
@@ -35,7 +35,7 @@ class MoAConfig:
     """Size of a head; None means d_model / n_heads. Must be even (RoPE rotates pairs)."""
     max_seq_len: int = 256
     """Longest sequence; also the period L of BlackHoleRoPE's Fourier basis."""
-    paths: Tuple[str, ...] = MIXER_PATHS
+    paths: List[str] = field(default_factory=lambda: list(MIXER_PATHS))
     """Mixer paths, a subset of ("conv", "mha", "mqa", "mix") kept in that order."""
     router_top_k: int = 2
     """Paths each token is routed to (the MoA-150M config uses 3)."""
@@ -94,7 +94,7 @@ class MoAConfig:
     model_type: ClassVar[str] = "sos_moa"
 
     def __post_init__(self) -> None:
-        self.paths = tuple(self.paths)
+        self.paths = list(self.paths)
         self.head_dim = self.head_dim or (self.d_model // self.n_heads if self.n_heads else 0)
         self.mix_hidden = self.mix_hidden or 2 * self.d_model
         self.ffn_hidden = self.ffn_hidden or 3 * self.d_model
@@ -104,7 +104,7 @@ class MoAConfig:
                 problems.append(f"{name} must be positive")
         if self.head_dim % 2:
             problems.append(f"head_dim {self.head_dim} must be even for RoPE")
-        if not self.paths or any(p not in MIXER_PATHS for p in self.paths) or list(self.paths) != [p for p in MIXER_PATHS if p in self.paths]:
+        if not self.paths or any(p not in MIXER_PATHS for p in self.paths) or self.paths != [p for p in MIXER_PATHS if p in self.paths]:
             problems.append(f"paths {self.paths} must be a non-empty ordered subset of {MIXER_PATHS}")
         if not 1 <= self.router_top_k <= len(self.paths):
             problems.append(f"router_top_k={self.router_top_k} must be in 1..{len(self.paths)}")
@@ -116,9 +116,7 @@ class MoAConfig:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["paths"] = list(self.paths)
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "MoAConfig":
@@ -212,6 +210,18 @@ class MoALM(Module):
         self.last_stats = self.stats(aux, np.asarray(ids).size)
         self.last_stats["ce"] = ce.item()
         return ce if extra is None else F.add(ce, extra)
+
+    def eval_loss(self, ids: np.ndarray, targets: np.ndarray) -> float:
+        """Mean cross-entropy in inference mode (hard ball mask, no auxiliary losses): the
+        validation loss `sos train` reports."""
+        was = self.training
+        self.eval()
+        try:
+            with no_grad():
+                logits, _ = self.forward(ids)
+                return F.cross_entropy(logits, targets).item()
+        finally:
+            self.train(was)
 
     def stats(self, aux: Aux, n_tokens: int) -> dict:
         """Active-parameter fraction (per token and layer: parameters read for that token's

@@ -18,10 +18,12 @@ def evaluate(model, belt, batches: int, bytes_per_token: float) -> dict:
         per_batch = belt.batch_size * belt.seq_len if hasattr(belt, "seq_len") else None
         batches = max(1, belt.tokens_per_epoch // per_batch) if per_batch else 1
     total, count = 0.0, 0
+    # Sparse families score cross-entropy alone, in inference mode (their loss() adds regularisers).
+    score = getattr(model, "eval_loss", None)
     with no_grad():
         for _ in range(batches):
             ids, targets = belt.next_batch()
-            loss = model.loss(ids, targets).item()
+            loss = score(ids, targets) if score else model.loss(ids, targets).item()
             total += loss * targets.size
             count += targets.size
     loss = total / count

@@ -208,6 +208,9 @@ class Trainer:
                     record = {"step": self.step, "loss": loss_sum / cfg.optim.grad_accum, "lr": lr, "grad_norm": gnorm,
                               "tokens_per_s": tokens_per_step * window_steps / max(dt, 1e-9), "ms_per_step": ms,
                               "elapsed_s": elapsed, "eta_s": ms / 1000 * (run.steps - self.step), "rss_mb": rss_bytes() / 2**20}
+                    # Sparse families: the active-parameter fraction (SPEC §2 item 2), TI violations, drops.
+                    stats = getattr(self.model, "last_stats", None) or {}
+                    record.update({k: stats[k] for k in ("ce", "active_param_fraction", "ti_violation_rate", "dropped") if k in stats})
                     metrics.step(record, show=True)
                     window_t, window_steps = time.perf_counter(), 0
                 if run.eval_every and (self.step % run.eval_every == 0 or self.step == run.steps):
