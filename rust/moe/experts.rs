@@ -14,7 +14,6 @@ const CHUNK: usize = 1 << 14;
 
 #[derive(Clone, Copy)]
 struct Dims {
-    e: usize,
     h: usize,
     d: usize,
     s: usize,
@@ -28,7 +27,7 @@ fn dims(op: &'static str, xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tens
     let s = xs.shape()[0];
     ensure_shape!(offsets.len() == e + 1 && offsets[0] == 0 && offsets[e] == s && offsets.windows(2).all(|w| w[0] <= w[1]), op,
         "offsets must rise from 0 to {} over {} experts, got {:?}", s, e, offsets);
-    Ok(Dims { e, h, d, s })
+    Ok(Dims { h, d, s })
 }
 
 /// a = silu(g) * u over matching chunks (elementwise, fixed chunking).
@@ -42,55 +41,71 @@ fn swiglu(g: &[f32], u: &[f32], a: &mut [f32]) {
     });
 }
 
+/// Splits `buf` (rows of `width`) into one mutable block per expert along `offsets`.
+fn split_rows<'a>(buf: &'a mut [f32], offsets: &[usize], width: usize) -> Vec<&'a mut [f32]> {
+    let mut parts = Vec::with_capacity(offsets.len() - 1);
+    let mut rest = buf;
+    for w in offsets.windows(2) {
+        let (head, tail) = rest.split_at_mut((w[1] - w[0]) * width);
+        parts.push(head);
+        rest = tail;
+    }
+    parts
+}
+
+/// Runs `f(expert, rows r0..r0+m, parts)` for every non-empty expert as parallel tasks. Experts
+/// write disjoint blocks and each GEMM is deterministic, so the result does not depend on the
+/// schedule; running experts side by side keeps both threads busy when groups are small.
+fn per_expert<P: Send>(offsets: &[usize], parts: Vec<P>, f: impl Fn(usize, usize, usize, P) + Sync + Send) {
+    parts.into_par_iter().enumerate().for_each(|(ex, p)| {
+        let (r0, m) = (offsets[ex], offsets[ex + 1] - offsets[ex]);
+        if m > 0 {
+            f(ex, r0, m, p);
+        }
+    });
+}
+
 /// ys[slots of e] = (silu(xs W_gate[e]ᵀ) ⊙ xs W_up[e]ᵀ) W_down[e]ᵀ.
 /// xs: [S, D] grouped by `offsets` (len E+1) -> (ys [S, D], g [S, H], u [S, H]); g, u are the
 /// cache backward reads.
 pub fn experts_forward(xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor, wd: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let Dims { e, h, d, s } = dims("experts", xs, offsets, wg, wu, wd)?;
+    let Dims { h, d, s, .. } = dims("experts", xs, offsets, wg, wu, wd)?;
     let (mut g, mut u, mut ys) = (Tensor::zeros(&[s, h]), Tensor::zeros(&[s, h]), Tensor::zeros(&[s, d]));
     let mut a = vec![0.0f32; s * h];
-    let x = xs.data();
-    for ex in 0..e {
-        let (r0, m) = (offsets[ex], offsets[ex + 1] - offsets[ex]);
-        if m == 0 {
-            continue;
-        }
+    let (x, wgd, wud, wdd) = (xs.data(), wg.data(), wu.data(), wd.data());
+    let parts = split_rows(g.data_mut(), offsets, h).into_iter().zip(split_rows(u.data_mut(), offsets, h)).collect();
+    per_expert(offsets, parts, |ex, r0, m, (ge, ue): (&mut [f32], &mut [f32])| {
         let xe = &x[r0 * d..(r0 + m) * d];
-        gemm(m, h, d, xe, false, &wg.data()[ex * h * d..(ex + 1) * h * d], true, &mut g.data_mut()[r0 * h..(r0 + m) * h], false);
-        gemm(m, h, d, xe, false, &wu.data()[ex * h * d..(ex + 1) * h * d], true, &mut u.data_mut()[r0 * h..(r0 + m) * h], false);
-    }
+        gemm(m, h, d, xe, false, &wgd[ex * h * d..(ex + 1) * h * d], true, ge, false);
+        gemm(m, h, d, xe, false, &wud[ex * h * d..(ex + 1) * h * d], true, ue, false);
+    });
     swiglu(g.data(), u.data(), &mut a);
-    for ex in 0..e {
-        let (r0, m) = (offsets[ex], offsets[ex + 1] - offsets[ex]);
-        if m > 0 {
-            gemm(m, d, h, &a[r0 * h..(r0 + m) * h], false, &wd.data()[ex * d * h..(ex + 1) * d * h], true, &mut ys.data_mut()[r0 * d..(r0 + m) * d], false);
-        }
-    }
+    per_expert(offsets, split_rows(ys.data_mut(), offsets, d), |ex, r0, m, ye| {
+        gemm(m, d, h, &a[r0 * h..(r0 + m) * h], false, &wdd[ex * d * h..(ex + 1) * d * h], true, ye, false);
+    });
     Ok((ys, g, u))
 }
 
 /// Gradients of experts_forward given dys [S, D]: (dxs [S, D], dw_gate, dw_up, dw_down).
 #[allow(clippy::too_many_arguments)]
 pub fn experts_backward(xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor, wd: &Tensor, g: &Tensor, u: &Tensor, dys: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
-    let Dims { e, h, d, s } = dims("experts_backward", xs, offsets, wg, wu, wd)?;
+    let Dims { h, d, s, .. } = dims("experts_backward", xs, offsets, wg, wu, wd)?;
     ensure_shape!(g.shape() == [s, h] && u.shape() == [s, h] && dys.shape() == [s, d], "experts_backward",
         "g {:?}, u {:?} must be [{}, {}]; dys {:?} must be [{}, {}]", g.shape(), u.shape(), s, h, dys.shape(), s, d);
     let (x, gd, ud, dy) = (xs.data(), g.data(), u.data(), dys.data());
+    let (wgd, wud, wdd) = (wg.data(), wu.data(), wd.data());
     let mut a = vec![0.0f32; s * h];
     swiglu(gd, ud, &mut a);
     let (mut dwg, mut dwu, mut dwd) = (Tensor::zeros(wg.shape()), Tensor::zeros(wu.shape()), Tensor::zeros(wd.shape()));
     // da = dy W_down[e];  dW_down[e] = dyᵀ a
     let mut da = vec![0.0f32; s * h];
-    for ex in 0..e {
-        let (r0, m) = (offsets[ex], offsets[ex + 1] - offsets[ex]);
-        if m == 0 {
-            continue;
-        }
+    let parts = split_rows(&mut da, offsets, h).into_iter().zip(dwd.data_mut().chunks_mut(d * h)).collect();
+    per_expert(offsets, parts, |ex, r0, m, (dae, dwde): (&mut [f32], &mut [f32])| {
         let dye = &dy[r0 * d..(r0 + m) * d];
-        gemm(m, h, d, dye, false, &wd.data()[ex * d * h..(ex + 1) * d * h], false, &mut da[r0 * h..(r0 + m) * h], false);
-        gemm(d, h, m, dye, true, &a[r0 * h..(r0 + m) * h], false, &mut dwd.data_mut()[ex * d * h..(ex + 1) * d * h], false);
-    }
-    // dg = da ⊙ u ⊙ silu'(g);  du = da ⊙ silu(g)   (reusing the buffers a -> du, da -> dg)
+        gemm(m, h, d, dye, false, &wdd[ex * d * h..(ex + 1) * d * h], false, dae, false);
+        gemm(d, h, m, dye, true, &a[r0 * h..(r0 + m) * h], false, dwde, false);
+    });
+    // dg = da ⊙ u ⊙ silu'(g);  du = da ⊙ silu(g)   (the buffer a becomes du)
     let mut dg = vec![0.0f32; s * h];
     dg.par_chunks_mut(CHUNK).zip(a.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (dgo, duo))| {
         let r = i * CHUNK..i * CHUNK + dgo.len();
@@ -104,19 +119,14 @@ pub fn experts_backward(xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor
     });
     let du = a;
     let mut dxs = Tensor::zeros(&[s, d]);
-    for ex in 0..e {
-        let (r0, m) = (offsets[ex], offsets[ex + 1] - offsets[ex]);
-        if m == 0 {
-            continue;
-        }
+    let parts = split_rows(dxs.data_mut(), offsets, d).into_iter().zip(dwg.data_mut().chunks_mut(h * d).zip(dwu.data_mut().chunks_mut(h * d))).collect();
+    per_expert(offsets, parts, |ex, r0, m, (dx, (dwge, dwue)): (&mut [f32], (&mut [f32], &mut [f32]))| {
         let (dge, due, xe) = (&dg[r0 * h..(r0 + m) * h], &du[r0 * h..(r0 + m) * h], &x[r0 * d..(r0 + m) * d]);
-        let (wge, wue) = (&wg.data()[ex * h * d..(ex + 1) * h * d], &wu.data()[ex * h * d..(ex + 1) * h * d]);
-        let dx = &mut dxs.data_mut()[r0 * d..(r0 + m) * d];
-        gemm(m, d, h, dge, false, wge, false, dx, false);
-        gemm(m, d, h, due, false, wue, false, dx, true);
-        gemm(h, d, m, dge, true, xe, false, &mut dwg.data_mut()[ex * h * d..(ex + 1) * h * d], false);
-        gemm(h, d, m, due, true, xe, false, &mut dwu.data_mut()[ex * h * d..(ex + 1) * h * d], false);
-    }
+        gemm(m, d, h, dge, false, &wgd[ex * h * d..(ex + 1) * h * d], false, dx, false);
+        gemm(m, d, h, due, false, &wud[ex * h * d..(ex + 1) * h * d], false, dx, true);
+        gemm(h, d, m, dge, true, xe, false, dwge, false);
+        gemm(h, d, m, due, true, xe, false, dwue, false);
+    });
     Ok((dxs, dwg, dwu, dwd))
 }
 
