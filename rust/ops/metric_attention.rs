@@ -93,30 +93,40 @@ fn dims(op: &'static str, a: &MetricInputs) -> Result<Dims> {
     Ok(Dims { b, t, h, hkv, hd, m })
 }
 
-/// Precomputed per call: u = w ⊙ q [M, H, hd], the key norms kn [B, T, H] = Σ_c w_hc k_c².
+/// Precomputed per call, so a score is one dot product plus one lookup:
+/// u2 = 2α_h w_h ⊙ q [M, H, hd]; kn [B, T, H] = ‖k‖²_w; kbias = -α_h kn (+ kb when soft);
+/// `mask` is kb when pruning is hard.
 struct Prep<'a> {
     a: MetricInputs<'a>,
     d: Dims,
-    u: Vec<f32>,
+    u2: Vec<f32>,
     kn: Vec<f32>,
+    kbias: Vec<f32>,
+    mask: Option<&'a [f32]>,
 }
 
 impl<'a> Prep<'a> {
     fn new(op: &'static str, a: MetricInputs<'a>) -> Result<Self> {
         let d = dims(op, &a)?;
-        let (qd, kd, wd) = (a.q.data(), a.k.data(), a.w.data());
-        let mut u = vec![0.0f32; d.m * d.h * d.hd];
-        u.par_chunks_mut(d.hd.max(1)).enumerate().for_each(|(x, ur)| cpu::mul(&qd[x * d.hd..(x + 1) * d.hd], &wd[(x % d.h) * d.hd..(x % d.h + 1) * d.hd], ur));
-        let mut kn = vec![0.0f32; d.b * d.t * d.h];
-        kn.par_chunks_mut(d.h).enumerate().for_each(|(bt, row)| {
+        let (qd, kd, wd, ald) = (a.q.data(), a.k.data(), a.w.data(), a.alpha.data());
+        let mut u2 = vec![0.0f32; d.m * d.h * d.hd];
+        u2.par_chunks_mut(d.hd.max(1)).enumerate().for_each(|(x, ur)| {
+            let hh = x % d.h;
+            cpu::scale_mul(2.0 * ald[hh], &qd[x * d.hd..(x + 1) * d.hd], &wd[hh * d.hd..(hh + 1) * d.hd], ur)
+        });
+        let (mut kn, mut kbias) = (vec![0.0f32; d.b * d.t * d.h], vec![0.0f32; d.b * d.t * d.h]);
+        let soft = a.kb.filter(|_| !a.hard).map(|t| t.data());
+        kn.par_chunks_mut(d.h).zip(kbias.par_chunks_mut(d.h)).enumerate().for_each(|(bt, (row, brow))| {
             let mut tmp = vec![0.0f32; d.hd];
-            for (hh, out) in row.iter_mut().enumerate() {
+            for hh in 0..d.h {
                 let kj = &kd[(bt * d.hkv + hh / d.group()) * d.hd..][..d.hd];
                 cpu::mul(kj, &wd[hh * d.hd..(hh + 1) * d.hd], &mut tmp);
-                *out = cpu::dot(&tmp, kj);
+                row[hh] = cpu::dot(&tmp, kj);
+                brow[hh] = -ald[hh] * row[hh] + soft.map_or(0.0, |kb| kb[bt * d.h + hh]);
             }
         });
-        Ok(Prep { a, d, u, kn })
+        let mask = a.kb.filter(|_| a.hard).map(|t| t.data());
+        Ok(Prep { a, d, u2, kn, kbias, mask })
     }
 
     /// (batch, position) of query row r.
@@ -125,22 +135,23 @@ impl<'a> Prep<'a> {
         (p / self.d.t, p % self.d.t)
     }
 
-    fn kb(&self, b: usize, j: usize, hh: usize) -> f32 {
-        self.a.kb.map_or(0.0, |kb| kb.data()[(b * self.d.t + j) * self.d.h + hh])
-    }
-
     /// Whether query i sees key j (j ≤ i) under hard pruning.
+    #[inline]
     fn allowed(&self, b: usize, j: usize, hh: usize, i: usize) -> bool {
-        !(self.a.hard && j != i && self.kb(b, j, hh) < 0.0)
+        self.mask.map_or(true, |kb| j == i || kb[(b * self.d.t + j) * self.d.h + hh] >= 0.0)
     }
 
-    /// s_ij for row r (head hh) at key j of batch b.
-    fn score(&self, r: usize, hh: usize, b: usize, j: usize) -> f32 {
+    /// The scaled query row u2 of row r, head hh.
+    #[inline]
+    fn uq(&self, r: usize, hh: usize) -> &[f32] {
+        &self.u2[self.d.q_at(r, hh)..][..self.d.hd]
+    }
+
+    /// s_ij given the scaled query `ui` of row i (head hh, kv head g) and key j of batch b.
+    #[inline]
+    fn score(&self, ui: &[f32], b: usize, j: usize, g: usize, hh: usize) -> f32 {
         let d = &self.d;
-        let ui = &self.u[d.q_at(r, hh)..d.q_at(r, hh) + d.hd];
-        let kj = &self.a.k.data()[d.kv_at(b, j, hh / d.group())..][..d.hd];
-        let s = self.a.alpha.data()[hh] * (2.0 * cpu::dot(ui, kj) - self.kn[(b * d.t + j) * d.h + hh]);
-        if self.a.hard { s } else { s + self.kb(b, j, hh) }
+        cpu::dot(ui, &self.a.k.data()[d.kv_at(b, j, g)..][..d.hd]) + self.kbias[(b * d.t + j) * d.h + hh]
     }
 
     /// Query rows (indices into q) at positions b·T + [j, T): the queries that can see key j.
@@ -171,13 +182,14 @@ pub fn metric_attention_forward(a: MetricInputs) -> Result<(Tensor, Tensor)> {
             let (b, i) = p.pos(r);
             for hh in 0..d.h {
                 let g = hh / d.group();
+                let ui = p.uq(r, hh);
                 let acc = &mut orow[hh * d.hd..(hh + 1) * d.hd];
                 let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
                 for j0 in (0..=i).step_by(KEY_BLOCK) {
                     let mut n = 0;
                     for j in j0..(j0 + KEY_BLOCK).min(i + 1) {
                         if p.allowed(b, j, hh, i) {
-                            s[n] = p.score(r, hh, b, j);
+                            s[n] = p.score(ui, b, j, g, hh);
                             keys[n] = j;
                             n += 1;
                         }
@@ -228,10 +240,10 @@ pub fn metric_attention_backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout
     // delta[r, h] = dout · o: the softmax backward's row constant.
     let od = o.data();
     let delta: Vec<f32> = (0..d.m * d.h).into_par_iter().map(|x| cpu::dot(&dod[x * hd..(x + 1) * hd], &od[x * hd..(x + 1) * hd])).collect();
-    let ds_at = |r: usize, hh: usize, b: usize, j: usize| -> (f32, f32) {
-        let x = r * d.h + hh;
-        let pr = (p.score(r, hh, b, j) - ld[x]).exp();
-        let dp = cpu::dot(&dod[x * hd..(x + 1) * hd], &vd[d.kv_at(b, j, hh / d.group())..][..hd]);
+    let ds_at = |ui: &[f32], r: usize, hh: usize, b: usize, j: usize| -> (f32, f32) {
+        let (x, g) = (r * d.h + hh, hh / d.group());
+        let pr = (p.score(ui, b, j, g, hh) - ld[x]).exp();
+        let dp = cpu::dot(&dod[x * hd..(x + 1) * hd], &vd[d.kv_at(b, j, g)..][..hd]);
         (pr, pr * (dp - delta[x]))
     };
     // Partials [dα (H) | dw (H·hd)] per task, summed in task order below.
@@ -249,19 +261,21 @@ pub fn metric_attention_backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout
                 let g_kv = hh / d.group();
                 acc.fill(0.0);
                 let (mut rho, mut kappa) = (0.0f32, 0.0f32);
+                let ui = p.uq(r, hh);
                 for j in 0..=i {
                     if !p.allowed(b, j, hh, i) {
                         continue;
                     }
-                    let (_, ds) = ds_at(r, hh, b, j);
+                    let (_, ds) = ds_at(ui, r, hh, b, j);
                     cpu::axpy(ds, &kd[d.kv_at(b, j, g_kv)..][..hd], &mut acc);
                     rho += ds;
                     kappa += ds * p.kn[(b * d.t + j) * d.h + hh];
                 }
-                let (al, w, qi, ui) = (ald[hh], &wd[hh * hd..(hh + 1) * hd], &qd[d.q_at(r, hh)..][..hd], &p.u[d.q_at(r, hh)..][..hd]);
+                let (al, w, qi) = (ald[hh], &wd[hh * hd..(hh + 1) * hd], &qd[d.q_at(r, hh)..][..hd]);
                 let dqi = &mut dqrow[hh * hd..(hh + 1) * hd];
-                let qn = cpu::dot(ui, qi);
-                part[hh] += 2.0 * cpu::dot(ui, &acc) - rho * qn - kappa;
+                // ‖q‖²_w and (w⊙q)·A, the q-side terms of dα
+                let (qn, wqa) = (0..hd).fold((0.0f32, 0.0f32), |(n, a), c| (n + w[c] * qi[c] * qi[c], a + w[c] * qi[c] * acc[c]));
+                part[hh] += 2.0 * wqa - rho * qn - kappa;
                 let dwp = &mut part[d.h + hh * hd..d.h + (hh + 1) * hd];
                 for c in 0..hd {
                     dqi[c] = 2.0 * al * w[c] * (acc[c] - rho * qi[c]);
@@ -297,7 +311,7 @@ pub fn metric_attention_backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout
                             if !p.allowed(b, j, hh, p.pos(r).1) {
                                 continue;
                             }
-                            let (pr, ds) = ds_at(r, hh, b, j);
+                            let (pr, ds) = ds_at(p.uq(r, hh), r, hh, b, j);
                             let x = r * d.h + hh;
                             cpu::axpy(pr, &dod[x * hd..(x + 1) * hd], dvj);
                             cpu::axpy(ds, &qd[x * hd..(x + 1) * hd], &mut bv);
