@@ -27,10 +27,15 @@ def torch_layer(d, hidden, e, k, tau, weights):
     import torch
     import torch.nn.functional as F
 
-    wr, wg, wu, wd = (torch.tensor(w, requires_grad=True) for w in weights)
+    # One leaf tensor per expert and projection, as an nn.ModuleList of experts holds them:
+    # slicing one stacked [E, H, D] parameter would make every expert's backward materialise a
+    # full-size gradient, which is not how a PyTorch MoE is written.
+    wr = torch.tensor(weights[0], requires_grad=True)
+    wg, wu, wd = ([torch.tensor(w[ex], requires_grad=True) for ex in range(e)] for w in weights[1:])
+    leaves = [wr, *wg, *wu, *wd]
 
     def step(x, dy):
-        for w in (wr, wg, wu, wd):
+        for w in leaves:
             w.grad = None
         x = x.detach().requires_grad_(True)
         probs = torch.softmax((x @ wr.T) / tau, -1)
