@@ -4,8 +4,8 @@ gates, per-expert gather -> SwiGLU -> index_add back), same process, same thread
 
     python benches/moe_layer.py [--d 512] [--hidden 1024] [--tokens 2048] [--k 2] [--experts 8 32] [--runs 7]
 
-Prints the median of --runs timed steps (after 2 warm-ups; the two implementations alternate, so
-both see the same machine load) for each implementation and E, the
+Prints the median of --runs timed steps (after 2 warm-ups; the implementations alternate in blocks,
+so both see the same machine load) for each implementation and E, the
 ratio, the E=32/E=8 cost, and the active-parameter fraction. Capacity is unlimited on both sides
 (the same function; sos_rs's capacity rule is tested, not benchmarked).
 """
@@ -55,16 +55,21 @@ def torch_layer(d, hidden, e, k, tau, weights):
     return step
 
 
-def interleaved_medians(fns, runs):
-    """Median seconds of each fn, timed alternately so both see the same machine load."""
-    for f in fns:
-        f(), f()
+def interleaved_medians(fns, runs, warmup: int = 2, rounds: int = 3):
+    """Median seconds of each fn over `runs` timed calls, taken in `rounds` blocks that alternate
+    between the fns (so all see the same background load), with a pause before each block so the
+    other library's spinning worker threads (OpenMP's or Rayon's) have gone idle."""
     times = [[] for _ in fns]
-    for _ in range(runs):
+    per_block = -(-runs // rounds)
+    for r in range(rounds):
         for f, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
+            time.sleep(0.3)
+            for _ in range(warmup if r == 0 else 0):
+                f()
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                f()
+                ts.append(time.perf_counter() - t0)
     return [statistics.median(ts) for ts in times]
 
 
@@ -75,11 +80,14 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--experts", type=int, nargs="+", default=[8, 32])
-    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--tau", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=0, help="threads of both libraries (0: sos_rs default)")
     args = ap.parse_args()
     import torch
 
+    if args.threads:
+        sos_rs.set_num_threads(args.threads)
     torch.set_num_threads(sos_rs.num_threads())
     rng = np.random.default_rng(0)
     x_np = rng.normal(size=(args.tokens, args.d)).astype(np.float32)

@@ -5,7 +5,7 @@ same threads, same weights, same batches and regulariser triples.
     python benches/sparse_families.py [--batch 8] [--seq 64] [--steps 10] [--families moa discoverlm]
 
 Prints the median step time of --steps timed steps (after 3 warm-ups; the two implementations
-alternate), tokens/s, the ratio, the
+alternate in blocks), tokens/s, the ratio, the
 measured active-parameter fraction and the TI violation rate.
 """
 
@@ -29,17 +29,21 @@ import modeling_sos_moa as R  # noqa: E402
 HF = {"moa": (R.SosMoAConfig, R.SosMoAForCausalLM), "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM)}
 
 
-def interleaved_medians(steps, warmup: int, runs: int):
-    """Median seconds of each step, timed alternately so all see the same machine load."""
-    for step in steps:
-        for _ in range(warmup):
-            step()
-    times = [[] for _ in steps]
-    for _ in range(runs):
-        for step, ts in zip(steps, times):
-            t0 = time.perf_counter()
-            step()
-            ts.append(time.perf_counter() - t0)
+def interleaved_medians(fns, runs, warmup: int = 2, rounds: int = 3):
+    """Median seconds of each fn over `runs` timed calls, taken in `rounds` blocks that alternate
+    between the fns (so all see the same background load), with a pause before each block so the
+    other library's spinning worker threads (OpenMP's or Rayon's) have gone idle."""
+    times = [[] for _ in fns]
+    per_block = -(-runs // rounds)
+    for r in range(rounds):
+        for f, ts in zip(fns, times):
+            time.sleep(0.3)
+            for _ in range(warmup if r == 0 else 0):
+                f()
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                f()
+                ts.append(time.perf_counter() - t0)
     return [statistics.median(ts) for ts in times]
 
 
@@ -47,11 +51,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--families", nargs="+", default=["moa", "discoverlm"])
+    ap.add_argument("--threads", type=int, default=0, help="threads of both libraries (0: sos_rs default)")
     args = ap.parse_args()
     import torch
 
+    if args.threads:
+        sos_rs.set_num_threads(args.threads)
     torch.set_num_threads(sos_rs.num_threads())
     print(f"tiny presets, batch {args.batch}x{args.seq}; threads {sos_rs.num_threads()}, isa {sos_rs.isa()}, torch {torch.__version__}")
     for family in args.families:
@@ -82,7 +89,7 @@ def main() -> None:
             ref(tids, labels=ttargets, triples=triples[next(jt) % 4], return_aux=True)[1].backward()
             topt.step()
 
-        t_sos, t_ref = interleaved_medians([sos_step, torch_step], 3, args.steps)
+        t_sos, t_ref = interleaved_medians([sos_step, torch_step], args.steps, warmup=3)
         stats = dict(model.last_stats)
         tokens = ids.size
         print(f"{family:10s} params {model.num_parameters():8d}: sos_rs {1e3 * t_sos:7.1f} ms ({tokens / t_sos:8.0f} tok/s)   "
