@@ -11,13 +11,19 @@ use rayon::prelude::*;
 
 const ROWS_PER_TASK: usize = 8;
 
-/// logits: [..., V], targets: [N] with N = rows of logits -> (mean loss, lse [N])
-pub fn cross_entropy_forward(logits: &Tensor, targets: &[u32]) -> Result<(f32, Tensor)> {
+/// (rows N, vocabulary V) of logits [..., V] after checking one in-range target per row.
+fn checked_rows(logits: &Tensor, targets: &[u32]) -> Result<(usize, usize)> {
     let v = logits.last_dim();
     let n = if v == 0 { 0 } else { logits.numel() / v };
     ensure_shape!(logits.ndim() >= 2 && n == targets.len(), "cross_entropy", "logits {:?} need one target per row; got {} targets", logits.shape(), targets.len());
     ensure_shape!(n > 0, "cross_entropy", "no rows in logits {:?}", logits.shape());
     check_ids("cross_entropy", targets, v)?;
+    Ok((n, v))
+}
+
+/// logits: [..., V], targets: [N] with N = rows of logits -> (mean loss, lse [N])
+pub fn cross_entropy_forward(logits: &Tensor, targets: &[u32]) -> Result<(f32, Tensor)> {
+    let (n, v) = checked_rows(logits, targets)?;
     let ld = logits.data();
     let mut lse = Tensor::zeros(&[n]);
     // Per-row losses, summed in fixed row order (not a parallel reduction) for determinism.
@@ -41,11 +47,7 @@ pub fn cross_entropy_forward(logits: &Tensor, targets: &[u32]) -> Result<(f32, T
 /// the loss become the softmax of the gradient, so training reads the [N, V] logits once.
 /// Returns (mean loss, dlogits = (softmax - onehot) / N).
 pub fn cross_entropy_fused(logits: &Tensor, targets: &[u32]) -> Result<(f32, Tensor)> {
-    let v = logits.last_dim();
-    let n = if v == 0 { 0 } else { logits.numel() / v };
-    ensure_shape!(logits.ndim() >= 2 && n == targets.len(), "cross_entropy", "logits {:?} need one target per row; got {} targets", logits.shape(), targets.len());
-    ensure_shape!(n > 0, "cross_entropy", "no rows in logits {:?}", logits.shape());
-    check_ids("cross_entropy", targets, v)?;
+    let (n, v) = checked_rows(logits, targets)?;
     let ld = logits.data();
     let g = 1.0 / n as f32;
     let mut dl = Tensor::zeros(logits.shape());
