@@ -26,7 +26,7 @@ from .. import _core
 from . import bpe
 from .clean import EMPTY, KEPT, LONG, SHORT, clean, val_threshold
 from .config import PrepareConfig
-from .ingest import Skipped, discover, kind, parse_input, scan_structured, text_batches
+from .ingest import Skipped, discover, first_line, kind, parse_input, scan_structured, text_batches
 from .meta import META_NAME, write_meta
 from .progress import Progress
 
@@ -112,7 +112,7 @@ def read_and_clean(inputs: Sequence[str], work: Path, cfg: PrepareConfig, prog: 
                     part = _sink(lf, src.label, path, 1, size, cfg)
                 except Exception as e:  # a malformed line or bad bytes: report the file, keep going
                     path.unlink(missing_ok=True)
-                    skipped.append(Skipped(str(f), f"cannot read as {kind(f)}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"))
+                    skipped.append(Skipped(str(f), f"cannot read as {kind(f)}: {first_line(e)}"))
                 else:
                     if part.stats["docs"] == 0:
                         path.unlink()
