@@ -4,6 +4,8 @@
 //! the same names. `SOS_ISA=scalar|avx2|avx512` forces a lower path than the host offers (a higher
 //! one than detected is refused, with a warning, since it would fault).
 
+pub mod cache;
+pub mod peak;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -110,6 +112,47 @@ dispatch!(silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]), avx2);
 dispatch!(gelu(x: &[f32], out: &mut [f32]), avx2);
 dispatch!(gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]), avx2);
 dispatch!(adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamParams), avx2);
+
+/// Addressing of one GEMM microkernel call: A(r, p) = a[r·rsa + p·csa], B(p, j) = b[p·ldb + j]
+/// (the NR columns of a B row are contiguous), C(r, j) = c[r·ldc + j]. Packed panels have
+/// rsa = 1, csa = MR, ldb = NR; a row-major A read in place has rsa = its row length, csa = 1.
+#[derive(Debug, Clone, Copy)]
+pub struct Tile {
+    pub a: *const f32,
+    pub rsa: usize,
+    pub csa: usize,
+    pub b: *const f32,
+    pub ldb: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+}
+
+/// The microkernel tile (MR rows, NR columns) of `isa`.
+pub fn gemm_shape(isa: Isa) -> (usize, usize) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => (avx512::MR, avx512::NR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => (avx2::MR, avx2::NR),
+        _ => (scalar::MR, scalar::NR),
+    }
+}
+
+/// One microkernel call on `isa`: C[MR×NR] (+)= A·B over `kc` steps.
+///
+/// # Safety
+/// `isa` is supported by the host (`supports(isa)`), and every address `t` describes for
+/// r < MR, p < kc, j < NR of that isa's tile is valid, C not overlapping A or B.
+#[inline(always)]
+pub unsafe fn gemm_tile(isa: Isa, kc: usize, t: &Tile, accumulate: bool) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => avx512::gemm_tile(kc, t, accumulate),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::gemm_tile(kc, t, accumulate),
+        _ => scalar::gemm_tile(kc, t, accumulate),
+    }
+}
 
 /// AdamW hyper-parameters for one step, with the bias corrections already computed.
 #[derive(Debug, Clone, Copy)]
