@@ -192,6 +192,16 @@ pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma")]
+pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
+    assert_eq!(x.len(), shift.len());
+    map_lanes!(x.len(), |i| {
+        // SAFETY: i + W <= len for both slices.
+        let d = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(shift.as_ptr().add(i)));
+        _mm256_storeu_ps(x.as_mut_ptr().add(i), exp8(d));
+    }, |i: usize| scalar::exp_sub(&mut x[i..], &shift[i..]))
+}
+
+#[target_feature(enable = "avx2,fma")]
 pub unsafe fn silu(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
     map_lanes!(x.len(), |i| {

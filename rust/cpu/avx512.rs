@@ -85,6 +85,20 @@ pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     _mm512_reduce_add_ps(acc)
 }
 
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
+    assert_eq!(x.len(), shift.len());
+    let n = x.len();
+    let mut i = 0;
+    while i < n {
+        let k = tail_mask((n - i).min(W));
+        // SAFETY: masked loads/stores touch only lanes i..min(i+W, n) of both slices.
+        let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x.as_ptr().add(i)), _mm512_maskz_loadu_ps(k, shift.as_ptr().add(i)));
+        _mm512_mask_storeu_ps(x.as_mut_ptr().add(i), k, exp16(d));
+        i += W;
+    }
+}
+
 pub const MR: usize = 8;
 pub const NR: usize = 32;
 
@@ -103,6 +117,12 @@ pub const NR: usize = 32;
 unsafe fn micro_body(kc: usize, t: &Tile, rsa: usize, csa: usize, ldb: usize, accumulate: bool) {
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     let (mut pa, mut pb) = (t.a, t.b);
+    if accumulate {
+        for r in 0..MR {
+            _mm_prefetch::<_MM_HINT_T0>(t.c.add(r * t.ldc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(t.c.add(r * t.ldc + 16) as *const i8);
+        }
+    }
     for _ in 0..kc {
         let b0 = _mm512_loadu_ps(pb);
         let b1 = _mm512_loadu_ps(pb.add(W));

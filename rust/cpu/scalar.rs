@@ -69,6 +69,14 @@ pub fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     s
 }
 
+/// x[i] = exp(x[i] - shift[i]): softmax numerators with a per-lane shift (attention tiles).
+pub fn exp_sub(x: &mut [f32], shift: &[f32]) {
+    assert_eq!(x.len(), shift.len());
+    for (v, s) in x.iter_mut().zip(shift) {
+        *v = (*v - s).exp();
+    }
+}
+
 #[inline]
 pub fn sigmoid1(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())

@@ -28,12 +28,15 @@ const TASKS_PER_THREAD: usize = 3;
 pub fn kc_for(isa: Isa) -> usize {
     let (_, nr) = cpu::gemm_shape(isa);
     let kc = cache::host().l1d / 2 / (nr * 4);
+    if let Some(v) = std::env::var("SOS_GEMM_KC").ok().and_then(|v| v.parse().ok()) { return v; }
     (kc / 16 * 16).clamp(128, 512)
 }
 
-/// Largest row block: a packed A block (MC × KC) takes about half of L2.
+/// Largest row block: the A block (MC × KC) takes about a twelfth of L2, leaving room for the
+/// task's C block and the streamed B panels (larger blocks measured slower: L2 thrashing).
 fn mc_max(kc: usize, mr: usize) -> usize {
-    (cache::host().l2 / 2 / (kc * 4) / mr * mr).clamp(mr * 4, 1024)
+    if let Some(v) = std::env::var("SOS_GEMM_MC").ok().and_then(|v| v.parse().ok()) { return v; }
+    (cache::host().l2 / 12 / (kc * 4) / mr * mr).clamp(mr * 4, 1024)
 }
 
 /// Column chunk: the packed B chunk (k × NC) takes at most a quarter of L3.
@@ -140,45 +143,52 @@ struct Block {
     kc: usize,
 }
 
-/// One task: rows [i0, i1) × B panels pan.0..pan.1 of column chunk jc, over all of k.
+/// One task: rows [i0, i1) × B panels pan.0..pan.1 of column chunk jc, over all of k. The
+/// columns go in sub-blocks whose C part (rows × columns) stays in L2 across the k blocks.
 fn block(pr: &Problem, cp: CPtr, bpack: &[f32], bl: Block) {
     let (mr, nr) = cpu::gemm_shape(pr.isa);
     let (rows, kc) = (bl.i1 - bl.i0, bl.kc);
-    // A row-major in memory (k contiguous): the microkernel reads it in place, no packing.
+    let rows_pad = rows.div_ceil(mr) * mr;
+    // A row-major in memory (k contiguous): the microkernel reads it in place, and only a short
+    // last panel is packed. Otherwise the whole A block (all k) is packed once per task.
     let direct = pr.a.cs == 1;
-    let alen = if direct { mr * kc } else { rows.div_ceil(mr) * mr * kc };
+    let tail = if direct { rows % mr } else { 0 };
+    let kblocks = pr.k.div_ceil(kc);
+    let alen = if direct { kblocks * mr * kc } else { kblocks * rows_pad * kc };
+    let sub = (cache::host().l2 / 3 / (rows_pad * 4) / nr).max(1);
     scratch::with_local(0, alen, |apack| {
         for (pb, p0) in (0..pr.k).step_by(kc).enumerate() {
             let kcur = kc.min(pr.k - p0);
-            let last = p0 + kcur == pr.k;
-            let acc = pr.accumulate || p0 > 0;
-            if direct {
-                // Only a short last panel needs packing (the kernel reads MR whole rows).
-                let tail = rows % mr;
-                if tail != 0 {
-                    pack_a(pr.a, bl.i1 - tail, tail, p0, kcur, mr, apack);
-                }
-            } else {
-                pack_a(pr.a, bl.i0, rows, p0, kcur, mr, apack);
+            if !direct {
+                pack_a(pr.a, bl.i0, rows, p0, kcur, mr, &mut apack[pb * rows_pad * kc..]);
+            } else if tail != 0 {
+                pack_a(pr.a, bl.i1 - tail, tail, p0, kcur, mr, &mut apack[pb * mr * kc..]);
             }
-            for jp in bl.pan.0..bl.pan.1 {
-                let j0 = bl.jc + jp * nr;
-                let cols = nr.min(bl.ncur - jp * nr);
-                let bptr = bpack[(pb * bl.npan + jp) * kc * nr..].as_ptr();
-                for (q, r0) in (0..rows).step_by(mr).enumerate() {
-                    let rcur = mr.min(rows - r0);
-                    let i = bl.i0 + r0;
-                    let (a, rsa, csa) = if direct && rcur == mr {
-                        (pr.a.data[i * pr.a.rs + p0..].as_ptr(), pr.a.rs, 1)
-                    } else if direct {
-                        (apack.as_ptr(), 1, mr)
-                    } else {
-                        (apack[q * kcur * mr..].as_ptr(), 1, mr)
-                    };
-                    // SAFETY: C rows [i, i+rcur) × cols [j0, j0+cols) belong to this task alone;
-                    // row i starts at i*n in the m×n buffer behind cp.
-                    let cdst = unsafe { cp.0.add(i * pr.n + j0) };
-                    tile(pr, Tile { a, rsa, csa, b: bptr, ldb: nr, c: cdst, ldc: pr.n }, kcur, rcur, cols, acc, last, j0);
+        }
+        for s0 in (bl.pan.0..bl.pan.1).step_by(sub) {
+            for (pb, p0) in (0..pr.k).step_by(kc).enumerate() {
+                let kcur = kc.min(pr.k - p0);
+                let last = p0 + kcur == pr.k;
+                let acc = pr.accumulate || p0 > 0;
+                for jp in s0..(s0 + sub).min(bl.pan.1) {
+                    let j0 = bl.jc + jp * nr;
+                    let cols = nr.min(bl.ncur - jp * nr);
+                    let bptr = bpack[(pb * bl.npan + jp) * kc * nr..].as_ptr();
+                    for (q, r0) in (0..rows).step_by(mr).enumerate() {
+                        let rcur = mr.min(rows - r0);
+                        let i = bl.i0 + r0;
+                        let (a, rsa, csa) = if direct && rcur == mr {
+                            (pr.a.data[i * pr.a.rs + p0..].as_ptr(), pr.a.rs, 1)
+                        } else if direct {
+                            (apack[pb * mr * kc..].as_ptr(), 1, mr)
+                        } else {
+                            (apack[pb * rows_pad * kc + q * kcur * mr..].as_ptr(), 1, mr)
+                        };
+                        // SAFETY: C rows [i, i+rcur) × cols [j0, j0+cols) belong to this task
+                        // alone; row i starts at i*n in the m×n buffer behind cp.
+                        let cdst = unsafe { cp.0.add(i * pr.n + j0) };
+                        tile(pr, Tile { a, rsa, csa, b: bptr, ldb: nr, c: cdst, ldc: pr.n }, kcur, rcur, cols, acc, last, j0);
+                    }
                 }
             }
         }
