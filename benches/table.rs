@@ -1,57 +1,178 @@
-//! Side-by-side GEMM table (no criterion): sos_rs vs matrixmultiply, 1 and 2 threads, as GFLOP/s
-//! and as a fraction of the FMA peak measured in the same run. `--json` prints machine-readable
-//! rows for scripts/bench_side_by_side.py.
+//! GEMM side-by-side without criterion: sos_rs (AVX2 and AVX-512 paths) and the matrixmultiply
+//! crate, 1 and 2 threads, at model-named shapes and squares. Every repetition measures the FMA
+//! peak right before the GEMMs, so each fraction of peak compares numbers taken moments apart on
+//! this (shared, noisy) machine; the table shows medians over repetitions.
+//!
+//!   cargo bench --bench table [-- [--json] [--reps N] [name filters...]]
+
+use sos_rs::cpu::{peak, Isa};
+use sos_rs::ops::{attention, matmul};
+use sos_rs::Tensor;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
-use sos_rs::cpu::{self, peak, Isa};
-use sos_rs::ops::matmul;
 
-fn median(mut v: Vec<f64>) -> f64 { v.sort_by(f64::total_cmp); v[v.len() / 2] }
+/// Counts live heap bytes and their peak, to show attention's memory growing linearly in T.
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = System.alloc(l);
+        let now = LIVE.fetch_add(l.size(), Relaxed) + l.size();
+        PEAK.fetch_max(now, Relaxed);
+        p
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(l);
+        let now = LIVE.fetch_add(l.size(), Relaxed) + l.size();
+        PEAK.fetch_max(now, Relaxed);
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size(), Relaxed);
+        System.dealloc(p, l)
+    }
+}
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
-fn time_gflops(flops: f64, reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let t = Instant::now(); f(); let one = t.elapsed().as_secs_f64();
-    let inner = ((0.05 / one.max(1e-6)) as usize).max(1);
-    median((0..reps).map(|_| { let t = Instant::now(); for _ in 0..inner { f(); } flops * inner as f64 / t.elapsed().as_secs_f64() / 1e9 }).collect())
+/// (name, M, N, K, trans_a, trans_b): forward Linear shapes are x[M,K] · W[N,K]ᵀ.
+pub const SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
+    ("qkv_proj", 2048, 1536, 512, false, true),
+    ("attn_out", 2048, 512, 512, false, true),
+    ("mlp_up", 2048, 1376, 512, false, true),
+    ("mlp_down", 2048, 512, 1376, false, true),
+    ("lm_head", 2048, 8192, 512, false, true),
+    ("lm_head_dx", 2048, 512, 8192, false, false),
+    ("lm_head_dw", 8192, 512, 2048, true, false),
+    ("sq256", 256, 256, 256, false, false),
+    ("sq512", 512, 512, 512, false, false),
+    ("sq1024", 1024, 1024, 1024, false, false),
+    ("sq2048", 2048, 2048, 2048, false, false),
+];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
-fn mm_sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], threads: usize) {
-    // a [m,k] row-major, b stored [n,k] (x·Wᵀ): strides rsb=1, csb=k.
+/// GFLOP/s of `f`, timed over enough calls to last ~`ms` milliseconds.
+fn gflops(flops: f64, ms: f64, mut f: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    f();
+    let one = t.elapsed().as_secs_f64();
+    let inner = ((ms / 1e3 / one.max(1e-7)) as usize).max(1);
+    let t = Instant::now();
+    for _ in 0..inner {
+        f();
+    }
+    flops * inner as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// matrixmultiply::sgemm, rows split across `threads` scoped threads.
+#[allow(clippy::too_many_arguments)]
+fn mm_sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool, c: &mut [f32], threads: usize) {
+    let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
+    let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
     let rows = m.div_ceil(threads);
     std::thread::scope(|s| {
         for (ci, cc) in c.chunks_mut(rows * n).enumerate() {
             let mi = cc.len() / n;
-            let ap = &a[ci * rows * k..];
-            s.spawn(move || unsafe { matrixmultiply::sgemm(mi, k, n, 1.0, ap.as_ptr(), k as isize, 1, b.as_ptr(), 1, k as isize, 0.0, cc.as_mut_ptr(), n as isize, 1) });
+            let ap = a[ci * rows * rsa as usize..].as_ptr() as usize;
+            let bp = b.as_ptr() as usize;
+            s.spawn(move || {
+                // SAFETY: rows [ci*rows, ci*rows+mi) of op(A), all of op(B) and this chunk of C
+                // are inside their slices at the given strides.
+                unsafe { matrixmultiply::sgemm(mi, k, n, 1.0, ap as *const f32, rsa, csa, bp as *const f32, rsb, csb, 0.0, cc.as_mut_ptr(), n as isize, 1) }
+            });
         }
     });
 }
 
-fn main() {
-    let shapes: Vec<(&str, usize, usize, usize)> = vec![
-        ("qkv_proj", 2048, 1536, 512), ("attn_out", 2048, 512, 512), ("mlp_up", 2048, 1376, 512),
-        ("mlp_down", 2048, 512, 1376), ("lm_head", 2048, 8192, 512),
-        ("sq256", 256, 256, 256), ("sq512", 512, 512, 512), ("sq1024", 1024, 1024, 1024), ("sq2048", 2048, 2048, 2048)];
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    for isa in [Isa::Avx2, Isa::Avx512] {
-        for th in [1, 2] { println!("peak {} {}t: {:.1}", isa.name(), th, peak::fma_peak_gflops(isa, th, 5, 100)); }
+/// Attention forward+backward, B=1, H=8, hd=64: GFLOP/s (7·B·H·T²·hd flops: forward 2, backward
+/// 5 products over the causal half), fraction of the peak, and the heap growth during one call.
+fn attention_rows(reps: usize, json: bool) {
+    let (b, h, hd) = (1usize, 8usize, 64usize);
+    for t in [256usize, 1024, 4096] {
+        let n = b * t * h * hd;
+        let mk = |seed: usize| Tensor::from_slice(&[b, t, h, hd], &(0..n).map(|i| ((i * 2654435761 + seed) % 1000) as f32 / 1000.0 - 0.5).collect::<Vec<_>>()).unwrap();
+        let (q, k, v, dout) = (mk(1), mk(2), mk(3), mk(4));
+        let scale = 1.0 / (hd as f32).sqrt();
+        let flops = 7.0 * (b * h * t * t * hd) as f64;
+        let run = || {
+            let (o, l) = attention::attention_forward(&q, &k, &v, scale).unwrap();
+            attention::attention_backward(&q, &k, &v, &o, &l, &dout, scale).unwrap();
+        };
+        for th in [1usize, 2] {
+            sos_rs::par::set_num_threads(th);
+            sos_rs::par::install(run);
+            let base = LIVE.load(Relaxed);
+            PEAK.store(base, Relaxed);
+            sos_rs::par::install(run);
+            let extra = PEAK.load(Relaxed) - base;
+            let inputs = 4 * n * 4;
+            let mut rows = Vec::new();
+            for _ in 0..reps {
+                let p = peak::fma_peak_gflops(Isa::Avx512.min(sos_rs::cpu::isa()), th, 1, 30);
+                let g = gflops(flops, 200.0, || sos_rs::par::install(run));
+                rows.push([p, g, g / p]);
+            }
+            let col = |i: usize| median(rows.iter().map(|r| r[i]).collect());
+            if json {
+                println!("{{\"shape\":\"attention_T{t}\",\"t\":{t},\"threads\":{th},\"peak\":{:.2},\"sos\":{:.2},\"frac\":{:.4},\"extra_bytes\":{extra},\"input_bytes\":{inputs}}}", col(0), col(1), col(2));
+            } else {
+                println!("{:12} {:>3} {:9.1} {:9.1} {:9.3}   heap during fwd+bwd {:.1} MB (inputs {:.1} MB)", format!("attn T={t}"), th, col(0), col(1), col(2), extra as f64 / 1e6, inputs as f64 / 1e6);
+            }
+        }
     }
-    for (name, m, n, k) in shapes {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) { continue; }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let reps = args.iter().position(|a| a == "--reps").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(5usize);
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-') && a.parse::<usize>().is_err() && *a != "--bench").collect();
+    if filters.iter().any(|f| f.as_str() == "attention") {
+        return attention_rows(reps, json);
+    }
+    let isas: Vec<Isa> = [Isa::Avx2, Isa::Avx512].into_iter().filter(|i| sos_rs::cpu::supports(*i)).collect();
+    if !json {
+        println!("{:12} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "shape", "thr", "peak512", "sos512", "frac", "sos256", "frac256", "mmul");
+    }
+    for &(name, m, n, k, ta, tb) in SHAPES {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
         let b: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
         let mut c = vec![0.0f32; m * n];
         let flops = 2.0 * (m * n * k) as f64;
-        for th in [1, 2] {
+        for th in [1usize, 2] {
             sos_rs::par::set_num_threads(th);
-            let mut row = format!("{name:10} {th}t");
-            for isa in [Isa::Avx2, Isa::Avx512] {
-                let g = time_gflops(flops, 5, || sos_rs::par::install(|| matmul::gemm_with(isa, m, n, k, &a, false, &b, true, &mut c, false)));
-                row += &format!("  sos-{}: {:6.1}", isa.name(), g);
+            // per rep: [peak512, peak256, sos512, sos256, mm]
+            let mut rows: Vec<[f64; 5]> = Vec::new();
+            for _ in 0..reps {
+                let p512 = peak::fma_peak_gflops(Isa::Avx512, th, 1, 30);
+                let p256 = peak::fma_peak_gflops(Isa::Avx2, th, 1, 30);
+                let mut sos = [0.0; 2];
+                for (s, &isa) in sos.iter_mut().zip(isas.iter().rev()) {
+                    *s = gflops(flops, 100.0, || sos_rs::par::install(|| matmul::gemm_with(isa, m, n, k, &a, ta, &b, tb, &mut c, false)));
+                }
+                let mm = gflops(flops, 100.0, || mm_sgemm(m, n, k, &a, ta, &b, tb, &mut c, th));
+                rows.push([p512, p256, sos[0], sos[1], mm]);
             }
-            let g = time_gflops(flops, 5, || mm_sgemm(m, n, k, &a, &b, &mut c, th));
-            row += &format!("  matrixmultiply: {:6.1}", g);
-            println!("{row}");
+            let col = |i: usize| median(rows.iter().map(|r| r[i]).collect());
+            let frac = |i: usize, p: usize| median(rows.iter().map(|r| r[i] / r[p]).collect());
+            if json {
+                println!(
+                    "{{\"shape\":\"{name}\",\"m\":{m},\"n\":{n},\"k\":{k},\"threads\":{th},\"peak512\":{:.2},\"peak256\":{:.2},\"sos512\":{:.2},\"sos256\":{:.2},\"frac512\":{:.4},\"frac256\":{:.4},\"matrixmultiply\":{:.2},\"mm_ratio\":{:.4}}}",
+                    col(0), col(1), col(2), col(3), frac(2, 0), frac(3, 1), col(4), median(rows.iter().map(|r| r[2] / r[4]).collect())
+                );
+            } else {
+                println!("{:12} {:>3} {:9.1} {:9.1} {:9.3} {:9.1} {:9.3} {:9.1}", name, th, col(0), col(2), frac(2, 0), col(3), frac(3, 1), col(4));
+            }
         }
     }
-    let _ = cpu::isa();
 }

@@ -9,7 +9,7 @@
 //! dQ_i += dS·K_j                             (dS read in place as a row-major A operand)
 //! ```
 
-use super::tile::{buf, pack_lanes, pack_steps, OutPtr, Plan, Rows};
+use super::tile::{for_isa, pack_lanes, pack_steps, with_bufs, OutPtr, Plan, Rows};
 use crate::cpu::{self, Tile};
 
 pub(super) struct HeadIn<'a> {
@@ -41,32 +41,27 @@ impl GradOut {
 }
 
 pub(super) fn head(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) {
+    for_isa!(pl.isa, fn run(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) { body(pl, x, scale, dq, dk, dv) })
+}
+
+#[inline(always)]
+fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) {
     let Plan { mr, nr, tb, t, tp, hd, hdn, .. } = *pl;
-    let mut qa = buf(tp * hd);
-    let mut doa = buf(tp * hd);
-    let mut kb = buf(tp * hd);
-    let mut vb = buf(tp * hd);
-    pack_lanes(x.q, 0, tp, mr, scale, qa.as_mut_slice());
-    pack_lanes(x.dout, 0, tp, mr, 1.0, doa.as_mut_slice());
-    pack_lanes(x.k, 0, tp, nr, 1.0, kb.as_mut_slice());
-    pack_lanes(x.v, 0, tp, nr, 1.0, vb.as_mut_slice());
-    let mut don = buf(hdn * tp);
-    let mut qn = buf(hdn * tp);
-    let mut kn = buf(hdn * tp);
-    pack_steps(x.dout, tp, hdn, nr, don.as_mut_slice());
-    pack_steps(x.q, tp, hdn, nr, qn.as_mut_slice());
-    pack_steps(x.k, tp, hdn, nr, kn.as_mut_slice());
-    let (qa, doa, kb, vb, don, qn, kn) = (qa.as_slice(), doa.as_slice(), kb.as_slice(), vb.as_slice(), don.as_slice(), qn.as_slice(), kn.as_slice());
+    let (th, ht, bt, bh) = (tp * hd, hdn * tp, tb * tb, tb * hdn);
+    with_bufs([th, th, th, th, ht, ht, ht, tp * hdn, bt, bt, bh, bh, tb, tp, tp], |[qa, doa, kb, vb, don, qn, kn, dqa, s, dp, dkj, dvj, shift, lse, delta]| {
+    pack_lanes(x.q, 0, tp, mr, scale, qa);
+    pack_lanes(x.dout, 0, tp, mr, 1.0, doa);
+    pack_lanes(x.k, 0, tp, nr, 1.0, kb);
+    pack_lanes(x.v, 0, tp, nr, 1.0, vb);
+    pack_steps(x.dout, tp, hdn, nr, don);
+    pack_steps(x.q, tp, hdn, nr, qn);
+    pack_steps(x.k, tp, hdn, nr, kn);
+    let (qa, doa, kb, vb, don, qn, kn) = (&*qa, &*doa, &*kb, &*vb, &*don, &*qn, &*kn);
     // Padded queries get lse = +inf, so their P (and dS) is exactly 0.
-    let lse: Vec<f32> = (0..tp).map(|i| if i < t { x.lse[x.l_base + i * x.l_stride] } else { f32::INFINITY }).collect();
-    let delta: Vec<f32> = (0..tp).map(|i| if i < t { cpu::dot(x.dout.row(i), x.o.row(i)) } else { 0.0 }).collect();
-    let mut dqa = buf(tp * hdn);
-    let mut s = buf(tb * tb);
-    let mut dp = buf(tb * tb);
-    let mut dkj = buf(tb * hdn);
-    let mut dvj = buf(tb * hdn);
-    let mut tmp = vec![0.0f32; tb];
-    let (dqa, s, dp, dkj, dvj) = (dqa.as_mut_slice(), s.as_mut_slice(), dp.as_mut_slice(), dkj.as_mut_slice(), dvj.as_mut_slice());
+    for (i, (l, d)) in lse.iter_mut().zip(delta.iter_mut()).enumerate() {
+        (*l, *d) = if i < t { (x.lse[x.l_base + i * x.l_stride], cpu::dot(x.dout.row(i), x.o.row(i))) } else { (f32::INFINITY, 0.0) };
+    }
+    dqa.fill(0.0);
     for j0 in (0..t).step_by(tb) {
         dkj.fill(0.0);
         dvj.fill(0.0);
@@ -83,8 +78,8 @@ pub(super) fn head(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, 
             }
             for (qi, (srow, dprow)) in s.chunks_exact_mut(tb).zip(dp.chunks_exact_mut(tb)).enumerate() {
                 let i = i0 + qi;
-                tmp.copy_from_slice(srow);
-                cpu::exp_shift_sum(&tmp, lse[i], srow);
+                shift.fill(lse[i]);
+                cpu::exp_sub(srow, shift);
                 if i0 == j0 {
                     srow[qi + 1..].fill(0.0); // keys after query i
                 }
@@ -123,4 +118,5 @@ pub(super) fn head(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, 
         // SAFETY: query row i of this task's head, this task only.
         unsafe { dq.row(i, hd).copy_from_slice(&dqa[i * hdn..i * hdn + hd]) };
     }
+    })
 }

@@ -13,7 +13,7 @@
 //!   o = Oᵀᵀ / l,  lse = m + ln l
 //! ```
 
-use super::tile::{buf, pack_lanes, pack_steps, OutPtr, Plan, Rows};
+use super::tile::{for_isa, pack_lanes, pack_steps, with_bufs, OutPtr, Plan, Rows};
 use crate::cpu::{self, Tile};
 
 /// Where one head's results go: o row i at o_base + i·o_stride (hd values), lse at
@@ -28,19 +28,22 @@ pub(super) struct HeadOut {
 }
 
 pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut) {
+    for_isa!(pl.isa, fn run(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut) { body(pl, q, k, v, scale, out) })
+}
+
+#[inline(always)]
+fn body(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut) {
     let Plan { mr, nr, tb, t, tp, hd, hdm, .. } = *pl;
-    let mut ka = buf(tp * hd);
-    pack_lanes(k, 0, tp, mr, 1.0, ka.as_mut_slice());
-    let mut vt = buf(hdm * tp);
-    pack_steps(v, tp, hdm, mr, vt.as_mut_slice());
-    let (ka, vt) = (ka.as_slice(), vt.as_slice());
-    let mut qb = buf(hd * nr);
-    let mut st = buf(tb * nr);
-    let mut ot = buf(hdm * nr);
-    let (mut m, mut l, mut m_new, mut corr) = (vec![0.0f32; nr], vec![0.0f32; nr], vec![0.0f32; nr], vec![0.0f32; nr]);
+    with_bufs([tp * hd, hdm * tp, hd * nr, tb * nr, hdm * nr, 4 * nr], |[ka, vt, qb, st, ot, lanes]| {
+    pack_lanes(k, 0, tp, mr, 1.0, ka);
+    pack_steps(v, tp, hdm, mr, vt);
+    let (ka, vt) = (&*ka, &*vt);
+    let (m, rest) = lanes.split_at_mut(nr);
+    let (l, rest) = rest.split_at_mut(nr);
+    let (m_new, corr) = rest.split_at_mut(nr);
     for i0 in (0..t).step_by(nr) {
-        pack_lanes(q, i0, nr, nr, scale, qb.as_mut_slice());
-        let (qb, st, ot) = (qb.as_slice(), st.as_mut_slice(), ot.as_mut_slice());
+        pack_lanes(q, i0, nr, nr, scale, qb);
+        let qb = &*qb;
         ot.fill(0.0);
         m.fill(f32::NEG_INFINITY);
         l.fill(0.0);
@@ -59,21 +62,20 @@ pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadO
                 srow[..hidden].fill(f32::NEG_INFINITY);
             }
             // Online softmax down the columns: new max, rescale factors, exp in place, sums.
-            m_new.copy_from_slice(&m);
+            m_new.copy_from_slice(m);
             for srow in st.chunks_exact(nr) {
                 for (mx, s) in m_new.iter_mut().zip(srow) {
                     *mx = mx.max(*s);
                 }
             }
-            let mut rescale = false;
-            for ((c, mo), mn) in corr.iter_mut().zip(&m).zip(&m_new) {
-                *c = (mo - mn).exp(); // 0 on the first block (m = -inf); m_new is finite
-                rescale |= *c != 1.0;
-            }
+            // corr = exp(m − m_new): 0 on the first block (m = -inf), m_new is finite.
+            corr.copy_from_slice(m);
+            cpu::exp_sub(corr, m_new);
+            let rescale = corr.iter().any(|c| *c != 1.0);
             for srow in st.chunks_exact_mut(nr) {
-                cpu::exp_sub(srow, &m_new);
+                cpu::exp_sub(srow, m_new);
             }
-            for (li, c) in l.iter_mut().zip(&corr) {
+            for (li, c) in l.iter_mut().zip(corr.iter()) {
                 *li *= c;
             }
             for srow in st.chunks_exact(nr) {
@@ -83,12 +85,12 @@ pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadO
             }
             if rescale {
                 for orow in ot.chunks_exact_mut(nr) {
-                    for (o, c) in orow.iter_mut().zip(&corr) {
+                    for (o, c) in orow.iter_mut().zip(corr.iter()) {
                         *o *= c;
                     }
                 }
             }
-            m.copy_from_slice(&m_new);
+            m.copy_from_slice(m_new);
             for cp in 0..hdm / mr {
                 // Oᵀ rows cp·MR.. += Vt panel (MR dims × keys j0..j0+rows) · Pᵀ (rows × NR).
                 let a = vt[cp * tp * mr + j0 * mr..].as_ptr();
@@ -107,4 +109,5 @@ pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadO
             lse[0] = m[qi] + l[qi].ln();
         }
     }
+    })
 }
