@@ -4,6 +4,7 @@
 
 mod convert;
 mod functions;
+mod speed;
 
 use pyo3::prelude::*;
 
@@ -13,6 +14,7 @@ pub use convert::PyTensor;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTensor>()?;
     functions::register(m)?;
+    speed::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -28,14 +28,12 @@ const TASKS_PER_THREAD: usize = 3;
 pub fn kc_for(isa: Isa) -> usize {
     let (_, nr) = cpu::gemm_shape(isa);
     let kc = cache::host().l1d / 2 / (nr * 4);
-    if let Some(v) = std::env::var("SOS_GEMM_KC").ok().and_then(|v| v.parse().ok()) { return v; }
     (kc / 16 * 16).clamp(128, 512)
 }
 
 /// Largest row block: the A block (MC × KC) takes about a twelfth of L2, leaving room for the
 /// task's C block and the streamed B panels (larger blocks measured slower: L2 thrashing).
 fn mc_max(kc: usize, mr: usize) -> usize {
-    if let Some(v) = std::env::var("SOS_GEMM_MC").ok().and_then(|v| v.parse().ok()) { return v; }
     (cache::host().l2 / 12 / (kc * 4) / mr * mr).clamp(mr * 4, 1024)
 }
 
