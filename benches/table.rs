@@ -12,6 +12,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
+mod common;
+use common::{mm_sgemm, SHAPES};
+
 /// Counts live heap bytes and their peak, to show attention's memory growing linearly in T.
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -38,21 +41,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// (name, M, N, K, trans_a, trans_b): forward Linear shapes are x[M,K] · W[N,K]ᵀ.
-pub const SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
-    ("qkv_proj", 2048, 1536, 512, false, true),
-    ("attn_out", 2048, 512, 512, false, true),
-    ("mlp_up", 2048, 1376, 512, false, true),
-    ("mlp_down", 2048, 512, 1376, false, true),
-    ("lm_head", 2048, 8192, 512, false, true),
-    ("lm_head_dx", 2048, 512, 8192, false, false),
-    ("lm_head_dw", 8192, 512, 2048, true, false),
-    ("sq256", 256, 256, 256, false, false),
-    ("sq512", 512, 512, 512, false, false),
-    ("sq1024", 1024, 1024, 1024, false, false),
-    ("sq2048", 2048, 2048, 2048, false, false),
-];
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -69,26 +57,6 @@ fn gflops(flops: f64, ms: f64, mut f: impl FnMut()) -> f64 {
         f();
     }
     flops * inner as f64 / t.elapsed().as_secs_f64() / 1e9
-}
-
-/// matrixmultiply::sgemm, rows split across `threads` scoped threads.
-#[allow(clippy::too_many_arguments)]
-fn mm_sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool, c: &mut [f32], threads: usize) {
-    let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
-    let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
-    let rows = m.div_ceil(threads);
-    std::thread::scope(|s| {
-        for (ci, cc) in c.chunks_mut(rows * n).enumerate() {
-            let mi = cc.len() / n;
-            let ap = a[ci * rows * rsa as usize..].as_ptr() as usize;
-            let bp = b.as_ptr() as usize;
-            s.spawn(move || {
-                // SAFETY: rows [ci*rows, ci*rows+mi) of op(A), all of op(B) and this chunk of C
-                // are inside their slices at the given strides.
-                unsafe { matrixmultiply::sgemm(mi, k, n, 1.0, ap as *const f32, rsa, csa, bp as *const f32, rsb, csb, 0.0, cc.as_mut_ptr(), n as isize, 1) }
-            });
-        }
-    });
 }
 
 /// Attention forward+backward, B=1, H=8, hd=64: GFLOP/s (7·B·H·T²·hd flops: forward 2, backward
