@@ -303,16 +303,19 @@ pub const NR: usize = 16;
 #[inline(always)]
 unsafe fn micro_body(kc: usize, t: &Tile, rsa: usize, csa: usize, ldb: usize, accumulate: bool) {
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    let (mut pa, mut pb) = (t.a, t.b);
+    // One base pointer per row and a shared step offset: the row addresses are independent of
+    // each other, so no add chain runs through the loop (strided A read in place).
+    let rows: [*const f32; MR] = std::array::from_fn(|r| t.a.add(r * rsa));
+    let (mut off, mut pb) = (0usize, t.b);
     for _ in 0..kc {
         let b0 = _mm256_loadu_ps(pb);
         let b1 = _mm256_loadu_ps(pb.add(W));
         for (r, row) in acc.iter_mut().enumerate() {
-            let ar = _mm256_broadcast_ss(&*pa.add(r * rsa));
+            let ar = _mm256_broadcast_ss(&*rows[r].add(off));
             row[0] = _mm256_fmadd_ps(ar, b0, row[0]);
             row[1] = _mm256_fmadd_ps(ar, b1, row[1]);
         }
-        pa = pa.add(csa);
+        off += csa;
         pb = pb.add(ldb);
     }
     for (r, row) in acc.iter().enumerate() {

@@ -116,7 +116,10 @@ pub const NR: usize = 32;
 #[inline(always)]
 unsafe fn micro_body(kc: usize, t: &Tile, rsa: usize, csa: usize, ldb: usize, accumulate: bool) {
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    let (mut pa, mut pb) = (t.a, t.b);
+    // One base pointer per row and a shared step offset: the row addresses are independent of
+    // each other, so no add chain runs through the loop (strided A read in place).
+    let rows: [*const f32; MR] = std::array::from_fn(|r| t.a.add(r * rsa));
+    let (mut off, mut pb) = (0usize, t.b);
     if accumulate {
         for r in 0..MR {
             _mm_prefetch::<_MM_HINT_T0>(t.c.add(r * t.ldc) as *const i8);
@@ -127,11 +130,11 @@ unsafe fn micro_body(kc: usize, t: &Tile, rsa: usize, csa: usize, ldb: usize, ac
         let b0 = _mm512_loadu_ps(pb);
         let b1 = _mm512_loadu_ps(pb.add(W));
         for (r, row) in acc.iter_mut().enumerate() {
-            let ar = _mm512_set1_ps(*pa.add(r * rsa));
+            let ar = _mm512_set1_ps(*rows[r].add(off));
             row[0] = _mm512_fmadd_ps(ar, b0, row[0]);
             row[1] = _mm512_fmadd_ps(ar, b1, row[1]);
         }
-        pa = pa.add(csa);
+        off += csa;
         pb = pb.add(ldb);
     }
     for (r, row) in acc.iter().enumerate() {
