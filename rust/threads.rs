@@ -204,13 +204,7 @@ impl Pools {
                 errors.extend(res.into_iter().filter_map(|r| r.err()));
             }
         }
-        let unpinned = if !pin {
-            Some("pinning disabled (SOS_PIN=0)".to_string())
-        } else if let Some(e) = errors.first() {
-            Some(format!("pinning refused ({e})"))
-        } else {
-            None
-        };
+        let unpinned = if pin { errors.first().map(|e| format!("pinning refused ({e})")) } else { Some("pinning disabled (SOS_PIN=0)".to_string()) };
         let p = Arc::new(Pools { pools, cpus, unpinned, topology: topo.clone() });
         let weak = Arc::downgrade(&p);
         p.pools[0].broadcast(|_| MEMBER.with(|m| *m.borrow_mut() = weak.clone()));

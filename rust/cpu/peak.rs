@@ -78,7 +78,7 @@ pub fn fma_peak_gflops(isa: Isa, threads: usize, reps: usize, ms: u64) -> f64 {
     let mut iters = 1 << 14;
     loop {
         spin(isa, iters);
-        if t0.elapsed().as_millis() as u64 >= ms / 8 + 1 || iters > 1 << 34 {
+        if t0.elapsed().as_millis() as u64 > ms / 8 || iters > 1 << 34 {
             break;
         }
         iters *= 2;

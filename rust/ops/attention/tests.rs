@@ -84,7 +84,7 @@ fn one_and_two_threads_same_bits() {
         let (a, b, c) = attention_backward(&q, &k, &v, &o, &l, &dout, 0.25).unwrap();
         [o, l, a, b, c].map(|t| t.data().to_vec())
     });
-    for i in 0..5 {
-        assert!(same_bits(&outs[0][i], &outs[1][i]), "output {i}");
+    for (i, (one, two)) in outs[0].iter().zip(&outs[1]).enumerate() {
+        assert!(same_bits(one, two), "output {i}");
     }
 }
