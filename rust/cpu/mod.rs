@@ -155,6 +155,20 @@ pub unsafe fn gemm_tile(isa: Isa, kc: usize, t: &Tile, accumulate: bool) {
     }
 }
 
+/// Asks the cache hierarchy to bring the 64-byte line holding `p` into L2 (a hint; it never
+/// faults, whatever the address).
+#[inline(always)]
+pub fn prefetch_l2(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT1 is an SSE (x86-64 baseline) hint that neither faults nor reads memory
+    // architecturally, so any address is fine.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// AdamW hyper-parameters for one step, with the bias corrections already computed.
 #[derive(Debug, Clone, Copy)]
 pub struct AdamParams {

@@ -142,7 +142,8 @@ struct Block {
 }
 
 /// One task: rows [i0, i1) × B panels pan.0..pan.1 of column chunk jc, over all of k. The
-/// columns go in sub-blocks whose C part (rows × columns) stays in L2 across the k blocks.
+/// columns go in sub-blocks whose C part (rows × columns, a sixth of L2) stays in L2 across
+/// the k blocks.
 fn block(pr: &Problem, cp: CPtr, bpack: &[f32], bl: Block) {
     let (mr, nr) = cpu::gemm_shape(pr.isa);
     let (rows, kc) = (bl.i1 - bl.i0, bl.kc);
@@ -153,7 +154,7 @@ fn block(pr: &Problem, cp: CPtr, bpack: &[f32], bl: Block) {
     let tail = if direct { rows % mr } else { 0 };
     let kblocks = pr.k.div_ceil(kc);
     let alen = if direct { kblocks * mr * kc } else { kblocks * rows_pad * kc };
-    let sub = (cache::host().l2 / 3 / (rows_pad * 4) / nr).max(1);
+    let sub = (cache::host().l2 / 6 / (rows_pad * 4) / nr).max(1);
     scratch::with_local(0, alen, |apack| {
         for (pb, p0) in (0..pr.k).step_by(kc).enumerate() {
             let kcur = kc.min(pr.k - p0);
@@ -172,7 +173,16 @@ fn block(pr: &Problem, cp: CPtr, bpack: &[f32], bl: Block) {
                     let j0 = bl.jc + jp * nr;
                     let cols = nr.min(bl.ncur - jp * nr);
                     let bptr = bpack[(pb * bl.npan + jp) * kc * nr..].as_ptr();
+                    // The next B micro-panel comes from L3 (the packed chunk outgrows L2): fetch
+                    // it into L2 a slice at a time while this panel's row loop runs.
+                    let next = (jp + 1 < (s0 + sub).min(bl.pan.1)).then(|| &bpack[(pb * bl.npan + jp + 1) * kc * nr..][..kcur * nr]);
+                    let (lines, nq) = (kcur * nr / 16, rows.div_ceil(mr));
                     for (q, r0) in (0..rows).step_by(mr).enumerate() {
+                        if let Some(nb) = next {
+                            for line in q * lines / nq..(q + 1) * lines / nq {
+                                cpu::prefetch_l2(nb[line * 16..].as_ptr());
+                            }
+                        }
                         let rcur = mr.min(rows - r0);
                         let i = bl.i0 + r0;
                         let (a, rsa, csa) = if direct && rcur == mr {
