@@ -6,7 +6,9 @@ pub mod cpu;
 pub mod error;
 pub mod ops;
 pub mod par;
+pub mod scratch;
 pub mod tensor;
+pub mod threads;
 
 #[cfg(feature = "python")]
 mod py;

@@ -5,6 +5,7 @@
 mod belt;
 mod convert;
 mod functions;
+mod speed;
 
 use pyo3::prelude::*;
 
@@ -15,6 +16,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTensor>()?;
     functions::register(m)?;
     belt::register(m)?;
+    speed::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
