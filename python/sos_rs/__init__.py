@@ -5,7 +5,7 @@ modules, model families and optimizers.
 """
 
 from . import _core
-from ._core import detected_isa, isa, num_threads, set_num_threads
+from ._core import detected_isa, isa, num_threads, set_num_threads, thread_info
 from .autograd import Tensor, no_grad, tensor
 from .errors import DTypeError, InvalidValueError, SosError, ShapeError
 from . import functional, functional_sparse, nn, optim
@@ -36,5 +36,6 @@ __all__ = [
     "num_threads",
     "optim",
     "set_num_threads",
+    "thread_info",
     "tensor",
 ]

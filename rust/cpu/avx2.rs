@@ -2,7 +2,7 @@
 //! leftovers loop so nothing reads past a slice. Callers must have checked AVX2 and FMA
 //! (`cpu::isa()` does), which is why every function here is `unsafe`.
 
-use super::{scalar, AdamParams};
+use super::{scalar, AdamParams, Tile};
 use std::arch::x86_64::*;
 
 const W: usize = 8;
@@ -192,6 +192,16 @@ pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma")]
+pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
+    assert_eq!(x.len(), shift.len());
+    map_lanes!(x.len(), |i| {
+        // SAFETY: i + W <= len for both slices.
+        let d = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(shift.as_ptr().add(i)));
+        _mm256_storeu_ps(x.as_mut_ptr().add(i), exp8(d));
+    }, |i: usize| scalar::exp_sub(&mut x[i..], &shift[i..]))
+}
+
+#[target_feature(enable = "avx2,fma")]
 pub unsafe fn silu(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
     map_lanes!(x.len(), |i| {
@@ -281,36 +291,61 @@ pub const NR: usize = 16;
 /// GEMM microkernel, 6×16 tile in 12 accumulators.
 ///
 /// ```text
-///            b: 2 ymm per k step (16 columns)
+///            b: 2 ymm per k step (16 columns), loaded from b + p·ldb
 ///          [ b0 (cols 0..8) ][ b1 (cols 8..16) ]
-/// a[0] ->  [ c00            ][ c01             ]
-/// a[1] ->  [ c10            ][ c11             ]
+/// a[0] ->  [ c00            ][ c01             ]   a[r] = A(r, p), broadcast from
+/// a[1] ->  [ c10            ][ c11             ]         a + r·rsa + p·csa
 ///  ...          (one broadcast of a[r] per row, 2 FMAs)
 /// a[5] ->  [ c50            ][ c51             ]
 /// ```
-/// 12 accumulators + 2 B vectors + 1 broadcast = 15 of 16 ymm registers.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
-    assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
+/// 12 accumulators + 2 B vectors + 1 broadcast = 15 of 16 ymm registers; per k step 12 FMAs
+/// (6 cycles on two FMA ports) against 2 vector loads and 6 broadcasts.
+#[inline(always)]
+unsafe fn micro_body(kc: usize, t: &Tile, rsa: usize, csa: usize, ldb: usize, accumulate: bool) {
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    for p in 0..kc {
-        // SAFETY: p < kc and the asserts above bound both panels.
-        let b0 = _mm256_loadu_ps(pb.add(p * NR));
-        let b1 = _mm256_loadu_ps(pb.add(p * NR + W));
-        for r in 0..MR {
-            let ar = _mm256_broadcast_ss(&*pa.add(p * MR + r));
-            acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
+    // One base pointer per row and a shared step offset: the row addresses are independent of
+    // each other, so no add chain runs through the loop (strided A read in place).
+    let rows: [*const f32; MR] = std::array::from_fn(|r| t.a.add(r * rsa));
+    let (mut off, mut pb) = (0usize, t.b);
+    for _ in 0..kc {
+        let b0 = _mm256_loadu_ps(pb);
+        let b1 = _mm256_loadu_ps(pb.add(W));
+        for (r, row) in acc.iter_mut().enumerate() {
+            let ar = _mm256_broadcast_ss(&*rows[r].add(off));
+            row[0] = _mm256_fmadd_ps(ar, b0, row[0]);
+            row[1] = _mm256_fmadd_ps(ar, b1, row[1]);
         }
+        off += csa;
+        pb = pb.add(ldb);
     }
-    let pc = c.as_mut_ptr();
-    for r in 0..MR {
-        for h in 0..2 {
-            // SAFETY: row r < MR and column h*8+8 <= NR are within the asserted extent of c.
-            let dst = pc.add(r * ldc + h * W);
-            let v = if accumulate { _mm256_add_ps(_mm256_loadu_ps(dst), acc[r][h]) } else { acc[r][h] };
+    for (r, row) in acc.iter().enumerate() {
+        for (h, v) in row.iter().enumerate() {
+            let dst = t.c.add(r * t.ldc + h * W);
+            let v = if accumulate { _mm256_add_ps(_mm256_loadu_ps(dst), *v) } else { *v };
             _mm256_storeu_ps(dst, v);
         }
     }
+}
+
+/// C[MR×NR] (+)= A·B over `kc` steps with the addressing of `t` (see `Tile`).
+///
+/// # Safety
+/// The host supports AVX2 and FMA; every address `t` describes for r < MR, p < kc, j < NR is
+/// valid (A, B readable, C writable) and C does not overlap A or B.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gemm_tile(kc: usize, t: &Tile, accumulate: bool) {
+    if t.rsa == 1 && t.csa == MR && t.ldb == NR {
+        micro_body(kc, t, 1, MR, NR, accumulate) // packed panels: constant strides
+    } else {
+        micro_body(kc, t, t.rsa, t.csa, t.ldb, accumulate)
+    }
+}
+
+/// `gemm_tile` on packed panels given as slices (a: kc×MR, b: kc×NR; C row stride `ldc`).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
+    assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
+    let t = Tile { a: a.as_ptr(), rsa: 1, csa: MR, b: b.as_ptr(), ldb: NR, c: c.as_mut_ptr(), ldc };
+    // SAFETY: the asserts bound every address of the packed panels and of C.
+    gemm_tile(kc, &t, accumulate)
 }

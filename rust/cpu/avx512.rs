@@ -2,6 +2,7 @@
 //! memory-bound elementwise kernels gain nothing from wider vectors and use `avx2` instead.
 //! Tails use masked loads and stores, which never touch lanes outside the mask.
 
+use super::Tile;
 use std::arch::x86_64::*;
 
 const W: usize = 16;
@@ -84,41 +85,86 @@ pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     _mm512_reduce_add_ps(acc)
 }
 
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
+    assert_eq!(x.len(), shift.len());
+    let n = x.len();
+    let mut i = 0;
+    while i < n {
+        let k = tail_mask((n - i).min(W));
+        // SAFETY: masked loads/stores touch only lanes i..min(i+W, n) of both slices.
+        let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x.as_ptr().add(i)), _mm512_maskz_loadu_ps(k, shift.as_ptr().add(i)));
+        _mm512_mask_storeu_ps(x.as_mut_ptr().add(i), k, exp16(d));
+        i += W;
+    }
+}
+
 pub const MR: usize = 8;
 pub const NR: usize = 32;
 
 /// GEMM microkernel, 8×32 tile in 16 accumulators.
 ///
 /// ```text
-///            b: 2 zmm per k step (32 columns)
+///            b: 2 zmm per k step (32 columns), loaded from b + p·ldb
 ///          [ b0 (cols 0..16) ][ b1 (cols 16..32) ]
-/// a[0] ->  [ c00             ][ c01              ]
-///  ...          (one broadcast of a[r] per row, 2 FMAs)
+/// a[0] ->  [ c00             ][ c01              ]   a[r] = A(r, p), broadcast from
+///  ...          (one broadcast of a[r] per row, 2 FMAs)      a + r·rsa + p·csa
 /// a[7] ->  [ c70             ][ c71              ]
 /// ```
-/// 16 accumulators + 2 B vectors + 1 broadcast = 19 of 32 zmm registers.
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub unsafe fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
-    assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
+/// 16 accumulators + 2 B vectors + 1 broadcast = 19 of 32 zmm registers; per k step 16 FMAs
+/// (8 cycles on two FMA ports) against 2 vector loads and 8 broadcasts (two load ports).
+#[inline(always)]
+unsafe fn micro_body(kc: usize, t: &Tile, rsa: usize, csa: usize, ldb: usize, accumulate: bool) {
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    for p in 0..kc {
-        // SAFETY: p < kc and the asserts above bound both panels.
-        let b0 = _mm512_loadu_ps(pb.add(p * NR));
-        let b1 = _mm512_loadu_ps(pb.add(p * NR + W));
+    // One base pointer per row and a shared step offset: the row addresses are independent of
+    // each other, so no add chain runs through the loop (strided A read in place).
+    let rows: [*const f32; MR] = std::array::from_fn(|r| t.a.add(r * rsa));
+    let (mut off, mut pb) = (0usize, t.b);
+    if accumulate {
         for r in 0..MR {
-            let ar = _mm512_set1_ps(*pa.add(p * MR + r));
-            acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
+            _mm_prefetch::<_MM_HINT_T0>(t.c.add(r * t.ldc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(t.c.add(r * t.ldc + 16) as *const i8);
         }
     }
-    let pc = c.as_mut_ptr();
-    for r in 0..MR {
-        for h in 0..2 {
-            // SAFETY: row r < MR and column h*16+16 <= NR are within the asserted extent of c.
-            let dst = pc.add(r * ldc + h * W);
-            let v = if accumulate { _mm512_add_ps(_mm512_loadu_ps(dst), acc[r][h]) } else { acc[r][h] };
+    for _ in 0..kc {
+        let b0 = _mm512_loadu_ps(pb);
+        let b1 = _mm512_loadu_ps(pb.add(W));
+        for (r, row) in acc.iter_mut().enumerate() {
+            let ar = _mm512_set1_ps(*rows[r].add(off));
+            row[0] = _mm512_fmadd_ps(ar, b0, row[0]);
+            row[1] = _mm512_fmadd_ps(ar, b1, row[1]);
+        }
+        off += csa;
+        pb = pb.add(ldb);
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (h, v) in row.iter().enumerate() {
+            let dst = t.c.add(r * t.ldc + h * W);
+            let v = if accumulate { _mm512_add_ps(_mm512_loadu_ps(dst), *v) } else { *v };
             _mm512_storeu_ps(dst, v);
         }
     }
+}
+
+/// C[MR×NR] (+)= A·B over `kc` steps with the addressing of `t` (see `Tile`).
+///
+/// # Safety
+/// The host supports AVX-512F and FMA; every address `t` describes for r < MR, p < kc, j < NR
+/// is valid (A, B readable, C writable) and C does not overlap A or B.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn gemm_tile(kc: usize, t: &Tile, accumulate: bool) {
+    if t.rsa == 1 && t.csa == MR && t.ldb == NR {
+        micro_body(kc, t, 1, MR, NR, accumulate) // packed panels: constant strides
+    } else {
+        micro_body(kc, t, t.rsa, t.csa, t.ldb, accumulate)
+    }
+}
+
+/// `gemm_tile` on packed panels given as slices (a: kc×MR, b: kc×NR; C row stride `ldc`).
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
+    assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
+    let t = Tile { a: a.as_ptr(), rsa: 1, csa: MR, b: b.as_ptr(), ldb: NR, c: c.as_mut_ptr(), ldc };
+    // SAFETY: the asserts bound every address of the packed panels and of C.
+    gemm_tile(kc, &t, accumulate)
 }

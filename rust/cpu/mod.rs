@@ -4,6 +4,8 @@
 //! the same names. `SOS_ISA=scalar|avx2|avx512` forces a lower path than the host offers (a higher
 //! one than detected is refused, with a warning, since it would fault).
 
+pub mod cache;
+pub mod peak;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -105,11 +107,67 @@ dispatch!(sum(x: &[f32]) -> f32, avx2);
 dispatch!(sumsq(x: &[f32]) -> f32, avx2);
 dispatch!(max(x: &[f32]) -> f32, avx2);
 dispatch!(exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32, avx512);
+dispatch!(exp_sub(x: &mut [f32], shift: &[f32]), avx512);
 dispatch!(silu(x: &[f32], out: &mut [f32]), avx2);
 dispatch!(silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]), avx2);
 dispatch!(gelu(x: &[f32], out: &mut [f32]), avx2);
 dispatch!(gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]), avx2);
 dispatch!(adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamParams), avx2);
+
+/// Addressing of one GEMM microkernel call: A(r, p) = a[r·rsa + p·csa], B(p, j) = b[p·ldb + j]
+/// (the NR columns of a B row are contiguous), C(r, j) = c[r·ldc + j]. Packed panels have
+/// rsa = 1, csa = MR, ldb = NR; a row-major A read in place has rsa = its row length, csa = 1.
+#[derive(Debug, Clone, Copy)]
+pub struct Tile {
+    pub a: *const f32,
+    pub rsa: usize,
+    pub csa: usize,
+    pub b: *const f32,
+    pub ldb: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+}
+
+/// The microkernel tile (MR rows, NR columns) of `isa`.
+pub fn gemm_shape(isa: Isa) -> (usize, usize) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => (avx512::MR, avx512::NR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => (avx2::MR, avx2::NR),
+        _ => (scalar::MR, scalar::NR),
+    }
+}
+
+/// One microkernel call on `isa`: C[MR×NR] (+)= A·B over `kc` steps.
+///
+/// # Safety
+/// `isa` is supported by the host (`supports(isa)`), and every address `t` describes for
+/// r < MR, p < kc, j < NR of that isa's tile is valid, C not overlapping A or B.
+#[inline(always)]
+pub unsafe fn gemm_tile(isa: Isa, kc: usize, t: &Tile, accumulate: bool) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => avx512::gemm_tile(kc, t, accumulate),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::gemm_tile(kc, t, accumulate),
+        _ => scalar::gemm_tile(kc, t, accumulate),
+    }
+}
+
+/// Asks the cache hierarchy to bring the 64-byte line holding `p` into L2 (a hint; it never
+/// faults, whatever the address).
+#[inline(always)]
+pub fn prefetch_l2(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT1 is an SSE (x86-64 baseline) hint that neither faults nor reads memory
+    // architecturally, so any address is fine.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
 
 /// AdamW hyper-parameters for one step, with the bias corrections already computed.
 #[derive(Debug, Clone, Copy)]

@@ -1,7 +1,7 @@
 //! Scalar kernels: the specification every SIMD twin is tested against, and the fallback on
 //! hosts without AVX2+FMA. Plain loops in index order; no tricks.
 
-use super::AdamParams;
+use super::{AdamParams, Tile};
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -67,6 +67,14 @@ pub fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
         s += *o;
     }
     s
+}
+
+/// x[i] = exp(x[i] - shift[i]): softmax numerators with a per-lane shift (attention tiles).
+pub fn exp_sub(x: &mut [f32], shift: &[f32]) {
+    assert_eq!(x.len(), shift.len());
+    for (v, s) in x.iter_mut().zip(shift) {
+        *v = (*v - s).exp();
+    }
 }
 
 #[inline]
@@ -135,23 +143,36 @@ pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamPar
 pub const MR: usize = 4;
 pub const NR: usize = 8;
 
-/// C[MR×NR] (+)= A_panel · B_panel over `kc` steps; panels as packed by `ops::matmul`
-/// (a: kc×MR, column of A per step; b: kc×NR, row of B per step). `c` has row stride `ldc`.
-pub fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
+/// C[MR×NR] (+)= A·B over `kc` steps with the addressing of `t` (see `Tile`): the
+/// specification of every SIMD `gemm_tile` (each C element sums its k products in k order).
+///
+/// # Safety
+/// Every address `t` describes for r < MR, p < kc, j < NR is valid (A, B readable, C writable)
+/// and C does not overlap A or B.
+pub unsafe fn gemm_tile(kc: usize, t: &Tile, accumulate: bool) {
     let mut acc = [[0.0f32; NR]; MR];
     for p in 0..kc {
-        let bp = &b[p * NR..p * NR + NR];
-        for r in 0..MR {
-            let ar = a[p * MR + r];
-            for j in 0..NR {
-                acc[r][j] += ar * bp[j];
+        let bp = t.b.add(p * t.ldb);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let ar = *t.a.add(r * t.rsa + p * t.csa);
+            for (j, v) in row.iter_mut().enumerate() {
+                *v += ar * *bp.add(j);
             }
         }
     }
-    for r in 0..MR {
-        let row = &mut c[r * ldc..r * ldc + NR];
-        for j in 0..NR {
-            row[j] = if accumulate { row[j] + acc[r][j] } else { acc[r][j] };
+    for (r, row) in acc.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            let dst = t.c.add(r * t.ldc + j);
+            *dst = if accumulate { *dst + v } else { *v };
         }
     }
+}
+
+/// C[MR×NR] (+)= A_panel · B_panel over `kc` steps; panels as packed by `ops::matmul`
+/// (a: kc×MR, column of A per step; b: kc×NR, row of B per step). `c` has row stride `ldc`.
+pub fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
+    assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
+    let t = Tile { a: a.as_ptr(), rsa: 1, csa: MR, b: b.as_ptr(), ldb: NR, c: c.as_mut_ptr(), ldc };
+    // SAFETY: the asserts bound every address of the packed panels and of C.
+    unsafe { gemm_tile(kc, &t, accumulate) }
 }

@@ -88,6 +88,27 @@ fn simd_matches_scalar() {
 }
 
 #[test]
+#[cfg(target_arch = "x86_64")]
+fn exp_sub_matches_scalar() {
+    for isa in paths() {
+        for n in sizes() {
+            let x: Vec<f32> = rand_vec(n, 3).iter().map(|v| v * 20.0).collect();
+            let s: Vec<f32> = rand_vec(n, 4).iter().map(|v| v * 5.0).collect();
+            let (mut a, mut b) = (x.clone(), x.clone());
+            // SAFETY: `paths()` only yields instruction sets the host supports.
+            unsafe {
+                match isa {
+                    Isa::Avx512 => avx512::exp_sub(&mut a, &s),
+                    _ => avx2::exp_sub(&mut a, &s),
+                }
+            }
+            scalar::exp_sub(&mut b, &s);
+            assert_close(&a, &b, 1e-6, 0.0, &format!("exp_sub {} n={n}", isa.name()));
+        }
+    }
+}
+
+#[test]
 fn exp_kernel_limits() {
     // -inf gives exactly 0 on every path; large inputs saturate instead of producing NaN.
     let x = [f32::NEG_INFINITY, -100.0, 0.0, 80.0];

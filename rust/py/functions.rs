@@ -177,6 +177,14 @@ fn cross_entropy_forward(py: Python<'_>, logits: PyRef<T>, targets: &Bound<'_, P
     run(py, || cross_entropy::cross_entropy_forward(l, &t)).map(|(loss, lse)| (loss, w(lse)))
 }
 
+/// (mean loss, dlogits for dloss = 1) in one pass: training's loss and gradient together.
+#[pyfunction]
+fn cross_entropy_fused(py: Python<'_>, logits: PyRef<T>, targets: &Bound<'_, PyAny>) -> PyResult<(f32, T)> {
+    let (t, _) = ids_from_numpy(py, targets, "targets")?;
+    let l = &logits.inner;
+    run(py, || cross_entropy::cross_entropy_fused(l, &t)).map(|(loss, d)| (loss, w(d)))
+}
+
 #[pyfunction]
 fn cross_entropy_backward(py: Python<'_>, logits: PyRef<T>, targets: &Bound<'_, PyAny>, lse: PyRef<T>, dloss: f32) -> PyResult<T> {
     let (t, _) = ids_from_numpy(py, targets, "targets")?;
@@ -235,7 +243,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     add!(matmul, add, mul, scale, add_, rmsnorm_forward, rmsnorm_backward, layernorm_forward, layernorm_backward,
          silu_forward, silu_backward, gelu_forward, gelu_backward, swiglu_forward, swiglu_backward,
          softmax_forward, softmax_backward, rope_forward, rope_backward, attention_forward, attention_backward, attention_with_cache,
-         embedding_forward, embedding_backward, cross_entropy_forward, cross_entropy_backward,
+         embedding_forward, embedding_backward, cross_entropy_forward, cross_entropy_fused, cross_entropy_backward,
          adamw_step, global_norm, clip_grad_norm, set_num_threads, num_threads, isa, detected_isa);
     Ok(())
 }

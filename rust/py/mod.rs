@@ -6,6 +6,7 @@ mod belt;
 mod convert;
 mod functions;
 mod sparse;
+mod speed;
 
 use pyo3::prelude::*;
 
@@ -17,6 +18,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     functions::register(m)?;
     belt::register(m)?;
     sparse::register(m)?;
+    speed::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -26,7 +26,7 @@ from .. import _core
 from . import bpe
 from .clean import EMPTY, KEPT, LONG, SHORT, clean, val_threshold
 from .config import PrepareConfig
-from .ingest import Skipped, discover, kind, parse_input, scan_structured, text_batches
+from .ingest import Skipped, discover, first_line, kind, parse_input, scan_structured, text_batches
 from .meta import META_NAME, write_meta
 from .progress import Progress
 
@@ -112,7 +112,7 @@ def read_and_clean(inputs: Sequence[str], work: Path, cfg: PrepareConfig, prog: 
                     part = _sink(lf, src.label, path, 1, size, cfg)
                 except Exception as e:  # a malformed line or bad bytes: report the file, keep going
                     path.unlink(missing_ok=True)
-                    skipped.append(Skipped(str(f), f"cannot read as {kind(f)}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"))
+                    skipped.append(Skipped(str(f), f"cannot read as {kind(f)}: {first_line(e)}"))
                 else:
                     if part.stats["docs"] == 0:
                         path.unlink()
@@ -256,10 +256,16 @@ def prepare(inputs: Sequence[Union[str, Path]], out: Union[str, Path], config: O
     work.mkdir()
     prog = Progress(cfg.progress, n_stages=4)
     seconds: Dict[str, float] = {}
-    t0 = time.perf_counter()
+    cpu: Dict[str, float] = {}
+    t0, cpu0 = time.perf_counter(), time.process_time()
+
+    def finish(key: str, done: Optional[float] = None, note: str = "") -> None:
+        seconds[key] = prog.end(done, note)
+        cpu[key] = prog.last_cpu
+
     try:
         parts, skipped = read_and_clean([str(x) for x in inputs], work, cfg, prog)
-        seconds["read_clean"] = prog.end(sum(p.file_bytes for p in parts) / MB, f"{len(parts)} parts, {len(skipped)} files skipped")
+        finish("read_clean", sum(p.file_bytes for p in parts) / MB, f"{len(parts)} parts, {len(skipped)} files skipped")
         for s in skipped:
             prog.warn(f"skipped {s.file}: {s.reason}")
         if skipped and cfg.strict:
@@ -268,13 +274,14 @@ def prepare(inputs: Sequence[Union[str, Path]], out: Union[str, Path], config: O
             raise ValueError("no documents left after reading and cleaning" + (f" ({len(skipped)} files skipped)" if skipped else ""))
         prog.stage("dedup + split")
         dd = dedup_and_split(parts, cfg.val_fraction)
-        seconds["dedup_split"] = prog.end(note=f"{dd['documents']:,} documents, {dd['duplicates']:,} duplicates dropped")
+        finish("dedup_split", note=f"{dd['documents']:,} documents, {dd['duplicates']:,} duplicates dropped")
         tok = make_tokenizer(parts, out, cfg, prog)
-        seconds["tokenizer"] = prog.end(note=f"vocabulary {tok.get_vocab_size():,}")
+        finish("tokenizer", note=f"vocabulary {tok.get_vocab_size():,}")
         shards = encode_and_write(parts, out, tok, cfg, prog)
-        seconds["encode_write"] = prog.end(note=f"{sum(shards.tokens.values()):,} tokens")
+        finish("encode_write", note=f"{sum(shards.tokens.values()):,} tokens")
         seconds["total"] = time.perf_counter() - t0
-        meta = build_meta(parts, skipped, shards, tok, cfg, seconds)
+        cpu["total"] = time.process_time() - cpu0
+        meta = build_meta(parts, skipped, shards, tok, cfg, seconds, cpu)
         write_meta(out, meta)
     except BaseException:
         _clear_outputs(out, overwrite=True)  # a failed run leaves no shards without a meta.json

@@ -36,7 +36,7 @@ def stages(parts, n_skipped: int) -> List[Dict[str, Any]]:
     ]
 
 
-def build_meta(parts, skipped, shards, tok, cfg, seconds: Dict[str, float]) -> Dict[str, Any]:
+def build_meta(parts, skipped, shards, tok, cfg, seconds: Dict[str, float], cpu_seconds: Dict[str, float]) -> Dict[str, Any]:
     import polars
     import tokenizers
 
@@ -71,6 +71,7 @@ def build_meta(parts, skipped, shards, tok, cfg, seconds: Dict[str, float]) -> D
         "sources": sources,
         "stages": table,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "cpu_seconds": {k: round(v, 3) for k, v in cpu_seconds.items()},
         "skipped_files": [asdict(s) for s in skipped],
         "options": asdict(cfg),
         "versions": {"sos_rs": __version__, "polars": polars.__version__, "tokenizers": tokenizers.__version__},
@@ -114,6 +115,8 @@ def format_summary(meta: Dict[str, Any]) -> str:
     lines.append(f"  {'split':<16}{sp['docs_in']:>12,}{sp['train_docs'] + sp['val_docs']:>12,}{sp['bytes_in'] / 1e6:>11.2f}{(sp['train_bytes'] + sp['val_bytes']) / 1e6:>11.2f}  train {sp['train_docs']:,} / val {sp['val_docs']:,}")
     lines.append("")
     lines.append("  seconds: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in secs.items()))
+    if meta.get("cpu_seconds"):
+        lines.append("  CPU seconds (all threads): " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in meta["cpu_seconds"].items()))
     if len(meta["sources"]) > 1:
         for label, src in meta["sources"].items():
             sc = src["counts"]

@@ -1,0 +1,184 @@
+//! Causal self-attention, multi-head and grouped-query, memory-efficient and tiled: scores are
+//! computed a tile at a time with the GEMM microkernels and an online softmax, so memory is
+//! O(T·hd) per head and no B·H·T·T buffer exists. Forward saves the per-row log-sum-exp;
+//! backward recomputes the probabilities from it (`forward.rs`, `backward.rs`).
+//!
+//! Layouts (no transposes needed around the projections):
+//!   q: [B, T, Hq, hd]   k, v: [B, T, Hkv, hd]   o: [B, T, Hq, hd]   lse: [B, T, Hq]
+//! Query head h reads key/value head h / (Hq / Hkv).
+//!
+//! One parallel task per (batch, query head), each summing in a fixed order, so results are
+//! bit-identical for any thread count. Under GQA, each query head's dK, dV go to its own
+//! partial buffer and the group's heads are summed in head order afterwards.
+
+mod backward;
+mod forward;
+mod tile;
+
+use crate::cpu;
+use crate::error::{ensure_shape, Result};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+use tile::{OutPtr, Plan, Rows};
+
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    hq: usize,
+    hkv: usize,
+    hd: usize,
+}
+
+fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Dims> {
+    ensure_shape!(q.ndim() == 4 && k.ndim() == 4 && v.shape() == k.shape(), op,
+        "need q [B,T,Hq,hd], k = v [B,T,Hkv,hd]; got q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape());
+    let (s, ks) = (q.shape(), k.shape());
+    ensure_shape!(s[0] == ks[0] && s[1] == ks[1] && s[3] == ks[3] && ks[2] > 0 && s[2] % ks[2] == 0, op,
+        "q {:?} and k {:?} must share B, T, hd, and Hq must be a multiple of Hkv", s, ks);
+    Ok(Dims { b: s[0], t: s[1], hq: s[2], hkv: ks[2], hd: s[3] })
+}
+
+impl Dims {
+    #[inline]
+    fn q_at(&self, b: usize, t: usize, h: usize) -> usize {
+        ((b * self.t + t) * self.hq + h) * self.hd
+    }
+    #[inline]
+    fn kv_at(&self, b: usize, t: usize, g: usize) -> usize {
+        ((b * self.t + t) * self.hkv + g) * self.hd
+    }
+    fn group(&self) -> usize {
+        self.hq / self.hkv
+    }
+    /// Rows of query-layout head (b, h) in `data`.
+    fn q_rows<'a>(&self, data: &'a [f32], b: usize, h: usize) -> Rows<'a> {
+        Rows { data, base: self.q_at(b, 0, h), stride: self.hq * self.hd, n: self.t, hd: self.hd }
+    }
+    /// Rows of key/value head (b, g) in `data`.
+    fn kv_rows<'a>(&self, data: &'a [f32], b: usize, g: usize) -> Rows<'a> {
+        Rows { data, base: self.kv_at(b, 0, g), stride: self.hkv * self.hd, n: self.t, hd: self.hd }
+    }
+}
+
+/// softmax(q·kᵀ·scale, causal) · v.  Returns (o, lse).
+pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
+    forward_with(cpu::isa(), q, k, v, scale)
+}
+
+/// `attention_forward` on a given instruction set (which the host must support).
+pub fn forward_with(isa: cpu::Isa, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
+    assert!(cpu::supports(isa), "attention: {} is not supported by this host", isa.name());
+    let d = dims("attention", q, k, v)?;
+    let mut o = Tensor::zeros(q.shape());
+    let mut lse = Tensor::zeros(&[d.b, d.t, d.hq]);
+    if d.hq * d.hd == 0 || d.t == 0 || d.b == 0 {
+        return Ok((o, lse));
+    }
+    let pl = Plan::new(isa, d.t, d.hd);
+    let (op, lp) = (OutPtr(o.data_mut().as_mut_ptr()), OutPtr(lse.data_mut().as_mut_ptr()));
+    (0..d.b * d.hq).into_par_iter().for_each(|task| {
+        let (b, h) = (task / d.hq, task % d.hq);
+        let g = h / d.group();
+        let out = forward::HeadOut { o: op, o_base: d.q_at(b, 0, h), o_stride: d.hq * d.hd, lse: lp, l_base: b * d.t * d.hq + h, l_stride: d.hq };
+        forward::head(&pl, d.q_rows(q.data(), b, h), d.kv_rows(k.data(), b, g), d.kv_rows(v.data(), b, g), scale, &out);
+    });
+    Ok((o, lse))
+}
+
+/// Gradients of attention_forward: (dq, dk, dv).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, dout: &Tensor, scale: f32) -> Result<(Tensor, Tensor, Tensor)> {
+    backward_with(cpu::isa(), q, k, v, o, lse, dout, scale)
+}
+
+/// `attention_backward` on a given instruction set (which the host must support).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(isa: cpu::Isa, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, dout: &Tensor, scale: f32) -> Result<(Tensor, Tensor, Tensor)> {
+    assert!(cpu::supports(isa), "attention: {} is not supported by this host", isa.name());
+    let d = dims("attention_backward", q, k, v)?;
+    ensure_shape!(o.shape() == q.shape() && dout.shape() == q.shape() && lse.shape() == [d.b, d.t, d.hq], "attention_backward",
+        "o {:?}, dout {:?} must match q {:?}; lse {:?} must be [B,T,Hq]", o.shape(), dout.shape(), q.shape(), lse.shape());
+    let mut dq = Tensor::zeros(q.shape());
+    let mut dk = Tensor::zeros(k.shape());
+    let mut dv = Tensor::zeros(k.shape());
+    if d.hq * d.hd == 0 || d.t == 0 || d.b == 0 {
+        return Ok((dq, dk, dv));
+    }
+    let pl = Plan::new(isa, d.t, d.hd);
+    let grouped = d.group() > 1;
+    // Under GQA: per-query-head partials [B, Hq, T, hd], summed over each group below.
+    let part_len = if grouped { d.b * d.hq * d.t * d.hd } else { 0 };
+    let (mut pk, mut pv) = (vec![0.0f32; part_len], vec![0.0f32; part_len]);
+    let dqp = OutPtr(dq.data_mut().as_mut_ptr());
+    let (dkp, dvp) = if grouped {
+        (OutPtr(pk.as_mut_ptr()), OutPtr(pv.as_mut_ptr()))
+    } else {
+        (OutPtr(dk.data_mut().as_mut_ptr()), OutPtr(dv.data_mut().as_mut_ptr()))
+    };
+    (0..d.b * d.hq).into_par_iter().for_each(|task| {
+        let (b, h) = (task / d.hq, task % d.hq);
+        let g = h / d.group();
+        let x = backward::HeadIn {
+            q: d.q_rows(q.data(), b, h),
+            k: d.kv_rows(k.data(), b, g),
+            v: d.kv_rows(v.data(), b, g),
+            o: d.q_rows(o.data(), b, h),
+            dout: d.q_rows(dout.data(), b, h),
+            lse: lse.data(),
+            l_base: b * d.t * d.hq + h,
+            l_stride: d.hq,
+        };
+        let dqo = backward::GradOut { ptr: dqp, base: d.q_at(b, 0, h), stride: d.hq * d.hd };
+        let (kbase, kstride) = if grouped { (task * d.t * d.hd, d.hd) } else { (d.kv_at(b, 0, g), d.hkv * d.hd) };
+        let dko = backward::GradOut { ptr: dkp, base: kbase, stride: kstride };
+        let dvo = backward::GradOut { ptr: dvp, base: kbase, stride: kstride };
+        backward::head(&pl, &x, scale, dqo, dko, dvo);
+    });
+    if grouped {
+        let kvrow = d.hkv * d.hd;
+        for (out, part) in [(&mut dk, &pk), (&mut dv, &pv)] {
+            out.data_mut().par_chunks_mut(kvrow).enumerate().for_each(|(r, row)| {
+                let (b, t) = (r / d.t, r % d.t);
+                for (g, dst) in row.chunks_mut(d.hd).enumerate() {
+                    for h in g * d.group()..(g + 1) * d.group() {
+                        let src = &part[((b * d.hq + h) * d.t + t) * d.hd..][..d.hd];
+                        dst.iter_mut().zip(src).for_each(|(a, s)| *a += s);
+                    }
+                }
+            });
+        }
+    }
+    Ok((dq, dk, dv))
+}
+
+/// Materialised reference (B·H·T·T), for tests only.
+pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f32> {
+    let d = dims("attention", q, k, v).unwrap();
+    let mut o = vec![0.0f32; q.numel()];
+    for b in 0..d.b {
+        for h in 0..d.hq {
+            let g = h / d.group();
+            for i in 0..d.t {
+                let qi = &q.data()[d.q_at(b, i, h)..][..d.hd];
+                let s: Vec<f64> = (0..=i).map(|j| {
+                    let kj = &k.data()[d.kv_at(b, j, g)..][..d.hd];
+                    qi.iter().zip(kj).map(|(a, c)| *a as f64 * *c as f64).sum::<f64>() * scale as f64
+                }).collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                for (j, sj) in s.iter().enumerate() {
+                    let p = (sj - m).exp() / z;
+                    let vj = &v.data()[d.kv_at(b, j, g)..][..d.hd];
+                    for c in 0..d.hd {
+                        o[d.q_at(b, i, h) + c] += (p * vj[c] as f64) as f32;
+                    }
+                }
+            }
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! Shared pieces of the tiled attention kernels: the tile plan per instruction set, row views
+//! of one head, packing into microkernel panels, and the raw output pointer tasks share.
+//!
+//! Panel formats (see `cpu::Tile`): an "A panel" holds MR lanes per step (lanes = rows of the
+//! left operand), a "B panel" NR lanes per step (lanes = columns of the right operand).
+
+use crate::cpu::{self, Isa, Tile};
+use crate::scratch;
+
+/// Tile sizes for one instruction set and head shape.
+#[derive(Clone, Copy)]
+pub(super) struct Plan {
+    pub isa: Isa,
+    pub mr: usize,
+    pub nr: usize,
+    /// Key block (and backward query tile): a multiple of both MR and NR, about 64.
+    pub tb: usize,
+    pub t: usize,
+    /// T padded to a multiple of `tb`.
+    pub tp: usize,
+    pub hd: usize,
+    /// hd padded to a multiple of MR / of NR.
+    pub hdm: usize,
+    pub hdn: usize,
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl Plan {
+    pub fn new(isa: Isa, t: usize, hd: usize) -> Plan {
+        let (mr, nr) = cpu::gemm_shape(isa);
+        let l = mr / gcd(mr, nr) * nr;
+        let tb = l * (64 / l).max(1);
+        Plan { isa, mr, nr, tb, t, tp: t.div_ceil(tb) * tb, hd, hdm: hd.div_ceil(mr) * mr, hdn: hd.div_ceil(nr) * nr }
+    }
+
+    /// One microkernel call: C (+)= A·B over `kc` steps.
+    #[inline(always)]
+    pub fn tile(&self, kc: usize, t: Tile, accumulate: bool) {
+        // SAFETY: `isa` comes from cpu::isa(), which only reports supported sets; every caller
+        // builds `t` from buffers sized by this plan (see each call site).
+        unsafe { cpu::gemm_tile(self.isa, kc, &t, accumulate) }
+    }
+}
+
+/// Rows of one head: row i (i < n) is data[base + i*stride ..][..hd].
+#[derive(Clone, Copy)]
+pub(super) struct Rows<'a> {
+    pub data: &'a [f32],
+    pub base: usize,
+    pub stride: usize,
+    pub n: usize,
+    pub hd: usize,
+}
+
+impl<'a> Rows<'a> {
+    #[inline(always)]
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[self.base + i * self.stride..][..self.hd]
+    }
+}
+
+/// Splits this thread's scratch buffer (64-byte aligned, reused across calls so no page is
+/// faulted in per head) into pieces of the given lengths, each rounded up to 16 floats so
+/// every piece stays 64-byte aligned, and runs `f` on them. Contents are unspecified.
+pub(super) fn with_bufs<R, const N: usize>(lens: [usize; N], f: impl FnOnce([&mut [f32]; N]) -> R) -> R {
+    let total: usize = lens.iter().map(|l| l.div_ceil(16) * 16).sum();
+    scratch::with_local(1, total, |mut rest: &mut [f32]| {
+        let parts: [&mut [f32]; N] = std::array::from_fn(|i| {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(lens[i].div_ceil(16) * 16);
+            rest = tail;
+            &mut head[..lens[i]]
+        });
+        f(parts)
+    })
+}
+
+/// Runs `$body` (an expression) compiled for the plan's instruction set, so the elementwise
+/// loops around the microkernel calls are vectorised for it too.
+macro_rules! for_isa {
+    ($isa:expr, fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512($($arg: $ty),*) $body
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2($($arg: $ty),*) $body
+        fn generic($($arg: $ty),*) $body
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the plan's isa comes from a supported-isa check (cpu::isa / supports).
+            crate::cpu::Isa::Avx512 => unsafe { avx512($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            crate::cpu::Isa::Avx2 => unsafe { avx2($($arg),*) },
+            _ => generic($($arg),*),
+        }
+    }};
+}
+pub(super) use for_isa;
+
+/// Rows as lanes, hd as steps: dst[(i/w)·hd·w + c·w + i%w] = scale·row_i[c], for i < `rows`
+/// (a multiple of w; rows past `src.n` are zero). A panels with w = MR, B panels with w = NR.
+/// Inlined so it is compiled for the caller's instruction set (see `for_isa`).
+#[inline(always)]
+pub(super) fn pack_lanes(src: Rows, first: usize, rows: usize, w: usize, scale: f32, dst: &mut [f32]) {
+    let hd = src.hd;
+    let dst = &mut dst[..rows * hd];
+    for (pi, panel) in dst.chunks_exact_mut(hd * w).enumerate() {
+        for l in 0..w {
+            let i = first + pi * w + l;
+            let lane = panel[l..].iter_mut().step_by(w);
+            if i < src.n {
+                lane.zip(src.row(i)).for_each(|(d, v)| *d = scale * v);
+            } else {
+                lane.for_each(|d| *d = 0.0);
+            }
+        }
+    }
+}
+
+/// hd as lanes, rows as steps: dst[(c/w)·tp·w + i·w + c%w] = row_i[c] for c < hd_pad, i < tp
+/// (zero past hd and past `src.n`).
+#[inline(always)]
+pub(super) fn pack_steps(src: Rows, tp: usize, hd_pad: usize, w: usize, dst: &mut [f32]) {
+    let dst = &mut dst[..hd_pad * tp];
+    dst.fill(0.0);
+    for i in 0..src.n {
+        let row = src.row(i);
+        for (cp, chunk) in row.chunks(w).enumerate() {
+            dst[cp * tp * w + i * w..][..chunk.len()].iter_mut().zip(chunk).for_each(|(d, v)| *d = *v);
+        }
+    }
+}
+
+/// An output buffer that tasks write at disjoint positions.
+#[derive(Clone, Copy)]
+pub(super) struct OutPtr(pub *mut f32);
+// SAFETY: every task writes only the rows of its own (batch, head), so writes never overlap,
+// and the buffer outlives the parallel region.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `off + len` is within the buffer and no other task touches these elements.
+    pub unsafe fn slice<'a>(self, off: usize, len: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
+}

@@ -1,0 +1,129 @@
+use super::*;
+use crate::ops::testutil::{assert_close, rand_vec, run_threads, same_bits};
+
+fn isas() -> Vec<Isa> {
+    let mut v = vec![Isa::Scalar];
+    for isa in [Isa::Avx2, Isa::Avx512] {
+        if cpu::supports(isa) {
+            v.push(isa);
+        } else {
+            eprintln!("SKIP gemm {}: not supported on this host", isa.name());
+        }
+    }
+    v
+}
+
+fn check(isa: Isa, m: usize, n: usize, k: usize, ta: bool, tb: bool) {
+    let a = rand_vec(m * k, 1);
+    let b = rand_vec(k * n, 2);
+    let want = gemm_reference(m, n, k, &a, ta, &b, tb);
+    let mut c = rand_vec(m * n, 3);
+    gemm_with(isa, m, n, k, &a, ta, &b, tb, &mut c, false);
+    let tag = format!("gemm {} {m}x{n}x{k} ta={ta} tb={tb}", isa.name());
+    assert_close(&c, &want, 1e-4, 1e-4, &tag);
+    gemm_with(isa, m, n, k, &a, ta, &b, tb, &mut c, true);
+    let want2: Vec<f32> = want.iter().map(|w| 2.0 * w).collect();
+    assert_close(&c, &want2, 1e-4, 1e-4, &format!("{tag} accumulate"));
+}
+
+#[test]
+fn parity_every_dim_1_to_67_and_transposes() {
+    // m, n and k each take every value 1..=67 (7 is coprime to 67), in all four transposes.
+    for isa in isas() {
+        for d in (1..=67).chain([127, 128, 129]) {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                check(isa, d, 68 - d.min(67), (d * 7) % 67 + 1, ta, tb);
+            }
+        }
+        for &(m, n, k) in &[(0, 5, 3), (5, 0, 3), (5, 4, 0), (1, 1, 1), (300, 70, 513), (97, 1000, 33), (1, 333, 700), (250, 1, 300)] {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                check(isa, m, n, k, ta, tb);
+            }
+        }
+    }
+}
+
+#[test]
+fn one_and_two_threads_same_bits() {
+    // Large enough to run in parallel, with several k blocks and edge tiles on every isa.
+    let (m, n, k) = (257, 190, 600);
+    let a = rand_vec(m * k, 4);
+    let b = rand_vec(k * n, 5);
+    for isa in isas() {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let outs = run_threads(|| {
+                let mut c = vec![0.0; m * n];
+                gemm_with(isa, m, n, k, &a, ta, &b, tb, &mut c, false);
+                c
+            });
+            assert!(same_bits(&outs[0], &outs[1]), "{} ta={ta} tb={tb}", isa.name());
+        }
+    }
+}
+
+#[test]
+fn two_core_groups_same_bits_as_one_thread() {
+    // Two pools of one thread each (cpus 0 and 1 when present; pinning may be refused).
+    let topo = crate::threads::Topology {
+        groups: vec![crate::threads::Group { cpus: vec![0], cores: vec![0] }, crate::threads::Group { cpus: vec![1], cores: vec![1] }],
+        from_sysfs: false,
+    };
+    let pools = crate::threads::Pools::build(&topo, 2, false);
+    assert_eq!(pools.pools.len(), 2);
+    let (m, n, k) = (301, 150, 400);
+    let a = rand_vec(m * k, 6);
+    let b = rand_vec(k * n, 7);
+    let mut want = vec![0.0; m * n];
+    rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| gemm(m, n, k, &a, false, &b, true, &mut want, false));
+    let mut got = vec![0.0; m * n];
+    pools.install(|| gemm(m, n, k, &a, false, &b, true, &mut got, false));
+    assert!(same_bits(&want, &got));
+}
+
+#[test]
+fn epilogue_bias_and_activations() {
+    let (m, n, k) = (37, 45, 29);
+    let a = rand_vec(m * k, 8);
+    let b = rand_vec(n * k, 9);
+    let bias = rand_vec(n, 10);
+    let base = gemm_reference(m, n, k, &a, false, &b, true);
+    let act = |x: f64, f: Activation| match f {
+        Activation::Identity => x,
+        Activation::Relu => x.max(0.0),
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::Gelu => 0.5 * x * (1.0 + (0.797_884_560_8 * (x + 0.044_715 * x * x * x)).tanh()),
+    };
+    for isa in isas() {
+        for f in [Activation::Identity, Activation::Relu, Activation::Silu, Activation::Gelu] {
+            for accumulate in [false, true] {
+                let c0 = rand_vec(m * n, 11);
+                let mut c = c0.clone();
+                gemm_ex(isa, m, n, k, &a, false, &b, true, &mut c, accumulate, &Epilogue { bias: Some(&bias), activation: f });
+                let want: Vec<f32> = (0..m * n)
+                    .map(|x| {
+                        let pre = base[x] as f64 + bias[x % n] as f64 + if accumulate { c0[x] as f64 } else { 0.0 };
+                        act(pre, f) as f32
+                    })
+                    .collect();
+                assert_close(&c, &want, 1e-4, 1e-4, &format!("epilogue {} {f:?} acc={accumulate}", isa.name()));
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_and_linear_shapes() {
+    let a = Tensor::from_slice(&[2, 3, 4], &rand_vec(24, 6)).unwrap();
+    let w = Tensor::from_slice(&[5, 4], &rand_vec(20, 7)).unwrap();
+    assert_eq!(matmul(&a, &w, false, true).unwrap().shape(), &[2, 3, 5]);
+    assert!(matmul(&a, &w, false, false).is_err());
+    let dy = Tensor::from_slice(&[2, 3, 5], &rand_vec(30, 8)).unwrap();
+    assert_eq!(matmul(&dy, &a.clone().reshape(&[6, 4]).unwrap(), true, false).unwrap().shape(), &[5, 4]);
+    let bias = Tensor::from_slice(&[5], &rand_vec(5, 9)).unwrap();
+    let y = linear(&a, &w, Some(&bias), Activation::Identity).unwrap();
+    let y0 = matmul(&a, &w, false, true).unwrap();
+    let want: Vec<f32> = y0.data().iter().enumerate().map(|(i, v)| v + bias.data()[i % 5]).collect();
+    assert_close(y.data(), &want, 1e-6, 1e-6, "linear");
+    assert!(linear(&a, &w, Some(&w), Activation::Relu).is_err());
+    assert!(linear(&w, &a, None, Activation::Relu).is_err());
+}
