@@ -102,10 +102,10 @@ def main() -> None:
         dy = _core.Tensor(dy_np)
         aux = Aux()
 
-        def sos_step():
+        def sos_step(layer=layer, x=x, dy=dy):  # bound now: the E comparison below calls it later
             layer.zero_grad()
             x.grad = None
-            layer(x, aux).backward(dy)
+            layer(x, Aux()).backward(dy)
 
         tstep = torch_layer(args.d, args.hidden, e, args.k, args.tau, weights)
         tx, tdy = torch.from_numpy(x_np), torch.from_numpy(dy_np)
