@@ -1,19 +1,11 @@
-//! Metric attention (SPEC §6.2), causal and memory-efficient, forward and backward:
-//!   s_ij = -α_h · Σ_c w_hc (q_ic - k_jc)² + kb_jh,   o_i = softmax_j≤i(s_ij) · v_j
-//! with w > 0 (the caller applies softplus) and an optional per-key bias kb (the ball penalty).
-//! Expanding the square gives one GEMM-like product plus norms,
-//!   s_ij = α (2 (w⊙q_i)·k_j − ‖k_j‖²_w − ‖q_i‖²_w),
-//! where the last term is constant along a row, cancels in the softmax, and is left out.
-//! Like `attention`, each query row walks its keys in blocks with an online softmax, so no
-//! B·H·T·T buffer exists; backward recomputes the probabilities in a query pass (dq, dα, half of
-//! dw) and a key pass (dk, dv, dkb, the rest of dw), each writing disjoint rows.
-//!
-//! Layouts: k, v [B, T, Hkv, hd] (MQA: Hkv = 1); q and o [B, T, H, hd], or with `rows` (routed
-//! queries) [M, H, hd] where rows[m] = b·T + i lists the M query positions in strictly ascending
-//! order; lse [M, H] (M = B·T without rows); α [H]; w [H, hd]; kb [B, T, H].
-//! `hard`: inference-time ball pruning — key j is skipped for query i ≠ j when kb_jh < 0 (outside
-//! the ball), and kb adds nothing; a query always keeps itself, so no row is empty.
+//! The direct kernel: each query row walks its keys in blocks with an online softmax and
+//! dispatched dot/axpy primitives, and only routed rows are computed. It serves hard ball
+//! pruning (whose "a query keeps its own key" rule is not a per-key bias) and is the reference
+//! the tiled path is tested against. Backward recomputes the probabilities in a query pass (dq,
+//! dα, the q-side of dw) and a key pass (dk, dv, dkb, the k-side of dw), each writing disjoint
+//! rows, with per-task partials of dα, dw summed in task order.
 
+use super::{dims, Dims, MetricGrads, MetricInputs};
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
 use crate::tensor::Tensor;
@@ -22,76 +14,6 @@ use rayon::prelude::*;
 const KEY_BLOCK: usize = 64;
 /// Rows per parallel task; fixed so results never depend on the thread count.
 const ROWS_PER_TASK: usize = 16;
-
-/// The operands of one metric attention call.
-#[derive(Clone, Copy)]
-pub struct MetricInputs<'a> {
-    pub q: &'a Tensor,
-    pub k: &'a Tensor,
-    pub v: &'a Tensor,
-    pub alpha: &'a Tensor,
-    pub w: &'a Tensor,
-    pub kb: Option<&'a Tensor>,
-    pub rows: Option<&'a [u32]>,
-    pub hard: bool,
-}
-
-/// Gradients of every differentiable operand (dkb only when kb was given).
-pub struct MetricGrads {
-    pub dq: Tensor,
-    pub dk: Tensor,
-    pub dv: Tensor,
-    pub dalpha: Tensor,
-    pub dw: Tensor,
-    pub dkb: Option<Tensor>,
-}
-
-#[derive(Clone, Copy)]
-struct Dims {
-    b: usize,
-    t: usize,
-    h: usize,
-    hkv: usize,
-    hd: usize,
-    m: usize,
-}
-
-impl Dims {
-    fn kv_at(&self, b: usize, j: usize, g: usize) -> usize {
-        ((b * self.t + j) * self.hkv + g) * self.hd
-    }
-    fn q_at(&self, r: usize, h: usize) -> usize {
-        (r * self.h + h) * self.hd
-    }
-    fn group(&self) -> usize {
-        self.h / self.hkv
-    }
-}
-
-fn dims(op: &'static str, a: &MetricInputs) -> Result<Dims> {
-    let (q, k) = (a.q, a.k);
-    ensure_shape!(k.ndim() == 4 && a.v.shape() == k.shape() && k.shape()[2] > 0, op, "k {:?} and v {:?} must both be [B, T, Hkv, hd]", k.shape(), a.v.shape());
-    let (b, t, hkv, hd) = (k.shape()[0], k.shape()[1], k.shape()[2], k.shape()[3]);
-    let (h, m) = match a.rows {
-        None => {
-            ensure_shape!(q.ndim() == 4 && q.shape()[..2] == [b, t] && q.shape()[3] == hd, op, "q {:?} must be [{}, {}, H, {}]", q.shape(), b, t, hd);
-            (q.shape()[2], b * t)
-        }
-        Some(rows) => {
-            ensure_shape!(q.ndim() == 3 && q.shape()[0] == rows.len() && q.shape()[2] == hd, op, "q {:?} must be [{}, H, {}] for {} rows", q.shape(), rows.len(), hd, rows.len());
-            if !rows.windows(2).all(|w| w[0] < w[1]) || rows.last().is_some_and(|&r| r as usize >= b * t) {
-                return Err(crate::Error::value(op, format!("rows must ascend strictly and lie below B·T = {}", b * t)));
-            }
-            (q.shape()[1], rows.len())
-        }
-    };
-    ensure_shape!(h > 0 && h % hkv == 0, op, "{} query heads are not a multiple of {} kv heads", h, hkv);
-    ensure_shape!(a.alpha.shape() == [h] && a.w.shape() == [h, hd], op, "alpha {:?} must be [{}], w {:?} must be [{}, {}]", a.alpha.shape(), h, a.w.shape(), h, hd);
-    if let Some(kb) = a.kb {
-        ensure_shape!(kb.shape() == [b, t, h], op, "kb {:?} must be [{}, {}, {}]", kb.shape(), b, t, h);
-    }
-    Ok(Dims { b, t, h, hkv, hd, m })
-}
 
 /// Precomputed per call, so a score is one dot product plus one lookup:
 /// u2 = 2α_h w_h ⊙ q [M, H, hd]; kn [B, T, H] = ‖k‖²_w; kbias = -α_h kn (+ kb when soft);
@@ -165,7 +87,7 @@ impl<'a> Prep<'a> {
 }
 
 /// Returns (o, lse).
-pub fn metric_attention_forward(a: MetricInputs) -> Result<(Tensor, Tensor)> {
+pub fn forward(a: MetricInputs) -> Result<(Tensor, Tensor)> {
     let p = Prep::new("metric_attention", a)?;
     let d = p.d;
     let mut o = Tensor::zeros(a.q.shape());
@@ -219,7 +141,7 @@ pub fn metric_attention_forward(a: MetricInputs) -> Result<(Tensor, Tensor)> {
 }
 
 /// Gradients of metric_attention_forward given its outputs o, lse and dout (the layout of o).
-pub fn metric_attention_backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Result<MetricGrads> {
+pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Result<MetricGrads> {
     let p = Prep::new("metric_attention_backward", a)?;
     let d = p.d;
     ensure_shape!(o.shape() == a.q.shape() && dout.shape() == a.q.shape() && lse.shape() == [d.m, d.h], "metric_attention_backward",
@@ -345,6 +267,3 @@ pub fn metric_attention_backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout
     Ok(g)
 }
 
-#[cfg(test)]
-#[path = "metric_attention_tests.rs"]
-mod tests;
