@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+import sos_rs
 from sos_rs import optim
 from sos_rs.models import FAMILIES
 
@@ -31,7 +32,10 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--config", default="{}", help="JSON overrides of the tiny preset")
     ap.add_argument("--out", help="write the log as JSON lines here")
+    ap.add_argument("--threads", type=int, default=0, help="sos_rs threads (0: default)")
     args = ap.parse_args()
+    if args.threads:
+        sos_rs.set_num_threads(args.threads)
 
     data = np.frombuffer(b"".join(open(f, "rb").read() for f in args.files), dtype=np.uint8).astype(np.int64)
     split = int(0.95 * len(data))
