@@ -139,7 +139,8 @@ def main() -> None:
     attn = [r for r in rust if r["shape"].startswith("attention")]
 
     print(f"GEMM, GFLOP/s (medians of {args.reps}); isa {next(iter(py.values()))['isa'] if py else '?'}; frac = sos / FMA peak")
-    print(f"{'shape':11} {'thr':>3} {'peak':>7} {'sos':>7} {'frac':>6} {'numpy':>7} {'torch':>7} {'mmul':>7} {'/numpy':>7} {'/torch':>7} {'/mmul':>6} {'1->2':>5}")
+    print("avx2: the AVX2 path's fraction of the AVX2 FMA peak (cargo table bench, same run)")
+    print(f"{'shape':11} {'thr':>3} {'peak':>7} {'sos':>7} {'frac':>6} {'avx2':>6} {'numpy':>7} {'torch':>7} {'mmul':>7} {'/numpy':>7} {'/torch':>7} {'/mmul':>6} {'1->2':>5}")
     for name, *_ in SHAPES:
         for th in (1, 2):
             r = py.get((name, th))
@@ -150,7 +151,7 @@ def main() -> None:
             scale = f"{r['sos'] / one:5.2f}" if th == 2 and one else ""
             f = lambda x, w=7, p=1: f"{x:{w}.{p}f}" if isinstance(x, float) else " " * (w - 1) + "-"  # noqa: E731
             mmr = r["sos"] / m["matrixmultiply"] if m else None
-            print(f"{name:11} {th:>3} {f(r['peak'])} {f(r['sos'])} {f(r['frac'], 6, 3)} {f(r['numpy'])} {f(r.get('torch'))} "
+            print(f"{name:11} {th:>3} {f(r['peak'])} {f(r['sos'])} {f(r['frac'], 6, 3)} {f(m.get('frac256'), 6, 3)} {f(r['numpy'])} {f(r.get('torch'))} "
                   f"{f(m.get('matrixmultiply'))} {f(r.get('vs_numpy'), 7, 2)} {f(r.get('vs_torch'), 7, 2)} {f(mmr, 6, 2)} {scale}")
     model2 = [py[(s, 2)] for s in MODEL if (s, 2) in py]
     if model2:

@@ -288,6 +288,34 @@ pub unsafe fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &
 pub const MR: usize = 6;
 pub const NR: usize = 16;
 
+/// dst[c·ldd + r] = scale·src[r·lds + c] for r, c < 8: an 8×8 transpose in registers
+/// (unpack, shuffle, lane permute), the core of the transposing packs.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn transpose8x8(src: &[f32], lds: usize, dst: &mut [f32], ldd: usize, scale: f32) {
+    assert!(src.len() >= 7 * lds + 8 && dst.len() >= 7 * ldd + 8);
+    let (ps, pd, vs) = (src.as_ptr(), dst.as_mut_ptr(), _mm256_set1_ps(scale));
+    // SAFETY: rows 0..8 of 8 floats at stride lds (ldd) lie inside src (dst) by the assert.
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_mul_ps(vs, _mm256_loadu_ps(ps.add(i * lds))));
+    let t: [__m256; 8] = std::array::from_fn(|i| {
+        let (a, b) = (r[(i / 2) * 2], r[(i / 2) * 2 + 1]);
+        if i % 2 == 0 { _mm256_unpacklo_ps(a, b) } else { _mm256_unpackhi_ps(a, b) }
+    });
+    let u = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    for c in 0..4 {
+        _mm256_storeu_ps(pd.add(c * ldd), _mm256_permute2f128_ps::<0x20>(u[c], u[c + 4]));
+        _mm256_storeu_ps(pd.add((c + 4) * ldd), _mm256_permute2f128_ps::<0x31>(u[c], u[c + 4]));
+    }
+}
+
 /// GEMM microkernel, 6×16 tile in 12 accumulators.
 ///
 /// ```text

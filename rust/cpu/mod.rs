@@ -109,6 +109,7 @@ dispatch!(max(x: &[f32]) -> f32, avx2);
 dispatch!(exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32, avx512);
 dispatch!(exp_sub(x: &mut [f32], shift: &[f32]), avx512);
 dispatch!(silu(x: &[f32], out: &mut [f32]), avx2);
+dispatch!(transpose8x8(src: &[f32], lds: usize, dst: &mut [f32], ldd: usize, scale: f32), avx2);
 dispatch!(silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]), avx2);
 dispatch!(gelu(x: &[f32], out: &mut [f32]), avx2);
 dispatch!(gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]), avx2);

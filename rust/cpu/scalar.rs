@@ -143,6 +143,16 @@ pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamPar
 pub const MR: usize = 4;
 pub const NR: usize = 8;
 
+/// dst[c·ldd + r] = scale·src[r·lds + c] for r, c < 8.
+pub fn transpose8x8(src: &[f32], lds: usize, dst: &mut [f32], ldd: usize, scale: f32) {
+    assert!(src.len() >= 7 * lds + 8 && dst.len() >= 7 * ldd + 8);
+    for r in 0..8 {
+        for c in 0..8 {
+            dst[c * ldd + r] = scale * src[r * lds + c];
+        }
+    }
+}
+
 /// C[MR×NR] (+)= A·B over `kc` steps with the addressing of `t` (see `Tile`): the
 /// specification of every SIMD `gemm_tile` (each C element sums its k products in k order).
 ///

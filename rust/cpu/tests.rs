@@ -109,6 +109,22 @@ fn exp_sub_matches_scalar() {
 }
 
 #[test]
+#[cfg(target_arch = "x86_64")]
+fn transpose8x8_matches_scalar() {
+    if !supports(Isa::Avx2) {
+        eprintln!("SKIP transpose8x8: no AVX2");
+        return;
+    }
+    let src = rand_vec(8 * 11, 5);
+    let (mut a, mut b) = (vec![0.0; 8 * 13], vec![0.0; 8 * 13]);
+    // SAFETY: AVX2 support checked above.
+    unsafe { avx2::transpose8x8(&src, 11, &mut a, 13, 0.5) };
+    scalar::transpose8x8(&src, 11, &mut b, 13, 0.5);
+    assert_eq!(a, b);
+    assert_eq!(b[3 * 13 + 5], 0.5 * src[5 * 11 + 3]);
+}
+
+#[test]
 fn exp_kernel_limits() {
     // -inf gives exactly 0 on every path; large inputs saturate instead of producing NaN.
     let x = [f32::NEG_INFINITY, -100.0, 0.0, 80.0];

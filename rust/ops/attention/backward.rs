@@ -41,14 +41,19 @@ impl GradOut {
 }
 
 pub(super) fn head(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) {
-    for_isa!(pl.isa, fn run(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) { body(pl, x, scale, dq, dk, dv) })
+    let Plan { tb, tp, hd, hdn, .. } = *pl;
+    let (th, ht, bt, bh) = (tp * hd, hdn * tp, tb * tb, tb * hdn);
+    // Scratch outside, body compiled for the plan's ISA inside (see forward::head).
+    with_bufs([th, th, th, th, ht, ht, ht, tp * hdn, bt, bt, bh, bh, tb, tp, tp], |bufs| {
+        for_isa!(pl.isa, fn run(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut, bufs: [&mut [f32]; 15]) { body(pl, x, scale, dq, dk, dv, bufs) })
+    })
 }
 
 #[inline(always)]
-fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) {
+#[allow(clippy::too_many_arguments)]
+fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut, bufs: [&mut [f32]; 15]) {
     let Plan { mr, nr, tb, t, tp, hd, hdn, .. } = *pl;
-    let (th, ht, bt, bh) = (tp * hd, hdn * tp, tb * tb, tb * hdn);
-    with_bufs([th, th, th, th, ht, ht, ht, tp * hdn, bt, bt, bh, bh, tb, tp, tp], |[qa, doa, kb, vb, don, qn, kn, dqa, s, dp, dkj, dvj, shift, lse, delta]| {
+    let [qa, doa, kb, vb, don, qn, kn, dqa, s, dp, dkj, dvj, shift, lse, delta] = bufs;
     pack_lanes(x.q, 0, tp, mr, scale, qa);
     pack_lanes(x.dout, 0, tp, mr, 1.0, doa);
     pack_lanes(x.k, 0, tp, nr, 1.0, kb);
@@ -118,5 +123,4 @@ fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut
         // SAFETY: query row i of this task's head, this task only.
         unsafe { dq.row(i, hd).copy_from_slice(&dqa[i * hdn..i * hdn + hd]) };
     }
-    })
 }

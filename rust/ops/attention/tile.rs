@@ -112,8 +112,22 @@ pub(super) use for_isa;
 pub(super) fn pack_lanes(src: Rows, first: usize, rows: usize, w: usize, scale: f32, dst: &mut [f32]) {
     let hd = src.hd;
     let dst = &mut dst[..rows * hd];
+    let c8 = hd / 8 * 8;
     for (pi, panel) in dst.chunks_exact_mut(hd * w).enumerate() {
-        for l in 0..w {
+        // Whole groups of 8 real rows: 8×8 register transposes, then the columns past c8.
+        let full = if w % 8 == 0 { w.min(src.n.saturating_sub(first + pi * w)) / 8 * 8 } else { 0 };
+        for l0 in (0..full).step_by(8) {
+            let i = first + pi * w + l0;
+            for c0 in (0..c8).step_by(8) {
+                cpu::transpose8x8(&src.data[src.base + i * src.stride + c0..], src.stride, &mut panel[c0 * w + l0..], w, scale);
+            }
+            for l in l0..l0 + 8 {
+                for c in c8..hd {
+                    panel[c * w + l] = scale * src.row(i + l - l0)[c];
+                }
+            }
+        }
+        for l in full..w {
             let i = first + pi * w + l;
             let lane = panel[l..].iter_mut().step_by(w);
             if i < src.n {

@@ -34,13 +34,24 @@ pub(crate) fn pack_panel(src: &[f32], base: usize, ls: usize, ps: usize, lanes: 
             d[lanes..].fill(0.0);
         }
     } else {
-        // Steps contiguous (A as stored, B transposed): a transposing copy, lane by lane.
+        // Steps contiguous (A as stored, B transposed): a transposing copy, 8×8 blocks in
+        // registers where whole, lane by lane for the rest.
         if lanes < width {
             dst.fill(0.0);
         }
+        let (l8, k8) = if ps == 1 { (lanes / 8 * 8, kc / 8 * 8) } else { (0, 0) };
+        for l0 in (0..l8).step_by(8) {
+            for p0 in (0..k8).step_by(8) {
+                crate::cpu::transpose8x8(&src[base + l0 * ls + p0..], ls, &mut dst[p0 * width + l0..], width, 1.0);
+            }
+        }
         for l in 0..lanes {
-            let row = &src[base + l * ls..base + l * ls + (kc - 1) * ps + 1];
-            for (d, v) in dst.chunks_exact_mut(width).zip(row.iter().step_by(ps)) {
+            let p_from = if l < l8 { k8 } else { 0 };
+            if p_from == kc {
+                continue;
+            }
+            let row = &src[base + l * ls + p_from * ps..base + l * ls + (kc - 1) * ps + 1];
+            for (d, v) in dst[p_from * width..].chunks_exact_mut(width).zip(row.iter().step_by(ps)) {
                 d[l] = *v;
             }
         }
