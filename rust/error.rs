@@ -12,6 +12,9 @@ pub enum Error {
     /// A value is outside what the op accepts (token id out of range, NaN where forbidden, ...).
     #[error("{op}: {detail}")]
     Value { op: &'static str, detail: String },
+    /// A token shard is unreadable, corrupt, truncated or does not match its companions.
+    #[error("{path}: {detail}")]
+    ShardFormat { path: String, detail: String },
 }
 
 impl Error {
@@ -20,6 +23,9 @@ impl Error {
     }
     pub fn value(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Value { op, detail: detail.into() }
+    }
+    pub fn shard(path: &std::path::Path, detail: impl Into<String>) -> Self {
+        Error::ShardFormat { path: path.display().to_string(), detail: detail.into() }
     }
 }
 

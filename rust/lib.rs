@@ -1,6 +1,7 @@
 //! sos_rs: FP32 tensors, SIMD kernels and their backward passes for training small language
 //! models on CPUs. Python bindings live in `py/` behind the `python` feature.
 
+pub mod belt;
 pub mod cpu;
 pub mod error;
 pub mod ops;

@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "maturin>=1.5,<2" "numpy>=1.24" "pytest>=7"
+.venv/bin/python -m pip install -q "maturin>=1.5,<2" "pytest>=7"
 echo "== building sos_rs (release)"
+# maturin develop also installs the runtime dependencies listed in pyproject.toml
 VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release -q
 echo "== Rust tests"
 cargo test --release -q

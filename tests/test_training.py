@@ -85,3 +85,15 @@ def test_scalar_and_simd_paths_agree(isa, tmp_path):
     for name in simd:
         if name not in ("loss", "isa"):
             np.testing.assert_allclose(simd[name], scalar[name], rtol=1e-3, atol=1e-6, err_msg=name)
+
+
+def test_kv_cache_decoding_matches_full_forward():
+    from sos_rs import no_grad
+
+    model = DenseLM(DenseConfig(**{**TINY, "max_seq_len": 20}))
+    ids = np.random.default_rng(1).integers(0, 256, (2, 12))
+    with no_grad():
+        full = model(ids).numpy()
+        cache = model.new_cache(2)
+        parts = [model(ids[:, :5], cache).numpy()] + [model(ids[:, t:t + 1], cache).numpy() for t in range(5, 12)]
+    np.testing.assert_allclose(np.concatenate(parts, 1), full, rtol=1e-5, atol=1e-5)

@@ -16,3 +16,7 @@ class DTypeError(SosError, TypeError):
 
 class InvalidValueError(SosError, ValueError):
     """A value is out of range: NaN or inf data, a token id outside the vocabulary, ..."""
+
+
+class ShardFormatError(SosError, ValueError):
+    """A token shard is corrupt, truncated or mismatched; the message names the file and the fault."""

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import _core
-from .autograd import Tensor, record
+from .autograd import Tensor, grad_enabled, record
 from .errors import ShapeError
 
 
@@ -116,9 +116,17 @@ def embedding(weight: Tensor, ids: np.ndarray) -> Tensor:
 def cross_entropy(logits: Tensor, targets: np.ndarray) -> Tensor:
     """Mean cross-entropy of logits [..., V] against integer targets (one per row); a 0-d Tensor."""
     targets = _as_ids(targets).reshape(-1)
-    loss, lse = _core.cross_entropy_forward(logits.data, targets)
-    out = _core.Tensor.full([], loss)
-    return record("cross_entropy", out, (logits,), lambda dy: (_core.cross_entropy_backward(logits.data, targets, lse, dy.item()),))
+    if not (grad_enabled() and logits.requires_grad):
+        loss, _ = _core.cross_entropy_forward(logits.data, targets)
+        return Tensor(_core.Tensor.full([], loss))
+    # Training: the gradient comes out of the same pass over the logits as the loss.
+    loss, dlogits = _core.cross_entropy_fused(logits.data, targets)
+
+    def backward(dy):
+        g = dy.item()
+        return (dlogits if g == 1.0 else _core.scale(dlogits, g),)
+
+    return record("cross_entropy", _core.Tensor.full([], loss), (logits,), backward)
 
 
 def _as_ids(ids) -> np.ndarray:

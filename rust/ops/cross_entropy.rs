@@ -11,13 +11,19 @@ use rayon::prelude::*;
 
 const ROWS_PER_TASK: usize = 8;
 
-/// logits: [..., V], targets: [N] with N = rows of logits -> (mean loss, lse [N])
-pub fn cross_entropy_forward(logits: &Tensor, targets: &[u32]) -> Result<(f32, Tensor)> {
+/// (rows N, vocabulary V) of logits [..., V] after checking one in-range target per row.
+fn checked_rows(logits: &Tensor, targets: &[u32]) -> Result<(usize, usize)> {
     let v = logits.last_dim();
     let n = if v == 0 { 0 } else { logits.numel() / v };
     ensure_shape!(logits.ndim() >= 2 && n == targets.len(), "cross_entropy", "logits {:?} need one target per row; got {} targets", logits.shape(), targets.len());
     ensure_shape!(n > 0, "cross_entropy", "no rows in logits {:?}", logits.shape());
     check_ids("cross_entropy", targets, v)?;
+    Ok((n, v))
+}
+
+/// logits: [..., V], targets: [N] with N = rows of logits -> (mean loss, lse [N])
+pub fn cross_entropy_forward(logits: &Tensor, targets: &[u32]) -> Result<(f32, Tensor)> {
+    let (n, v) = checked_rows(logits, targets)?;
     let ld = logits.data();
     let mut lse = Tensor::zeros(&[n]);
     // Per-row losses, summed in fixed row order (not a parallel reduction) for determinism.
@@ -35,6 +41,33 @@ pub fn cross_entropy_forward(logits: &Tensor, targets: &[u32]) -> Result<(f32, T
     });
     let total: f64 = losses.iter().map(|&x| x as f64).sum();
     Ok(((total / n as f64) as f32, lse))
+}
+
+/// Loss and the gradient for dloss = 1 in one pass over the logits: the exponentials computed for
+/// the loss become the softmax of the gradient, so training reads the [N, V] logits once.
+/// Returns (mean loss, dlogits = (softmax - onehot) / N).
+pub fn cross_entropy_fused(logits: &Tensor, targets: &[u32]) -> Result<(f32, Tensor)> {
+    let (n, v) = checked_rows(logits, targets)?;
+    let ld = logits.data();
+    let g = 1.0 / n as f32;
+    let mut dl = Tensor::zeros(logits.shape());
+    let mut losses = vec![0.0f32; n];
+    dl.data_mut().par_chunks_mut(v * ROWS_PER_TASK).zip(losses.par_chunks_mut(ROWS_PER_TASK)).enumerate().for_each(|(t, (dc, lo))| {
+        for (j, drow) in dc.chunks_mut(v).enumerate() {
+            let r = t * ROWS_PER_TASK + j;
+            let row = &ld[r * v..(r + 1) * v];
+            let m = cpu::max(row);
+            let s = cpu::exp_shift_sum(row, m, drow);
+            lo[j] = m + s.ln() - row[targets[r] as usize];
+            let scale = g / s;
+            for x in drow.iter_mut() {
+                *x *= scale;
+            }
+            drow[targets[r] as usize] -= g;
+        }
+    });
+    let total: f64 = losses.iter().map(|&x| x as f64).sum();
+    Ok(((total / n as f64) as f32, dl))
 }
 
 /// dlogits = (softmax(logits) - onehot(target)) * dloss / N
@@ -71,6 +104,11 @@ mod tests {
         assert!((loss - 0.287_682_1).abs() < 1e-6);
         let d = cross_entropy_backward(&l, &[1], &lse, 1.0).unwrap();
         assert!((d.data()[0] - 0.25).abs() < 1e-6 && (d.data()[1] + 0.25).abs() < 1e-6);
+        let (loss2, d2) = cross_entropy_fused(&l, &[1]).unwrap();
+        assert!((loss2 - loss).abs() < 1e-7);
+        for (a, b) in d2.data().iter().zip(d.data()) {
+            assert!((a - b).abs() < 1e-7);
+        }
         assert!(cross_entropy_forward(&l, &[2]).is_err());
         assert!(cross_entropy_forward(&l, &[0, 1]).is_err());
     }

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod kv_attention;
 pub mod matmul;
 pub mod norm;
 pub mod optim;

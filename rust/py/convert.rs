@@ -24,6 +24,7 @@ pub fn to_py(e: Error) -> PyErr {
     Python::with_gil(|py| match &e {
         Error::Shape { .. } => raise(py, "ShapeError", e.to_string()),
         Error::Value { .. } => raise(py, "InvalidValueError", e.to_string()),
+        Error::ShardFormat { .. } => raise(py, "ShardFormatError", e.to_string()),
     })
 }
 

@@ -1,7 +1,7 @@
 //! One binding per op: forward and backward pairs as the Python autograd calls them.
 
 use super::convert::{ids_from_numpy, run, PyTensor};
-use crate::ops::{activation, attention, cross_entropy, elementwise, embedding, matmul as mm, norm, optim, rope, softmax};
+use crate::ops::{activation, attention, cross_entropy, elementwise, embedding, kv_attention, matmul as mm, norm, optim, rope, softmax};
 use crate::{cpu, par};
 use pyo3::prelude::*;
 
@@ -148,6 +148,14 @@ fn attention_backward(py: Python<'_>, q: PyRef<T>, k: PyRef<T>, v: PyRef<T>, o: 
     run(py, || attention::attention_backward(q, k, v, o, l, d, scale)).map(|(a, b, c)| (w(a), w(b), w(c)))
 }
 
+/// Queries [B,Tq,Hq,hd] against a cache k/v [B,Tk,Hkv,hd] (Tk >= Tq); query i sees keys up to
+/// Tk - Tq + i. Forward only (sampling).
+#[pyfunction]
+fn attention_with_cache(py: Python<'_>, q: PyRef<T>, k: PyRef<T>, v: PyRef<T>, scale: f32) -> PyResult<T> {
+    let (q, k, v) = (&q.inner, &k.inner, &v.inner);
+    run(py, || kv_attention::attention_with_cache(q, k, v, scale)).map(w)
+}
+
 #[pyfunction]
 fn embedding_forward(py: Python<'_>, weight: PyRef<T>, ids: &Bound<'_, PyAny>) -> PyResult<T> {
     let (ids, shape) = ids_from_numpy(py, ids, "embedding ids")?;
@@ -167,6 +175,14 @@ fn cross_entropy_forward(py: Python<'_>, logits: PyRef<T>, targets: &Bound<'_, P
     let (t, _) = ids_from_numpy(py, targets, "targets")?;
     let l = &logits.inner;
     run(py, || cross_entropy::cross_entropy_forward(l, &t)).map(|(loss, lse)| (loss, w(lse)))
+}
+
+/// (mean loss, dlogits for dloss = 1) in one pass: training's loss and gradient together.
+#[pyfunction]
+fn cross_entropy_fused(py: Python<'_>, logits: PyRef<T>, targets: &Bound<'_, PyAny>) -> PyResult<(f32, T)> {
+    let (t, _) = ids_from_numpy(py, targets, "targets")?;
+    let l = &logits.inner;
+    run(py, || cross_entropy::cross_entropy_fused(l, &t)).map(|(loss, d)| (loss, w(d)))
 }
 
 #[pyfunction]
@@ -226,8 +242,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     add!(matmul, add, mul, scale, add_, rmsnorm_forward, rmsnorm_backward, layernorm_forward, layernorm_backward,
          silu_forward, silu_backward, gelu_forward, gelu_backward, swiglu_forward, swiglu_backward,
-         softmax_forward, softmax_backward, rope_forward, rope_backward, attention_forward, attention_backward,
-         embedding_forward, embedding_backward, cross_entropy_forward, cross_entropy_backward,
+         softmax_forward, softmax_backward, rope_forward, rope_backward, attention_forward, attention_backward, attention_with_cache,
+         embedding_forward, embedding_backward, cross_entropy_forward, cross_entropy_fused, cross_entropy_backward,
          adamw_step, global_norm, clip_grad_norm, set_num_threads, num_threads, isa, detected_isa);
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! extracts its arguments, releases the GIL while the op runs on the sos_rs pool, and turns the
 //! core's `Error` into a typed exception from `sos_rs.errors`.
 
+mod belt;
 mod convert;
 mod functions;
 mod speed;
@@ -14,6 +15,7 @@ pub use convert::PyTensor;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTensor>()?;
     functions::register(m)?;
+    belt::register(m)?;
     speed::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

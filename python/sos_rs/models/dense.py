@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import functional as F
 from ..autograd import Tensor
-from ..nn import CausalSelfAttention, Embedding, Linear, Module, ModuleList, RMSNorm, SwiGLUMLP
+from ..nn import CausalSelfAttention, Embedding, LayerKVCache, Linear, Module, ModuleList, RMSNorm, SwiGLUMLP
 
 
 @dataclass
@@ -74,8 +74,8 @@ class DecoderLayer(Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLUMLP(cfg.d_model, cfg.ffn_hidden, rng, cfg.init_std, out_std)
 
-    def __call__(self, x: Tensor) -> Tensor:
-        x = F.add(x, self.self_attn(self.input_layernorm(x)))
+    def __call__(self, x: Tensor, cache=None) -> Tensor:
+        x = F.add(x, self.self_attn(self.input_layernorm(x), cache))
         return F.add(x, self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -98,22 +98,30 @@ class DenseLM(Module):
         if not cfg.tie_embeddings:
             self.lm_head = Linear(cfg.d_model, cfg.vocab_size, rng, cfg.init_std)
 
-    def __call__(self, ids: np.ndarray) -> Tensor:
+    def __call__(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
+        """ids [B, T] -> logits [B, T, V]. With `cache` (from `new_cache`), ids continue the
+        cached sequence (sampling; run under `no_grad`)."""
         ids = np.asarray(ids)
         if ids.ndim != 2:
             from ..errors import ShapeError
 
             raise ShapeError(f"DenseLM expects token ids [B, T], got shape {ids.shape}")
-        if ids.shape[1] > self.config.max_seq_len:
+        seen = 0 if cache is None else cache[0].length
+        if seen + ids.shape[1] > self.config.max_seq_len:
             from ..errors import ShapeError
 
-            raise ShapeError(f"sequence length {ids.shape[1]} exceeds max_seq_len={self.config.max_seq_len}")
+            raise ShapeError(f"sequence length {seen + ids.shape[1]} exceeds max_seq_len={self.config.max_seq_len}")
         x = self.model.embed_tokens(ids)                                 # [B, T, D]
-        for layer in self.model.layers:
-            x = layer(x)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, None if cache is None else cache[i])
         x = self.model.norm(x)
         head = self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
         return F.linear(x, head)                                         # [B, T, V]
+
+    def new_cache(self, batch: int) -> list:
+        """One empty KV cache per layer, for up to max_seq_len positions."""
+        c = self.config
+        return [LayerKVCache(batch, c.max_seq_len, c.n_kv_heads, c.d_model // c.n_heads) for _ in range(c.n_layers)]
 
     def loss(self, ids: np.ndarray, targets: np.ndarray) -> Tensor:
         """Mean next-token cross-entropy; targets [B, T]."""

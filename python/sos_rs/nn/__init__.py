@@ -2,6 +2,6 @@
 
 from .layers import Embedding, LayerNorm, Linear, RMSNorm
 from .module import Module, ModuleList, Parameter
-from .transformer import CausalSelfAttention, SwiGLUMLP
+from .transformer import CausalSelfAttention, LayerKVCache, SwiGLUMLP
 
-__all__ = ["CausalSelfAttention", "Embedding", "LayerNorm", "Linear", "Module", "ModuleList", "Parameter", "RMSNorm", "SwiGLUMLP"]
+__all__ = ["CausalSelfAttention", "Embedding", "LayerKVCache", "LayerNorm", "Linear", "Module", "ModuleList", "Parameter", "RMSNorm", "SwiGLUMLP"]

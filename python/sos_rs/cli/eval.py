@@ -1,0 +1,69 @@
+"""`sos eval RUN`: validation loss and bits per byte, on prepared shards or on a text file."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="validation loss and bits per byte of a run", description=__doc__)
+    p.add_argument("run", help="run folder or checkpoint folder")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", help="prepared folder (its validation split); default: the run's own data")
+    src.add_argument("--text", help="a UTF-8 text file, scored in windows of the model's context")
+    p.add_argument("--batches", type=int, default=0, help="batches of the split to score (0 = all)")
+    p.set_defaults(func=run)
+
+
+def eval_text(model, tok, text: str) -> dict:
+    from ..autograd import no_grad
+
+    ids = tok.encode(text).ids
+    if len(ids) < 2:
+        raise ValueError("the text is too short to score (needs at least 2 tokens)")
+    t = model.config.max_seq_len
+    total, count = 0.0, 0
+    with no_grad():
+        for s in range(0, len(ids) - 1, t):
+            window = ids[s:s + t + 1]
+            if len(window) < 2:
+                break
+            x = np.asarray([window[:-1]], dtype=np.int64)
+            y = np.asarray([window[1:]], dtype=np.int64)
+            total += model.loss(x, y).item() * y.size
+            count += y.size
+    loss = total / count
+    return {"loss": loss, "bits_per_byte": loss * count / math.log(2) / len(text.encode("utf-8")), "tokens": count}
+
+
+def run(args) -> int:
+    from ..train.checkpoint import CheckpointError
+    from ..train.config import from_dict
+    from ..train.data_setup import DataError, DataSetup
+    from ..train.evaluate import evaluate
+    from ..train.run_io import load_model, tokenizer_for
+
+    try:
+        model, state, folder = load_model(args.run)
+        if args.text:
+            tok, _ = tokenizer_for(state, folder)
+            result = eval_text(model, tok, pathlib.Path(args.text).read_text(encoding="utf-8"))
+        else:
+            raw = state["train_config"]
+            if args.data:
+                raw["data"]["dir"] = args.data
+                raw["data"]["mixture"] = []
+            data = DataSetup(from_dict(raw))
+            if data.vocab_size != model.config.vocab_size:
+                raise DataError(f"{data.dir} has vocabulary {data.vocab_size}; the model has {model.config.vocab_size}")
+            result = evaluate(model, data.val_belt(), args.batches, data.val_bytes_per_token)
+    except (CheckpointError, DataError, FileNotFoundError, UnicodeDecodeError, ValueError) as e:
+        print(f"sos eval: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"checkpoint": str(folder), **result}))
+    return 0

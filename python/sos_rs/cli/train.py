@@ -1,0 +1,51 @@
+"""`sos train CONFIG.toml`: train a model as the config says (see sos_rs/train/config.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a TOML config", description=__doc__)
+    p.add_argument("config", help="TOML file with [model], [data], [optim], [schedule], [run]")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one field, e.g. --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--steps", type=int, help="same as --set run.steps=N")
+    p.add_argument("--out", help="same as --set run.out=DIR")
+    p.add_argument("--threads", type=int, help="same as --set run.threads=N")
+    p.add_argument("--max-minutes", type=float, help="same as --set run.max_minutes=M")
+    p.add_argument("--resume", default="auto", help="auto (newest valid checkpoint, default), none, or a checkpoint folder")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..train import checkpoint as ckpt
+    from ..train.config import ConfigError, load
+    from ..train.data_setup import DataError
+    from ..train.trainer import Trainer, TrainingError
+
+    overrides = list(args.overrides)
+    for flag, key in (("steps", "run.steps"), ("out", "run.out"), ("threads", "run.threads"), ("max_minutes", "run.max_minutes")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    try:
+        cfg = load(args.config, overrides)
+        trainer = Trainer(cfg, resume=args.resume)
+        import pathlib
+
+        out = pathlib.Path(cfg.run.out)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(trainer.data.tokenizer_path, out / "tokenizer.json")
+        result = trainer.train()
+        if not result.get("interrupted") and cfg.run.sample_tokens > 0:
+            text = trainer._write_sample_final()
+            result["sample"] = text
+    except (ConfigError, DataError, TrainingError, ckpt.CheckpointError) as e:
+        print(f"sos train: {e}", file=sys.stderr)
+        return 2
+    summary = {k: result[k] for k in ("step", "val_loss", "val_bpb", "elapsed_s", "peak_rss_mb") if k in result}
+    print("done: " + json.dumps(summary))
+    return 130 if result.get("interrupted") else 0

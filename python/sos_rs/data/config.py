@@ -1,0 +1,43 @@
+"""`PrepareConfig`: every option of `sos prepare`, documented. Kept free of Polars and
+tokenizers imports so the `sos` command starts quickly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+EOT = "<|endoftext|>"
+MIN_VOCAB = 257  # 256 byte tokens and the end-of-text token
+
+
+@dataclass
+class PrepareConfig:
+    vocab_size: int = 8192  # BPE vocabulary, end-of-text included (a small corpus may end with fewer)
+    val_fraction: float = 0.01  # share of documents held out for validation, chosen by content hash
+    text_column: str = "text"  # the text column of jsonl / csv / parquet inputs
+    split_blank_lines: bool = False  # txt: a blank line separates documents (default: one file, one document)
+    min_chars: int = 1  # drop documents shorter than this after cleaning
+    max_chars: int = 0  # drop documents longer than this after cleaning (0: no limit)
+    decode_errors: str = "skip"  # invalid UTF-8 in txt/csv: "skip" the file (reported) or "replace" bytes with U+FFFD
+    tokenizer: Optional[str] = None  # use this tokenizer.json instead of training one
+    eot_token: str = EOT  # the end-of-text special token closing every document
+    min_frequency: int = 2  # BPE merges need a pair seen at least this often
+    tokenizer_sample_mb: float = 1024.0  # train the tokenizer on at most this much training text (input order)
+    shard_tokens: int = 1 << 28  # start a new shard after this many tokens
+    batch_mb: float = 16.0  # text per encoding batch; txt files are read in batches of 4x this
+    overwrite: bool = False  # replace an earlier preparation in the output directory
+    keep_work: bool = False  # keep the cleaned documents (DIR/work/*.parquet) afterwards
+    strict: bool = False  # fail when any input file is skipped
+    progress: bool = True  # progress lines on stderr
+
+    def check(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.decode_errors not in ("skip", "replace"):
+            raise ValueError(f"decode_errors must be 'skip' or 'replace', got {self.decode_errors!r}")
+        if self.tokenizer is None and self.vocab_size < MIN_VOCAB:
+            raise ValueError(f"vocab_size must be at least {MIN_VOCAB}, got {self.vocab_size}")
+        if self.min_chars < 0 or self.max_chars < 0 or (self.max_chars and self.max_chars < self.min_chars):
+            raise ValueError(f"bad length filter: min_chars={self.min_chars}, max_chars={self.max_chars}")
+        if self.shard_tokens < 1 or self.batch_mb <= 0:
+            raise ValueError("shard_tokens and batch_mb must be positive")

@@ -1,0 +1,1 @@
+"""Training as a product: configuration, the loop, checkpoints, evaluation and metrics."""
