@@ -8,38 +8,18 @@
 use sos_rs::cpu::{peak, Isa};
 use sos_rs::ops::{attention, matmul};
 use sos_rs::Tensor;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
 mod common;
 use common::{mm_sgemm, SHAPES};
 
-/// Counts live heap bytes and their peak, to show attention's memory growing linearly in T.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = System.alloc(l);
-        let now = LIVE.fetch_add(l.size(), Relaxed) + l.size();
-        PEAK.fetch_max(now, Relaxed);
-        p
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(l);
-        let now = LIVE.fetch_add(l.size(), Relaxed) + l.size();
-        PEAK.fetch_max(now, Relaxed);
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Relaxed);
-        System.dealloc(p, l)
-    }
+/// A field of /proc/self/status in bytes (VmRSS, VmHWM); 0 where unavailable.
+fn status_bytes(field: &str) -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -60,7 +40,8 @@ fn gflops(flops: f64, ms: f64, mut f: impl FnMut()) -> f64 {
 }
 
 /// Attention forward+backward, B=1, H=8, hd=64: GFLOP/s (7·B·H·T²·hd flops: forward 2, backward
-/// 5 products over the causal half), fraction of the peak, and the heap growth during one call.
+/// 5 products over the causal half), fraction of the peak, and the resident-memory growth
+/// during one call.
 fn attention_rows(reps: usize, json: bool) {
     let (b, h, hd) = (1usize, 8usize, 64usize);
     for t in [256usize, 1024, 4096] {
@@ -75,13 +56,14 @@ fn attention_rows(reps: usize, json: bool) {
         };
         for th in [1usize, 2] {
             // A fresh pool: its threads allocate their scratch during the first call, so the
-            // growth measured over that call includes every buffer attention keeps.
+            // resident-memory peak over that call (VmHWM, reset first) covers every buffer
+            // attention keeps, heap or mapped.
             sos_rs::par::set_num_threads(th);
             std::thread::sleep(std::time::Duration::from_millis(50));
-            let base = LIVE.load(Relaxed);
-            PEAK.store(base, Relaxed);
+            let _ = std::fs::write("/proc/self/clear_refs", "5");
+            let base = status_bytes("VmRSS:");
             sos_rs::par::install(run);
-            let extra = PEAK.load(Relaxed) - base;
+            let extra = status_bytes("VmHWM:").saturating_sub(base);
             let inputs = 4 * n * 4;
             let mut rows = Vec::new();
             for _ in 0..reps {
@@ -93,7 +75,7 @@ fn attention_rows(reps: usize, json: bool) {
             if json {
                 println!("{{\"shape\":\"attention_T{t}\",\"t\":{t},\"threads\":{th},\"peak\":{:.2},\"sos\":{:.2},\"frac\":{:.4},\"extra_bytes\":{extra},\"input_bytes\":{inputs}}}", col(0), col(1), col(2));
             } else {
-                println!("{:12} {:>3} {:9.1} {:9.1} {:9.3}   heap growth over first fwd+bwd {:.1} MB (inputs {:.1} MB)", format!("attn T={t}"), th, col(0), col(1), col(2), extra as f64 / 1e6, inputs as f64 / 1e6);
+                println!("{:12} {:>3} {:9.1} {:9.1} {:9.3}   peak RSS growth over first fwd+bwd {:.1} MB (inputs {:.1} MB)", format!("attn T={t}"), th, col(0), col(1), col(2), extra as f64 / 1e6, inputs as f64 / 1e6);
             }
         }
     }

@@ -9,10 +9,21 @@ use std::sync::Arc;
 const ALIGN: usize = 64;
 
 /// A 64-byte aligned, zero-initialised `[f32]` buffer.
+///
+/// Buffers of `MAP_MIN_BYTES` or more come straight from `mmap`: the kernel hands out zero
+/// pages lazily, so no serial memset runs on the allocating thread, and each page is first
+/// touched (faulted in) by whichever worker writes it first, on that worker's NUMA node.
 pub struct AlignedBuf {
     ptr: NonNull<f32>,
     len: usize,
+    /// Allocated by mmap (freed by munmap) rather than by the global allocator.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    mapped: bool,
 }
+
+/// Size from which buffers are mapped rather than allocated (and zeroed) on the heap.
+#[cfg(target_os = "linux")]
+const MAP_MIN_BYTES: usize = 1 << 20;
 
 // SAFETY: AlignedBuf uniquely owns its allocation, like Vec<f32>.
 unsafe impl Send for AlignedBuf {}
@@ -22,13 +33,24 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     pub fn zeros(len: usize) -> Self {
         if len == 0 {
-            return AlignedBuf { ptr: NonNull::dangling(), len: 0 };
+            return AlignedBuf { ptr: NonNull::dangling(), len: 0, mapped: false };
         }
         let layout = Self::layout(len);
+        #[cfg(target_os = "linux")]
+        if layout.size() >= MAP_MIN_BYTES {
+            // SAFETY: an anonymous private mapping of layout.size() bytes; the kernel returns
+            // zeroed, page-aligned (hence 64-byte aligned) memory or MAP_FAILED.
+            let raw = unsafe {
+                libc::mmap(std::ptr::null_mut(), layout.size(), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            };
+            if raw != libc::MAP_FAILED {
+                return AlignedBuf { ptr: NonNull::new(raw as *mut f32).expect("mmap returned null"), len, mapped: true };
+            }
+        }
         // SAFETY: layout has non-zero size; a null return is handled below.
         let raw = unsafe { alloc::alloc_zeroed(layout) } as *mut f32;
         let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, len }
+        AlignedBuf { ptr, len, mapped: false }
     }
 
     fn layout(len: usize) -> Layout {
@@ -48,10 +70,17 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: allocated in `zeros` with this exact layout.
-            unsafe { alloc::dealloc(self.ptr.as_ptr() as *mut u8, Self::layout(self.len)) }
+        if self.len == 0 {
+            return;
         }
+        #[cfg(target_os = "linux")]
+        if self.mapped {
+            // SAFETY: mapped in `zeros` with exactly this size; nothing borrows it any more.
+            unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, Self::layout(self.len).size()) };
+            return;
+        }
+        // SAFETY: allocated in `zeros` with this exact layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr() as *mut u8, Self::layout(self.len)) }
     }
 }
 

@@ -165,7 +165,7 @@ def main() -> None:
     if attn:
         print("attention fwd+bwd, B=1 H=8 hd=64 (7·B·H·T²·hd flops), GFLOP/s")
         for r in attn:
-            print(f"T={r['t']:<5} {r['threads']}t  peak {r['peak']:6.1f}  sos {r['sos']:6.1f}  frac {r['frac']:.3f}  heap {r['extra_bytes'] / 1e6:6.1f} MB")
+            print(f"T={r['t']:<5} {r['threads']}t  peak {r['peak']:6.1f}  sos {r['sos']:6.1f}  frac {r['frac']:.3f}  peak RSS growth {r['extra_bytes'] / 1e6:6.1f} MB")
 
 
 if __name__ == "__main__":
