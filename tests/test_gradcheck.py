@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gradcheck import check_op
+
 import references as R
 import sos_rs
 from sos_rs import _core
 from sos_rs import functional as F
 
-EPS, RTOL, ATOL = 1e-6, 1e-3, 1e-5
 rng = np.random.default_rng(7)
 
 
@@ -46,35 +47,11 @@ CASES = [
 ]
 
 
-def numeric_grad(ref, inputs, i, upstream):
-    x = inputs[i].astype(np.float64).copy()
-    args = [a.astype(np.float64) for a in inputs]
-    g = np.zeros_like(x)
-    for j in range(x.size):
-        orig = x.flat[j]
-        x.flat[j] = orig + EPS
-        args[i] = x
-        fp = np.sum(ref(*args) * upstream)
-        x.flat[j] = orig - EPS
-        args[i] = x
-        fm = np.sum(ref(*args) * upstream)
-        x.flat[j] = orig
-        g.flat[j] = (fp - fm) / (2 * EPS)
-    return g
 
 
 @pytest.mark.parametrize("name,op,ref,inputs,wrt", CASES, ids=[c[0] for c in CASES])
 def test_forward_and_gradient(name, op, ref, inputs, wrt):
-    tensors = [sos_rs.tensor(a, requires_grad=True) for a in inputs]
-    out = op(*tensors)
-    want = ref(*[a.astype(np.float64) for a in inputs])
-    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-6, err_msg=f"{name} forward")
-    upstream = rng.uniform(-1, 1, np.shape(want)).astype(np.float32)
-    out.backward(_core.Tensor(np.asarray(upstream, dtype=np.float32)))
-    for i in wrt:
-        num = numeric_grad(ref, inputs, i, upstream.astype(np.float64))
-        got = tensors[i].grad.numpy()
-        np.testing.assert_allclose(got, num, rtol=RTOL, atol=ATOL, err_msg=f"{name}: gradient of input {i}")
+    check_op(name, op, ref, inputs, wrt, rng)
 
 
 def test_gradient_accumulates_over_reuse():

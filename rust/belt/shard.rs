@@ -130,9 +130,10 @@ impl Shard {
         if len < HEADER_BYTES as u64 {
             return Err(Error::shard(path, format!("truncated: {len} bytes, shorter than the {HEADER_BYTES}-byte header")));
         }
-        // SAFETY: the map is read-only and shards are immutable once written (the writer renames a
-        // complete file into place and never reopens it). Another process truncating the file
-        // while it is mapped would fault on access; that is the documented limit of mmap here.
+        // Another process truncating the file while it is mapped would fault on access; that is
+        // the documented limit of mmap here.
+        // SAFETY: the map is read-only and shards are immutable once written (the writer renames
+        // a complete file into place and never reopens it).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::shard(path, format!("cannot map: {e}")))?;
         let header = Header::decode(path, &map)?;
         let want = header.file_len().ok_or_else(|| Error::shard(path, format!("corrupt header: {} tokens and {} documents overflow a file size", header.n_tokens, header.n_docs)))?;
