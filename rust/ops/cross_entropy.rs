@@ -50,7 +50,7 @@ pub fn cross_entropy_fused(logits: &Tensor, targets: &[u32]) -> Result<(f32, Ten
     let (n, v) = checked_rows(logits, targets)?;
     let ld = logits.data();
     let g = 1.0 / n as f32;
-    let mut dl = Tensor::zeros(logits.shape());
+    let mut dl = Tensor::for_overwrite(logits.shape());
     let mut losses = vec![0.0f32; n];
     dl.data_mut().par_chunks_mut(v * ROWS_PER_TASK).zip(losses.par_chunks_mut(ROWS_PER_TASK)).enumerate().for_each(|(t, (dc, lo))| {
         for (j, drow) in dc.chunks_mut(v).enumerate() {
@@ -78,7 +78,7 @@ pub fn cross_entropy_backward(logits: &Tensor, targets: &[u32], lse: &Tensor, dl
     check_ids("cross_entropy_backward", targets, v)?;
     let (ld, sd) = (logits.data(), lse.data());
     let g = dloss / n as f32;
-    let mut dl = Tensor::zeros(logits.shape());
+    let mut dl = Tensor::for_overwrite(logits.shape());
     par::for_row_chunks(dl.data_mut(), v, ROWS_PER_TASK, |r0, out| {
         for (j, drow) in out.chunks_mut(v).enumerate() {
             let r = r0 + j;

@@ -134,7 +134,7 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Te
     ensure_shape!(k == k2, "matmul", "inner dims differ: a {:?}{} · b {:?}{}", a.shape(), if trans_a { "ᵀ" } else { "" }, b.shape(), if trans_b { "ᵀ" } else { "" });
     let mut shape: Vec<usize> = if trans_a { vec![m] } else { a.shape()[..a.ndim() - 1].to_vec() };
     shape.push(n);
-    let mut c = Tensor::zeros(&shape);
+    let mut c = Tensor::for_overwrite(&shape);
     gemm(m, n, k, a.data(), trans_a, b.data(), trans_b, c.data_mut(), false);
     Ok(c)
 }
