@@ -213,7 +213,9 @@ class Trainer:
                     record.update({k: stats[k] for k in ("ce", "active_param_fraction", "ti_violation_rate", "dropped") if k in stats})
                     metrics.step(record, show=True)
                     window_t, window_steps = time.perf_counter(), 0
+                paused = False
                 if run.eval_every and (self.step % run.eval_every == 0 or self.step == run.steps):
+                    paused = True
                     v = self.validate()
                     last_val = v["val_loss"]
                     if self.best_val is None or last_val < self.best_val:
@@ -223,12 +225,15 @@ class Trainer:
                     result.update(v)
                 if run.sample_every and self.step % run.sample_every == 0:
                     self._write_sample(metrics)
+                    paused = True
                 if run.max_minutes and timer.elapsed() > run.max_minutes * 60:
                     metrics.info(f"time limit of {run.max_minutes} min reached at step {self.step}")
                     break
                 if run.checkpoint_every and self.step % run.checkpoint_every == 0 and self.step < run.steps:
                     self.save(elapsed, last_val)
-                    window_t = time.perf_counter()  # do not charge the save to throughput
+                    paused = True
+                if paused:  # validation, samples and saves are not charged to throughput
+                    window_t, window_steps = time.perf_counter(), 0
             folder = self.save(self.elapsed_before + timer.elapsed(), last_val)
             metrics.info(f"checkpoint {folder}")
             if stop["flag"]:
