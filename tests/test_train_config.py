@@ -61,3 +61,14 @@ def test_sampling_filters():
     np.testing.assert_allclose(filter_logits(logits, 1.0, 2, 1.0), [0.625, 0.375, 0, 0])
     np.testing.assert_allclose(filter_logits(logits, 1.0, 0, 0.7), [0.625, 0.375, 0, 0])  # 0.5 < 0.7 <= 0.8
     assert filter_logits(logits, 0.0, 0, 1.0).tolist() == [1.0, 0, 0, 0]
+
+
+def test_decode_shows_end_of_text_as_paragraph_breaks():
+    from sos_rs.sample import decode
+
+    class Tok:
+        def decode(self, ids):
+            return "".join(chr(ord("a") + i) for i in ids)
+
+    assert decode(Tok(), [1, 2, 0, 3, 0], eot_id=0) == "bc\n\nd\n\n"
+    assert decode(Tok(), [1, 2], eot_id=None) == "bc"

@@ -79,3 +79,19 @@ def _generate_uncached(model, prompt_ids, max_new_tokens, temperature, top_k, to
         if was is not None:
             model.train(was)
     return out
+
+
+def decode(tokenizer, ids: list, eot_id: Optional[int]) -> str:
+    """Text of `ids`, with each end-of-text token shown as a paragraph break: the tokenizer drops
+    special tokens, which would run the generated documents together."""
+    if eot_id is None:
+        return tokenizer.decode(ids)
+    parts, cur = [], []
+    for t in ids:
+        if t == eot_id:
+            parts.append(cur)
+            cur = []
+        else:
+            cur.append(t)
+    parts.append(cur)
+    return "\n\n".join(tokenizer.decode(p) for p in parts)

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..sample import generate
+    from ..sample import decode, generate
     from ..train.checkpoint import CheckpointError
     from ..train.run_io import load_model, tokenizer_for
 
@@ -33,7 +33,7 @@ def run(args) -> int:
     prompt = tok.encode(args.prompt).ids if args.prompt else [eot if eot is not None else 0]
     for i in range(args.num_samples):
         new = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed + i, stop_id=None)
-        print(args.prompt + tok.decode(new))
+        print(args.prompt + decode(tok, new, eot))
         if args.num_samples > 1:
             print("-" * 40)
     return 0

@@ -163,11 +163,11 @@ class Trainer:
         return evaluate(self.model, belt, self.cfg.run.eval_batches, self.data.val_bytes_per_token)
 
     def sample_text(self, tokens: int) -> str:
-        from ..sample import generate
+        from ..sample import decode, generate
 
         prompt = self.data.encode(self.cfg.run.sample_prompt) if self.cfg.run.sample_prompt else [self.data.eot_id]
         new = generate(self.model, prompt, tokens, temperature=0.8, top_k=200, seed=self.cfg.run.seed + self.step, stop_id=None)
-        return self.cfg.run.sample_prompt + self.data.decode(new)
+        return self.cfg.run.sample_prompt + decode(self.data.tokenizer, new, self.data.eot_id)
 
     def train(self) -> dict:
         cfg, run = self.cfg, self.cfg.run
