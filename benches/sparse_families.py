@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -29,22 +27,9 @@ import modeling_sos_moa as R  # noqa: E402
 HF = {"moa": (R.SosMoAConfig, R.SosMoAForCausalLM), "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM)}
 
 
-def interleaved_medians(fns, runs, warmup: int = 2, rounds: int = 3):
-    """Median seconds of each fn over `runs` timed calls, taken in `rounds` blocks that alternate
-    between the fns (so all see the same background load), with a pause before each block so the
-    other library's spinning worker threads (OpenMP's or Rayon's) have gone idle."""
-    times = [[] for _ in fns]
-    per_block = -(-runs // rounds)
-    for r in range(rounds):
-        for f, ts in zip(fns, times):
-            time.sleep(0.3)
-            for _ in range(warmup if r == 0 else 0):
-                f()
-            for _ in range(per_block):
-                t0 = time.perf_counter()
-                f()
-                ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from timing import interleaved_medians  # noqa: E402
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ import pytest
 
 from gradcheck import check_op
 
-import references as R
 import references_sparse as RS
 import sos_rs
 from sos_rs import _core

@@ -5,7 +5,6 @@ threads); bad set-ups are refused before training; every command's --help works.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import random
 import signal
@@ -13,7 +12,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 from safetensors.numpy import load_file
 

@@ -13,7 +13,6 @@ import numpy as np
 
 from . import _core
 from .autograd import Tensor, grad_enabled, record
-from .errors import ShapeError
 
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:

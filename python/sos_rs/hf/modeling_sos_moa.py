@@ -11,7 +11,6 @@ Parameter names equal sos_rs's, so state dicts load without renaming.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn

@@ -5,7 +5,6 @@ module; keys and values for every token, since they are the context those rows a
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 

@@ -23,11 +23,11 @@ import sos_rs
 from .. import _core, optim
 from ..models import build_model
 from . import checkpoint as ckpt
-from .config import ConfigError, TrainConfig, dumps
+from .config import TrainConfig, dumps
 from .data_setup import DataSetup
 from .evaluate import evaluate
 from .memory import available_bytes, estimate_dense, peak_rss_bytes, rss_bytes
-from .metrics import MetricsLog, Timer, format_seconds, read_metrics
+from .metrics import MetricsLog, Timer, read_metrics
 from .schedule import lr_at
 
 
