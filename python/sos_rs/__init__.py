@@ -8,7 +8,7 @@ from . import _core
 from ._core import detected_isa, isa, num_threads, set_num_threads, thread_info
 from .autograd import Tensor, no_grad, tensor
 from .errors import DTypeError, InvalidValueError, SosError, ShapeError
-from . import functional, functional_sparse, nn, optim
+from . import functional, nn, optim
 from .models.dense import DenseConfig, DenseLM
 from .models.discoverlm import DiscoverLM, DiscoverLMConfig
 from .models.moa import MoAConfig, MoALM
@@ -29,7 +29,6 @@ __all__ = [
     "Tensor",
     "detected_isa",
     "functional",
-    "functional_sparse",
     "isa",
     "nn",
     "no_grad",

@@ -44,10 +44,10 @@ def generate(model, prompt_ids: list, max_new_tokens: int, temperature: float = 
     max_len = model.config.max_seq_len
     prompt_ids = list(prompt_ids)[-max_len:]
     out: list = []
-    if not hasattr(model, "new_cache"):
+    cache = model.new_cache(1)
+    if cache is None:
         return _generate_uncached(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, rng, stop_id, max_len)
     with no_grad():
-        cache = model.new_cache(1)
         logits = model(np.asarray([prompt_ids], dtype=np.int64), cache).numpy()[0, -1]
         for _ in range(max_new_tokens):
             p = filter_logits(logits, temperature, top_k, top_p)
@@ -61,10 +61,9 @@ def generate(model, prompt_ids: list, max_new_tokens: int, temperature: float = 
 
 def _generate_uncached(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, rng, stop_id, max_len) -> list:
     """For families without a KV cache (the sparse ones): the whole context is re-read per token,
-    in inference mode where the model has one."""
-    was = getattr(model, "training", None)
-    if was is not None:
-        model.eval()
+    in inference mode."""
+    was = model.training
+    model.eval()
     ctx, out = list(prompt_ids), []
     try:
         with no_grad():
@@ -76,8 +75,7 @@ def _generate_uncached(model, prompt_ids, max_new_tokens, temperature, top_k, to
                 if tok == stop_id or len(ctx) >= max_len:
                     break
     finally:
-        if was is not None:
-            model.train(was)
+        model.train(was)
     return out
 
 

@@ -21,22 +21,19 @@ def add_parser(sub) -> None:
 
 
 def eval_text(model, tok, text: str) -> dict:
-    from ..autograd import no_grad
-
     ids = tok.encode(text).ids
     if len(ids) < 2:
         raise ValueError("the text is too short to score (needs at least 2 tokens)")
     t = model.config.max_seq_len
     total, count = 0.0, 0
-    with no_grad():
-        for s in range(0, len(ids) - 1, t):
-            window = ids[s:s + t + 1]
-            if len(window) < 2:
-                break
-            x = np.asarray([window[:-1]], dtype=np.int64)
-            y = np.asarray([window[1:]], dtype=np.int64)
-            total += model.loss(x, y).item() * y.size
-            count += y.size
+    for s in range(0, len(ids) - 1, t):
+        window = ids[s:s + t + 1]
+        if len(window) < 2:
+            break
+        x = np.asarray([window[:-1]], dtype=np.int64)
+        y = np.asarray([window[1:]], dtype=np.int64)
+        total += model.eval_loss(x, y) * y.size  # inference mode: no regularisers
+        count += y.size
     loss = total / count
     return {"loss": loss, "bits_per_byte": loss * count / math.log(2) / len(text.encode("utf-8")), "tokens": count}
 

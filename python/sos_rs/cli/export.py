@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import pathlib
 
-    from ..export import export_hf
+    from ..hf import export_hf
+    from ..models import ExportError
     from ..train.checkpoint import CheckpointError
     from ..train.run_io import load_model, tokenizer_for
 
@@ -25,8 +26,8 @@ def run(args) -> int:
         tok, tok_path = tokenizer_for(state, folder)
         eot_id = state.get("eot_id")
         eot_token = tok.id_to_token(eot_id) if eot_id is not None else None
-        paths = export_hf(model, state["model_family"], tok_path, eot_token, eot_id, pathlib.Path(args.hf))
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        paths = export_hf(model, tok_path, eot_token, eot_id, pathlib.Path(args.hf))
+    except (CheckpointError, ExportError, FileNotFoundError, ValueError) as e:
         print(f"sos export: {e}", file=sys.stderr)
         return 2
     for p in paths:

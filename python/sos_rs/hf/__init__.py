@@ -1,7 +1,9 @@
-"""Export of the sparse families to a Hugging Face style directory (model.safetensors +
-config.json + the PyTorch reference modeling file for `trust_remote_code=True`), and loading
-such a directory back into sos_rs."""
+"""Hugging Face folders: `export_hf` writes a trained model with its tokenizer (the dense family
+as LlamaForCausalLM, the others with their PyTorch modeling file for `trust_remote_code=True`);
+`export_pretrained` / `load_pretrained` write and read the remote-code folders of MoA and
+DiscoverLM. Per-architecture mappings live beside them (`llama.py`, `remote_code.py`)."""
 
-from .export import export_pretrained, load_pretrained
+from .export import export_hf
+from .remote_code import export_pretrained, load_pretrained
 
-__all__ = ["export_pretrained", "load_pretrained"]
+__all__ = ["export_hf", "export_pretrained", "load_pretrained"]

@@ -5,14 +5,16 @@ tied embeddings). Parameter names match HF `LlamaForCausalLM`, so an export need
 from __future__ import annotations
 
 import math
+import pathlib
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
 from .. import functional as F
 from ..autograd import Tensor
 from ..nn import CausalSelfAttention, Embedding, LayerKVCache, Linear, Module, ModuleList, RMSNorm, SwiGLUMLP
+from .base import BYTES_F32, LanguageModel, MemoryEstimate, parameter_state_bytes
 
 
 @dataclass
@@ -87,30 +89,24 @@ class DenseBody(Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
 
-class DenseLM(Module):
+class DenseLM(LanguageModel):
     """Token ids [B, T] -> logits [B, T, vocab]."""
 
+    family = "dense"
+    config_class = DenseConfig
+    hf_model_type = "llama"
+
     def __init__(self, cfg: DenseConfig):
-        super().__init__()
-        self.config = cfg
+        super().__init__(cfg)
         rng = np.random.default_rng(cfg.seed)
         self.model = DenseBody(cfg, rng)
         if not cfg.tie_embeddings:
             self.lm_head = Linear(cfg.d_model, cfg.vocab_size, rng, cfg.init_std)
 
-    def __call__(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
+    def forward(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
         """ids [B, T] -> logits [B, T, V]. With `cache` (from `new_cache`), ids continue the
         cached sequence (sampling; run under `no_grad`)."""
-        ids = np.asarray(ids)
-        if ids.ndim != 2:
-            from ..errors import ShapeError
-
-            raise ShapeError(f"DenseLM expects token ids [B, T], got shape {ids.shape}")
-        seen = 0 if cache is None else cache[0].length
-        if seen + ids.shape[1] > self.config.max_seq_len:
-            from ..errors import ShapeError
-
-            raise ShapeError(f"sequence length {seen + ids.shape[1]} exceeds max_seq_len={self.config.max_seq_len}")
+        ids = self.check_ids(ids, 0 if cache is None else cache[0].length)
         x = self.model.embed_tokens(ids)                                 # [B, T, D]
         for i, layer in enumerate(self.model.layers):
             x = layer(x, None if cache is None else cache[i])
@@ -123,6 +119,17 @@ class DenseLM(Module):
         c = self.config
         return [LayerKVCache(batch, c.max_seq_len, c.n_kv_heads, c.d_model // c.n_heads) for _ in range(c.n_layers)]
 
-    def loss(self, ids: np.ndarray, targets: np.ndarray) -> Tensor:
-        """Mean next-token cross-entropy; targets [B, T]."""
-        return F.cross_entropy(self(ids), targets)
+    def estimate_memory(self, batch: int, seq: int) -> MemoryEstimate:
+        """Activation count per layer: residual, 2 norms, q/k/v/o, rope'd q/k, attention out+lse,
+        gate/up/act, MLP out (~12 d-wide + 3 ffn-wide values per token); plus logits and their
+        gradient (2 × vocab per token, and one more for the fused loss's gradient)."""
+        c = self.config
+        tokens = batch * seq
+        acts = tokens * (c.n_layers * (12 * c.d_model + 3 * c.ffn_hidden) + 3 * c.vocab_size) * BYTES_F32
+        return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts)
+
+    def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:
+        """A `LlamaForCausalLM` folder: the parameter names already are HF Llama's."""
+        from ..hf.llama import write_llama
+
+        return write_llama(self, out, extra_config)

@@ -60,4 +60,6 @@ class DiscoverLMConfig(MoAConfig):
 class DiscoverLM(MoALM):
     """Token ids [B, T] -> logits [B, T, vocab]."""
 
+    family = "discoverlm"
     config_class = DiscoverLMConfig
+    hf_model_type = DiscoverLMConfig.model_type

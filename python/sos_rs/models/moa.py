@@ -7,18 +7,18 @@ auxiliary losses) and leaves the step's statistics in `model.last_stats`.
 
 from __future__ import annotations
 
-import json
+import pathlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar, List, Optional, Tuple
 
 import numpy as np
 
 from .. import functional as F
-from ..autograd import Tensor, no_grad
-from ..errors import ShapeError
+from ..autograd import Tensor
 from ..nn import Embedding, Linear, Module, ModuleList
 from ..nn.moa import FFN_BRANCHES, MIXER_PATHS, MoABlock, MoAHead
 from ..nn.moe import Aux
+from .base import BYTES_F32, LanguageModel, MemoryEstimate, parameter_state_bytes
 
 
 @dataclass
@@ -138,30 +138,21 @@ class MoABody(Module):
         self.head = MoAHead(cfg, rng)
 
 
-class MoALM(Module):
-    """Token ids [B, T] -> logits [B, T, vocab]."""
+class MoALM(LanguageModel):
+    """Token ids [B, T] -> logits [B, T, vocab]. Training mode samples regulariser triples and
+    uses the soft ball penalty; eval mode uses the hard ball mask and adds no regulariser."""
 
+    family = "moa"
     config_class = MoAConfig
+    hf_model_type = MoAConfig.model_type
 
     def __init__(self, cfg: MoAConfig):
-        super().__init__()
-        self.config = cfg
+        super().__init__(cfg)
         rng = np.random.default_rng(cfg.seed)
         self.model = MoABody(cfg, rng)
         if not cfg.tie_embeddings:
             self.lm_head = Linear(cfg.d_model, cfg.vocab_size, rng, cfg.init_std)
-        self.training = True
         self._triple_rng = np.random.default_rng([cfg.seed, 1])
-        self.last_stats: dict = {}
-
-    def train(self, mode: bool = True) -> "MoALM":
-        """Training mode samples regulariser triples and uses the soft ball penalty; eval mode
-        uses the hard ball mask and adds no regulariser."""
-        self.training = mode
-        return self
-
-    def eval(self) -> "MoALM":
-        return self.train(False)
 
     def _attention_modules(self) -> int:
         return self.config.n_layers * sum(p in ("mha", "mqa") for p in self.config.paths)
@@ -177,15 +168,11 @@ class MoALM(Module):
                 return t
             t[bad] = self._triple_rng.integers(0, n_tokens, (int(bad.sum()), 3))
 
-    def forward(self, ids: np.ndarray, triples: Optional[np.ndarray] = None) -> Tuple[Tensor, Aux]:
+    def forward_with_aux(self, ids: np.ndarray, triples: Optional[np.ndarray] = None) -> Tuple[Tensor, Aux]:
         """Logits and the pass's auxiliary losses/statistics. `triples` fixes the regulariser's
         key triples (sampled when None and training)."""
         cfg = self.config
-        ids = np.asarray(ids)
-        if ids.ndim != 2:
-            raise ShapeError(f"{type(self).__name__} expects token ids [B, T], got shape {ids.shape}")
-        if ids.shape[1] > cfg.max_seq_len:
-            raise ShapeError(f"sequence length {ids.shape[1]} exceeds max_seq_len={cfg.max_seq_len}")
+        ids = self.check_ids(ids)
         if self.training and cfg.ti_lambda and triples is None:
             triples = self.sample_triples(ids.size)
         aux = Aux(triples=triples, training=self.training, ti_lambda=cfg.ti_lambda, ti_weight=1.0 / max(self._attention_modules(), 1))
@@ -196,32 +183,29 @@ class MoALM(Module):
         head = self.model.embed_tokens.weight if cfg.tie_embeddings else self.lm_head.weight
         return F.linear(h, head), aux                                         # [B, T, V]
 
-    def __call__(self, ids: np.ndarray) -> Tensor:
-        logits, aux = self.forward(ids)
+    def forward(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
+        """ids [B, T] -> logits [B, T, V]; the family has no KV cache (`new_cache` is None)."""
+        if cache is not None:
+            raise ValueError(f"the {self.family!r} family has no KV cache; call it on the whole context")
+        logits, aux = self.forward_with_aux(ids)
         self.last_stats = self.stats(aux, np.asarray(ids).size)
         return logits
 
     def loss(self, ids: np.ndarray, targets: np.ndarray, triples: Optional[np.ndarray] = None) -> Tensor:
         """Mean next-token cross-entropy plus the weighted auxiliary losses (load balance, z-loss,
         triangle inequality); the parts are in `last_stats`."""
-        logits, aux = self.forward(ids, triples)
+        logits, aux = self.forward_with_aux(ids, triples)
         ce = F.cross_entropy(logits, targets)
         extra = aux.total()
         self.last_stats = self.stats(aux, np.asarray(ids).size)
         self.last_stats["ce"] = ce.item()
         return ce if extra is None else F.add(ce, extra)
 
-    def eval_loss(self, ids: np.ndarray, targets: np.ndarray) -> float:
-        """Mean cross-entropy in inference mode (hard ball mask, no auxiliary losses): the
-        validation loss `sos train` reports."""
-        was = self.training
-        self.eval()
-        try:
-            with no_grad():
-                logits, _ = self.forward(ids)
-                return F.cross_entropy(logits, targets).item()
-        finally:
-            self.train(was)
+    def step_stats(self) -> dict:
+        """Cross-entropy alone, the active-parameter fraction (SPEC §2 item 2), the TI violation
+        rate and the tokens dropped by capacity, from the last `loss` call."""
+        keys = ("ce", "active_param_fraction", "ti_violation_rate", "dropped")
+        return {k: self.last_stats[k] for k in keys if k in self.last_stats}
 
     def stats(self, aux: Aux, n_tokens: int) -> dict:
         """Active-parameter fraction (per token and layer: parameters read for that token's
@@ -241,5 +225,30 @@ class MoALM(Module):
             "ti_violation_rate": aux.ti_violations / aux.ti_checks if aux.ti_checks else None,
         }
 
-    def save_config(self) -> str:
-        return json.dumps(self.config.to_dict())
+    def estimate_memory(self, batch: int, seq: int) -> MemoryEstimate:
+        """Per token and layer the tape keeps: the residual, two norms, router logits and
+        probabilities, and each routed path's activations on its share of the tokens (top-k of
+        the paths): metric attention keeps k, v, rope'd and gated copies and its output for every
+        token, q for its rows; ChannelMix and the FFN branches keep gathered rows, hidden
+        activations and outputs; dispatch/combine keep the stacked outputs. Plus the head
+        adapter and logits with their gradient (3 × vocab per token)."""
+        c = self.config
+        tokens = batch * seq
+        attn = 10 * c.n_heads * c.head_dim + 2 * c.d_model      # per token, per attention path
+        path_cost = {"conv": 3 * c.d_model, "mha": attn, "mqa": attn, "mix": 3 * c.mix_hidden + 2 * c.d_model}
+        share = c.router_top_k / len(c.paths)
+        mixer = sum(path_cost[p] for p in c.paths if p in ("mha", "mqa")) + share * sum(
+            path_cost[p] for p in c.paths if p not in ("mha", "mqa"))
+        ffn_share = c.ffn_top_k / len(FFN_BRANCHES)
+        ffn = ffn_share * (4 * c.ffn_hidden + 3 * c.d_model + 3 * c.d_model + 4 * c.ffn_rank + 3 * c.d_model)
+        per_layer = 8 * c.d_model + mixer + ffn + 2 * c.d_model * (c.router_top_k + c.ffn_top_k)
+        head = 6 * c.d_model + 4 * c.ffn_rank + 3 * c.vocab_size
+        acts = int(tokens * (c.n_layers * per_layer + head)) * BYTES_F32
+        return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts)
+
+    def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:
+        """model.safetensors, config.json and modeling_sos_moa.py: the folder loads with
+        `AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)`."""
+        from ..hf.remote_code import write_remote_code
+
+        return write_remote_code(self, out, extra_config)

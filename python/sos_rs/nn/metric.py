@@ -10,7 +10,6 @@ import numpy as np
 
 from .. import _core
 from .. import functional as F
-from .. import functional_sparse as FS
 from ..autograd import Tensor
 from .layers import Linear
 from .module import Module, Parameter
@@ -49,7 +48,7 @@ class BlackHoleRoPE(Module):
         return F.add(self._base, F.linear(self._basis, self.coef))
 
     def gate_v(self, v: Tensor) -> Tensor:
-        return FS.col_scale(v, FS.sigmoid_range(self.v_gate, self.gate_min, self.gate_max))
+        return F.col_scale(v, F.sigmoid_range(self.v_gate, self.gate_min, self.gate_max))
 
 
 class MetricAttention(Module):
@@ -81,15 +80,15 @@ class MetricAttention(Module):
         hkv, hq, hd, m = self.n_kv_heads, self.n_heads, self.head_dim, len(rows)
         ang = self.rope.angles()                                              # [L, hd/2]
         k = F.reshape(self.k_proj(hf), [b, t, hkv, hd])
-        k = FS.rope_angles(k, ang, np.tile(np.arange(t), b))
+        k = F.rope_angles(k, ang, np.tile(np.arange(t), b))
         v = F.reshape(self.rope.gate_v(self.v_proj(hf)), [b, t, hkv, hd])
-        q = F.reshape(self.q_proj(FS.gather_rows(hf, rows)), [m, hq, hd])      # [M, H, hd]
-        q = FS.rope_angles(q, ang, rows % t)
-        w = FS.softplus(self.metric_w)
-        kb = FS.ball_penalty(k, self.ball_origin, self.ball_radius, w, self.ball_beta) if self.ball else None
-        o = FS.metric_attention(q, k, v, self.alpha, w, kb, rows, hard=self.ball and not aux.training)
+        q = F.reshape(self.q_proj(F.gather_rows(hf, rows)), [m, hq, hd])      # [M, H, hd]
+        q = F.rope_angles(q, ang, rows % t)
+        w = F.softplus(self.metric_w)
+        kb = F.ball_penalty(k, self.ball_origin, self.ball_radius, w, self.ball_beta) if self.ball else None
+        o = F.metric_attention(q, k, v, self.alpha, w, kb, rows, hard=self.ball and not aux.training)
         if aux.training and aux.triples is not None and aux.ti_lambda:
-            ti, viol = FS.ti_loss(k, w, aux.triples, aux.ti_lambda * aux.ti_weight)
+            ti, viol = F.ti_loss(k, w, aux.triples, aux.ti_lambda * aux.ti_weight)
             aux.add("ti", ti)
             aux.ti_violations += viol
             aux.ti_checks += len(aux.triples) * hq

@@ -15,7 +15,6 @@ import math
 import numpy as np
 
 from .. import functional as F
-from .. import functional_sparse as FS
 from ..autograd import Tensor
 from .layers import Linear, RMSNorm
 from .metric import MetricAttention
@@ -36,7 +35,7 @@ class LocalConv(Module):
         self.weight = Parameter(rng.normal(0.0, 1.0 / math.sqrt(kernel), (d_model, kernel)))
 
     def __call__(self, h: Tensor, hf: Tensor, rows: np.ndarray) -> Tensor:
-        return FS.dwconv(h, self.weight, rows)                                # [M, D]
+        return F.dwconv(h, self.weight, rows)                                # [M, D]
 
 
 class ChannelMix(Module):
@@ -48,14 +47,14 @@ class ChannelMix(Module):
         self.down_proj = Linear(hidden, d_model, rng, out_std)
 
     def __call__(self, h: Tensor, hf: Tensor, rows: np.ndarray) -> Tensor:
-        return self.down_proj(F.gelu(self.up_proj(FS.gather_rows(hf, rows))))
+        return self.down_proj(F.gelu(self.up_proj(F.gather_rows(hf, rows))))
 
 
 class RowSwiGLU(SwiGLUMLP):
     """SwiGLU on the routed rows only (the FFN branch, and the rank-r bottleneck)."""
 
     def routed(self, h: Tensor, hf: Tensor, rows: np.ndarray) -> Tensor:
-        return self(FS.gather_rows(hf, rows))
+        return self(F.gather_rows(hf, rows))
 
 
 def _out_std(cfg) -> float:
@@ -126,8 +125,8 @@ class MoABlock(Module):
         self.ffn_scale = Parameter(np.full(cfg.d_model, cfg.layer_scale_init), no_decay=True)
 
     def __call__(self, x: Tensor, aux: Aux, name: str) -> Tensor:
-        x = F.add(x, FS.col_scale(self.mixer(self.mixer_norm(x), aux, name + ".mixer"), self.mixer_scale))
-        return F.add(x, FS.col_scale(self.ffn(self.ffn_norm(x), aux, name + ".ffn"), self.ffn_scale))
+        x = F.add(x, F.col_scale(self.mixer(self.mixer_norm(x), aux, name + ".mixer"), self.mixer_scale))
+        return F.add(x, F.col_scale(self.ffn(self.ffn_norm(x), aux, name + ".ffn"), self.ffn_scale))
 
 
 class MoAHead(Module):
@@ -141,4 +140,4 @@ class MoAHead(Module):
 
     def __call__(self, x: Tensor) -> Tensor:
         h = self.norm(x)
-        return F.add(h, FS.col_scale(self.adapter(h), self.adapter_scale))
+        return F.add(h, F.col_scale(self.adapter(h), self.adapter_scale))

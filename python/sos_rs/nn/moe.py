@@ -12,7 +12,6 @@ import numpy as np
 
 from .. import _core
 from .. import functional as F
-from .. import functional_sparse as FS
 from ..autograd import Tensor
 from .module import Module, Parameter
 
@@ -70,8 +69,8 @@ class Router(Module):
     def __call__(self, x: Tensor):
         """x [N, D] -> (gates [N, k] Tensor, ids [N, k] int64, probs [N, E], logits [N, E])"""
         logits = F.linear(x, self.weight)
-        probs = FS.router_probs(logits, self.temperature)
-        gates, idx = FS.topk_gates(probs, self.k, renormalize=self.k > 1)
+        probs = F.router_probs(logits, self.temperature)
+        gates, idx = F.topk_gates(probs, self.k, renormalize=self.k > 1)
         return gates, idx, probs, logits
 
 
@@ -82,17 +81,17 @@ def routed_mixture(name: str, h: Tensor, router: Router, paths: Sequence[Path], 
     b, t, d = h.shape
     hf = F.reshape(h, [b * t, d])
     gates, idx, probs, logits = router(hf)
-    plan = FS.moe_plan(idx, len(paths), capacity_factor)
+    plan = F.moe_plan(idx, len(paths), capacity_factor)
     if aux_coef:
-        aux.add(f"{name}.load_balance", F.scale(FS.load_balance_loss(probs, idx), aux_coef))
+        aux.add(f"{name}.load_balance", F.scale(F.load_balance_loss(probs, idx), aux_coef))
     if z_coef:
-        aux.add(f"{name}.z_loss", F.scale(FS.router_z_loss(logits), z_coef))
+        aux.add(f"{name}.z_loss", F.scale(F.router_z_loss(logits), z_coef))
     outs = []
     for e, path in enumerate(paths):
         rows = plan.rows(e)
         outs.append(path(h, hf, rows) if len(rows) else Tensor(_core.Tensor.zeros([0, d])))
-    y = FS.combine(FS.concat_rows(outs), gates, plan)
-    aux.routes.append(RouteRecord(name, list(plan.counts), plan.dropped, list(path_params), list(FS.expert_fractions(idx, len(paths)))))
+    y = F.combine(F.concat_rows(outs), gates, plan)
+    aux.routes.append(RouteRecord(name, list(plan.counts), plan.dropped, list(path_params), list(F.expert_fractions(idx, len(paths)))))
     return F.reshape(y, [b, t, d])
 
 
@@ -119,16 +118,16 @@ class MoELayer(Module):
         shape = list(x.shape)
         xf = F.reshape(x, [int(np.prod(shape[:-1])), shape[-1]])              # [N, D]
         gates, idx, probs, logits = self.router(xf)
-        plan = FS.moe_plan(idx, self.router.n_experts, self.capacity_factor)
+        plan = F.moe_plan(idx, self.router.n_experts, self.capacity_factor)
         if aux is not None:
             if self.aux_coef:
-                aux.add("moe.load_balance", F.scale(FS.load_balance_loss(probs, idx), self.aux_coef))
+                aux.add("moe.load_balance", F.scale(F.load_balance_loss(probs, idx), self.aux_coef))
             if self.z_coef:
-                aux.add("moe.z_loss", F.scale(FS.router_z_loss(logits), self.z_coef))
+                aux.add("moe.z_loss", F.scale(F.router_z_loss(logits), self.z_coef))
             aux.routes.append(RouteRecord("moe", list(plan.counts), plan.dropped, [self.expert_params] * self.router.n_experts,
-                                          list(FS.expert_fractions(idx, self.router.n_experts))))
-        ys = FS.experts_swiglu(FS.dispatch(xf, plan), plan, self.w_gate, self.w_up, self.w_down)
-        return F.reshape(FS.combine(ys, gates, plan), shape)
+                                          list(F.expert_fractions(idx, self.router.n_experts))))
+        ys = F.experts_swiglu(F.dispatch(xf, plan), plan, self.w_gate, self.w_up, self.w_down)
+        return F.reshape(F.combine(ys, gates, plan), shape)
 
     def active_fraction(self, record: RouteRecord) -> float:
         """Parameters read per token (router + its kept experts) over all of this layer's."""

@@ -1,4 +1,6 @@
-"""A memory estimate made before the first step, so a run that cannot fit fails at once."""
+"""Memory readings for the trainer: what the machine has available (checked against the family's
+`estimate_memory` before the first step, so a run that cannot fit fails at once) and the
+process's resident set size for the metrics."""
 
 from __future__ import annotations
 
@@ -29,15 +31,3 @@ def rss_bytes() -> int:
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def estimate_dense(n_params: int, cfg: dict, batch: int, seq: int) -> dict:
-    """Bytes for weights, gradients, AdamW moments and the activations the tape keeps.
-    Activation count per layer: residual, 2 norms, q/k/v/o, rope'd q/k, attention out+lse,
-    gate/up/act, MLP out (~12 d-wide + 3 ffn-wide values per token); plus logits and their
-    gradient (2 × vocab per token)."""
-    d, ffn, v = cfg["d_model"], cfg.get("ffn_hidden") or 4 * cfg["d_model"], cfg["vocab_size"]
-    tokens = batch * seq
-    acts = tokens * (cfg["n_layers"] * (12 * d + 3 * ffn) + 3 * v) * 4
-    state = n_params * 4 * 4  # weights, grads, m, v
-    return {"weights_and_optimizer": state, "activations": acts, "total": state + acts}

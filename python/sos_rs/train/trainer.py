@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, dumps
 from .data_setup import DataSetup
 from .evaluate import evaluate
-from .memory import available_bytes, estimate_dense, peak_rss_bytes, rss_bytes
+from .memory import available_bytes, peak_rss_bytes, rss_bytes
 from .metrics import MetricsLog, Timer, read_metrics
 from .schedule import lr_at
 
@@ -91,7 +91,7 @@ class Trainer:
     # ---- set-up -------------------------------------------------------------------------------
     def _check_memory(self) -> None:
         n = self.model.num_parameters()
-        est = estimate_dense(n, self.model_cfg, self.cfg.data.batch_size, self.cfg.data.seq_len)
+        est = self.model.estimate_memory(self.cfg.data.batch_size, self.cfg.data.seq_len).as_dict()
         avail = available_bytes()
         self.log(f"model: {self.family}, {n / 1e6:.2f}M parameters | estimated memory {est['total'] / 2**20:.0f} MiB "
                  f"(weights+optimizer {est['weights_and_optimizer'] / 2**20:.0f} MiB, activations {est['activations'] / 2**20:.0f} MiB), "
@@ -208,9 +208,7 @@ class Trainer:
                     record = {"step": self.step, "loss": loss_sum / cfg.optim.grad_accum, "lr": lr, "grad_norm": gnorm,
                               "tokens_per_s": tokens_per_step * window_steps / max(dt, 1e-9), "ms_per_step": ms,
                               "elapsed_s": elapsed, "eta_s": ms / 1000 * (run.steps - self.step), "rss_mb": rss_bytes() / 2**20}
-                    # Sparse families: the active-parameter fraction (SPEC §2 item 2), TI violations, drops.
-                    stats = getattr(self.model, "last_stats", None) or {}
-                    record.update({k: stats[k] for k in ("ce", "active_param_fraction", "ti_violation_rate", "dropped") if k in stats})
+                    record.update(self.model.step_stats())  # the family's own numbers (routing, regularisers)
                     metrics.step(record, show=True)
                     window_t, window_steps = time.perf_counter(), 0
                 paused = False

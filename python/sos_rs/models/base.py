@@ -1,0 +1,144 @@
+"""The model-family contract. Every family (dense, MoA, DiscoverLM, ...) is one subclass of
+`LanguageModel`; the trainer, evaluation, sampling, the memory check and `sos export` use only
+what is declared here, never `hasattr` probes or family-name comparisons.
+
+A family provides:
+
+| member | what it is |
+|---|---|
+| `family` | the name used in TOML (`[model] family = ...`), checkpoints and the registry |
+| `config_class` | its config dataclass; every field documented, validated in `__post_init__` |
+| `hf_model_type` | `model_type` of its Hugging Face export (`llama` for dense) |
+| `forward(ids, cache=None)` | token ids [B, T] -> logits [B, T, V]; with a cache, ids continue it |
+| `loss(ids, targets)` | the training objective (cross-entropy plus the family's regularisers) |
+| `eval_loss(ids, targets)` | mean cross-entropy in inference mode, as a float (validation) |
+| `new_cache(batch)` | a KV cache for sampling, or None when the family re-reads the context |
+| `step_stats()` | numbers describing the last `loss` call, logged to metrics.jsonl |
+| `train()` / `eval()` | training or inference mode (regularisers, hard masks) |
+| `estimate_memory(batch, seq)` | bytes a training step needs, checked before step 1 |
+| `export_hf(out, extra_config)` | weights and config.json of a Hugging Face folder |
+
+Adding a family is one module under `models/` defining its config and its `LanguageModel`
+subclass, plus one line in `models/registry.py` (CONTRIBUTING.md has the recipe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, ClassVar, Dict, List, Optional
+
+import numpy as np
+
+from .. import functional as F
+from ..autograd import Tensor, no_grad
+from ..errors import ShapeError
+from ..nn import Module
+
+BYTES_F32 = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a training step needs: parameters with their gradients and AdamW moments, and the
+    activations the tape keeps until backward (plus logits and their gradient)."""
+
+    weights_and_optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights_and_optimizer + self.activations
+
+    def as_dict(self) -> Dict[str, int]:
+        return {"weights_and_optimizer": self.weights_and_optimizer, "activations": self.activations, "total": self.total}
+
+
+class ExportError(ValueError):
+    """The model cannot be written in the requested format; the message says why."""
+
+
+class LanguageModel(Module):
+    """Base class of every model family: token ids [B, T] -> logits [B, T, vocab]."""
+
+    family: ClassVar[str]
+    config_class: ClassVar[type]
+    hf_model_type: ClassVar[Optional[str]] = None
+    """`model_type` in the config.json of this family's Hugging Face export."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.training = True
+        self.last_stats: Dict[str, Any] = {}
+
+    # ---- forward and objectives ---------------------------------------------------------------
+    def forward(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
+        """ids [B, T] -> logits [B, T, V]. With `cache` (from `new_cache`), ids continue the
+        cached sequence (sampling; run under `no_grad`)."""
+        raise NotImplementedError
+
+    def __call__(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
+        return self.forward(ids, cache)
+
+    def loss(self, ids: np.ndarray, targets: np.ndarray) -> Tensor:
+        """The training objective; the default is the mean next-token cross-entropy."""
+        return F.cross_entropy(self.forward(ids), targets)
+
+    def eval_loss(self, ids: np.ndarray, targets: np.ndarray) -> float:
+        """Mean cross-entropy in inference mode, without gradients: what validation reports."""
+        was = self.training
+        self.eval()
+        try:
+            with no_grad():
+                return F.cross_entropy(self.forward(ids), targets).item()
+        finally:
+            self.train(was)
+
+    def new_cache(self, batch: int) -> Optional[list]:
+        """A KV cache for `batch` sequences, or None: the family has none and sampling re-reads
+        the whole context for every new token."""
+        return None
+
+    def step_stats(self) -> Dict[str, float]:
+        """Numbers about the last `loss` call that the trainer logs (empty for the dense family)."""
+        return {}
+
+    # ---- modes ---------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "LanguageModel":
+        """Training mode (the default) or inference mode (`mode=False`)."""
+        self.training = mode
+        return self
+
+    def eval(self) -> "LanguageModel":
+        return self.train(False)
+
+    # ---- sizes and export ----------------------------------------------------------------------
+    def estimate_memory(self, batch: int, seq: int) -> MemoryEstimate:
+        """Bytes a training step of `batch` × `seq` tokens needs (checked before the first step)."""
+        raise NotImplementedError
+
+    def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:
+        """Writes model.safetensors and config.json (plus any modeling code) of a Hugging Face
+        folder into `out`; returns the paths written. `extra_config` adds keys to config.json."""
+        raise ExportError(f"the {self.family!r} family has no Hugging Face export")
+
+    # ---- helpers for subclasses -----------------------------------------------------------------
+    def check_ids(self, ids: np.ndarray, seen: int = 0) -> np.ndarray:
+        """ids as a 2-D array that fits the context after `seen` cached positions."""
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ShapeError(f"{type(self).__name__} expects token ids [B, T], got shape {ids.shape}")
+        if seen + ids.shape[1] > self.config.max_seq_len:
+            raise ShapeError(f"sequence length {seen + ids.shape[1]} exceeds max_seq_len={self.config.max_seq_len}")
+        return ids
+
+
+def parameter_state_bytes(n_params: int) -> int:
+    """Weights, gradients and the two AdamW moments, in f32."""
+    return n_params * 4 * BYTES_F32
+
+
+__all__ = ["ExportError", "LanguageModel", "MemoryEstimate", "parameter_state_bytes"]
