@@ -4,11 +4,10 @@ The compiled core (`sos_rs._core`) owns tensors and kernels; this package holds 
 modules, model families and optimizers.
 """
 
-from . import _core
+from . import _core, functional, nn, optim
 from ._core import detected_isa, isa, num_threads, set_num_threads, thread_info
 from .autograd import Tensor, no_grad, tensor
-from .errors import DTypeError, InvalidValueError, SosError, ShapeError
-from . import functional, nn, optim
+from .errors import DTypeError, InvalidValueError, ShapeError, SosError
 from .models.dense import DenseConfig, DenseLM
 from .models.discoverlm import DiscoverLM, DiscoverLMConfig
 from .models.moa import MoAConfig, MoALM

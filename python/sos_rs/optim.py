@@ -12,7 +12,14 @@ class AdamW:
     """PyTorch-equivalent AdamW. Parameters flagged `no_decay` (norms, embeddings, biases) and
     1-D parameters get no weight decay."""
 
-    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         self.params = list(params)
         if not self.params:
             raise ValueError("AdamW: no parameters to optimise")

@@ -3,7 +3,7 @@ one position against the cache (O(T) per token). Temperature, top-k and top-p (n
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -34,8 +34,16 @@ def filter_logits(logits: np.ndarray, temperature: float, top_k: int, top_p: flo
     return p
 
 
-def generate(model, prompt_ids: list, max_new_tokens: int, temperature: float = 0.8, top_k: int = 200,
-             top_p: float = 1.0, seed: int = 0, stop_id: Optional[int] = None) -> list:
+def generate(
+    model,
+    prompt_ids: list,
+    max_new_tokens: int,
+    temperature: float = 0.8,
+    top_k: int = 200,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop_id: Optional[int] = None,
+) -> list:
     """Continues `prompt_ids` (non-empty) by up to max_new_tokens tokens; returns only the new ones.
     Stops early at `stop_id` or when the context is full."""
     if not prompt_ids:
@@ -84,7 +92,8 @@ def decode(tokenizer, ids: list, eot_id: Optional[int]) -> str:
     special tokens, which would run the generated documents together."""
     if eot_id is None:
         return tokenizer.decode(ids)
-    parts, cur = [], []
+    parts: List[list] = []
+    cur: list = []
     for t in ids:
         if t == eot_id:
             parts.append(cur)

@@ -27,7 +27,7 @@ def eval_text(model, tok, text: str) -> dict:
     t = model.config.max_seq_len
     total, count = 0.0, 0
     for s in range(0, len(ids) - 1, t):
-        window = ids[s:s + t + 1]
+        window = ids[s : s + t + 1]
         if len(window) < 2:
             break
         x = np.asarray([window[:-1]], dtype=np.int64)

@@ -32,7 +32,9 @@ def run(args) -> int:
     eot = state.get("eot_id")
     prompt = tok.encode(args.prompt).ids if args.prompt else [eot if eot is not None else 0]
     for i in range(args.num_samples):
-        new = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed + i, stop_id=None)
+        new = generate(
+            model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed + i, stop_id=None
+        )
         print(args.prompt + decode(tok, new, eot))
         if args.num_samples > 1:
             print("-" * 40)

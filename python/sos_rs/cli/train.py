@@ -10,13 +10,21 @@ import sys
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model from a TOML config", description=__doc__)
     p.add_argument("config", help="TOML file with [model], [data], [optim], [schedule], [run]")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one field, e.g. --set optim.lr=1e-3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one field, e.g. --set optim.lr=1e-3 (repeatable)",
+    )
     p.add_argument("--steps", type=int, help="same as --set run.steps=N")
     p.add_argument("--out", help="same as --set run.out=DIR")
     p.add_argument("--threads", type=int, help="same as --set run.threads=N")
     p.add_argument("--max-minutes", type=float, help="same as --set run.max_minutes=M")
-    p.add_argument("--resume", default="auto", help="auto (newest valid checkpoint, default), none, or a checkpoint folder")
+    p.add_argument(
+        "--resume", default="auto", help="auto (newest valid checkpoint, default), none, or a checkpoint folder"
+    )
     p.set_defaults(func=run)
 
 
@@ -27,7 +35,12 @@ def run(args) -> int:
     from ..train.trainer import Trainer, TrainingError
 
     overrides = list(args.overrides)
-    for flag, key in (("steps", "run.steps"), ("out", "run.out"), ("threads", "run.threads"), ("max_minutes", "run.max_minutes")):
+    for flag, key in (
+        ("steps", "run.steps"),
+        ("out", "run.out"),
+        ("threads", "run.threads"),
+        ("max_minutes", "run.max_minutes"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")

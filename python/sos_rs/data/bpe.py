@@ -14,7 +14,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from .config import EOT, MIN_VOCAB
 
 
-def train(texts: Iterable[Sequence[str]], vocab_size: int, eot: str = EOT, min_frequency: int = 2, length: int = 0) -> Tokenizer:
+def train(
+    texts: Iterable[Sequence[str]], vocab_size: int, eot: str = EOT, min_frequency: int = 2, length: int = 0
+) -> Tokenizer:
     """Trains on batches of documents. The end-of-text token gets id 0."""
     if vocab_size < MIN_VOCAB:
         raise ValueError(f"vocab_size {vocab_size} is below {MIN_VOCAB} (256 bytes + end-of-text)")

@@ -45,7 +45,10 @@ def stable_hash(s: pl.Series) -> pl.Series:
     """64-bit BLAKE2b of each document's UTF-8 bytes. Polars' own `hash` may change between
     versions, which would move documents between train and validation; this never does.
     Two different documents collide with probability about n²/2^65 for n documents."""
-    out = [None if t is None else int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in s.to_list()]
+    out = [
+        None if t is None else int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+        for t in s.to_list()
+    ]
     return pl.Series(s.name, out, dtype=pl.UInt64)
 
 
@@ -56,12 +59,17 @@ def clean(lf: pl.LazyFrame, *, split_blank_lines: bool, min_chars: int, max_char
     lf = lf.select(normalize_lines(pl.col("text").fill_null("")))
     if split_blank_lines:
         lf = lf.select(pl.col("text").str.replace_all(_BLANK_LINE, _SEP).str.split(_SEP)).explode("text")
-    lf = lf.with_columns(pl.col("text").str.len_bytes().cast(pl.UInt64).alias("raw_bytes"), tidy(pl.col("text")).alias("text"))
+    lf = lf.with_columns(
+        pl.col("text").str.len_bytes().cast(pl.UInt64).alias("raw_bytes"), tidy(pl.col("text")).alias("text")
+    )
     chars = pl.col("text").str.len_chars()
     status = (
-        pl.when(chars == 0).then(pl.lit(EMPTY))
-        .when(chars < min_chars).then(pl.lit(SHORT))
-        .when(pl.lit(max_chars > 0) & (chars > max_chars)).then(pl.lit(LONG))
+        pl.when(chars == 0)
+        .then(pl.lit(EMPTY))
+        .when(chars < min_chars)
+        .then(pl.lit(SHORT))
+        .when(pl.lit(max_chars > 0) & (chars > max_chars))
+        .then(pl.lit(LONG))
         .otherwise(pl.lit(KEPT))
         .cast(pl.UInt8)
     )

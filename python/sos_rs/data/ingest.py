@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Tuple, Union
+from typing import Iterator, List, Literal, Tuple, Union
 
 import polars as pl
 
@@ -64,7 +64,12 @@ def discover(source: Source) -> Tuple[List[Path], List[Skipped]]:
         if f.suffix.lower() in KNOWN:
             files.append(f)
         else:
-            skipped.append(Skipped(str(f), f"unsupported extension {f.suffix or '(none)'!r} (txt, md, jsonl, ndjson, csv, tsv, parquet)"))
+            skipped.append(
+                Skipped(
+                    str(f),
+                    f"unsupported extension {f.suffix or '(none)'!r} (txt, md, jsonl, ndjson, csv, tsv, parquet)",
+                )
+            )
     if not files and not skipped:
         skipped.append(Skipped(str(p), "empty directory"))
     return files, skipped
@@ -91,14 +96,19 @@ def read_text_file(path: Path, decode_errors: str) -> Union[str, Skipped]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         if decode_errors != "replace":
-            return Skipped(str(path), f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} (use --decode-errors replace to keep it)")
+            return Skipped(
+                str(path),
+                f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} (use --decode-errors replace to keep it)",
+            )
         text = data.decode("utf-8", errors="replace")
     if not text.strip():
         return Skipped(str(path), "empty file (only whitespace)")
     return text
 
 
-def text_batches(files: List[Path], decode_errors: str, max_bytes: int) -> Iterator[Tuple[List[Path], List[str], List[Skipped], int]]:
+def text_batches(
+    files: List[Path], decode_errors: str, max_bytes: int
+) -> Iterator[Tuple[List[Path], List[str], List[Skipped], int]]:
     """Plain-text files grouped into batches of about `max_bytes`, so memory stays bounded:
     (files used, their texts, files skipped, bytes on disk of the files used)."""
     used: List[Path] = []
@@ -131,7 +141,7 @@ def scan_structured(path: Path, text_column: str, decode_errors: str) -> Union[p
             lf = pl.scan_ndjson(path, infer_schema_length=1000)
         elif k == "csv":
             sep = "\t" if path.suffix.lower() == ".tsv" else ","
-            enc = "utf8-lossy" if decode_errors == "replace" else "utf8"
+            enc: Literal["utf8", "utf8-lossy"] = "utf8-lossy" if decode_errors == "replace" else "utf8"
             lf = pl.scan_csv(path, separator=sep, infer_schema=False, encoding=enc)
         else:
             lf = pl.scan_parquet(path)

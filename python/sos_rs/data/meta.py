@@ -45,7 +45,10 @@ def read_meta(directory: PathLike) -> Dict[str, Any]:
         raise FileNotFoundError(f"{path}: no meta.json (run `sos prepare INPUTS... --out {directory}` first)")
     meta = json.loads(path.read_text())
     if meta.get("format") != FORMAT or meta.get("version") != META_VERSION:
-        raise ValueError(f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}, expected {FORMAT!r} version {META_VERSION}")
+        raise ValueError(
+            f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
+            f"expected {FORMAT!r} version {META_VERSION}"
+        )
     meta["directory"] = str(directory)
     meta["tokenizer"] = str(directory / meta["tokenizer"])
     meta["shards"] = _absolute(directory, meta["shards"])

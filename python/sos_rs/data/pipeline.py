@@ -64,19 +64,27 @@ def _clear_outputs(out: Path, overwrite: bool) -> None:
     ours = [out / META_NAME, out / "tokenizer.json", *out.glob("*.sos"), *out.glob("*.sos.tmp")]
     present = [p for p in ours if p.exists()]
     if present and not overwrite:
-        raise FileExistsError(f"{out} already holds a preparation ({present[0].name}, ...); pass --overwrite to replace it")
+        raise FileExistsError(
+            f"{out} already holds a preparation ({present[0].name}, ...); pass --overwrite to replace it"
+        )
     for p in present:
         p.unlink()
 
 
 def _sink(lf: pl.LazyFrame, label: str, path: Path, files: int, file_bytes: int, cfg: PrepareConfig) -> Part:
-    clean(lf, split_blank_lines=cfg.split_blank_lines, min_chars=cfg.min_chars, max_chars=cfg.max_chars).sink_parquet(path)
+    clean(lf, split_blank_lines=cfg.split_blank_lines, min_chars=cfg.min_chars, max_chars=cfg.max_chars).sink_parquet(
+        path
+    )
     part = Part(label, path, files, file_bytes)
-    part.stats = {k: int(v or 0) for k, v in pl.scan_parquet(path).select(**_PART_STATS).collect().row(0, named=True).items()}
+    part.stats = {
+        k: int(v or 0) for k, v in pl.scan_parquet(path).select(**_PART_STATS).collect().row(0, named=True).items()
+    }
     return part
 
 
-def read_and_clean(inputs: Sequence[str], work: Path, cfg: PrepareConfig, prog: Progress) -> Tuple[List[Part], List[Skipped]]:
+def read_and_clean(
+    inputs: Sequence[str], work: Path, cfg: PrepareConfig, prog: Progress
+) -> Tuple[List[Part], List[Skipped]]:
     parts: List[Part] = []
     skipped: List[Skipped] = []
     sources = [parse_input(str(x)) for x in inputs]
@@ -103,13 +111,13 @@ def read_and_clean(inputs: Sequence[str], work: Path, cfg: PrepareConfig, prog: 
             if kind(f) == "txt":
                 continue
             size = f.stat().st_size
-            lf = scan_structured(f, cfg.text_column, cfg.decode_errors)
-            if isinstance(lf, Skipped):
-                skipped.append(lf)
+            scanned = scan_structured(f, cfg.text_column, cfg.decode_errors)
+            if isinstance(scanned, Skipped):
+                skipped.append(scanned)
             else:
                 path = name()
                 try:
-                    part = _sink(lf, src.label, path, 1, size, cfg)
+                    part = _sink(scanned, src.label, path, 1, size, cfg)
                 except Exception as e:  # a malformed line or bad bytes: report the file, keep going
                     path.unlink(missing_ok=True)
                     skipped.append(Skipped(str(f), f"cannot read as {kind(f)}: {first_line(e)}"))
@@ -242,7 +250,9 @@ def encode_and_write(parts: List[Part], out: Path, tok, cfg: PrepareConfig, prog
     return shards
 
 
-def prepare(inputs: Sequence[Union[str, Path]], out: Union[str, Path], config: Optional[PrepareConfig] = None, **options: Any) -> Dict[str, Any]:
+def prepare(
+    inputs: Sequence[Union[str, Path]], out: Union[str, Path], config: Optional[PrepareConfig] = None, **options: Any
+) -> Dict[str, Any]:
     """Runs the four stages and writes DIR/meta.json; returns that dict (see `summary.describe`)."""
     from .summary import build_meta
 
@@ -269,9 +279,14 @@ def prepare(inputs: Sequence[Union[str, Path]], out: Union[str, Path], config: O
         for s in skipped:
             prog.warn(f"skipped {s.file}: {s.reason}")
         if skipped and cfg.strict:
-            raise ValueError(f"{len(skipped)} input file(s) skipped and --strict is set; first: {skipped[0].file}: {skipped[0].reason}")
+            raise ValueError(
+                f"{len(skipped)} input file(s) skipped and --strict is set; "
+                f"first: {skipped[0].file}: {skipped[0].reason}"
+            )
         if not any(p.stats["kept"] for p in parts):
-            raise ValueError("no documents left after reading and cleaning" + (f" ({len(skipped)} files skipped)" if skipped else ""))
+            raise ValueError(
+                "no documents left after reading and cleaning" + (f" ({len(skipped)} files skipped)" if skipped else "")
+            )
         prog.stage("dedup + split")
         dd = dedup_and_split(parts, cfg.val_fraction)
         finish("dedup_split", note=f"{dd['documents']:,} documents, {dd['duplicates']:,} duplicates dropped")

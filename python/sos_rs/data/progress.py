@@ -59,7 +59,11 @@ class Progress:
         self.last_cpu = time.process_time() - self.cpu_start
         if self.enabled:
             prefix = "\r" if self.tty else ""
-            print(prefix + self._line(self.done if done is None else done, note)[:160] + f"  done in {secs:.1f} s", file=self.out, flush=True)
+            print(
+                prefix + self._line(self.done if done is None else done, note)[:160] + f"  done in {secs:.1f} s",
+                file=self.out,
+                flush=True,
+            )
         return secs
 
     def warn(self, message: str) -> None:

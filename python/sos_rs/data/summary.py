@@ -25,18 +25,55 @@ def stages(parts, n_skipped: int) -> List[Dict[str, Any]]:
     clean_bytes, kept_bytes, dup_bytes = (_sum(parts, k) for k in ("clean_bytes", "kept_bytes", "dup_bytes"))
     files = sum(p.files for p in parts)
     return [
-        {"stage": "read", "files_in": files + n_skipped, "files_skipped": n_skipped, "bytes_in": sum(p.file_bytes for p in parts), "docs_out": docs, "bytes_out": _sum(parts, "raw_bytes")},
-        {"stage": "clean", "docs_in": docs, "bytes_in": _sum(parts, "raw_bytes"), "docs_out": docs - empty, "bytes_out": clean_bytes, "empty_dropped": empty},
         {
-            "stage": "length filter", "docs_in": docs - empty, "bytes_in": clean_bytes, "docs_out": kept, "bytes_out": kept_bytes,
-            "short_dropped": _sum(parts, "short"), "short_bytes": _sum(parts, "short_bytes"), "long_dropped": _sum(parts, "long"), "long_bytes": _sum(parts, "long_bytes"),
+            "stage": "read",
+            "files_in": files + n_skipped,
+            "files_skipped": n_skipped,
+            "bytes_in": sum(p.file_bytes for p in parts),
+            "docs_out": docs,
+            "bytes_out": _sum(parts, "raw_bytes"),
         },
-        {"stage": "dedup", "docs_in": kept, "bytes_in": kept_bytes, "docs_out": unique, "bytes_out": kept_bytes - dup_bytes, "duplicates": kept - unique, "duplicate_rate": (kept - unique) / kept if kept else 0.0},
-        {"stage": "split", "docs_in": unique, "bytes_in": kept_bytes - dup_bytes, **{f"{s}_docs": _sum(parts, f"{s}_docs") for s in SPLITS}, **{f"{s}_bytes": _sum(parts, f"{s}_bytes") for s in SPLITS}},
+        {
+            "stage": "clean",
+            "docs_in": docs,
+            "bytes_in": _sum(parts, "raw_bytes"),
+            "docs_out": docs - empty,
+            "bytes_out": clean_bytes,
+            "empty_dropped": empty,
+        },
+        {
+            "stage": "length filter",
+            "docs_in": docs - empty,
+            "bytes_in": clean_bytes,
+            "docs_out": kept,
+            "bytes_out": kept_bytes,
+            "short_dropped": _sum(parts, "short"),
+            "short_bytes": _sum(parts, "short_bytes"),
+            "long_dropped": _sum(parts, "long"),
+            "long_bytes": _sum(parts, "long_bytes"),
+        },
+        {
+            "stage": "dedup",
+            "docs_in": kept,
+            "bytes_in": kept_bytes,
+            "docs_out": unique,
+            "bytes_out": kept_bytes - dup_bytes,
+            "duplicates": kept - unique,
+            "duplicate_rate": (kept - unique) / kept if kept else 0.0,
+        },
+        {
+            "stage": "split",
+            "docs_in": unique,
+            "bytes_in": kept_bytes - dup_bytes,
+            **{f"{s}_docs": _sum(parts, f"{s}_docs") for s in SPLITS},
+            **{f"{s}_bytes": _sum(parts, f"{s}_bytes") for s in SPLITS},
+        },
     ]
 
 
-def build_meta(parts, skipped, shards, tok, cfg, seconds: Dict[str, float], cpu_seconds: Dict[str, float]) -> Dict[str, Any]:
+def build_meta(
+    parts, skipped, shards, tok, cfg, seconds: Dict[str, float], cpu_seconds: Dict[str, float]
+) -> Dict[str, Any]:
     import polars
     import tokenizers
 
@@ -44,20 +81,38 @@ def build_meta(parts, skipped, shards, tok, cfg, seconds: Dict[str, float], cpu_
     sources: Dict[str, Any] = {}
     for label in labels:
         mine = [p for p in parts if p.label == label]
-        counts = {s: {"documents": _sum(mine, f"{s}_docs"), "tokens": shards.tokens.get((s, label), 0), "bytes": _sum(mine, f"{s}_bytes")} for s in SPLITS}
+        counts = {
+            s: {
+                "documents": _sum(mine, f"{s}_docs"),
+                "tokens": shards.tokens.get((s, label), 0),
+                "bytes": _sum(mine, f"{s}_bytes"),
+            }
+            for s in SPLITS
+        }
         sources[label] = {
             "shards": {s: shards.names.get((s, label), []) for s in SPLITS},
             "counts": counts,
             "stages": stages(mine, sum(1 for k in skipped if k.source == label)),
         }
-    counts = {s: {k: sum(src["counts"][s][k] for src in sources.values()) for k in ("documents", "tokens", "bytes")} for s in SPLITS}
+    counts = {
+        s: {k: sum(src["counts"][s][k] for src in sources.values()) for k in ("documents", "tokens", "bytes")}
+        for s in SPLITS
+    }
     all_shards: Dict[str, List[str]] = defaultdict(list)
     for (split, _), names in shards.names.items():
         all_shards[split] += names
     table = stages(parts, len(skipped))
     tokens = sum(c["tokens"] for c in counts.values())
     docs = sum(c["documents"] for c in counts.values())
-    table.append({"stage": "tokenize", "docs_in": docs, "bytes_in": sum(c["bytes"] for c in counts.values()), "tokens_out": tokens, **{f"{s}_tokens": counts[s]["tokens"] for s in SPLITS}})
+    table.append(
+        {
+            "stage": "tokenize",
+            "docs_in": docs,
+            "bytes_in": sum(c["bytes"] for c in counts.values()),
+            "tokens_out": tokens,
+            **{f"{s}_tokens": counts[s]["tokens"] for s in SPLITS},
+        }
+    )
     vocab = tok.get_vocab_size()
     return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -91,17 +146,33 @@ def format_summary(meta: Dict[str, Any]) -> str:
     text_bytes = sum(c[s]["bytes"] for s in SPLITS)
     read = st["read"]
     total = secs.get("total") or float("nan")
+
+    def split_line(split: str) -> str:
+        n = c[split]
+        return f"{split}: {n['documents']:,} documents, {n['tokens']:,} tokens, {_mb(n['bytes'])}"
+
+    def row(name: str, docs_in: Any, docs_out: int, bytes_in: float, bytes_out: float, note: str) -> str:
+        return f"  {name:<16}{docs_in:>12}{docs_out:>12,}{bytes_in / 1e6:>11.2f}{bytes_out / 1e6:>11.2f}  {note}"
+
+    mb_in, mb_out = read["bytes_in"] / 1e6 / total, read["bytes_out"] / 1e6 / total
     lines = [
         f"prepared {docs:,} documents, {tokens:,} tokens ({_mb(text_bytes)} of text) in {total:.1f} s: "
-        f"{read['bytes_in'] / 1e6 / total:.2f} MB/s of input files ({read['bytes_out'] / 1e6 / total:.2f} MB/s of text read)",
-        f"  train: {c['train']['documents']:,} documents, {c['train']['tokens']:,} tokens, {_mb(c['train']['bytes'])}   "
-        f"val: {c['val']['documents']:,} documents, {c['val']['tokens']:,} tokens, {_mb(c['val']['bytes'])}",
-        f"  vocabulary {meta['vocab_size']:,} ({meta['dtype']}), end-of-text {meta['eot_token']!r} = {meta['eot_id']};  "
+        f"{mb_in:.2f} MB/s of input files ({mb_out:.2f} MB/s of text read)",
+        f"  {split_line('train')}   {split_line('val')}",
+        f"  vocabulary {meta['vocab_size']:,} ({meta['dtype']}), "
+        f"end-of-text {meta['eot_token']!r} = {meta['eot_id']};  "
         f"{text_bytes / max(1, tokens - docs):.3f} bytes per token (end-of-text excluded)",
         f"  duplicate rate {100 * st['dedup']['duplicate_rate']:.2f}% ({st['dedup']['duplicates']:,} dropped)",
         "",
         f"  {'stage':<16}{'docs in':>12}{'docs out':>12}{'MB in':>11}{'MB out':>11}  notes",
-        f"  {'read':<16}{str(read['files_in']) + ' files':>12}{read['docs_out']:>12,}{read['bytes_in'] / 1e6:>11.2f}{read['bytes_out'] / 1e6:>11.2f}  {read['files_skipped']} files skipped",
+        row(
+            "read",
+            f"{read['files_in']} files",
+            read["docs_out"],
+            read["bytes_in"],
+            read["bytes_out"],
+            f"{read['files_skipped']} files skipped",
+        ),
     ]
     notes = {
         "clean": lambda s: f"{s['empty_dropped']:,} empty",
@@ -110,17 +181,34 @@ def format_summary(meta: Dict[str, Any]) -> str:
     }
     for name in ("clean", "length filter", "dedup"):
         s = st[name]
-        lines.append(f"  {name:<16}{s['docs_in']:>12,}{s['docs_out']:>12,}{s['bytes_in'] / 1e6:>11.2f}{s['bytes_out'] / 1e6:>11.2f}  {notes[name](s)}")
+        lines.append(row(name, f"{s['docs_in']:,}", s["docs_out"], s["bytes_in"], s["bytes_out"], notes[name](s)))
     sp = st["split"]
-    lines.append(f"  {'split':<16}{sp['docs_in']:>12,}{sp['train_docs'] + sp['val_docs']:>12,}{sp['bytes_in'] / 1e6:>11.2f}{(sp['train_bytes'] + sp['val_bytes']) / 1e6:>11.2f}  train {sp['train_docs']:,} / val {sp['val_docs']:,}")
+    split_note = f"train {sp['train_docs']:,} / val {sp['val_docs']:,}"
+    lines.append(
+        row(
+            "split",
+            f"{sp['docs_in']:,}",
+            sp["train_docs"] + sp["val_docs"],
+            sp["bytes_in"],
+            sp["train_bytes"] + sp["val_bytes"],
+            split_note,
+        )
+    )
     lines.append("")
     lines.append("  seconds: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in secs.items()))
     if meta.get("cpu_seconds"):
-        lines.append("  CPU seconds (all threads): " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in meta["cpu_seconds"].items()))
+        lines.append(
+            "  CPU seconds (all threads): "
+            + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in meta["cpu_seconds"].items())
+        )
     if len(meta["sources"]) > 1:
         for label, src in meta["sources"].items():
             sc = src["counts"]
-            lines.append(f"  source {label!r}: train {sc['train']['documents']:,} docs / {sc['train']['tokens']:,} tokens, val {sc['val']['documents']:,} docs / {sc['val']['tokens']:,} tokens")
+            tr, va = sc["train"], sc["val"]
+            lines.append(
+                f"  source {label!r}: train {tr['documents']:,} docs / {tr['tokens']:,} tokens, "
+                f"val {va['documents']:,} docs / {va['tokens']:,} tokens"
+            )
     for s in meta["skipped_files"]:
         lines.append(f"  skipped {s['file']}: {s['reason']}")
     return "\n".join(lines)

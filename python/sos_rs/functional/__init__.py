@@ -6,16 +6,26 @@ Shapes follow PyTorch conventions: a Linear weight is [out, in]; attention takes
 q [B, T, Hq, hd] and k, v [B, T, Hkv, hd] (no head transposes anywhere).
 """
 
-from .linear import linear, matmul
-from .elementwise import add, mul, scale, softplus, sigmoid_range, col_scale
-from .shape import reshape, gather_rows, concat_rows
-from .norm import rmsnorm, layernorm
-from .activation import silu, gelu, swiglu, softmax
-from .positional import rope, rope_angles, dwconv
+from .activation import gelu, silu, softmax, swiglu
 from .attention import causal_attention
-from .metric import metric_attention, ball_penalty, ti_loss
-from .embedding import embedding, cross_entropy
-from .routing import router_probs, topk_gates, load_balance_loss, expert_fractions, router_z_loss, moe_plan, dispatch, combine, experts_swiglu
+from .elementwise import add, col_scale, mul, scale, sigmoid_range, softplus
+from .embedding import cross_entropy, embedding
+from .linear import linear, matmul
+from .metric import ball_penalty, metric_attention, ti_loss
+from .norm import layernorm, rmsnorm
+from .positional import dwconv, rope, rope_angles
+from .routing import (
+    combine,
+    dispatch,
+    expert_fractions,
+    experts_swiglu,
+    load_balance_loss,
+    moe_plan,
+    router_probs,
+    router_z_loss,
+    topk_gates,
+)
+from .shape import concat_rows, gather_rows, reshape
 
 __all__ = [
     "add",

@@ -15,4 +15,6 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = N
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.ndim == 4 and q.shape[-1] > 0 else 1.0
     o, lse = _core.attention_forward(q.data, k.data, v.data, scale)
-    return record("attention", o, (q, k, v), lambda dy: _core.attention_backward(q.data, k.data, v.data, o, lse, dy, scale))
+    return record(
+        "attention", o, (q, k, v), lambda dy: _core.attention_backward(q.data, k.data, v.data, o, lse, dy, scale)
+    )

@@ -31,4 +31,9 @@ def sigmoid_range(x: Tensor, lo: float, hi: float) -> Tensor:
 
 def col_scale(x: Tensor, s: Tensor) -> Tensor:
     """x ⊙ s over the last dimension (LayerScale, channel gates).  s: [D]"""
-    return record("col_scale", _core.col_scale_forward(x.data, s.data), (x, s), lambda d: _core.col_scale_backward(x.data, s.data, d))
+    return record(
+        "col_scale",
+        _core.col_scale_forward(x.data, s.data),
+        (x, s),
+        lambda d: _core.col_scale_backward(x.data, s.data, d),
+    )

@@ -13,4 +13,6 @@ def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 def layernorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     y, mean, rstd = _core.layernorm_forward(x.data, weight.data, bias.data, eps)
-    return record("layernorm", y, (x, weight, bias), lambda dy: _core.layernorm_backward(x.data, weight.data, mean, rstd, dy))
+    return record(
+        "layernorm", y, (x, weight, bias), lambda dy: _core.layernorm_backward(x.data, weight.data, mean, rstd, dy)
+    )

@@ -25,7 +25,9 @@ def topk_gates(probs: Tensor, k: int, renormalize: bool = True) -> Tuple[Tensor,
     """The k largest probabilities per token (ties to the lower expert) -> (gates [N, k],
     expert ids [N, k] int64, best first). Renormalised gates sum to 1 per token."""
     g, idx = _core.topk_gates_forward(probs.data, k, renormalize)
-    out = record("topk_gates", g, (probs,), lambda dg: (_core.topk_gates_backward(probs.data, idx, g, dg, renormalize),))
+    out = record(
+        "topk_gates", g, (probs,), lambda dg: (_core.topk_gates_backward(probs.data, idx, g, dg, renormalize),)
+    )
     return out, idx
 
 
@@ -47,7 +49,9 @@ def router_z_loss(logits: Tensor) -> Tensor:
     return record("z_loss", _scalar(z), (logits,), lambda dy: (_core.z_loss_backward(logits.data, lse, dy.item()),))
 
 
-def moe_plan(idx: np.ndarray, n_experts: int, capacity_factor: float = 0.0, capacity: Optional[int] = None) -> _core.RoutePlan:
+def moe_plan(
+    idx: np.ndarray, n_experts: int, capacity_factor: float = 0.0, capacity: Optional[int] = None
+) -> _core.RoutePlan:
     """Groups tokens by expert (counting sort). Capacity ceil(factor·N·k/E) per expert, unlimited
     when factor <= 0; assignments over capacity are dropped (see rust/moe/dispatch.rs)."""
     return _core.moe_plan(idx, n_experts, capacity_factor, capacity)
@@ -69,5 +73,9 @@ def experts_swiglu(xs: Tensor, plan: _core.RoutePlan, w_gate: Tensor, w_up: Tens
     """A SwiGLU expert per block of slots: one GEMM per expert and projection.
     w_gate, w_up: [E, H, D]; w_down: [E, D, H]."""
     ys, g, u = _core.experts_forward(xs.data, plan, w_gate.data, w_up.data, w_down.data)
-    return record("experts_swiglu", ys, (xs, w_gate, w_up, w_down),
-                  lambda d: _core.experts_backward(xs.data, plan, w_gate.data, w_up.data, w_down.data, g, u, d))
+    return record(
+        "experts_swiglu",
+        ys,
+        (xs, w_gate, w_up, w_down),
+        lambda d: _core.experts_backward(xs.data, plan, w_gate.data, w_up.data, w_down.data, g, u, d),
+    )

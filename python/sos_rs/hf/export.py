@@ -12,8 +12,9 @@ import shutil
 from typing import List, Optional
 
 
-def export_hf(model, tokenizer_path: pathlib.Path, eot_token: Optional[str], eot_id: Optional[int],
-              out: pathlib.Path) -> List[pathlib.Path]:
+def export_hf(
+    model, tokenizer_path: pathlib.Path, eot_token: Optional[str], eot_id: Optional[int], out: pathlib.Path
+) -> List[pathlib.Path]:
     """Writes the folder; returns the paths written."""
     out = pathlib.Path(out)
     written = model.export_hf(out, extra_config={"bos_token_id": eot_id, "eos_token_id": eot_id})

@@ -25,11 +25,38 @@ except ImportError:  # pragma: no cover - exercised where transformers is absent
     CausalLMOutput = None
 
 DEFAULTS = dict(
-    vocab_size=4096, d_model=256, n_layers=4, n_heads=8, head_dim=None, max_seq_len=256, paths=["conv", "mha", "mqa", "mix"],
-    router_top_k=2, router_temperature=2.0, conv_kernel=5, mix_hidden=None, ffn_hidden=None, ffn_rank=32, ffn_top_k=2,
-    layer_scale_init=1e-4, alpha_init=1.5, rope_theta=10000.0, rope_fourier_terms=16, v_gate_min=0.5, v_gate_max=2.0,
-    ball_pruning=False, ball_beta=1.0, ball_radius_init=2.0, ti_lambda=0.01, ti_triples=64, aux_loss_coef=0.01,
-    z_loss_coef=0.0, capacity_factor=0.0, tie_embeddings=True, norm_eps=1e-5, init_std=0.02, seed=0,
+    vocab_size=4096,
+    d_model=256,
+    n_layers=4,
+    n_heads=8,
+    head_dim=None,
+    max_seq_len=256,
+    paths=["conv", "mha", "mqa", "mix"],
+    router_top_k=2,
+    router_temperature=2.0,
+    conv_kernel=5,
+    mix_hidden=None,
+    ffn_hidden=None,
+    ffn_rank=32,
+    ffn_top_k=2,
+    layer_scale_init=1e-4,
+    alpha_init=1.5,
+    rope_theta=10000.0,
+    rope_fourier_terms=16,
+    v_gate_min=0.5,
+    v_gate_max=2.0,
+    ball_pruning=False,
+    ball_beta=1.0,
+    ball_radius_init=2.0,
+    ti_lambda=0.01,
+    ti_triples=64,
+    aux_loss_coef=0.01,
+    z_loss_coef=0.0,
+    capacity_factor=0.0,
+    tie_embeddings=True,
+    norm_eps=1e-5,
+    init_std=0.02,
+    seed=0,
 )
 
 
@@ -65,7 +92,11 @@ class RMSNorm(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, d, hidden):
         super().__init__()
-        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(d, hidden, bias=False), nn.Linear(d, hidden, bias=False), nn.Linear(hidden, d, bias=False)
+        self.gate_proj, self.up_proj, self.down_proj = (
+            nn.Linear(d, hidden, bias=False),
+            nn.Linear(d, hidden, bias=False),
+            nn.Linear(hidden, d, bias=False),
+        )
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -101,7 +132,12 @@ class BlackHoleRoPE(nn.Module):
         c, dev = self.cfg, self.coef.device
         inv = 1.0 / c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.int64, device=dev).float() / c.head_dim)
         pos = torch.arange(c.max_seq_len, dtype=torch.float32, device=dev)
-        basis = torch.sin(math.pi * (torch.arange(c.rope_fourier_terms, device=dev, dtype=torch.float64) + 1) * pos[:, None].double() / c.max_seq_len).float()
+        basis = torch.sin(
+            math.pi
+            * (torch.arange(c.rope_fourier_terms, device=dev, dtype=torch.float64) + 1)
+            * pos[:, None].double()
+            / c.max_seq_len
+        ).float()
         return (pos[:, None] * inv[None, :] + basis @ self.coef.T)[:t]
 
     def rotate(self, x, ang):  # x [B, T, H, hd], rotate-half layout
@@ -136,15 +172,18 @@ class MetricAttention(nn.Module):
         q = self.rope.rotate(self.q_proj(x).view(b, t, h, hd), ang)
         k = self.rope.rotate(self.k_proj(x).view(b, t, self.n_kv, hd), ang)
         v = self.rope.gate(self.v_proj(x)).view(b, t, self.n_kv, hd)
-        w = F.softplus(self.metric_w)                                          # [H, hd]
-        kr, vr = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)      # [B, T, H, hd]
-        dist = ((q * q * w).sum(-1).transpose(1, 2)[..., :, None] - 2 * torch.einsum("bihc,bjhc->bhij", q * w, kr)
-                + (kr * kr * w).sum(-1).transpose(1, 2)[..., None, :])         # [B, H, T, T]
+        w = F.softplus(self.metric_w)  # [H, hd]
+        kr, vr = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)  # [B, T, H, hd]
+        dist = (
+            (q * q * w).sum(-1).transpose(1, 2)[..., :, None]
+            - 2 * torch.einsum("bihc,bjhc->bhij", q * w, kr)
+            + (kr * kr * w).sum(-1).transpose(1, 2)[..., None, :]
+        )  # [B, H, T, T]
         s = -self.alpha[None, :, None, None] * dist
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         if c.ball_pruning:
-            r = torch.sqrt((w * (kr - self.ball_origin) ** 2).sum(-1) + 1e-6) - self.ball_radius   # [B, T, H]
-            kb = (-c.ball_beta * F.relu(r)).transpose(1, 2)[:, :, None, :]    # [B, H, 1, T]
+            r = torch.sqrt((w * (kr - self.ball_origin) ** 2).sum(-1) + 1e-6) - self.ball_radius  # [B, T, H]
+            kb = (-c.ball_beta * F.relu(r)).transpose(1, 2)[:, :, None, :]  # [B, H, 1, T]
             if state["training"]:
                 s = s + kb
             else:  # hard mask: keys outside the ball, except a query's own key
@@ -152,17 +191,19 @@ class MetricAttention(nn.Module):
         p = torch.softmax(s.masked_fill(~causal, float("-inf")), -1)
         o = torch.einsum("bhij,bjhc->bihc", p, vr).reshape(b, t, h * hd)
         if state["training"] and state["triples"] is not None and c.ti_lambda:
-            state["losses"].append(ti_loss(k.reshape(b * t, self.n_kv, hd), w, state["triples"], c.ti_lambda * state["ti_weight"]))
+            state["losses"].append(
+                ti_loss(k.reshape(b * t, self.n_kv, hd), w, state["triples"], c.ti_lambda * state["ti_weight"])
+            )
         return self.o_proj(o)
 
 
 def ti_loss(k, w, triples, lam):
     """λ · mean over triples × heads of relu(2·max(D) - ΣD), D the weighted squared distances."""
     rep = w.shape[0] // k.shape[1]
-    kr = k.repeat_interleave(rep, 1)                                           # [N, H, hd]
+    kr = k.repeat_interleave(rep, 1)  # [N, H, hd]
     a, b, c = kr[triples[:, 0]], kr[triples[:, 1]], kr[triples[:, 2]]
     d = lambda x, y: ((x - y) ** 2 * w).sum(-1)  # noqa: E731
-    sides = torch.stack([d(a, b), d(b, c), d(a, c)])                           # [3, n, H]
+    sides = torch.stack([d(a, b), d(b, c), d(a, c)])  # [3, n, H]
     return lam * F.relu(2 * sides.max(0).values - sides.sum(0)).mean()
 
 
@@ -180,7 +221,7 @@ def route(x, router, k, tau, capacity_factor, state, coef, z_coef):
         for j in range(k):
             onehot = F.one_hot(topi[:, j], e)
             seat = (onehot.cumsum(0) + used) * onehot
-            keep[:, j] = (seat.sum(-1) <= cap)
+            keep[:, j] = seat.sum(-1) <= cap
             used = used + (onehot * keep[:, j : j + 1]).sum(0)
     dense = torch.zeros(n, e, dtype=x.dtype, device=x.device).scatter_add(1, topi, gates * keep)
     if coef:
@@ -201,17 +242,34 @@ class MoABlock(nn.Module):
         self.mixer = nn.Module()
         self.mixer.router = nn.Linear(d, len(cfg.paths), bias=False)
         for p in cfg.paths:
-            mod = {"conv": lambda: LocalConv(d, cfg.conv_kernel), "mha": lambda: MetricAttention(cfg, cfg.n_heads),
-                   "mqa": lambda: MetricAttention(cfg, 1), "mix": lambda: ChannelMix(d, cfg.mix_hidden)}[p]()
+            mod = {
+                "conv": lambda: LocalConv(d, cfg.conv_kernel),
+                "mha": lambda: MetricAttention(cfg, cfg.n_heads),
+                "mqa": lambda: MetricAttention(cfg, 1),
+                "mix": lambda: ChannelMix(d, cfg.mix_hidden),
+            }[p]()
             setattr(self.mixer, p, mod)
         self.ffn = nn.Module()
         self.ffn.router = nn.Linear(d, 3, bias=False)
-        self.ffn.swiglu, self.ffn.conv, self.ffn.bottleneck = SwiGLU(d, cfg.ffn_hidden), LocalConv(d, cfg.conv_kernel), SwiGLU(d, cfg.ffn_rank)
+        self.ffn.swiglu, self.ffn.conv, self.ffn.bottleneck = (
+            SwiGLU(d, cfg.ffn_hidden),
+            LocalConv(d, cfg.conv_kernel),
+            SwiGLU(d, cfg.ffn_rank),
+        )
 
     def mixture(self, h, router, mods, k, state):
         c = self.cfg
         b, t, d = h.shape
-        gates, counts = route(h.reshape(b * t, d), router, k, c.router_temperature, c.capacity_factor, state, c.aux_loss_coef, c.z_loss_coef)
+        gates, counts = route(
+            h.reshape(b * t, d),
+            router,
+            k,
+            c.router_temperature,
+            c.capacity_factor,
+            state,
+            c.aux_loss_coef,
+            c.z_loss_coef,
+        )
         out = 0
         for e, m in enumerate(mods):
             if counts[e] > 0:  # as sos_rs: a path no token chose is not run (no regulariser either)
@@ -265,8 +323,12 @@ class SosMoAForCausalLM(PreTrainedModel):
         (already shifted, as sos_rs's `loss(ids, targets)`) plus the auxiliary losses."""
         c = self.config
         n_attn = c.n_layers * sum(p in ("mha", "mqa") for p in c.paths)
-        state = {"training": self.training, "triples": None if triples is None else torch.as_tensor(triples, dtype=torch.long),
-                 "losses": [], "ti_weight": 1.0 / max(n_attn, 1)}
+        state = {
+            "training": self.training,
+            "triples": None if triples is None else torch.as_tensor(triples, dtype=torch.long),
+            "losses": [],
+            "ti_weight": 1.0 / max(n_attn, 1),
+        }
         x = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
             x = layer(x, state)

@@ -38,14 +38,21 @@ def write_remote_code(model, out: pathlib.Path, extra_config: Optional[dict] = N
 
     model_type = model.hf_model_type
     if model_type not in HF_CLASSES:
-        raise ExportError(f"export_pretrained: no Hugging Face reference for {type(model).__name__} (families: {sorted(HF_CLASSES)})")
+        raise ExportError(
+            f"export_pretrained: no Hugging Face reference for {type(model).__name__} (families: {sorted(HF_CLASSES)})"
+        )
     out.mkdir(parents=True, exist_ok=True)
     tensors = {name: np.ascontiguousarray(arr, dtype=np.float32) for name, arr in model.state_dict().items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg_cls, model_cls = HF_CLASSES[model_type]
     config = dict(model.config.to_dict())
-    config.update(model_type=model_type, architectures=[model_cls], torch_dtype="float32", tie_word_embeddings=model.config.tie_embeddings,
-                  auto_map={"AutoConfig": f"modeling_sos_moa.{cfg_cls}", "AutoModelForCausalLM": f"modeling_sos_moa.{model_cls}"})
+    config.update(
+        model_type=model_type,
+        architectures=[model_cls],
+        torch_dtype="float32",
+        tie_word_embeddings=model.config.tie_embeddings,
+        auto_map={"AutoConfig": f"modeling_sos_moa.{cfg_cls}", "AutoModelForCausalLM": f"modeling_sos_moa.{model_cls}"},
+    )
     config.update(extra_config or {})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     shutil.copyfile(MODELING, out / MODELING.name)
@@ -61,7 +68,9 @@ def load_pretrained(path: Union[str, pathlib.Path]):
 
     config = json.loads((path / "config.json").read_text())
     if config.get("model_type") not in HF_CLASSES:
-        raise ValueError(f"load_pretrained: unknown model_type {config.get('model_type')!r} (known: {sorted(HF_CLASSES)})")
+        raise ValueError(
+            f"load_pretrained: unknown model_type {config.get('model_type')!r} (known: {sorted(HF_CLASSES)})"
+        )
     model_cls = family_for_model_type(config["model_type"])
     model = model_cls(model_cls.config_class.from_dict(config))
     model.load_state_dict(load_file(str(path / "model.safetensors")))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Type
 
 import numpy as np
 
@@ -51,7 +51,11 @@ class MemoryEstimate:
         return self.weights_and_optimizer + self.activations
 
     def as_dict(self) -> Dict[str, int]:
-        return {"weights_and_optimizer": self.weights_and_optimizer, "activations": self.activations, "total": self.total}
+        return {
+            "weights_and_optimizer": self.weights_and_optimizer,
+            "activations": self.activations,
+            "total": self.total,
+        }
 
 
 class ExportError(ValueError):
@@ -62,7 +66,8 @@ class LanguageModel(Module):
     """Base class of every model family: token ids [B, T] -> logits [B, T, vocab]."""
 
     family: ClassVar[str]
-    config_class: ClassVar[type]
+    config_class: ClassVar[Type[Any]]
+    config: Any
     hf_model_type: ClassVar[Optional[str]] = None
     """`model_type` in the config.json of this family's Hugging Face export."""
 

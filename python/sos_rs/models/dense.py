@@ -72,9 +72,13 @@ class DecoderLayer(Module):
         super().__init__()
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.self_attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.rope_theta, rng, cfg.init_std, out_std)
+        # __post_init__ has resolved the None defaults of n_kv_heads and ffn_hidden.
+        kv_heads, ffn = cfg.n_kv_heads or cfg.n_heads, cfg.ffn_hidden or 0
+        self.self_attn = CausalSelfAttention(
+            cfg.d_model, cfg.n_heads, kv_heads, cfg.rope_theta, rng, cfg.init_std, out_std
+        )
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLUMLP(cfg.d_model, cfg.ffn_hidden, rng, cfg.init_std, out_std)
+        self.mlp = SwiGLUMLP(cfg.d_model, ffn, rng, cfg.init_std, out_std)
 
     def __call__(self, x: Tensor, cache=None) -> Tensor:
         x = F.add(x, self.self_attn(self.input_layernorm(x), cache))
@@ -93,6 +97,7 @@ class DenseLM(LanguageModel):
     """Token ids [B, T] -> logits [B, T, vocab]."""
 
     family = "dense"
+    config: DenseConfig
     config_class = DenseConfig
     hf_model_type = "llama"
 
@@ -107,17 +112,18 @@ class DenseLM(LanguageModel):
         """ids [B, T] -> logits [B, T, V]. With `cache` (from `new_cache`), ids continue the
         cached sequence (sampling; run under `no_grad`)."""
         ids = self.check_ids(ids, 0 if cache is None else cache[0].length)
-        x = self.model.embed_tokens(ids)                                 # [B, T, D]
+        x = self.model.embed_tokens(ids)  # [B, T, D]
         for i, layer in enumerate(self.model.layers):
             x = layer(x, None if cache is None else cache[i])
         x = self.model.norm(x)
         head = self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
-        return F.linear(x, head)                                         # [B, T, V]
+        return F.linear(x, head)  # [B, T, V]
 
     def new_cache(self, batch: int) -> list:
         """One empty KV cache per layer, for up to max_seq_len positions."""
         c = self.config
-        return [LayerKVCache(batch, c.max_seq_len, c.n_kv_heads, c.d_model // c.n_heads) for _ in range(c.n_layers)]
+        kv_heads = c.n_kv_heads or c.n_heads
+        return [LayerKVCache(batch, c.max_seq_len, kv_heads, c.d_model // c.n_heads) for _ in range(c.n_layers)]
 
     def estimate_memory(self, batch: int, seq: int) -> MemoryEstimate:
         """Activation count per layer: residual, 2 norms, q/k/v/o, rope'd q/k, attention out+lse,
@@ -125,7 +131,8 @@ class DenseLM(LanguageModel):
         gradient (2 × vocab per token, and one more for the fused loss's gradient)."""
         c = self.config
         tokens = batch * seq
-        acts = tokens * (c.n_layers * (12 * c.d_model + 3 * c.ffn_hidden) + 3 * c.vocab_size) * BYTES_F32
+        ffn = c.ffn_hidden or 0  # resolved in __post_init__
+        acts = tokens * (c.n_layers * (12 * c.d_model + 3 * ffn) + 3 * c.vocab_size) * BYTES_F32
         return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:

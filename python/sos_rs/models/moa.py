@@ -99,12 +99,25 @@ class MoAConfig:
         self.mix_hidden = self.mix_hidden or 2 * self.d_model
         self.ffn_hidden = self.ffn_hidden or 3 * self.d_model
         problems = []
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "head_dim", "conv_kernel", "ffn_rank"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "max_seq_len",
+            "head_dim",
+            "conv_kernel",
+            "ffn_rank",
+        ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
         if self.head_dim % 2:
             problems.append(f"head_dim {self.head_dim} must be even for RoPE")
-        if not self.paths or any(p not in MIXER_PATHS for p in self.paths) or self.paths != [p for p in MIXER_PATHS if p in self.paths]:
+        if (
+            not self.paths
+            or any(p not in MIXER_PATHS for p in self.paths)
+            or self.paths != [p for p in MIXER_PATHS if p in self.paths]
+        ):
             problems.append(f"paths {self.paths} must be a non-empty ordered subset of {MIXER_PATHS}")
         if not 1 <= self.router_top_k <= len(self.paths):
             problems.append(f"router_top_k={self.router_top_k} must be in 1..{len(self.paths)}")
@@ -126,7 +139,16 @@ class MoAConfig:
     @classmethod
     def tiny(cls, **over) -> "MoAConfig":
         """A few-second test model."""
-        base = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_seq_len=64, ffn_rank=8, ball_pruning=True, ball_radius_init=0.6)
+        base = dict(
+            vocab_size=256,
+            d_model=64,
+            n_layers=2,
+            n_heads=4,
+            max_seq_len=64,
+            ffn_rank=8,
+            ball_pruning=True,
+            ball_radius_init=0.6,
+        )
         return cls(**{**base, **over})
 
 
@@ -143,7 +165,8 @@ class MoALM(LanguageModel):
     uses the soft ball penalty; eval mode uses the hard ball mask and adds no regulariser."""
 
     family = "moa"
-    config_class = MoAConfig
+    config: MoAConfig
+    config_class: ClassVar[type] = MoAConfig
     hf_model_type = MoAConfig.model_type
 
     def __init__(self, cfg: MoAConfig):
@@ -175,13 +198,18 @@ class MoALM(LanguageModel):
         ids = self.check_ids(ids)
         if self.training and cfg.ti_lambda and triples is None:
             triples = self.sample_triples(ids.size)
-        aux = Aux(triples=triples, training=self.training, ti_lambda=cfg.ti_lambda, ti_weight=1.0 / max(self._attention_modules(), 1))
-        x = self.model.embed_tokens(ids)                                      # [B, T, D]
+        aux = Aux(
+            triples=triples,
+            training=self.training,
+            ti_lambda=cfg.ti_lambda,
+            ti_weight=1.0 / max(self._attention_modules(), 1),
+        )
+        x = self.model.embed_tokens(ids)  # [B, T, D]
         for i, layer in enumerate(self.model.layers):
             x = layer(x, aux, f"layers.{i}")
         h = self.model.head(x)
         head = self.model.embed_tokens.weight if cfg.tie_embeddings else self.lm_head.weight
-        return F.linear(h, head), aux                                         # [B, T, V]
+        return F.linear(h, head), aux  # [B, T, V]
 
     def forward(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
         """ids [B, T] -> logits [B, T, V]; the family has no KV cache (`new_cache` is None)."""
@@ -234,13 +262,15 @@ class MoALM(LanguageModel):
         adapter and logits with their gradient (3 × vocab per token)."""
         c = self.config
         tokens = batch * seq
-        attn = 10 * c.n_heads * c.head_dim + 2 * c.d_model      # per token, per attention path
-        path_cost = {"conv": 3 * c.d_model, "mha": attn, "mqa": attn, "mix": 3 * c.mix_hidden + 2 * c.d_model}
+        hd, mix, ffn_hidden = c.head_dim or 0, c.mix_hidden or 0, c.ffn_hidden or 0  # resolved in __post_init__
+        attn = 10 * c.n_heads * hd + 2 * c.d_model  # per token, per attention path
+        path_cost = {"conv": 3 * c.d_model, "mha": attn, "mqa": attn, "mix": 3 * mix + 2 * c.d_model}
         share = c.router_top_k / len(c.paths)
         mixer = sum(path_cost[p] for p in c.paths if p in ("mha", "mqa")) + share * sum(
-            path_cost[p] for p in c.paths if p not in ("mha", "mqa"))
+            path_cost[p] for p in c.paths if p not in ("mha", "mqa")
+        )
         ffn_share = c.ffn_top_k / len(FFN_BRANCHES)
-        ffn = ffn_share * (4 * c.ffn_hidden + 3 * c.d_model + 3 * c.d_model + 4 * c.ffn_rank + 3 * c.d_model)
+        ffn = ffn_share * (4 * ffn_hidden + 3 * c.d_model + 3 * c.d_model + 4 * c.ffn_rank + 3 * c.d_model)
         per_layer = 8 * c.d_model + mixer + ffn + 2 * c.d_model * (c.router_top_k + c.ffn_top_k)
         head = 6 * c.d_model + 4 * c.ffn_rank + 3 * c.vocab_size
         acts = int(tokens * (c.n_layers * per_layer + head)) * BYTES_F32

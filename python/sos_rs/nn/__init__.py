@@ -4,4 +4,15 @@ from .layers import Embedding, LayerNorm, Linear, RMSNorm
 from .module import Module, ModuleList, Parameter
 from .transformer import CausalSelfAttention, LayerKVCache, SwiGLUMLP
 
-__all__ = ["CausalSelfAttention", "Embedding", "LayerKVCache", "LayerNorm", "Linear", "Module", "ModuleList", "Parameter", "RMSNorm", "SwiGLUMLP"]
+__all__ = [
+    "CausalSelfAttention",
+    "Embedding",
+    "LayerKVCache",
+    "LayerNorm",
+    "Linear",
+    "Module",
+    "ModuleList",
+    "Parameter",
+    "RMSNorm",
+    "SwiGLUMLP",
+]

@@ -34,7 +34,9 @@ class BlackHoleRoPE(Module):
       angle[t, f] = t·θ^(-2f/hd) + Σ_m coef[f, m]·sin(π (m+1) t / L)     (coef = 0 at init: RoPE)
       v ← v ⊙ (gate_min + (gate_max - gate_min)·sigmoid(v_gate))         (per channel, 1 at init)"""
 
-    def __init__(self, head_dim: int, kv_dim: int, max_seq_len: int, theta: float, n_terms: int, gate_min: float, gate_max: float):
+    def __init__(
+        self, head_dim: int, kv_dim: int, max_seq_len: int, theta: float, n_terms: int, gate_min: float, gate_max: float
+    ):
         super().__init__()
         self.gate_min, self.gate_max = gate_min, gate_max
         self.coef = Parameter(np.zeros((head_dim // 2, n_terms)), no_decay=True)
@@ -56,9 +58,24 @@ class MetricAttention(Module):
     score = -α_h Σ_c softplus(metric_w)_hc (q_c - k_c)² [- β relu(‖k - o_h‖ - r_h) with ball pruning].
     α init `alpha_init`; metric_w init 0 (w = ln 2)."""
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, max_seq_len: int, rng: np.random.Generator, std: float,
-                 out_std: float, alpha_init: float = 1.5, rope_theta: float = 10000.0, rope_terms: int = 16, v_gate_range=(0.5, 2.0),
-                 ball_pruning: bool = False, ball_beta: float = 1.0, ball_radius_init: float = 2.0):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        max_seq_len: int,
+        rng: np.random.Generator,
+        std: float,
+        out_std: float,
+        alpha_init: float = 1.5,
+        rope_theta: float = 10000.0,
+        rope_terms: int = 16,
+        v_gate_range=(0.5, 2.0),
+        ball_pruning: bool = False,
+        ball_beta: float = 1.0,
+        ball_radius_init: float = 2.0,
+    ):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.ball_beta = ball_beta
@@ -78,11 +95,11 @@ class MetricAttention(Module):
         """h [B, T, D] (hf: the same as [N, D]); rows: query positions b·T + t -> [M, D]"""
         b, t, _ = h.shape
         hkv, hq, hd, m = self.n_kv_heads, self.n_heads, self.head_dim, len(rows)
-        ang = self.rope.angles()                                              # [L, hd/2]
+        ang = self.rope.angles()  # [L, hd/2]
         k = F.reshape(self.k_proj(hf), [b, t, hkv, hd])
         k = F.rope_angles(k, ang, np.tile(np.arange(t), b))
         v = F.reshape(self.rope.gate_v(self.v_proj(hf)), [b, t, hkv, hd])
-        q = F.reshape(self.q_proj(F.gather_rows(hf, rows)), [m, hq, hd])      # [M, H, hd]
+        q = F.reshape(self.q_proj(F.gather_rows(hf, rows)), [m, hq, hd])  # [M, H, hd]
         q = F.rope_angles(q, ang, rows % t)
         w = F.softplus(self.metric_w)
         kb = F.ball_penalty(k, self.ball_origin, self.ball_radius, w, self.ball_beta) if self.ball else None
@@ -92,4 +109,4 @@ class MetricAttention(Module):
             aux.add("ti", ti)
             aux.ti_violations += viol
             aux.ti_checks += len(aux.triples) * hq
-        return self.o_proj(F.reshape(o, [m, hq * hd]))                        # [M, D]
+        return self.o_proj(F.reshape(o, [m, hq * hd]))  # [M, D]

@@ -35,7 +35,7 @@ class LocalConv(Module):
         self.weight = Parameter(rng.normal(0.0, 1.0 / math.sqrt(kernel), (d_model, kernel)))
 
     def __call__(self, h: Tensor, hf: Tensor, rows: np.ndarray) -> Tensor:
-        return F.dwconv(h, self.weight, rows)                                # [M, D]
+        return F.dwconv(h, self.weight, rows)  # [M, D]
 
 
 class ChannelMix(Module):
@@ -69,14 +69,22 @@ class MoAMixer(Module):
         self.cfg = cfg
         self.router = Router(cfg.d_model, len(cfg.paths), cfg.router_top_k, cfg.router_temperature, rng, cfg.init_std)
         hd, std, out = cfg.head_dim, cfg.init_std, _out_std(cfg)
-        attn = dict(alpha_init=cfg.alpha_init, rope_theta=cfg.rope_theta, rope_terms=cfg.rope_fourier_terms,
-                    v_gate_range=(cfg.v_gate_min, cfg.v_gate_max), ball_pruning=cfg.ball_pruning, ball_beta=cfg.ball_beta,
-                    ball_radius_init=cfg.ball_radius_init)
+        attn = dict(
+            alpha_init=cfg.alpha_init,
+            rope_theta=cfg.rope_theta,
+            rope_terms=cfg.rope_fourier_terms,
+            v_gate_range=(cfg.v_gate_min, cfg.v_gate_max),
+            ball_pruning=cfg.ball_pruning,
+            ball_beta=cfg.ball_beta,
+            ball_radius_init=cfg.ball_radius_init,
+        )
         for name in cfg.paths:
             if name == "conv":
                 self.conv = LocalConv(cfg.d_model, cfg.conv_kernel, rng)
             elif name == "mha":
-                self.mha = MetricAttention(cfg.d_model, cfg.n_heads, cfg.n_heads, hd, cfg.max_seq_len, rng, std, out, **attn)
+                self.mha = MetricAttention(
+                    cfg.d_model, cfg.n_heads, cfg.n_heads, hd, cfg.max_seq_len, rng, std, out, **attn
+                )
             elif name == "mqa":
                 self.mqa = MetricAttention(cfg.d_model, cfg.n_heads, 1, hd, cfg.max_seq_len, rng, std, out, **attn)
             elif name == "mix":
@@ -91,7 +99,17 @@ class MoAMixer(Module):
                 paths.append(lambda h, hf, rows, mod=mod: mod(h, hf, rows, aux))
             else:
                 paths.append(mod)
-        return routed_mixture(name, h, self.router, paths, sizes, aux, self.cfg.aux_loss_coef, self.cfg.z_loss_coef, self.cfg.capacity_factor)
+        return routed_mixture(
+            name,
+            h,
+            self.router,
+            paths,
+            sizes,
+            aux,
+            self.cfg.aux_loss_coef,
+            self.cfg.z_loss_coef,
+            self.cfg.capacity_factor,
+        )
 
 
 class HyperFFN(Module):
@@ -108,8 +126,17 @@ class HyperFFN(Module):
     def __call__(self, h: Tensor, aux: Aux, name: str) -> Tensor:
         mods = (self.swiglu, self.conv, self.bottleneck)
         paths = (self.swiglu.routed, self.conv, self.bottleneck.routed)
-        return routed_mixture(name, h, self.router, paths, [m.num_parameters() for m in mods], aux,
-                              self.cfg.aux_loss_coef, self.cfg.z_loss_coef, self.cfg.capacity_factor)
+        return routed_mixture(
+            name,
+            h,
+            self.router,
+            paths,
+            [m.num_parameters() for m in mods],
+            aux,
+            self.cfg.aux_loss_coef,
+            self.cfg.z_loss_coef,
+            self.cfg.capacity_factor,
+        )
 
 
 class MoABlock(Module):

@@ -25,6 +25,9 @@ class Parameter(Tensor):
 class Module:
     """Registers Parameter and Module attributes in assignment order."""
 
+    _params: Dict[str, Parameter]
+    _modules: Dict[str, "Module"]
+
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})
         object.__setattr__(self, "_modules", {})
@@ -74,7 +77,9 @@ class Module:
                 continue
             arr = np.asarray(state[name])
             if tuple(arr.shape) != tuple(p.shape):
-                raise ShapeError(f"load_state_dict: {name} has shape {tuple(arr.shape)}, the model expects {tuple(p.shape)}")
+                raise ShapeError(
+                    f"load_state_dict: {name} has shape {tuple(arr.shape)}, the model expects {tuple(p.shape)}"
+                )
             p.data.copy_(_core.Tensor(np.ascontiguousarray(arr, dtype=np.float32)))
 
 

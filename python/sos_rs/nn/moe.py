@@ -24,10 +24,10 @@ class RouteRecord:
     """One router decision of one forward pass."""
 
     name: str
-    counts: List[int]            # tokens kept per path/expert
-    dropped: int                 # assignments over capacity
-    path_params: List[int]       # parameters of each path/expert
-    fractions: List[float]       # share of routing choices per path (before capacity)
+    counts: List[int]  # tokens kept per path/expert
+    dropped: int  # assignments over capacity
+    path_params: List[int]  # parameters of each path/expert
+    fractions: List[float]  # share of routing choices per path (before capacity)
 
 
 @dataclass
@@ -37,8 +37,8 @@ class Aux:
 
     triples: Optional[np.ndarray] = None
     training: bool = True
-    ti_lambda: float = 0.0       # λ of the triangle-inequality regulariser
-    ti_weight: float = 1.0       # 1 / (attention modules), so λ does not grow with depth
+    ti_lambda: float = 0.0  # λ of the triangle-inequality regulariser
+    ti_weight: float = 1.0  # 1 / (attention modules), so λ does not grow with depth
     losses: List[Tensor] = field(default_factory=list)
     routes: List[RouteRecord] = field(default_factory=list)
     ti_violations: int = 0
@@ -74,8 +74,17 @@ class Router(Module):
         return gates, idx, probs, logits
 
 
-def routed_mixture(name: str, h: Tensor, router: Router, paths: Sequence[Path], path_params: Sequence[int], aux: Aux,
-                   aux_coef: float, z_coef: float, capacity_factor: float = 0.0) -> Tensor:
+def routed_mixture(
+    name: str,
+    h: Tensor,
+    router: Router,
+    paths: Sequence[Path],
+    path_params: Sequence[int],
+    aux: Aux,
+    aux_coef: float,
+    z_coef: float,
+    capacity_factor: float = 0.0,
+) -> Tensor:
     """Σ_j gate_j · path_{e_j}(h) per token over its top-k paths. Each path runs only on the rows
     routed to it; a path no token chose is not run. h: [B, T, D] -> [B, T, D]"""
     b, t, d = h.shape
@@ -91,7 +100,9 @@ def routed_mixture(name: str, h: Tensor, router: Router, paths: Sequence[Path], 
         rows = plan.rows(e)
         outs.append(path(h, hf, rows) if len(rows) else Tensor(_core.Tensor.zeros([0, d])))
     y = F.combine(F.concat_rows(outs), gates, plan)
-    aux.routes.append(RouteRecord(name, list(plan.counts), plan.dropped, list(path_params), list(F.expert_fractions(idx, len(paths)))))
+    aux.routes.append(
+        RouteRecord(name, list(plan.counts), plan.dropped, list(path_params), list(F.expert_fractions(idx, len(paths))))
+    )
     return F.reshape(y, [b, t, d])
 
 
@@ -101,9 +112,20 @@ class MoELayer(Module):
     scattered back weighted by the gates. Capacity ceil(capacity_factor·N·k/E) per expert
     (<= 0: unlimited); assignments over it are dropped and the token passes via the residual."""
 
-    def __init__(self, d_model: int, hidden: int, n_experts: int, k: int, rng: np.random.Generator, temperature: float = 1.0,
-                 capacity_factor: float = 1.25, std: float = 0.02, out_std: Optional[float] = None,
-                 aux_coef: float = 0.01, z_coef: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        hidden: int,
+        n_experts: int,
+        k: int,
+        rng: np.random.Generator,
+        temperature: float = 1.0,
+        capacity_factor: float = 1.25,
+        std: float = 0.02,
+        out_std: Optional[float] = None,
+        aux_coef: float = 0.01,
+        z_coef: float = 0.0,
+    ):
         super().__init__()
         self.capacity_factor, self.aux_coef, self.z_coef = capacity_factor, aux_coef, z_coef
         self.router = Router(d_model, n_experts, k, temperature, rng, std)
@@ -116,7 +138,7 @@ class MoELayer(Module):
     def __call__(self, x: Tensor, aux: Optional[Aux] = None) -> Tensor:
         """x [..., D] -> [..., D]"""
         shape = list(x.shape)
-        xf = F.reshape(x, [int(np.prod(shape[:-1])), shape[-1]])              # [N, D]
+        xf = F.reshape(x, [int(np.prod(shape[:-1])), shape[-1]])  # [N, D]
         gates, idx, probs, logits = self.router(xf)
         plan = F.moe_plan(idx, self.router.n_experts, self.capacity_factor)
         if aux is not None:
@@ -124,8 +146,15 @@ class MoELayer(Module):
                 aux.add("moe.load_balance", F.scale(F.load_balance_loss(probs, idx), self.aux_coef))
             if self.z_coef:
                 aux.add("moe.z_loss", F.scale(F.router_z_loss(logits), self.z_coef))
-            aux.routes.append(RouteRecord("moe", list(plan.counts), plan.dropped, [self.expert_params] * self.router.n_experts,
-                                          list(F.expert_fractions(idx, self.router.n_experts))))
+            aux.routes.append(
+                RouteRecord(
+                    "moe",
+                    list(plan.counts),
+                    plan.dropped,
+                    [self.expert_params] * self.router.n_experts,
+                    list(F.expert_fractions(idx, self.router.n_experts)),
+                )
+            )
         ys = F.experts_swiglu(F.dispatch(xf, plan), plan, self.w_gate, self.w_up, self.w_down)
         return F.reshape(F.combine(ys, gates, plan), shape)
 

@@ -18,7 +18,16 @@ from .module import Module
 class CausalSelfAttention(Module):
     """Multi-head (n_kv_heads == n_heads) or grouped-query causal attention with RoPE."""
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, rope_theta: float, rng: np.random.Generator, std: float, out_std: float):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int,
+        rope_theta: float,
+        rng: np.random.Generator,
+        std: float,
+        out_std: float,
+    ):
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
@@ -33,16 +42,16 @@ class CausalSelfAttention(Module):
         their keys and values are appended and each attends to everything before it."""
         b, t, _ = x.shape
         hd = self.head_dim
-        q = F.reshape(self.q_proj(x), [b, t, self.n_heads, hd])        # [B, T, H, hd]
-        k = F.reshape(self.k_proj(x), [b, t, self.n_kv_heads, hd])     # [B, T, Hkv, hd]
+        q = F.reshape(self.q_proj(x), [b, t, self.n_heads, hd])  # [B, T, H, hd]
+        k = F.reshape(self.k_proj(x), [b, t, self.n_kv_heads, hd])  # [B, T, Hkv, hd]
         v = F.reshape(self.v_proj(x), [b, t, self.n_kv_heads, hd])
         positions = None if cache is None else np.arange(cache.length, cache.length + t)
         q = F.rope(q, self.rope_theta, positions)
         k = F.rope(k, self.rope_theta, positions)
         if cache is None:
-            o = F.causal_attention(q, k, v, 1.0 / math.sqrt(hd))       # [B, T, H, hd]
+            o = F.causal_attention(q, k, v, 1.0 / math.sqrt(hd))  # [B, T, H, hd]
         else:
-            kc, vc = cache.append(k.data, v.data)                      # [B, len+T, Hkv, hd]
+            kc, vc = cache.append(k.data, v.data)  # [B, len+T, Hkv, hd]
             o = Tensor(_core.attention_with_cache(q.data, kc, vc, 1.0 / math.sqrt(hd)))
         return self.o_proj(F.reshape(o, [b, t, self.n_heads * hd]))
 
@@ -61,8 +70,8 @@ class LayerKVCache:
             from ..errors import ShapeError
 
             raise ShapeError(f"KV cache holds {self.k.shape[1]} positions; cannot add {t} to {self.length}")
-        self.k[:, self.length:self.length + t] = k.numpy()
-        self.v[:, self.length:self.length + t] = v.numpy()
+        self.k[:, self.length : self.length + t] = k.numpy()
+        self.v[:, self.length : self.length + t] = v.numpy()
         self.length += t
         n = self.length
         return _core.Tensor(self.k[:, :n]), _core.Tensor(self.v[:, :n])

@@ -47,7 +47,9 @@ def _sha256(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
-def save(root: pathlib.Path, step: int, model: Dict[str, np.ndarray], optimizer: Dict[str, np.ndarray], state: dict) -> pathlib.Path:
+def save(
+    root: pathlib.Path, step: int, model: Dict[str, np.ndarray], optimizer: Dict[str, np.ndarray], state: dict
+) -> pathlib.Path:
     """Writes root/step-XXXXXXXX atomically and returns its path. On any failure (a full disk,
     say) the temporary folder is removed, earlier checkpoints are untouched, and CheckpointError
     says what happened."""
@@ -76,7 +78,9 @@ def save(root: pathlib.Path, step: int, model: Dict[str, np.ndarray], optimizer:
         _fsync_dir(root)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint {final}: {e.strerror or e} — earlier checkpoints are intact") from e
+        raise CheckpointError(
+            f"could not write checkpoint {final}: {e.strerror or e} — earlier checkpoints are intact"
+        ) from e
     return final
 
 

@@ -165,7 +165,10 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
         (cfg.optim.lr > 0, "optim.lr must be positive"),
         (cfg.run.steps > 0, "run.steps must be positive"),
-        (cfg.schedule.kind in ("cosine", "linear", "wsd", "constant"), f"schedule.kind {cfg.schedule.kind!r} is not cosine|linear|wsd|constant"),
+        (
+            cfg.schedule.kind in ("cosine", "linear", "wsd", "constant"),
+            f"schedule.kind {cfg.schedule.kind!r} is not cosine|linear|wsd|constant",
+        ),
         (len(cfg.optim.betas) == 2, "optim.betas must be [beta1, beta2]"),
     ]
     for ok, msg in checks:

@@ -20,7 +20,10 @@ class DataSetup:
         self.cfg = cfg
         self.dir = pathlib.Path(cfg.data.dir)
         if not (self.dir / "meta.json").exists():
-            raise DataError(f"{self.dir} holds no prepared corpus (meta.json missing); run `sos prepare INPUTS --out {self.dir}` first")
+            raise DataError(
+                f"{self.dir} holds no prepared corpus (meta.json missing); "
+                f"run `sos prepare INPUTS --out {self.dir}` first"
+            )
         self.meta = read_meta(self.dir)
         self.vocab_size = int(self.meta["vocab_size"])
         self.eot_id = int(self.meta["eot_id"])
@@ -35,7 +38,10 @@ class DataSetup:
         for src in cfg.data.mixture:
             d = pathlib.Path(src["dir"])
             m = read_meta(d)
-            if int(m["vocab_size"]) != self.vocab_size or pathlib.Path(m["tokenizer"]).read_bytes() != self.tokenizer_path.read_bytes():
+            if (
+                int(m["vocab_size"]) != self.vocab_size
+                or pathlib.Path(m["tokenizer"]).read_bytes() != self.tokenizer_path.read_bytes()
+            ):
                 raise DataError(f"mixture source {d} uses a different tokenizer than {self.dir}")
             self.mixture.append(([str(d / p) for p in m["shards"]["train"]], float(src["weight"])))
         self._tok = None
@@ -61,7 +67,9 @@ class DataSetup:
         rest = 1.0 - sum(w for _, w in self.mixture)
         if rest <= 0:
             raise DataError("data.mixture weights must sum to less than 1 (data.dir takes the remainder)")
-        parts = [(belt, rest)] + [(self._belt(p, self.cfg.run.seed + i + 1), w) for i, (p, w) in enumerate(self.mixture)]
+        parts = [(belt, rest)] + [
+            (self._belt(p, self.cfg.run.seed + i + 1), w) for i, (p, w) in enumerate(self.mixture)
+        ]
         return Mixture(parts, seed=self.cfg.run.seed)
 
     def val_belt(self):

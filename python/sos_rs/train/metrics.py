@@ -34,7 +34,8 @@ class MetricsLog:
         elif show:
             print(
                 f"step {record['step']:>6}/{self.total} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
-                f"gnorm {record['grad_norm']:.3f} | {record['tokens_per_s']:.0f} tok/s | {record['ms_per_step']:.0f} ms/step | "
+                f"gnorm {record['grad_norm']:.3f} | {record['tokens_per_s']:.0f} tok/s | "
+                f"{record['ms_per_step']:.0f} ms/step | "
                 f"ETA {format_seconds(record['eta_s'])} | RSS {record['rss_mb']:.0f} MB",
                 flush=True,
             )

@@ -36,4 +36,6 @@ def tokenizer_for(state: dict, folder: pathlib.Path):
     for cand in (folder.parent.parent / "tokenizer.json", pathlib.Path(state.get("tokenizer", ""))):
         if cand.is_file():
             return Tokenizer.from_file(str(cand)), cand
-    raise FileNotFoundError(f"no tokenizer.json found for {folder} (looked in the run folder and {state.get('tokenizer')})")
+    raise FileNotFoundError(
+        f"no tokenizer.json found for {folder} (looked in the run folder and {state.get('tokenizer')})"
+    )

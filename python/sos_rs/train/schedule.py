@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 
-def lr_at(step: int, total: int, lr: float, min_lr: float, kind: str, warmup: int, decay_fraction: float = 0.2) -> float:
+def lr_at(
+    step: int, total: int, lr: float, min_lr: float, kind: str, warmup: int, decay_fraction: float = 0.2
+) -> float:
     """Learning rate for optimizer step `step` (0-based) of `total`."""
     if warmup > 0 and step < warmup:
         return lr * (step + 1) / warmup

@@ -41,10 +41,14 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> dict:
     if given in ("auto", None):
         m["vocab_size"] = vocab_size
     elif int(given) != vocab_size:
-        raise TrainingError(f"vocabulary mismatch: [model] vocab_size = {given} but the tokenizer and shards have {vocab_size}")
+        raise TrainingError(
+            f"vocabulary mismatch: [model] vocab_size = {given} but the tokenizer and shards have {vocab_size}"
+        )
     m.setdefault("max_seq_len", cfg.data.seq_len)
     if m["max_seq_len"] < cfg.data.seq_len:
-        raise TrainingError(f"[model] max_seq_len = {m['max_seq_len']} is shorter than data.seq_len = {cfg.data.seq_len}")
+        raise TrainingError(
+            f"[model] max_seq_len = {m['max_seq_len']} is shorter than data.seq_len = {cfg.data.seq_len}"
+        )
     m.setdefault("seed", cfg.run.seed)
     return m
 
@@ -93,26 +97,36 @@ class Trainer:
         n = self.model.num_parameters()
         est = self.model.estimate_memory(self.cfg.data.batch_size, self.cfg.data.seq_len).as_dict()
         avail = available_bytes()
-        self.log(f"model: {self.family}, {n / 1e6:.2f}M parameters | estimated memory {est['total'] / 2**20:.0f} MiB "
-                 f"(weights+optimizer {est['weights_and_optimizer'] / 2**20:.0f} MiB, activations {est['activations'] / 2**20:.0f} MiB), "
-                 f"available {avail / 2**20:.0f} MiB")
+        self.log(
+            f"model: {self.family}, {n / 1e6:.2f}M parameters | estimated memory {est['total'] / 2**20:.0f} MiB "
+            f"(weights+optimizer {est['weights_and_optimizer'] / 2**20:.0f} MiB, "
+            f"activations {est['activations'] / 2**20:.0f} MiB), "
+            f"available {avail / 2**20:.0f} MiB"
+        )
         if est["total"] > avail:
-            raise TrainingError(f"the run needs about {est['total'] / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is available; "
-                                "reduce data.batch_size, data.seq_len or the model size")
+            raise TrainingError(
+                f"the run needs about {est['total'] / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is available; "
+                "reduce data.batch_size, data.seq_len or the model size"
+            )
 
     def _resume(self, resume: str) -> None:
         root = self.out / "checkpoints"
         if resume in ("none", "no", ""):
             if ckpt.list_steps(root):
-                raise TrainingError(f"{root} already holds checkpoints; use --resume auto to continue or choose another run.out")
+                raise TrainingError(
+                    f"{root} already holds checkpoints; use --resume auto to continue or choose another run.out"
+                )
             return
         folder = ckpt.latest_valid(root, log=self.log) if resume == "auto" else pathlib.Path(resume)
         if folder is None:
             return
         model_arrays, opt_arrays, state = ckpt.load(folder)
         if state.get("model_family") != self.family or state.get("model_config") != self.model_cfg:
-            raise TrainingError(f"{folder} was written for a different model ({state.get('model_family')}, {state.get('model_config')}); "
-                                "the config must match to resume")
+            raise TrainingError(
+                f"{folder} was written for a different model "
+                f"({state.get('model_family')}, {state.get('model_config')}); "
+                "the config must match to resume"
+            )
         self.model.load_state_dict(model_arrays)
         load_optimizer(self.opt, self.names, opt_arrays, state["optimizer_step"])
         self.train_belt.load_state(state["belt"])
@@ -140,7 +154,10 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
             "optimizer_step": self.opt.step_count,
             "belt": self.train_belt.state(),
-            "rng": {"seed": self.cfg.run.seed, "note": "sampling seeds derive from (seed, step); no other RNG is consumed"},
+            "rng": {
+                "seed": self.cfg.run.seed,
+                "note": "sampling seeds derive from (seed, step); no other RNG is consumed",
+            },
             "curriculum": None,
             "val_loss": val_loss,
             "best_val_loss": self.best_val,
@@ -149,7 +166,9 @@ class Trainer:
             "tokenizer": str(self.data.tokenizer_path),
             "eot_id": self.data.eot_id,
         }
-        folder = ckpt.save(self.out / "checkpoints", self.step, self.model.state_dict(), optimizer_arrays(self.opt, self.names), state)
+        folder = ckpt.save(
+            self.out / "checkpoints", self.step, self.model.state_dict(), optimizer_arrays(self.opt, self.names), state
+        )
         ckpt.prune(self.out / "checkpoints", self.cfg.run.keep_last)
         return folder
 
@@ -166,7 +185,9 @@ class Trainer:
         from ..sample import decode, generate
 
         prompt = self.data.encode(self.cfg.run.sample_prompt) if self.cfg.run.sample_prompt else [self.data.eot_id]
-        new = generate(self.model, prompt, tokens, temperature=0.8, top_k=200, seed=self.cfg.run.seed + self.step, stop_id=None)
+        new = generate(
+            self.model, prompt, tokens, temperature=0.8, top_k=200, seed=self.cfg.run.seed + self.step, stop_id=None
+        )
         return self.cfg.run.sample_prompt + decode(self.data.tokenizer, new, self.data.eot_id)
 
     def train(self) -> dict:
@@ -193,9 +214,15 @@ class Trainer:
                     loss = self.model.loss(ids, targets)
                     loss.backward(seed)
                     loss_sum += loss.item()
-                gnorm = optim.clip_grad_norm(params, cfg.optim.grad_clip) if cfg.optim.grad_clip > 0 else optim.grad_norm(params)
+                gnorm = (
+                    optim.clip_grad_norm(params, cfg.optim.grad_clip)
+                    if cfg.optim.grad_clip > 0
+                    else optim.grad_norm(params)
+                )
                 if not math.isfinite(gnorm):
-                    raise TrainingError(f"non-finite gradient norm at step {self.step}; lower optim.lr or check the data")
+                    raise TrainingError(
+                        f"non-finite gradient norm at step {self.step}; lower optim.lr or check the data"
+                    )
                 self.opt.step(lr)
                 self.opt.zero_grad()
                 self.step += 1
@@ -205,9 +232,17 @@ class Trainer:
                 if show:
                     dt = time.perf_counter() - window_t
                     ms = 1000 * dt / max(window_steps, 1)
-                    record = {"step": self.step, "loss": loss_sum / cfg.optim.grad_accum, "lr": lr, "grad_norm": gnorm,
-                              "tokens_per_s": tokens_per_step * window_steps / max(dt, 1e-9), "ms_per_step": ms,
-                              "elapsed_s": elapsed, "eta_s": ms / 1000 * (run.steps - self.step), "rss_mb": rss_bytes() / 2**20}
+                    record = {
+                        "step": self.step,
+                        "loss": loss_sum / cfg.optim.grad_accum,
+                        "lr": lr,
+                        "grad_norm": gnorm,
+                        "tokens_per_s": tokens_per_step * window_steps / max(dt, 1e-9),
+                        "ms_per_step": ms,
+                        "elapsed_s": elapsed,
+                        "eta_s": ms / 1000 * (run.steps - self.step),
+                        "rss_mb": rss_bytes() / 2**20,
+                    }
                     record.update(self.model.step_stats())  # the family's own numbers (routing, regularisers)
                     metrics.step(record, show=True)
                     window_t, window_steps = time.perf_counter(), 0
@@ -236,8 +271,13 @@ class Trainer:
             metrics.info(f"checkpoint {folder}")
             if stop["flag"]:
                 metrics.info(f"interrupted at step {self.step}; resume with --resume auto")
-            result.update(step=self.step, elapsed_s=self.elapsed_before + timer.elapsed(), peak_rss_mb=peak_rss_bytes() / 2**20,
-                          checkpoint=str(folder), interrupted=stop["flag"])
+            result.update(
+                step=self.step,
+                elapsed_s=self.elapsed_before + timer.elapsed(),
+                peak_rss_mb=peak_rss_bytes() / 2**20,
+                checkpoint=str(folder),
+                interrupted=stop["flag"],
+            )
             return result
         finally:
             signal.signal(signal.SIGINT, prev)
