@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The README's test command: creates .venv, builds the extension in release mode, runs every
-# Rust and Python test. Works on a fresh machine with Rust and Python 3.9+.
+# The README's test command: creates .venv, builds the extension in release mode, runs the style
+# checks (scripts/check.sh), then every Rust and Python test. Works on a fresh machine with Rust
+# and Python 3.9+.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -8,8 +9,9 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "maturin>=1.5,<2" "pytest>=7" "safetensors>=0.4"
 echo "== building sos_rs (release)"
-# maturin develop also installs the runtime dependencies listed in pyproject.toml
-VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release -q
+# maturin develop also installs the runtime dependencies and the `dev` extra (ruff, mypy, pytest)
+VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release -q --extras dev
+./scripts/check.sh
 echo "== Rust tests"
 cargo test --release -q
 echo "== Python tests"
