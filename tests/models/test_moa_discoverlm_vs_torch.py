@@ -1,6 +1,6 @@
 """MoA and DiscoverLM against their PyTorch reference (python/sos_rs/hf/modeling_sos_moa.py):
 logits, loss and every parameter gradient in training mode (B=4, T=64, regulariser triples and
-token drops included), from goldens written by scripts/make_golden_sparse.py and live where
+token drops included), from goldens written by scripts/make_golden.py and live where
 torch is installed; the export loads with transformers' trust_remote_code and gives the same
 logits in inference mode (hard ball mask); the export round-trips into sos_rs."""
 
@@ -12,12 +12,13 @@ import pathlib
 import numpy as np
 import pytest
 
-from golden_cases_sparse import CASES, batch, build
 from sos_rs.hf import export_pretrained, load_pretrained
 from sos_rs.models import FAMILIES
+from tests.support.golden_cases import SPARSE_CASES as CASES
+from tests.support.golden_cases import build_sparse as build
+from tests.support.golden_cases import sparse_batch as batch
 
-GOLDEN = pathlib.Path(__file__).parent / "golden"
-HF_DIR = pathlib.Path(__file__).parents[1] / "python" / "sos_rs" / "hf"
+GOLDEN = pathlib.Path(__file__).parents[1] / "golden"
 
 try:
     import torch
@@ -39,13 +40,9 @@ def golden(name: str) -> dict:
 
 
 def live(name: str) -> dict:
-    import sys
+    from scripts.make_golden import run_case
 
-    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "scripts"))
-    from make_golden_sparse import run_torch
-
-    family, cfg = CASES[name]
-    return run_torch(family, cfg, build(name).state_dict(), *batch(cfg))
+    return run_case(name)
 
 
 SOURCES = [pytest.param("golden", id="golden"),

@@ -10,10 +10,11 @@ import pathlib
 import numpy as np
 import pytest
 
-from golden_cases import CASES, OPTIM, STEPS, batch
 from sos_rs import DenseConfig, DenseLM, optim
+from tests.support.golden_cases import DENSE_CASES as CASES
+from tests.support.golden_cases import OPTIM, STEPS
 
-GOLDEN = pathlib.Path(__file__).parent / "golden"
+GOLDEN = pathlib.Path(__file__).parents[1] / "golden"
 
 try:
     import torch  # noqa: F401
@@ -29,13 +30,9 @@ def golden(name: str) -> dict:
 
 
 def live(name: str) -> dict:
-    import sys
+    from scripts.make_golden import run_case
 
-    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "scripts"))
-    from make_golden import run_torch
-
-    ids, targets = batch(CASES[name])
-    return run_torch(CASES[name], ids, targets)
+    return run_case(name)
 
 
 SOURCES = [pytest.param("golden", id="golden"),
