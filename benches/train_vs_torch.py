@@ -50,13 +50,10 @@ def batches(case: dict, steps: int, data_dir):
 
 
 def worker(framework: str, case_name: str, steps: int, warmup: int, threads: int, data_dir) -> dict:
-    import numpy as np
-
     from sos_rs import DenseConfig, DenseLM
 
-    case = dict(CASES[case_name])
-    batch = case.pop("batch")
-    case["batch"] = batch
+    case = CASES[case_name]
+    batch = case["batch"]
     cfg = DenseConfig(**{k: v for k, v in case.items() if k != "batch"}, seed=0)
     data = batches(case, warmup + steps, data_dir)
     model = DenseLM(cfg)
