@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from sos_rs import DenseConfig, DenseLM, optim
-from tests.support.golden_cases import DENSE_CASES as CASES
-from tests.support.golden_cases import OPTIM, STEPS
+from tests.support.golden_cases import DENSE_CASES, OPTIM, STEPS
 
 GOLDEN = pathlib.Path(__file__).parents[1] / "golden"
 
@@ -40,7 +39,7 @@ SOURCES = [pytest.param("golden", id="golden"),
 
 
 @pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(DENSE_CASES))
 def test_dense_matches_torch(name: str, source: str) -> None:
     ref = golden(name) if source == "golden" else live(name)
     cfg = DenseConfig(**json.loads(str(ref["config"])))

@@ -14,9 +14,7 @@ import pytest
 
 from sos_rs.hf import export_pretrained, load_pretrained
 from sos_rs.models import FAMILIES
-from tests.support.golden_cases import SPARSE_CASES as CASES
-from tests.support.golden_cases import build_sparse as build
-from tests.support.golden_cases import sparse_batch as batch
+from tests.support.golden_cases import SPARSE_CASES, build_sparse, sparse_batch
 
 GOLDEN = pathlib.Path(__file__).parents[1] / "golden"
 
@@ -50,7 +48,7 @@ SOURCES = [pytest.param("golden", id="golden"),
 
 
 @pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(SPARSE_CASES))
 def test_family_matches_torch(name: str, source: str) -> None:
     ref = golden(name) if source == "golden" else live(name)
     cfg_cls, model_cls = FAMILIES[str(ref["family"])]
@@ -81,12 +79,12 @@ def test_family_matches_torch(name: str, source: str) -> None:
 
 
 @pytest.mark.skipif(not HAVE_HF, reason="transformers (and torch) not installed")
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(SPARSE_CASES))
 def test_export_loads_with_trust_remote_code(name: str, tmp_path) -> None:
     from transformers import AutoModelForCausalLM
 
-    model = build(name).eval()                                # inference: hard ball mask, no regulariser
-    ids, _, _ = batch(CASES[name][1])
+    model = build_sparse(name).eval()                         # inference: hard ball mask, no regulariser
+    ids, _, _ = sparse_batch(SPARSE_CASES[name][1])
     export_pretrained(model, tmp_path)
     hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), trust_remote_code=True)
     hf.eval()
@@ -98,9 +96,9 @@ def test_export_loads_with_trust_remote_code(name: str, tmp_path) -> None:
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(SPARSE_CASES))
 def test_export_round_trips(name: str, tmp_path) -> None:
-    model = build(name)
+    model = build_sparse(name)
     export_pretrained(model, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "config.json", "modeling_sos_moa.py"}
     config = json.loads((tmp_path / "config.json").read_text())

@@ -1,5 +1,5 @@
-"""The sparse ops against float64 numpy references (tests/support/references_sparse.py): forward values
-and central-difference gradients in float64 (eps 1e-6, rtol 1e-3, atol 1e-5, as gradcheck).
+"""The sparse ops against float64 numpy references (tests/support/references_sparse.py): forward
+values and central-difference gradients in float64 (eps 1e-6, rtol 1e-3, atol 1e-5, as gradcheck).
 Router, dispatch/combine, the expert bank, a whole MoE layer, metric attention (dense, MQA,
 routed rows, soft ball bias, hard pruning), ball penalty, TI loss and the MoA block's small ops."""
 
