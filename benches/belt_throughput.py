@@ -1,8 +1,8 @@
 """Belt throughput from mmap against what a dense training step consumes (issue goal: >= 100x),
 and the belt's share of step time inside a real training loop (SPEC §5: < 1%).
 
-  python benches/belt_throughput.py                  # 50M-token shard, 5 repeats, 2 threads
-  python benches/belt_throughput.py --tokens 10000000 --repeats 3
+  python -m benches.belt_throughput                  # 50M-token shard, 5 repeats, 2 threads
+  python -m benches.belt_throughput --tokens 10000000 --repeats 3
 
 1. A synthetic shard (uint16, vocab 4096, log-normal document lengths, mean ~400 tokens) is
    written with ShardWriter and opened with verification (the CRC pass is timed too).

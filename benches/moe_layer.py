@@ -2,7 +2,7 @@
 PyTorch index-dispatch implementation of the same layer (router softmax/τ, top-k renormalised
 gates, per-expert gather -> SwiGLU -> index_add back), same process, same threads, same weights.
 
-    python benches/moe_layer.py [--d 512] [--hidden 1024] [--tokens 2048] [--k 2] [--experts 8 32] [--runs 7]
+    python -m benches.moe_layer [--d 512] [--hidden 1024] [--tokens 2048] [--k 2] [--experts 8 32] [--runs 7]
 
 Prints the median of --runs timed steps (after 2 warm-ups; the implementations alternate in blocks,
 so both see the same machine load) for each implementation and E, the
@@ -13,12 +13,11 @@ ratio, the E=32/E=8 cost, and the active-parameter fraction. Capacity is unlimit
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 
 import numpy as np
 
 import sos_rs
+from benches.timing import interleaved_medians
 from sos_rs import _core
 from sos_rs.nn.moe import Aux, MoELayer
 
@@ -53,11 +52,6 @@ def torch_layer(d, hidden, e, k, tau, weights):
         return x.grad
 
     return step
-
-
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from timing import interleaved_medians  # noqa: E402
 
 
 def main() -> None:

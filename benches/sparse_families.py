@@ -2,7 +2,7 @@
 sos_rs against their PyTorch reference (python/sos_rs/hf/modeling_sos_moa.py), same process,
 same threads, same weights, same batches and regulariser triples.
 
-    python benches/sparse_families.py [--batch 8] [--seq 64] [--steps 10] [--families moa discoverlm]
+    python -m benches.sparse_families [--batch 8] [--seq 64] [--steps 10] [--families moa discoverlm]
 
 Prints the median step time of --steps timed steps (after 3 warm-ups; the two implementations
 alternate in blocks), tokens/s, the ratio, the
@@ -12,24 +12,13 @@ measured active-parameter fraction and the TI violation rate.
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 
 import numpy as np
 
 import sos_rs
+from benches.timing import interleaved_medians
 from sos_rs import optim
 from sos_rs.models import FAMILIES
-
-sys.path.insert(0, str(pathlib.Path(sos_rs.__file__).parent / "hf"))
-import modeling_sos_moa as R  # noqa: E402
-
-HF = {"moa": (R.SosMoAConfig, R.SosMoAForCausalLM), "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM)}
-
-
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from timing import interleaved_medians  # noqa: E402
 
 
 def main() -> None:
@@ -42,6 +31,9 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from sos_rs.hf import modeling_sos_moa as R
+
+    hf = {"moa": (R.SosMoAConfig, R.SosMoAForCausalLM), "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM)}
     if args.threads:
         sos_rs.set_num_threads(args.threads)
     torch.set_num_threads(sos_rs.num_threads())
@@ -61,7 +53,7 @@ def main() -> None:
             model.loss(ids, targets, triples[next(it) % 4]).backward()
             opt.step()
 
-        hcfg, hcls = HF[family]
+        hcfg, hcls = hf[family]
         ref = hcls(hcfg(**cfg.to_dict()))
         ref.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()})
         ref.train()

@@ -1,8 +1,8 @@
 """Side-by-side training throughput: the same dense model, data, seed and thread count in
 PyTorch (eager, FP32) and in sos_rs, each in its own process (so peak RSS is its own).
 
-  python benches/train_vs_torch.py                 # cases a and b, 3 repeats, 2 threads
-  python benches/train_vs_torch.py --case a --steps 40 --repeats 5 --threads 2
+  python -m benches.train_vs_torch                 # cases a and b, 3 repeats, 2 threads
+  python -m benches.train_vs_torch --case a --steps 40 --repeats 5 --threads 2
 
 Case (a): d=128, 4 layers, 4 heads, T=128, B=16, vocab 4096.
 Case (b): d=384, 6 layers, 6 heads, T=256, B=8, vocab 8192.
@@ -50,13 +50,10 @@ def batches(case: dict, steps: int, data_dir):
 
 
 def worker(framework: str, case_name: str, steps: int, warmup: int, threads: int, data_dir) -> dict:
-    import numpy as np
-
     from sos_rs import DenseConfig, DenseLM
 
-    case = dict(CASES[case_name])
-    batch = case.pop("batch")
-    case["batch"] = batch
+    case = CASES[case_name]
+    batch = case["batch"]
     cfg = DenseConfig(**{k: v for k, v in case.items() if k != "batch"}, seed=0)
     data = batches(case, warmup + steps, data_dir)
     model = DenseLM(cfg)
@@ -79,8 +76,7 @@ def worker(framework: str, case_name: str, steps: int, warmup: int, threads: int
     else:
         import torch
 
-        sys.path.insert(0, str(ROOT / "tests"))
-        from torch_reference import TorchDense
+        from tests.support.torch_reference import TorchDense
 
         torch.set_num_threads(threads)
         tm = TorchDense(cfg.to_dict())
@@ -107,10 +103,10 @@ def worker(framework: str, case_name: str, steps: int, warmup: int, threads: int
 
 
 def run_worker(framework, case, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", framework, "--case", case, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--threads", str(args.threads)] + (["--data", args.data] if args.data else [])
+    cmd = [sys.executable, "-m", "benches.train_vs_torch", "--worker", framework, "--case", case, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--threads", str(args.threads)] + (["--data", str(pathlib.Path(args.data).resolve())] if args.data else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), SOS_NUM_THREADS=str(args.threads))
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

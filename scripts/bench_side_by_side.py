@@ -9,7 +9,7 @@ compared were taken moments apart; the table prints medians over repetitions (ra
 medians of per-repetition ratios). The matrixmultiply column and attention rows come from
 `cargo bench --bench table -- --json`, run by this script.
 
-    python scripts/bench_side_by_side.py [--reps 5] [--shapes qkv_proj,lm_head] [--no-cargo]
+    python -m scripts.bench_side_by_side [--reps 5] [--shapes qkv_proj,lm_head] [--no-cargo]
 """
 from __future__ import annotations
 

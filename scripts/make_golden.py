@@ -1,24 +1,33 @@
-"""Writes tests/golden/<case>.npz from the PyTorch twin (tests/torch_reference.py): weights,
-batch, logits, loss, every gradient, and the losses of 10 AdamW steps. The dense-model test
-replays these where torch is absent. Run: python scripts/make_golden.py (needs torch)."""
+"""Writes tests/golden/<case>.npz for every case of tests/support/golden_cases.py (or the ones
+named) from the PyTorch references; the model comparisons replay them where torch is absent.
+
+Dense cases come from the PyTorch twin (tests/support/torch_reference.py): weights, batch,
+logits, loss, every gradient, and the losses of 10 AdamW steps. Sparse cases (MoA, DiscoverLM)
+come from the PyTorch reference sos_rs.hf.modeling_sos_moa: weights, batch, triples, logits, loss
+and every gradient in training mode.
+
+    python -m scripts.make_golden                  # every case (needs torch)
+    python -m scripts.make_golden moa_tiny         # just the cases named
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
-import sys
 
 import numpy as np
-import torch
+
+from tests.support.golden_cases import DENSE_CASES, OPTIM, SPARSE_CASES, STEPS, build_sparse, dense_batch, sparse_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from golden_cases import CASES, OPTIM, STEPS, batch  # noqa: E402
-from torch_reference import TorchDense  # noqa: E402
 
 
-def run_torch(cfg: dict, ids: np.ndarray, targets: np.ndarray) -> dict:
+def run_dense(cfg: dict, ids: np.ndarray, targets: np.ndarray) -> dict:
+    import torch
+
+    from tests.support.torch_reference import TorchDense
+
     torch.manual_seed(0)
     model = TorchDense(cfg)
     out = {f"param/{n}": model.get(n).detach().numpy().copy() for n in model.names}
@@ -44,13 +53,52 @@ def run_torch(cfg: dict, ids: np.ndarray, targets: np.ndarray) -> dict:
     return out
 
 
+def run_sparse(family: str, cfg: dict, params: dict, ids, targets, triples) -> dict:
+    import torch
+
+    from sos_rs.hf import modeling_sos_moa as R
+
+    hf = {"moa": (R.SosMoAConfig, R.SosMoAForCausalLM), "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM)}
+    cfg_cls, model_cls = hf[family]
+    model = model_cls(cfg_cls(**cfg))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()}, strict=True)
+    model.train()
+    logits, loss, _ = model(torch.from_numpy(ids), labels=torch.from_numpy(targets), triples=triples, return_aux=True)
+    loss.backward()
+    out = {f"param/{k}": v for k, v in params.items()}
+    out.update(logits=logits.detach().numpy(), loss=np.float32(loss.item()), ids=ids, targets=targets, triples=triples)
+    for name, p in model.named_parameters():
+        out[f"grad/{name}"] = (p.grad if p.grad is not None else torch.zeros_like(p)).numpy().copy()
+    out["config"], out["family"] = np.array(json.dumps(cfg)), np.array(family)
+    return out
+
+
+def run_case(name: str) -> dict:
+    """The golden arrays of one case, computed with torch."""
+    if name in DENSE_CASES:
+        cfg = DENSE_CASES[name]
+        return run_dense(cfg, *dense_batch(cfg))
+    family, cfg = SPARSE_CASES[name]
+    return run_sparse(family, cfg, build_sparse(name).state_dict(), *sparse_batch(cfg))
+
+
 def main() -> None:
+    names = [*DENSE_CASES, *SPARSE_CASES]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cases", nargs="*", metavar="CASE", help=f"cases to write (default: all of {', '.join(names)})")
+    args = ap.parse_args()
+    unknown = [c for c in args.cases if c not in names]
+    if unknown:
+        ap.error(f"unknown case {', '.join(unknown)} (cases: {', '.join(names)})")
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("make_golden needs torch (pip install -e .[torch])") from None
     torch.set_num_threads(1)
     dest = ROOT / "tests" / "golden"
     dest.mkdir(exist_ok=True)
-    for name, cfg in CASES.items():
-        ids, targets = batch(cfg)
-        arrays = run_torch(cfg, ids, targets)
+    for name in args.cases or names:
+        arrays = run_case(name)
         np.savez_compressed(dest / f"{name}.npz", **arrays)
         print(f"wrote {dest / name}.npz: loss {arrays['loss']:.6f}, torch {torch.__version__}")
 

@@ -1,6 +1,6 @@
 """MoA and DiscoverLM against their PyTorch reference (python/sos_rs/hf/modeling_sos_moa.py):
 logits, loss and every parameter gradient in training mode (B=4, T=64, regulariser triples and
-token drops included), from goldens written by scripts/make_golden_sparse.py and live where
+token drops included), from goldens written by scripts/make_golden.py and live where
 torch is installed; the export loads with transformers' trust_remote_code and gives the same
 logits in inference mode (hard ball mask); the export round-trips into sos_rs."""
 
@@ -12,12 +12,11 @@ import pathlib
 import numpy as np
 import pytest
 
-from golden_cases_sparse import CASES, batch, build
 from sos_rs.hf import export_pretrained, load_pretrained
 from sos_rs.models import FAMILIES
+from tests.support.golden_cases import SPARSE_CASES, build_sparse, sparse_batch
 
-GOLDEN = pathlib.Path(__file__).parent / "golden"
-HF_DIR = pathlib.Path(__file__).parents[1] / "python" / "sos_rs" / "hf"
+GOLDEN = pathlib.Path(__file__).parents[1] / "golden"
 
 try:
     import torch
@@ -39,13 +38,9 @@ def golden(name: str) -> dict:
 
 
 def live(name: str) -> dict:
-    import sys
+    from scripts.make_golden import run_case
 
-    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "scripts"))
-    from make_golden_sparse import run_torch
-
-    family, cfg = CASES[name]
-    return run_torch(family, cfg, build(name).state_dict(), *batch(cfg))
+    return run_case(name)
 
 
 SOURCES = [pytest.param("golden", id="golden"),
@@ -53,7 +48,7 @@ SOURCES = [pytest.param("golden", id="golden"),
 
 
 @pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(SPARSE_CASES))
 def test_family_matches_torch(name: str, source: str) -> None:
     ref = golden(name) if source == "golden" else live(name)
     cfg_cls, model_cls = FAMILIES[str(ref["family"])]
@@ -84,12 +79,12 @@ def test_family_matches_torch(name: str, source: str) -> None:
 
 
 @pytest.mark.skipif(not HAVE_HF, reason="transformers (and torch) not installed")
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(SPARSE_CASES))
 def test_export_loads_with_trust_remote_code(name: str, tmp_path) -> None:
     from transformers import AutoModelForCausalLM
 
-    model = build(name).eval()                                # inference: hard ball mask, no regulariser
-    ids, _, _ = batch(CASES[name][1])
+    model = build_sparse(name).eval()                         # inference: hard ball mask, no regulariser
+    ids, _, _ = sparse_batch(SPARSE_CASES[name][1])
     export_pretrained(model, tmp_path)
     hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), trust_remote_code=True)
     hf.eval()
@@ -101,9 +96,9 @@ def test_export_loads_with_trust_remote_code(name: str, tmp_path) -> None:
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(SPARSE_CASES))
 def test_export_round_trips(name: str, tmp_path) -> None:
-    model = build(name)
+    model = build_sparse(name)
     export_pretrained(model, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "config.json", "modeling_sos_moa.py"}
     config = json.loads((tmp_path / "config.json").read_text())

@@ -4,7 +4,7 @@ gradient is defined almost everywhere with them held constant."""
 
 import numpy as np
 
-from references import softmax
+from tests.support.references_dense import softmax
 
 
 def router_probs(x, tau):

@@ -1,5 +1,5 @@
-"""The sparse ops against float64 numpy references (tests/references_sparse.py): forward values
-and central-difference gradients in float64 (eps 1e-6, rtol 1e-3, atol 1e-5, as gradcheck).
+"""The sparse ops against float64 numpy references (tests/support/references_sparse.py): forward
+values and central-difference gradients in float64 (eps 1e-6, rtol 1e-3, atol 1e-5, as gradcheck).
 Router, dispatch/combine, the expert bank, a whole MoE layer, metric attention (dense, MQA,
 routed rows, soft ball bias, hard pruning), ball penalty, TI loss and the MoA block's small ops."""
 
@@ -8,13 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradcheck import check_op
-
-import references_sparse as RS
 import sos_rs
 from sos_rs import _core
 from sos_rs import functional as F
 from sos_rs import functional_sparse as FS
+from tests.support import references_sparse as RS
+from tests.support.gradcheck import check_op
 
 rng = np.random.default_rng(11)
 

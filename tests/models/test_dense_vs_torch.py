@@ -10,10 +10,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from golden_cases import CASES, OPTIM, STEPS, batch
 from sos_rs import DenseConfig, DenseLM, optim
+from tests.support.golden_cases import DENSE_CASES, OPTIM, STEPS
 
-GOLDEN = pathlib.Path(__file__).parent / "golden"
+GOLDEN = pathlib.Path(__file__).parents[1] / "golden"
 
 try:
     import torch  # noqa: F401
@@ -29,13 +29,9 @@ def golden(name: str) -> dict:
 
 
 def live(name: str) -> dict:
-    import sys
+    from scripts.make_golden import run_case
 
-    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "scripts"))
-    from make_golden import run_torch
-
-    ids, targets = batch(CASES[name])
-    return run_torch(CASES[name], ids, targets)
+    return run_case(name)
 
 
 SOURCES = [pytest.param("golden", id="golden"),
@@ -43,7 +39,7 @@ SOURCES = [pytest.param("golden", id="golden"),
 
 
 @pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(DENSE_CASES))
 def test_dense_matches_torch(name: str, source: str) -> None:
     ref = golden(name) if source == "golden" else live(name)
     cfg = DenseConfig(**json.loads(str(ref["config"])))

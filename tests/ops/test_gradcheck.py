@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradcheck import check_op
-
-import references as R
 import sos_rs
 from sos_rs import _core
 from sos_rs import functional as F
+from tests.support import references_dense as R
+from tests.support.gradcheck import check_op
 
 rng = np.random.default_rng(7)
 

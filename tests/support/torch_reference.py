@@ -1,5 +1,6 @@
 """A pure-PyTorch twin of sos_rs's dense baseline (same names, same math), used as the oracle
-for the model comparison and by scripts/make_golden.py. Imported only where torch is installed."""
+for the model comparison, by scripts/make_golden.py and by benches/train_vs_torch.py. Imported
+only where torch is installed."""
 
 from __future__ import annotations
 

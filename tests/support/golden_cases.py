@@ -1,0 +1,59 @@
+"""Every golden case, shared by scripts/make_golden.py (which writes tests/golden/<case>.npz) and
+the model comparisons tests/models/test_dense_vs_torch.py and
+tests/models/test_moa_discoverlm_vs_torch.py (which replay them).
+
+Dense cases: a DenseConfig dict and a batch; the golden also holds 10 AdamW steps.
+Sparse cases (MoA, DiscoverLM): a family and config dict, a batch with regulariser triples, and a
+deterministic perturbation of the initial weights so every parameter (LayerScales, RoPE
+perturbation, ball origins) matters to the output."""
+
+import numpy as np
+
+from sos_rs import DenseConfig
+from sos_rs.models import FAMILIES, DiscoverLMConfig, MoAConfig
+
+B, T = 4, 64
+STEPS = 10
+OPTIM = {"lr": 3e-3, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1, "clip": 1.0}
+
+DENSE_CASES = {
+    # grouped-query attention (4 query heads share 2 kv heads), separate lm_head
+    "dense_gqa_untied": DenseConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=96, max_seq_len=T).to_dict(),
+    # plain multi-head attention, lm_head tied to the embedding
+    "dense_mha_tied": DenseConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, ffn_hidden=96, max_seq_len=T, tie_embeddings=True).to_dict(),
+}
+
+SPARSE_CASES = {
+    # untied head, capacity 1.0 (tokens are dropped), z-loss on, ball pruning with a small radius
+    "moa_tiny": ("moa", MoAConfig.tiny(tie_embeddings=False, z_loss_coef=1e-3, capacity_factor=1.0, ball_radius_init=0.3, seed=5).to_dict()),
+    # the Discovery structure scaled down: tied, TI regulariser, unlimited capacity
+    "discoverlm_tiny": ("discoverlm", DiscoverLMConfig.tiny(seed=6).to_dict()),
+}
+
+
+def dense_batch(cfg: dict):
+    rng = np.random.default_rng(1234)
+    seq = rng.integers(0, cfg["vocab_size"], (B, T + 1))
+    return seq[:, :-1].copy(), seq[:, 1:].copy()
+
+
+def build_sparse(name: str):
+    """The sos_rs model of a sparse case with its perturbed weights."""
+    family, cfg = SPARSE_CASES[name]
+    cfg_cls, model_cls = FAMILIES[family]
+    model = model_cls(cfg_cls.from_dict(cfg))
+    rng = np.random.default_rng(99)
+    state = model.state_dict()
+    for key, value in state.items():
+        if key.endswith("_scale") or "rope.coef" in key or "ball_origin" in key:
+            state[key] = rng.normal(0.0, 0.3, value.shape).astype(np.float32)
+    model.load_state_dict(state)
+    return model
+
+
+def sparse_batch(cfg: dict):
+    rng = np.random.default_rng(4321)
+    seq = rng.integers(0, cfg["vocab_size"], (B, T + 1))
+    n = B * T
+    triples = np.stack([rng.choice(n, 3, replace=False) for _ in range(cfg["ti_triples"])])
+    return seq[:, :-1].copy(), seq[:, 1:].copy(), triples
