@@ -39,7 +39,8 @@ def main() -> None:
     torch.set_num_threads(sos_rs.num_threads())
     print(f"tiny presets, batch {args.batch}x{args.seq}; threads {sos_rs.num_threads()}, isa {sos_rs.isa()}, torch {torch.__version__}")
     for family in args.families:
-        cfg_cls, model_cls = FAMILIES[family]
+        model_cls = FAMILIES[family]
+        cfg_cls = model_cls.config_class
         cfg = cfg_cls.tiny(max_seq_len=max(64, args.seq))
         model = model_cls(cfg)
         seq = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.seq + 1))

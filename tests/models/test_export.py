@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from sos_rs import DenseConfig, DenseLM, no_grad
-from sos_rs.export import export_hf
+from sos_rs.hf import export_hf
 
 
 def tiny_tokenizer(path):
@@ -31,7 +31,7 @@ def test_export_round_trip(tmp_path, tied):
     cfg = DenseConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32, tie_embeddings=tied, seed=5)
     model = DenseLM(cfg)
     out = tmp_path / "hf"
-    export_hf(model, "dense", tmp_path / "tokenizer.json", "<|endoftext|>", 0, out)
+    export_hf(model, tmp_path / "tokenizer.json", "<|endoftext|>", 0, out)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     weights = load_file(str(out / "model.safetensors"))
     assert ("lm_head.weight" in weights) == (not tied)

@@ -21,7 +21,8 @@ TINY = {"moa": MoAConfig.tiny(capacity_factor=1.25, seed=3).to_dict(), "discover
 
 
 def make(family: str, **over):
-    cfg_cls, model_cls = FAMILIES[family]
+    model_cls = FAMILIES[family]
+    cfg_cls = model_cls.config_class
     return model_cls(cfg_cls.from_dict({**TINY[family], **over}))
 
 
@@ -74,7 +75,8 @@ def test_one_and_two_threads_give_identical_bits(family):
 SCRIPT = """
 import json, sys, numpy as np, sos_rs
 from sos_rs.models import FAMILIES
-cfg_cls, model_cls = FAMILIES[sys.argv[1]]
+model_cls = FAMILIES[sys.argv[1]]
+cfg_cls = model_cls.config_class
 model = model_cls(cfg_cls.from_dict(json.loads(sys.argv[2])))
 seq = np.random.default_rng(0).integers(0, 256, (2, 33))
 loss = model.loss(seq[:, :-1], seq[:, 1:]); loss.backward()
@@ -135,10 +137,10 @@ def test_moe_layer_counts_drops_and_dropped_tokens_pass_as_zero():
     rec = aux.routes[0]
     # capacity ceil(0.5 · 60 · 2 / 4) = 15 per expert: at most 60 of 120 assignments kept
     assert sum(rec.counts) <= 60 and rec.dropped == 120 - sum(rec.counts) and max(rec.counts) <= 15
-    from sos_rs import functional_sparse as FS
+    from sos_rs import functional as F
 
     gates, idx, _, _ = layer.router(sos_rs.tensor(x.numpy().reshape(60, 16)))
-    slots = FS.moe_plan(idx, 4, 0.5).token_slot()
+    slots = F.moe_plan(idx, 4, 0.5).token_slot()
     lost = np.where((slots == -1).all(1))[0]
     assert len(lost) > 0 and np.all(y.numpy().reshape(60, 16)[lost] == 0.0)
     k_eff = layer.active_fraction(rec)
@@ -177,7 +179,7 @@ def test_bad_configs_are_refused(cls, over, msg):
 
 
 def test_families_are_registered_and_discovery_preset_is_the_stated_config():
-    assert FAMILIES["moa"][1] is MoALM and FAMILIES["discoverlm"][1] is DiscoverLM
+    assert FAMILIES["moa"] is MoALM and FAMILIES["discoverlm"] is DiscoverLM
     c = DiscoverLMConfig()
     assert (c.d_model, c.n_layers, c.n_heads, c.ffn_hidden, c.router_top_k, c.router_temperature, c.ffn_rank,
             c.ti_lambda, c.ti_triples, c.tie_embeddings, c.max_seq_len) == (512, 4, 16, 1536, 2, 2.0, 32, 0.01, 64, True, 1024)

@@ -40,7 +40,8 @@ def dense_batch(cfg: dict):
 def build_sparse(name: str):
     """The sos_rs model of a sparse case with its perturbed weights."""
     family, cfg = SPARSE_CASES[name]
-    cfg_cls, model_cls = FAMILIES[family]
+    model_cls = FAMILIES[family]
+    cfg_cls = model_cls.config_class
     model = model_cls(cfg_cls.from_dict(cfg))
     rng = np.random.default_rng(99)
     state = model.state_dict()
