@@ -92,14 +92,19 @@ def main() -> None:
         path = str(Path(tmp) / "bench.sos")
         t0 = time.perf_counter()
         write_shard(Path(path), args.tokens)
-        print(f"wrote {args.tokens:,} tokens ({Path(path).stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"wrote {args.tokens:,} tokens ({Path(path).stat().st_size / 1e6:.0f} MB) in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
         opens = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             Belt(path, 128, 16, prefetch=0, verify=True)
             opens.append(time.perf_counter() - t0)
-        print(f"open with verification (CRC-32 + token range): median {statistics.median(opens):.3f} s "
-              f"= {Path(path).stat().st_size / 1e6 / statistics.median(opens):.0f} MB/s")
+        print(
+            f"open with verification (CRC-32 + token range): median {statistics.median(opens):.3f} s "
+            f"= {Path(path).stat().st_size / 1e6 / statistics.median(opens):.0f} MB/s"
+        )
 
         print("\nbelt throughput (input tokens/s), median of", args.repeats)
         print(f"{'T':>6}{'B':>5}{'prefetch':>10}{'doc_mask':>10}{'Mtok/s':>10}")
@@ -119,11 +124,15 @@ def main() -> None:
         step = statistics.median(steps)
         consume = CASE_A_BATCH * CASE_A["max_seq_len"] / step
         belt = rates[(128, 16, 0, False)]
-        print(f"\ndense case a (d=128, 4 layers, T=128, B=16, vocab 4096, {args.threads} threads): "
-              f"median step {step * 1e3:.1f} ms = {consume:,.0f} tokens/s")
+        print(
+            f"\ndense case a (d=128, 4 layers, T=128, B=16, vocab 4096, {args.threads} threads): "
+            f"median step {step * 1e3:.1f} ms = {consume:,.0f} tokens/s"
+        )
         print(f"belt (T=128, B=16, no prefetch) / step consumption = {belt / consume:,.0f}x")
-        print(f"waiting in next_batch() with prefetch 2 inside the loop: median {statistics.median(waits) * 1e6:.0f} us "
-              f"= {100 * statistics.median(waits) / step:.3f}% of the step")
+        print(
+            f"waiting in next_batch() with prefetch 2 inside the loop: median {statistics.median(waits) * 1e6:.0f} us "
+            f"= {100 * statistics.median(waits) / step:.3f}% of the step"
+        )
 
 
 if __name__ == "__main__":

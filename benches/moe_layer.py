@@ -74,10 +74,22 @@ def main() -> None:
     x_np = rng.normal(size=(args.tokens, args.d)).astype(np.float32)
     dy_np = rng.normal(size=(args.tokens, args.d)).astype(np.float32)
     flops = 3 * 3 * 2 * args.tokens * args.k * args.d * args.hidden  # fwd+bwd of three projections
-    print(f"MoE layer d={args.d} hidden={args.hidden} tokens={args.tokens} k={args.k}; threads {sos_rs.num_threads()}, isa {sos_rs.isa()}, torch {torch.__version__}")
+    print(
+        f"MoE layer d={args.d} hidden={args.hidden} tokens={args.tokens} k={args.k}; threads {sos_rs.num_threads()}, "
+        f"isa {sos_rs.isa()}, torch {torch.__version__}"
+    )
     sos_steps = {}
     for e in args.experts:
-        layer = MoELayer(args.d, args.hidden, e, args.k, np.random.default_rng(e), temperature=args.tau, capacity_factor=0.0, aux_coef=0.0)
+        layer = MoELayer(
+            args.d,
+            args.hidden,
+            e,
+            args.k,
+            np.random.default_rng(e),
+            temperature=args.tau,
+            capacity_factor=0.0,
+            aux_coef=0.0,
+        )
         weights = [layer.router.weight.numpy(), layer.w_gate.numpy(), layer.w_up.numpy(), layer.w_down.numpy()]
         x = sos_rs.tensor(x_np, requires_grad=True)
         dy = _core.Tensor(dy_np)
@@ -98,15 +110,20 @@ def main() -> None:
         frac = layer.active_fraction(aux.routes[0])
         t_sos, t_torch = interleaved_medians([sos_step, lambda: tstep(tx, tdy)], args.runs)
         sos_steps[e] = sos_step
-        print(f"E={e:3d}: sos_rs {1e3 * t_sos:8.1f} ms ({flops / t_sos / 1e9:6.1f} GFLOP/s)   torch {1e3 * t_torch:8.1f} ms   "
-              f"speed-up {t_torch / t_sos:5.2f}x   active params/token {100 * frac:5.2f}%   max|dx diff| {gap:.1e}")
+        print(
+            f"E={e:3d}: sos_rs {1e3 * t_sos:8.1f} ms ({flops / t_sos / 1e9:6.1f} GFLOP/s)   torch {1e3 * t_torch:8.1f} "
+            f"ms   "
+            f"speed-up {t_torch / t_sos:5.2f}x   active params/token {100 * frac:5.2f}%   max|dx diff| {gap:.1e}"
+        )
     if len(args.experts) > 1:
         # The E comparison alternates the sos_rs layers themselves, so they share the machine load.
         es = sorted(sos_steps)
         ts = dict(zip(es, interleaved_medians([sos_steps[e] for e in es], 2 * args.runs)))
         lo, hi = es[0], es[-1]
-        print(f"cost E={hi} / E={lo} (sos_rs, k={args.k}, alternating, {2 * args.runs} runs): "
-              f"{1e3 * ts[hi]:.1f} / {1e3 * ts[lo]:.1f} ms = {ts[hi] / ts[lo]:.2f}x")
+        print(
+            f"cost E={hi} / E={lo} (sos_rs, k={args.k}, alternating, {2 * args.runs} runs): "
+            f"{1e3 * ts[hi]:.1f} / {1e3 * ts[lo]:.1f} ms = {ts[hi] / ts[lo]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

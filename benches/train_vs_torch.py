@@ -90,7 +90,9 @@ def worker(framework: str, case_name: str, steps: int, warmup: int, threads: int
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             logits = tm(torch.from_numpy(ids))
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), torch.from_numpy(targets).reshape(-1))
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, cfg.vocab_size), torch.from_numpy(targets).reshape(-1)
+            )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(tm.parameters()), CLIP)
             opt.step()
@@ -98,13 +100,33 @@ def worker(framework: str, case_name: str, steps: int, warmup: int, threads: int
             times.append(time.perf_counter() - t0)
     timed = times[warmup:]
     ms = 1000 * statistics.median(timed)
-    return {"framework": framework, "case": case_name, "tokens_per_s": batch * cfg.max_seq_len / (ms / 1000), "ms_per_step": ms,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "final_loss": losses[-1], "steps": len(losses)}
+    return {
+        "framework": framework,
+        "case": case_name,
+        "tokens_per_s": batch * cfg.max_seq_len / (ms / 1000),
+        "ms_per_step": ms,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "final_loss": losses[-1],
+        "steps": len(losses),
+    }
 
 
 def run_worker(framework, case, args) -> dict:
-    cmd = [sys.executable, "-m", "benches.train_vs_torch", "--worker", framework, "--case", case, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--threads", str(args.threads)] + (["--data", str(pathlib.Path(args.data).resolve())] if args.data else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "benches.train_vs_torch",
+        "--worker",
+        framework,
+        "--case",
+        case,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+    ] + (["--data", str(pathlib.Path(args.data).resolve())] if args.data else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), SOS_NUM_THREADS=str(args.threads))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -131,20 +153,32 @@ def main() -> None:
         print("torch is not installed: only sos_rs is measured (pip install torch for the comparison)")
         frameworks = ["sos"]
     cases = ["a", "b"] if args.case == "both" else [args.case]
-    print(f"threads={args.threads} steps={args.warmup}+{args.steps} repeats={args.repeats} data={args.data or 'synthetic zipf'}")
+    print(
+        f"threads={args.threads} steps={args.warmup}+{args.steps} repeats={args.repeats} "
+        f"data={args.data or 'synthetic zipf'}"
+    )
     print(f"{'case':4} {'framework':9} {'tok/s':>9} {'ms/step':>9} {'peakRSS MB':>10} {'loss@N':>8}")
     for case in cases:
         med = {}
         for fw in frameworks:
             runs = [run_worker(fw, case, args) for _ in range(args.repeats)]
-            m = {k: statistics.median(r[k] for r in runs) for k in ("tokens_per_s", "ms_per_step", "peak_rss_mb", "final_loss")}
+            m = {
+                k: statistics.median(r[k] for r in runs)
+                for k in ("tokens_per_s", "ms_per_step", "peak_rss_mb", "final_loss")
+            }
             med[fw] = m
-            print(f"{case:4} {fw:9} {m['tokens_per_s']:9.0f} {m['ms_per_step']:9.1f} {m['peak_rss_mb']:10.0f} {m['final_loss']:8.4f}"
-                  "   (tok/s of each run: " + ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs) + ")")
+            print(
+                f"{case:4} {fw:9} {m['tokens_per_s']:9.0f} {m['ms_per_step']:9.1f} {m['peak_rss_mb']:10.0f} "
+                f"{m['final_loss']:8.4f}"
+                "   (tok/s of each run: " + ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs) + ")"
+            )
         if "torch" in med:
             r = med["sos"]["tokens_per_s"] / med["torch"]["tokens_per_s"]
-            print(f"{case:4} sos_rs/PyTorch tokens/s = {r:.2f}x | RSS ratio {med['sos']['peak_rss_mb'] / med['torch']['peak_rss_mb']:.2f} | "
-                  f"loss Δ {abs(med['sos']['final_loss'] - med['torch']['final_loss']):.2e}")
+            print(
+                f"{case:4} sos_rs/PyTorch tokens/s = {r:.2f}x | RSS ratio "
+                f"{med['sos']['peak_rss_mb'] / med['torch']['peak_rss_mb']:.2f} | "
+                f"loss Δ {abs(med['sos']['final_loss'] - med['torch']['final_loss']):.2e}"
+            )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ medians of per-repetition ratios). The matrixmultiply column and attention rows 
 
     python -m scripts.bench_side_by_side [--reps 5] [--shapes qkv_proj,lm_head] [--no-cargo]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -128,7 +129,12 @@ def main() -> None:
         env = {**os.environ, "SOS_QUIET": "1", "SOS_NUM_THREADS": str(th)}
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(th)
-        res = subprocess.run([sys.executable, __file__, "--child", str(th), "--reps", str(args.reps), "--shapes", args.shapes], env=env, capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, __file__, "--child", str(th), "--reps", str(args.reps), "--shapes", args.shapes],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if res.returncode != 0:
             sys.exit(res.stderr)
         for line in res.stdout.splitlines():
@@ -138,9 +144,15 @@ def main() -> None:
     mm = {(r["shape"], r["threads"]): r for r in rust if "matrixmultiply" in r}
     attn = [r for r in rust if r["shape"].startswith("attention")]
 
-    print(f"GEMM, GFLOP/s (medians of {args.reps}); isa {next(iter(py.values()))['isa'] if py else '?'}; frac = sos / FMA peak")
+    print(
+        f"GEMM, GFLOP/s (medians of {args.reps}); isa {next(iter(py.values()))['isa'] if py else '?'}; frac = sos / "
+        f"FMA peak"
+    )
     print("avx2: the AVX2 path's fraction of the AVX2 FMA peak (cargo table bench, same run)")
-    print(f"{'shape':11} {'thr':>3} {'peak':>7} {'sos':>7} {'frac':>6} {'avx2':>6} {'numpy':>7} {'torch':>7} {'mmul':>7} {'/numpy':>7} {'/torch':>7} {'/mmul':>6} {'1->2':>5}")
+    print(
+        f"{'shape':11} {'thr':>3} {'peak':>7} {'sos':>7} {'frac':>6} {'avx2':>6} {'numpy':>7} {'torch':>7} {'mmul':>7} "
+        f"{'/numpy':>7} {'/torch':>7} {'/mmul':>6} {'1->2':>5}"
+    )
     for name, *_ in SHAPES:
         for th in (1, 2):
             r = py.get((name, th))
@@ -151,8 +163,12 @@ def main() -> None:
             scale = f"{r['sos'] / one:5.2f}" if th == 2 and one else ""
             f = lambda x, w=7, p=1: f"{x:{w}.{p}f}" if isinstance(x, float) else " " * (w - 1) + "-"  # noqa: E731
             mmr = r["sos"] / m["matrixmultiply"] if m else None
-            print(f"{name:11} {th:>3} {f(r['peak'])} {f(r['sos'])} {f(r['frac'], 6, 3)} {f(m.get('frac256'), 6, 3)} {f(r['numpy'])} {f(r.get('torch'))} "
-                  f"{f(m.get('matrixmultiply'))} {f(r.get('vs_numpy'), 7, 2)} {f(r.get('vs_torch'), 7, 2)} {f(mmr, 6, 2)} {scale}")
+            print(
+                f"{name:11} {th:>3} {f(r['peak'])} {f(r['sos'])} {f(r['frac'], 6, 3)} {f(m.get('frac256'), 6, 3)} "
+                f"{f(r['numpy'])} {f(r.get('torch'))} "
+                f"{f(m.get('matrixmultiply'))} {f(r.get('vs_numpy'), 7, 2)} {f(r.get('vs_torch'), 7, 2)} "
+                f"{f(mmr, 6, 2)} {scale}"
+            )
     model2 = [py[(s, 2)] for s in MODEL if (s, 2) in py]
     if model2:
         gm = lambda xs: float(__import__("math").prod(xs) ** (1 / len(xs)))  # noqa: E731
@@ -165,7 +181,10 @@ def main() -> None:
     if attn:
         print("attention fwd+bwd, B=1 H=8 hd=64 (7·B·H·T²·hd flops), GFLOP/s")
         for r in attn:
-            print(f"T={r['t']:<5} {r['threads']}t  peak {r['peak']:6.1f}  sos {r['sos']:6.1f}  frac {r['frac']:.3f}  peak RSS growth {r['extra_bytes'] / 1e6:6.1f} MB")
+            print(
+                f"T={r['t']:<5} {r['threads']}t  peak {r['peak']:6.1f}  sos {r['sos']:6.1f}  frac {r['frac']:.3f}  "
+                f"peak RSS growth {r['extra_bytes'] / 1e6:6.1f} MB"
+            )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ def run_dense(cfg: dict, ids: np.ndarray, targets: np.ndarray) -> dict:
     model = TorchDense(cfg)
     out = {f"param/{n}": model.get(n).detach().numpy().copy() for n in model.names}
     logits = model(torch.from_numpy(ids))
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg["vocab_size"]), torch.from_numpy(targets).reshape(-1))
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, cfg["vocab_size"]), torch.from_numpy(targets).reshape(-1)
+    )
     loss.backward()
     out["logits"] = logits.detach().numpy()
     out["loss"] = np.float32(loss.item())
@@ -42,7 +44,9 @@ def run_dense(cfg: dict, ids: np.ndarray, targets: np.ndarray) -> dict:
     losses = []
     for _ in range(STEPS):
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(ids)).reshape(-1, cfg["vocab_size"]), torch.from_numpy(targets).reshape(-1))
+        loss = torch.nn.functional.cross_entropy(
+            model(torch.from_numpy(ids)).reshape(-1, cfg["vocab_size"]), torch.from_numpy(targets).reshape(-1)
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(model.parameters()), OPTIM["clip"])
         opt.step()
@@ -58,7 +62,10 @@ def run_sparse(family: str, cfg: dict, params: dict, ids, targets, triples) -> d
 
     from sos_rs.hf import modeling_sos_moa as R
 
-    hf = {"moa": (R.SosMoAConfig, R.SosMoAForCausalLM), "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM)}
+    hf = {
+        "moa": (R.SosMoAConfig, R.SosMoAForCausalLM),
+        "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM),
+    }
     cfg_cls, model_cls = hf[family]
     model = model_cls(cfg_cls(**cfg))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()}, strict=True)
@@ -84,7 +91,9 @@ def run_case(name: str) -> dict:
 
 def main() -> None:
     names = [*DENSE_CASES, *SPARSE_CASES]
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("cases", nargs="*", metavar="CASE", help=f"cases to write (default: all of {', '.join(names)})")
     args = ap.parse_args()
     unknown = [c for c in args.cases if c not in names]

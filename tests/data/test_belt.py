@@ -19,7 +19,10 @@ from sos_rs.errors import DTypeError, ShardFormatError
 
 def write(path, docs, vocab, eot=0):
     with ShardWriter(str(path), vocab, eot) as w:
-        w.add_documents(np.concatenate([np.asarray(d, np.int64) for d in docs]) if docs else np.zeros(0, np.int64), np.array([len(d) for d in docs]))
+        w.add_documents(
+            np.concatenate([np.asarray(d, np.int64) for d in docs]) if docs else np.zeros(0, np.int64),
+            np.array([len(d) for d in docs]),
+        )
     return str(path)
 
 
@@ -119,6 +122,7 @@ def _patch(at, fmt, value, fix_checksum=False):
         if fix_checksum:
             b[40:44] = b"\0\0\0\0"
             b[40:44] = struct.pack("<I", zlib.crc32(bytes(b[:64]), zlib.crc32(bytes(b[64:]))))
+
     return damage
 
 

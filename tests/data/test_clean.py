@@ -28,7 +28,9 @@ ROWS = [
 
 @pytest.mark.parametrize("what,raw,want,status", ROWS, ids=[r[0] for r in ROWS])
 def test_cleaning_rules(what, raw, want, status):
-    out = clean(pl.LazyFrame({"text": [raw]}, schema={"text": pl.String}), split_blank_lines=False, min_chars=4, max_chars=40).collect()
+    out = clean(
+        pl.LazyFrame({"text": [raw]}, schema={"text": pl.String}), split_blank_lines=False, min_chars=4, max_chars=40
+    ).collect()
     assert out["text"][0] == want
     assert out["status"][0] == status
     assert (out["hash"][0] is None) == (want is None)

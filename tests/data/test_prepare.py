@@ -28,16 +28,23 @@ def read_shard(path):
     area = (n_tok * width + 7) // 8 * 8
     ends = np.frombuffer(raw, "<u8", n_doc, 64 + area)
     docs = np.split(toks, ends[:-1].astype(np.int64)) if n_doc else []
-    assert all(len(d) and d[-1] == eot and eot not in d[:-1] for d in docs), "each document ends with its only end-of-text"
+    assert all(len(d) and d[-1] == eot and eot not in d[:-1] for d in docs), (
+        "each document ends with its only end-of-text"
+    )
     return [d[:-1] for d in docs]
 
 
 def decoded(meta, split, shards=None):
     tok = Tokenizer.from_file(meta["tokenizer"])
-    return [tok.decode(d.tolist()) for p in (meta["shards"][split] if shards is None else shards) for d in read_shard(p)]
+    return [
+        tok.decode(d.tolist()) for p in (meta["shards"][split] if shards is None else shards) for d in read_shard(p)
+    ]
 
 
-PARAS = [f"Paragraph {i}: the {w} fox jumps over {i * 7} lazy dogs." for i, w in enumerate(["quick", "slow", "red", "blue", "odd", "even", "tall", "short"])]
+PARAS = [
+    f"Paragraph {i}: the {w} fox jumps over {i * 7} lazy dogs."
+    for i, w in enumerate(["quick", "slow", "red", "blue", "odd", "even", "tall", "short"])
+]
 
 
 @pytest.fixture
@@ -51,7 +58,9 @@ def mixed(tmp_path):
     (src / "empty.txt").write_bytes(b"")
     (src / "blank.txt").write_text("  \n\t\n")
     (src / "notes.pdf").write_bytes(b"%PDF")
-    (src / "rows.jsonl").write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate([PARAS[3], PARAS[0], "", None])) + "\n")
+    (src / "rows.jsonl").write_text(
+        "\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate([PARAS[3], PARAS[0], "", None])) + "\n"
+    )
     (src / "nocol.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
     (src / "broken.jsonl").write_text(json.dumps({"text": PARAS[4]}) + "\n{not json\n")
     (src / "latin1.csv").write_bytes(b'text\n"caf\xe9 au lait"\n')
@@ -77,7 +86,9 @@ EXPECTED_SKIPS = {
 def test_every_readable_document_comes_back_once(mixed, tmp_path):
     meta = prepare([mixed], tmp_path / "out", split_blank_lines=True, **SMALL)
     back = read_meta(tmp_path / "out")
-    assert back["counts"] == meta["counts"] and all(p.startswith("/") for p in back["shards"]["train"] + [back["tokenizer"]])
+    assert back["counts"] == meta["counts"] and all(
+        p.startswith("/") for p in back["shards"]["train"] + [back["tokenizer"]]
+    )
     got = decoded(back, "train") + decoded(back, "val")
     assert sorted(got) == sorted(EXPECTED_DOCS), "documents lost, duplicated or altered"
     skipped = {s["file"].rsplit("/", 1)[-1]: s["reason"] for s in meta["skipped_files"]}
@@ -92,12 +103,16 @@ def test_every_readable_document_comes_back_once(mixed, tmp_path):
     for split in ("train", "val"):
         c = meta["counts"][split]
         assert c["bytes"] == sum(len(t.encode()) for t in decoded(read_meta(tmp_path / "out"), split))
-        assert c["tokens"] == sum(len(d) + 1 for p in read_meta(tmp_path / "out")["shards"][split] for d in read_shard(p))
+        assert c["tokens"] == sum(
+            len(d) + 1 for p in read_meta(tmp_path / "out")["shards"][split] for d in read_shard(p)
+        )
 
 
 def test_replace_keeps_invalid_utf8_and_strict_refuses(mixed, tmp_path):
     meta = prepare([mixed / "bad.txt", mixed / "txt"], tmp_path / "o1", decode_errors="replace", **SMALL)
-    assert any("\ufffd" in t for t in decoded(read_meta(tmp_path / "o1"), "train") + decoded(read_meta(tmp_path / "o1"), "val"))
+    assert any(
+        "\ufffd" in t for t in decoded(read_meta(tmp_path / "o1"), "train") + decoded(read_meta(tmp_path / "o1"), "val")
+    )
     assert meta["skipped_files"] == []
     with pytest.raises(ValueError, match="--strict"):
         prepare([mixed], tmp_path / "o2", strict=True, **SMALL)
@@ -120,11 +135,15 @@ def test_output_is_deterministic_and_not_silently_overwritten(mixed, tmp_path):
 
 
 def test_labelled_sources_get_their_own_shards_and_feed_a_belt(mixed, tmp_path):
-    prepare([f"prose={mixed / 'txt'}", f"tables={mixed / 'table.csv'}"], tmp_path / "out", split_blank_lines=True, **SMALL)
+    prepare(
+        [f"prose={mixed / 'txt'}", f"tables={mixed / 'table.csv'}"], tmp_path / "out", split_blank_lines=True, **SMALL
+    )
     meta = read_meta(tmp_path / "out")
     assert set(meta["sources"]) == {"prose", "tables"}
     prose = meta["sources"]["prose"]["shards"]
-    tables = decoded(meta, "train", meta["sources"]["tables"]["shards"]["train"]) + decoded(meta, "val", meta["sources"]["tables"]["shards"]["val"])
+    tables = decoded(meta, "train", meta["sources"]["tables"]["shards"]["train"]) + decoded(
+        meta, "val", meta["sources"]["tables"]["shards"]["val"]
+    )
     assert sorted(tables) == sorted(PARAS[5:7])
     assert all(t not in PARAS[5:7] for t in decoded(meta, "train", prose["train"]))
     belt = Belt(meta["shards"]["train"], seq_len=8, batch_size=2, vocab_size=meta["vocab_size"])
@@ -134,10 +153,14 @@ def test_labelled_sources_get_their_own_shards_and_feed_a_belt(mixed, tmp_path):
 
 def test_a_reused_tokenizer_keeps_the_vocabulary(mixed, tmp_path):
     prepare([mixed / "txt"], tmp_path / "first", **SMALL)
-    meta = prepare([mixed / "table.csv"], tmp_path / "second", tokenizer=str(tmp_path / "first" / "tokenizer.json"), **SMALL)
+    meta = prepare(
+        [mixed / "table.csv"], tmp_path / "second", tokenizer=str(tmp_path / "first" / "tokenizer.json"), **SMALL
+    )
     assert meta["vocab_size"] == read_meta(tmp_path / "first")["vocab_size"]
     assert (tmp_path / "second" / "tokenizer.json").read_text() == (tmp_path / "first" / "tokenizer.json").read_text()
-    assert sorted(decoded(read_meta(tmp_path / "second"), "train") + decoded(read_meta(tmp_path / "second"), "val")) == sorted(PARAS[5:7])
+    assert sorted(
+        decoded(read_meta(tmp_path / "second"), "train") + decoded(read_meta(tmp_path / "second"), "val")
+    ) == sorted(PARAS[5:7])
 
 
 def test_literal_end_of_text_inside_a_document_is_text(tmp_path):
@@ -150,7 +173,9 @@ def test_literal_end_of_text_inside_a_document_is_text(tmp_path):
 
 
 def test_cli_prints_the_summary(mixed, tmp_path, capsys):
-    rc = main(["prepare", str(mixed), "--out", str(tmp_path / "cli"), "--vocab-size", "300", "--split-blank-lines", "--quiet"])
+    rc = main(
+        ["prepare", str(mixed), "--out", str(tmp_path / "cli"), "--vocab-size", "300", "--split-blank-lines", "--quiet"]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     for needle in ("documents", "tokens", "duplicate rate", "bytes per token", "MB/s", "dedup", "skipped"):

@@ -34,8 +34,16 @@ def live(name: str) -> dict:
     return run_case(name)
 
 
-SOURCES = [pytest.param("golden", id="golden"),
-           pytest.param("torch", id="torch-live", marks=pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed (pip install -e .[torch]); golden comparison still ran"))]
+SOURCES = [
+    pytest.param("golden", id="golden"),
+    pytest.param(
+        "torch",
+        id="torch-live",
+        marks=pytest.mark.skipif(
+            not HAVE_TORCH, reason="torch not installed (pip install -e .[torch]); golden comparison still ran"
+        ),
+    ),
+]
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -44,7 +52,7 @@ def test_dense_matches_torch(name: str, source: str) -> None:
     ref = golden(name) if source == "golden" else live(name)
     cfg = DenseConfig(**json.loads(str(ref["config"])))
     model = DenseLM(cfg)
-    model.load_state_dict({k[len("param/"):]: v for k, v in ref.items() if k.startswith("param/")})
+    model.load_state_dict({k[len("param/") :]: v for k, v in ref.items() if k.startswith("param/")})
     ids, targets = ref["ids"], ref["targets"]
 
     logits = model(ids)
@@ -61,7 +69,9 @@ def test_dense_matches_torch(name: str, source: str) -> None:
         assert report[pname] <= 1e-3, pname
 
     model.zero_grad()
-    opt = optim.AdamW(model.parameters(), lr=OPTIM["lr"], betas=OPTIM["betas"], eps=OPTIM["eps"], weight_decay=OPTIM["weight_decay"])
+    opt = optim.AdamW(
+        model.parameters(), lr=OPTIM["lr"], betas=OPTIM["betas"], eps=OPTIM["eps"], weight_decay=OPTIM["weight_decay"]
+    )
     losses = []
     for _ in range(STEPS):
         opt.zero_grad()

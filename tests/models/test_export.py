@@ -19,7 +19,9 @@ def tiny_tokenizer(path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(["to be or not to be, that is the question"] * 20, trainer)
     tok.save(str(path))
     return tok
@@ -28,11 +30,25 @@ def tiny_tokenizer(path):
 @pytest.mark.parametrize("tied", [False, True])
 def test_export_round_trip(tmp_path, tied):
     tok = tiny_tokenizer(tmp_path / "tokenizer.json")
-    cfg = DenseConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32, tie_embeddings=tied, seed=5)
+    cfg = DenseConfig(
+        vocab_size=tok.get_vocab_size(),
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        max_seq_len=32,
+        tie_embeddings=tied,
+        seed=5,
+    )
     model = DenseLM(cfg)
     out = tmp_path / "hf"
     export_hf(model, tmp_path / "tokenizer.json", "<|endoftext|>", 0, out)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     weights = load_file(str(out / "model.safetensors"))
     assert ("lm_head.weight" in weights) == (not tied)
     back = DenseLM(cfg)
@@ -44,7 +60,9 @@ def test_export_round_trip(tmp_path, tied):
     hf_cfg = json.loads((out / "config.json").read_text())
     assert hf_cfg["architectures"] == ["LlamaForCausalLM"] and hf_cfg["tie_word_embeddings"] == tied
 
-    transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install -e .[hf]); export files checked without it")
+    transformers = pytest.importorskip(
+        "transformers", reason="transformers not installed (pip install -e .[hf]); export files checked without it"
+    )
     import torch
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32)

@@ -17,7 +17,10 @@ from sos_rs import InvalidValueError, ShapeError, optim
 from sos_rs.models import FAMILIES, DiscoverLM, DiscoverLMConfig, MoAConfig, MoALM
 from sos_rs.nn.moe import Aux, MoELayer
 
-TINY = {"moa": MoAConfig.tiny(capacity_factor=1.25, seed=3).to_dict(), "discoverlm": DiscoverLMConfig.tiny(seed=3).to_dict()}
+TINY = {
+    "moa": MoAConfig.tiny(capacity_factor=1.25, seed=3).to_dict(),
+    "discoverlm": DiscoverLMConfig.tiny(seed=3).to_dict(),
+}
 
 
 def make(family: str, **over):
@@ -45,8 +48,11 @@ def test_overfits_one_batch(family):
         opt.step()
         ce.append(model.last_stats["ce"])
         rates.append(model.last_stats["ti_violation_rate"])
-    print(f"\n[{family}] CE {ce[0]:.3f} -> {ce[-1]:.3f}; active fraction {model.last_stats['active_param_fraction']:.3f}; "
-          f"TI violation rate first/last 10 steps {np.mean(rates[:10]):.3f}/{np.mean(rates[-10:]):.3f}")
+    print(
+        f"\n[{family}] CE {ce[0]:.3f} -> {ce[-1]:.3f}; active fraction "
+        f"{model.last_stats['active_param_fraction']:.3f}; "
+        f"TI violation rate first/last 10 steps {np.mean(rates[:10]):.3f}/{np.mean(rates[-10:]):.3f}"
+    )
     assert ce[-1] <= 0.1 * ce[0], (ce[0], ce[-1])
 
 
@@ -80,7 +86,8 @@ cfg_cls = model_cls.config_class
 model = model_cls(cfg_cls.from_dict(json.loads(sys.argv[2])))
 seq = np.random.default_rng(0).integers(0, 256, (2, 33))
 loss = model.loss(seq[:, :-1], seq[:, 1:]); loss.backward()
-np.savez(sys.argv[3], loss=loss.item(), isa=sos_rs.isa(), **{n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None})
+grads = {n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None}
+np.savez(sys.argv[3], loss=loss.item(), isa=sos_rs.isa(), **grads)
 """
 
 
@@ -117,7 +124,7 @@ def test_active_fraction_is_one_when_every_path_is_chosen_and_less_otherwise():
 
 
 def test_eval_mode_uses_the_hard_ball_mask_and_no_regulariser():
-    model = make("moa", ball_radius_init=0.05)                  # nearly every key outside its ball
+    model = make("moa", ball_radius_init=0.05)  # nearly every key outside its ball
     ids, targets = batch()
     train_logits = model(ids).numpy()
     model.eval()
@@ -144,7 +151,7 @@ def test_moe_layer_counts_drops_and_dropped_tokens_pass_as_zero():
     lost = np.where((slots == -1).all(1))[0]
     assert len(lost) > 0 and np.all(y.numpy().reshape(60, 16)[lost] == 0.0)
     k_eff = layer.active_fraction(rec)
-    assert 0.0 < k_eff < 0.5 + 1e-6                               # at most k/E of the experts per token
+    assert 0.0 < k_eff < 0.5 + 1e-6  # at most k/E of the experts per token
 
 
 BAD_INPUTS = [
@@ -181,5 +188,16 @@ def test_bad_configs_are_refused(cls, over, msg):
 def test_families_are_registered_and_discovery_preset_is_the_stated_config():
     assert FAMILIES["moa"] is MoALM and FAMILIES["discoverlm"] is DiscoverLM
     c = DiscoverLMConfig()
-    assert (c.d_model, c.n_layers, c.n_heads, c.ffn_hidden, c.router_top_k, c.router_temperature, c.ffn_rank,
-            c.ti_lambda, c.ti_triples, c.tie_embeddings, c.max_seq_len) == (512, 4, 16, 1536, 2, 2.0, 32, 0.01, 64, True, 1024)
+    assert (
+        c.d_model,
+        c.n_layers,
+        c.n_heads,
+        c.ffn_hidden,
+        c.router_top_k,
+        c.router_temperature,
+        c.ffn_rank,
+        c.ti_lambda,
+        c.ti_triples,
+        c.tie_embeddings,
+        c.max_seq_len,
+    ) == (512, 4, 16, 1536, 2, 2.0, 32, 0.01, 64, True, 1024)

@@ -43,8 +43,14 @@ def live(name: str) -> dict:
     return run_case(name)
 
 
-SOURCES = [pytest.param("golden", id="golden"),
-           pytest.param("torch", id="torch-live", marks=pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed; golden comparison still ran"))]
+SOURCES = [
+    pytest.param("golden", id="golden"),
+    pytest.param(
+        "torch",
+        id="torch-live",
+        marks=pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed; golden comparison still ran"),
+    ),
+]
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -54,12 +60,15 @@ def test_family_matches_torch(name: str, source: str) -> None:
     model_cls = FAMILIES[str(ref["family"])]
     cfg_cls = model_cls.config_class
     model = model_cls(cfg_cls.from_dict(json.loads(str(ref["config"]))))
-    model.load_state_dict({k[len("param/"):]: v for k, v in ref.items() if k.startswith("param/")})
+    model.load_state_dict({k[len("param/") :]: v for k, v in ref.items() if k.startswith("param/")})
     ids, targets, triples = ref["ids"], ref["targets"], ref["triples"]
     loss = model.loss(ids, targets, triples)
     loss.backward()
     logits, _ = model.forward_with_aux(ids, triples)
-    report = {"logits": float(np.abs(logits.numpy() - ref["logits"]).max()), "loss": abs(loss.item() - float(ref["loss"]))}
+    report = {
+        "logits": float(np.abs(logits.numpy() - ref["logits"]).max()),
+        "loss": abs(loss.item() - float(ref["loss"])),
+    }
     rel = {}
     for pname, p in model.named_parameters():
         got = np.zeros(p.shape, np.float32) if p.grad is None else p.grad.numpy()
@@ -67,9 +76,12 @@ def test_family_matches_torch(name: str, source: str) -> None:
         report[pname] = float(np.abs(got - want).max())
         rel[pname] = report[pname] / max(float(np.abs(want).max()), 1e-6)
     worst = max(rel, key=rel.get)
-    print(f"\n[{name}/{source}] logits max|Δ| {report['logits']:.2e}, loss |Δ| {report['loss']:.2e}, "
-          f"grad max|Δ| {max(v for k, v in report.items() if k not in ('logits', 'loss')):.2e}, worst relative {rel[worst]:.2e} ({worst}); "
-          f"dropped {model.last_stats['dropped']}, TI violation rate {model.last_stats['ti_violation_rate']:.3f}")
+    print(
+        f"\n[{name}/{source}] logits max|Δ| {report['logits']:.2e}, loss |Δ| {report['loss']:.2e}, "
+        f"grad max|Δ| {max(v for k, v in report.items() if k not in ('logits', 'loss')):.2e}, worst relative "
+        f"{rel[worst]:.2e} ({worst}); "
+        f"dropped {model.last_stats['dropped']}, TI violation rate {model.last_stats['ti_violation_rate']:.3f}"
+    )
     assert report["logits"] <= 1e-4
     assert report["loss"] <= 1e-5
     for pname in rel:
@@ -84,7 +96,7 @@ def test_family_matches_torch(name: str, source: str) -> None:
 def test_export_loads_with_trust_remote_code(name: str, tmp_path) -> None:
     from transformers import AutoModelForCausalLM
 
-    model = build_sparse(name).eval()                         # inference: hard ball mask, no regulariser
+    model = build_sparse(name).eval()  # inference: hard ball mask, no regulariser
     ids, _, _ = sparse_batch(SPARSE_CASES[name][1])
     export_pretrained(model, tmp_path)
     hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), trust_remote_code=True)

@@ -29,23 +29,49 @@ CASES = [
     ("add", F.add, lambda a, b: a + b, [arr(4, 7), arr(4, 7)], [0, 1]),
     ("mul", F.mul, lambda a, b: a * b, [arr(4, 7), arr(4, 7)], [0, 1]),
     ("scale", lambda a: F.scale(a, -0.7), lambda a: -0.7 * a, [arr(9)], [0]),
-    ("rmsnorm", lambda x, w: F.rmsnorm(x, w, 1e-5), lambda x, w: R.rmsnorm(x, w, 1e-5), [arr(3, 2, 10), arr(10)], [0, 1]),
-    ("layernorm", lambda x, w, b: F.layernorm(x, w, b, 1e-5), lambda x, w, b: R.layernorm(x, w, b, 1e-5), [arr(5, 9), arr(9), arr(9)], [0, 1, 2]),
+    (
+        "rmsnorm",
+        lambda x, w: F.rmsnorm(x, w, 1e-5),
+        lambda x, w: R.rmsnorm(x, w, 1e-5),
+        [arr(3, 2, 10), arr(10)],
+        [0, 1],
+    ),
+    (
+        "layernorm",
+        lambda x, w, b: F.layernorm(x, w, b, 1e-5),
+        lambda x, w, b: R.layernorm(x, w, b, 1e-5),
+        [arr(5, 9), arr(9), arr(9)],
+        [0, 1, 2],
+    ),
     ("silu", F.silu, R.silu, [arr(4, 19, lo=-4, hi=4)], [0]),
     ("gelu", F.gelu, R.gelu, [arr(4, 19, lo=-4, hi=4)], [0]),
     ("swiglu", F.swiglu, R.swiglu, [arr(3, 17, lo=-3, hi=3), arr(3, 17)], [0, 1]),
     ("softmax", F.softmax, R.softmax, [arr(3, 11, lo=-3, hi=3)], [0]),
     ("rope", lambda x: F.rope(x, 100.0), lambda x: R.rope(x, 100.0), [arr(2, 3, 2, 6)], [0]),
     ("rope_positions", lambda x: F.rope(x, 100.0, POS), lambda x: R.rope(x, 100.0, POS), [arr(2, 3, 2, 6)], [0]),
-    ("attention_mha", lambda q, k, v: F.causal_attention(q, k, v, 0.4), lambda q, k, v: R.attention(q, k, v, 0.4),
-     [arr(2, 5, 2, 4), arr(2, 5, 2, 4), arr(2, 5, 2, 4)], [0, 1, 2]),
-    ("attention_gqa", lambda q, k, v: F.causal_attention(q, k, v, 0.4), lambda q, k, v: R.attention(q, k, v, 0.4),
-     [arr(1, 6, 4, 4), arr(1, 6, 2, 4), arr(1, 6, 2, 4)], [0, 1, 2]),
+    (
+        "attention_mha",
+        lambda q, k, v: F.causal_attention(q, k, v, 0.4),
+        lambda q, k, v: R.attention(q, k, v, 0.4),
+        [arr(2, 5, 2, 4), arr(2, 5, 2, 4), arr(2, 5, 2, 4)],
+        [0, 1, 2],
+    ),
+    (
+        "attention_gqa",
+        lambda q, k, v: F.causal_attention(q, k, v, 0.4),
+        lambda q, k, v: R.attention(q, k, v, 0.4),
+        [arr(1, 6, 4, 4), arr(1, 6, 2, 4), arr(1, 6, 2, 4)],
+        [0, 1, 2],
+    ),
     ("embedding", lambda w: F.embedding(w, IDS), lambda w: R.embedding(w, IDS), [arr(6, 4)], [0]),
-    ("cross_entropy", lambda x: F.cross_entropy(x, IDS), lambda x: R.cross_entropy(x, IDS), [arr(2, 3, 6, lo=-2, hi=2)], [0]),
+    (
+        "cross_entropy",
+        lambda x: F.cross_entropy(x, IDS),
+        lambda x: R.cross_entropy(x, IDS),
+        [arr(2, 3, 6, lo=-2, hi=2)],
+        [0],
+    ),
 ]
-
-
 
 
 @pytest.mark.parametrize("name,op,ref,inputs,wrt", CASES, ids=[c[0] for c in CASES])

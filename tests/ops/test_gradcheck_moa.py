@@ -29,11 +29,11 @@ def distinct_choices(n, k, e):
 P = RS.softmax(arr(6, 5, lo=-2, hi=2).astype(np.float64)).astype(np.float32)
 _, P_IDX = _core.topk_gates_forward(_core.Tensor(P), 2, True)
 IDX = distinct_choices(9, 2, 4)
-PLAN = F.moe_plan(IDX, 4, capacity=4)                       # 18 assignments, 16 seats: drops
+PLAN = F.moe_plan(IDX, 4, capacity=4)  # 18 assignments, 16 seats: drops
 SLOT_TOKEN = np.concatenate([PLAN.rows(e) for e in range(4)])
 TOKEN_SLOT = PLAN.token_slot()
 OFFSETS = PLAN.offsets
-ROWS = np.array([0, 2, 3, 6, 7, 9, 10, 11])                  # routed queries of B=2, T=6
+ROWS = np.array([0, 2, 3, 6, 7, 9, 10, 11])  # routed queries of B=2, T=6
 TRIPLES = rng.integers(0, 12, (7, 3))
 POS = np.array([3, 0, 2, 2, 1, 4])
 
@@ -69,38 +69,114 @@ def metric_inputs(b, t, h, hkv, hd, m=None):
 KB_HARD = arr(2, 6, 2)
 
 CASES = [
-    ("router_probs", lambda x: F.router_probs(x, 2.0), lambda x: RS.router_probs(x, 2.0), [arr(5, 4, lo=-2, hi=2)], [0]),
+    (
+        "router_probs",
+        lambda x: F.router_probs(x, 2.0),
+        lambda x: RS.router_probs(x, 2.0),
+        [arr(5, 4, lo=-2, hi=2)],
+        [0],
+    ),
     ("topk_gates", lambda p: F.topk_gates(p, 2)[0], lambda p: RS.topk_gates(p, P_IDX), [P], [0]),
-    ("topk_gates_raw", lambda p: F.topk_gates(p, 2, renormalize=False)[0], lambda p: RS.topk_gates(p, P_IDX, False), [P], [0]),
+    (
+        "topk_gates_raw",
+        lambda p: F.topk_gates(p, 2, renormalize=False)[0],
+        lambda p: RS.topk_gates(p, P_IDX, False),
+        [P],
+        [0],
+    ),
     ("load_balance", lambda p: F.load_balance_loss(p, P_IDX), lambda p: RS.load_balance(p, P_IDX), [P], [0]),
     ("z_loss", F.router_z_loss, RS.z_loss, [arr(5, 4, lo=-2, hi=2)], [0]),
     ("dispatch", lambda x: F.dispatch(x, PLAN), lambda x: RS.dispatch(x, SLOT_TOKEN), [arr(9, 3)], [0]),
-    ("combine", lambda ys, g: F.combine(ys, g, PLAN), lambda ys, g: RS.combine(ys, g, TOKEN_SLOT), [arr(PLAN.n_slots, 3), arr(9, 2)], [0, 1]),
-    ("experts_swiglu", lambda xs, a, b, c: F.experts_swiglu(xs, PLAN, a, b, c), lambda xs, a, b, c: RS.experts_swiglu(xs, OFFSETS, a, b, c),
-     [arr(PLAN.n_slots, 3), arr(4, 5, 3), arr(4, 5, 3), arr(4, 3, 5)], [0, 1, 2, 3]),
+    (
+        "combine",
+        lambda ys, g: F.combine(ys, g, PLAN),
+        lambda ys, g: RS.combine(ys, g, TOKEN_SLOT),
+        [arr(PLAN.n_slots, 3), arr(9, 2)],
+        [0, 1],
+    ),
+    (
+        "experts_swiglu",
+        lambda xs, a, b, c: F.experts_swiglu(xs, PLAN, a, b, c),
+        lambda xs, a, b, c: RS.experts_swiglu(xs, OFFSETS, a, b, c),
+        [arr(PLAN.n_slots, 3), arr(4, 5, 3), arr(4, 5, 3), arr(4, 3, 5)],
+        [0, 1, 2, 3],
+    ),
     moe_layer_case(),
-    ("metric_mha", lambda q, k, v, a, w: F.metric_attention(q, k, v, a, w), lambda q, k, v, a, w: RS.metric_attention(q, k, v, a, w),
-     metric_inputs(2, 5, 2, 2, 4)[:5], [0, 1, 2, 3, 4]),
-    ("metric_mqa_ball_bias", lambda q, k, v, a, w, kb: F.metric_attention(q, k, v, a, w, kb), lambda q, k, v, a, w, kb: RS.metric_attention(q, k, v, a, w, kb),
-     metric_inputs(1, 6, 3, 1, 4), [0, 1, 2, 3, 4, 5]),
-    ("metric_routed_rows", lambda q, k, v, a, w, kb: F.metric_attention(q, k, v, a, w, kb, ROWS), lambda q, k, v, a, w, kb: RS.metric_attention(q, k, v, a, w, kb, ROWS),
-     metric_inputs(2, 6, 2, 1, 4, m=len(ROWS)), [0, 1, 2, 3, 4, 5]),
-    ("metric_hard", lambda q, k, v, a, w: F.metric_attention(q, k, v, a, w, sos_rs.tensor(KB_HARD), hard=True),
-     lambda q, k, v, a, w: RS.metric_attention(q, k, v, a, w, KB_HARD.astype(np.float64), hard=True), metric_inputs(2, 6, 2, 2, 4)[:5], [0, 1, 2, 3, 4]),
-    ("ball_penalty", lambda k, o, r, w: F.ball_penalty(k, o, r, w, 0.7), lambda k, o, r, w: RS.ball_penalty(k, o, r, w, 0.7),
-     [arr(2, 5, 1, 4), arr(3, 4, lo=-0.3, hi=0.3), arr(3, lo=0.3, hi=0.9), arr(3, 4, lo=0.3, hi=1.0)], [0, 1, 2, 3]),
-    ("ti_loss", lambda k, w: F.ti_loss(k, w, TRIPLES, 0.5)[0], lambda k, w: RS.ti_loss(k, w, TRIPLES, 0.5), [arr(2, 6, 2, 3), arr(4, 3, lo=0.2, hi=1.0)], [0, 1]),
+    (
+        "metric_mha",
+        lambda q, k, v, a, w: F.metric_attention(q, k, v, a, w),
+        lambda q, k, v, a, w: RS.metric_attention(q, k, v, a, w),
+        metric_inputs(2, 5, 2, 2, 4)[:5],
+        [0, 1, 2, 3, 4],
+    ),
+    (
+        "metric_mqa_ball_bias",
+        lambda q, k, v, a, w, kb: F.metric_attention(q, k, v, a, w, kb),
+        lambda q, k, v, a, w, kb: RS.metric_attention(q, k, v, a, w, kb),
+        metric_inputs(1, 6, 3, 1, 4),
+        [0, 1, 2, 3, 4, 5],
+    ),
+    (
+        "metric_routed_rows",
+        lambda q, k, v, a, w, kb: F.metric_attention(q, k, v, a, w, kb, ROWS),
+        lambda q, k, v, a, w, kb: RS.metric_attention(q, k, v, a, w, kb, ROWS),
+        metric_inputs(2, 6, 2, 1, 4, m=len(ROWS)),
+        [0, 1, 2, 3, 4, 5],
+    ),
+    (
+        "metric_hard",
+        lambda q, k, v, a, w: F.metric_attention(q, k, v, a, w, sos_rs.tensor(KB_HARD), hard=True),
+        lambda q, k, v, a, w: RS.metric_attention(q, k, v, a, w, KB_HARD.astype(np.float64), hard=True),
+        metric_inputs(2, 6, 2, 2, 4)[:5],
+        [0, 1, 2, 3, 4],
+    ),
+    (
+        "ball_penalty",
+        lambda k, o, r, w: F.ball_penalty(k, o, r, w, 0.7),
+        lambda k, o, r, w: RS.ball_penalty(k, o, r, w, 0.7),
+        [arr(2, 5, 1, 4), arr(3, 4, lo=-0.3, hi=0.3), arr(3, lo=0.3, hi=0.9), arr(3, 4, lo=0.3, hi=1.0)],
+        [0, 1, 2, 3],
+    ),
+    (
+        "ti_loss",
+        lambda k, w: F.ti_loss(k, w, TRIPLES, 0.5)[0],
+        lambda k, w: RS.ti_loss(k, w, TRIPLES, 0.5),
+        [arr(2, 6, 2, 3), arr(4, 3, lo=0.2, hi=1.0)],
+        [0, 1],
+    ),
     ("softplus", F.softplus, RS.softplus, [arr(4, 7, lo=-5, hi=5)], [0]),
-    ("sigmoid_range", lambda x: F.sigmoid_range(x, 0.5, 2.0), lambda x: RS.sigmoid_range(x, 0.5, 2.0), [arr(9, lo=-3, hi=3)], [0]),
+    (
+        "sigmoid_range",
+        lambda x: F.sigmoid_range(x, 0.5, 2.0),
+        lambda x: RS.sigmoid_range(x, 0.5, 2.0),
+        [arr(9, lo=-3, hi=3)],
+        [0],
+    ),
     ("col_scale", F.col_scale, lambda x, s: x * s, [arr(3, 4, 5), arr(5)], [0, 1]),
     ("gather_rows", lambda x: F.gather_rows(x, np.array([3, 0, 3, 1])), lambda x: x[[3, 0, 3, 1]], [arr(5, 3)], [0]),
-    ("concat_rows", lambda a, b: F.concat_rows([a, b]), lambda a, b: np.concatenate([a, b]), [arr(2, 3), arr(4, 3)], [0, 1]),
+    (
+        "concat_rows",
+        lambda a, b: F.concat_rows([a, b]),
+        lambda a, b: np.concatenate([a, b]),
+        [arr(2, 3), arr(4, 3)],
+        [0, 1],
+    ),
     ("dwconv", F.dwconv, RS.dwconv, [arr(2, 7, 3), arr(3, 5)], [0, 1]),
-    ("dwconv_rows", lambda x, w: F.dwconv(x, w, ROWS), lambda x, w: RS.dwconv(x, w, ROWS), [arr(2, 6, 3), arr(3, 4)], [0, 1]),
-    ("rope_angles", lambda x, a: F.rope_angles(x, a, POS), lambda x, a: RS.rope_angles(x, a, POS), [arr(2, 3, 2, 6), arr(5, 3, lo=-3, hi=3)], [0, 1]),
+    (
+        "dwconv_rows",
+        lambda x, w: F.dwconv(x, w, ROWS),
+        lambda x, w: RS.dwconv(x, w, ROWS),
+        [arr(2, 6, 3), arr(3, 4)],
+        [0, 1],
+    ),
+    (
+        "rope_angles",
+        lambda x, a: F.rope_angles(x, a, POS),
+        lambda x, a: RS.rope_angles(x, a, POS),
+        [arr(2, 3, 2, 6), arr(5, 3, lo=-3, hi=3)],
+        [0, 1],
+    ),
 ]
-
-
 
 
 @pytest.mark.parametrize("name,op,ref,inputs,wrt", CASES, ids=[c[0] for c in CASES])

@@ -1,4 +1,5 @@
 """The speed work's Python surface: fused Linear, thread report, bit-identical thread counts."""
+
 import numpy as np
 import pytest
 

@@ -18,14 +18,23 @@ OPTIM = {"lr": 3e-3, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1, "cl
 
 DENSE_CASES = {
     # grouped-query attention (4 query heads share 2 kv heads), separate lm_head
-    "dense_gqa_untied": DenseConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=96, max_seq_len=T).to_dict(),
+    "dense_gqa_untied": DenseConfig(
+        vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=96, max_seq_len=T
+    ).to_dict(),
     # plain multi-head attention, lm_head tied to the embedding
-    "dense_mha_tied": DenseConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, ffn_hidden=96, max_seq_len=T, tie_embeddings=True).to_dict(),
+    "dense_mha_tied": DenseConfig(
+        vocab_size=128, d_model=64, n_layers=2, n_heads=4, ffn_hidden=96, max_seq_len=T, tie_embeddings=True
+    ).to_dict(),
 }
 
 SPARSE_CASES = {
     # untied head, capacity 1.0 (tokens are dropped), z-loss on, ball pruning with a small radius
-    "moa_tiny": ("moa", MoAConfig.tiny(tie_embeddings=False, z_loss_coef=1e-3, capacity_factor=1.0, ball_radius_init=0.3, seed=5).to_dict()),
+    "moa_tiny": (
+        "moa",
+        MoAConfig.tiny(
+            tie_embeddings=False, z_loss_coef=1e-3, capacity_factor=1.0, ball_radius_init=0.3, seed=5
+        ).to_dict(),
+    ),
     # the Discovery structure scaled down: tied, TI regulariser, unlimited capacity
     "discoverlm_tiny": ("discoverlm", DiscoverLMConfig.tiny(seed=6).to_dict()),
 }

@@ -69,7 +69,7 @@ def metric_attention(q, k, v, alpha, w, kb=None, rows=None, hard=False):
     for m, r in enumerate(rows):
         bb, i = divmod(int(r), t)
         for hh in range(h):
-            keys = k[bb, : i + 1, hh // rep]                                   # [i+1, hd]
+            keys = k[bb, : i + 1, hh // rep]  # [i+1, hd]
             s = -alpha[hh] * ((qf[m, hh] - keys) ** 2 * w[hh]).sum(-1)
             if kb is not None:
                 bias = kb[bb, : i + 1, hh]
@@ -84,7 +84,7 @@ def metric_attention(q, k, v, alpha, w, kb=None, rows=None, hard=False):
 
 def ball_penalty(k, o, r, w, beta):
     hkv, h = k.shape[-2], o.shape[0]
-    kk = np.repeat(k, h // hkv, axis=-2)                                      # [..., H, hd]
+    kk = np.repeat(k, h // hkv, axis=-2)  # [..., H, hd]
     dist = np.sqrt((w * (kk - o) ** 2).sum(-1) + 1e-6)
     return -beta * np.maximum(dist - r, 0.0)
 

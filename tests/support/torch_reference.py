@@ -93,5 +93,10 @@ class TorchDense(nn.Module):
     def adamw(self, lr, betas, eps, weight_decay):
         decay = [self.get(n) for n in self.names if self.get(n).ndim >= 2 and "embed_tokens" not in n]
         other = [self.get(n) for n in self.names if not (self.get(n).ndim >= 2 and "embed_tokens" not in n)]
-        return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}],
-                                 lr=lr, betas=betas, eps=eps, foreach=False)
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}],
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            foreach=False,
+        )

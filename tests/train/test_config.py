@@ -13,19 +13,24 @@ BASE = {"data": {"dir": "d"}, "run": {"out": "o"}}
 
 
 def test_defaults_and_overrides():
-    cfg = from_dict(apply_overrides({**BASE, "model": {"d_model": 64}}, ["optim.lr=1e-3", "run.steps=7", "schedule.kind=wsd"]))
+    cfg = from_dict(
+        apply_overrides({**BASE, "model": {"d_model": 64}}, ["optim.lr=1e-3", "run.steps=7", "schedule.kind=wsd"])
+    )
     assert cfg.optim.lr == 1e-3 and cfg.run.steps == 7 and cfg.schedule.kind == "wsd" and cfg.model["d_model"] == 64
 
 
-@pytest.mark.parametrize("raw,needle", [
-    ({**BASE, "optim": {"lrr": 1}}, "[optim] unknown keys: lrr"),
-    ({"data": {"dir": "d"}}, "[run] missing required keys: out"),
-    ({"run": {"out": "o"}}, "[data] missing required keys: dir"),
-    ({**BASE, "model": {"widht": 3}}, "[model] unknown keys for family 'dense': widht"),
-    ({**BASE, "model": {"family": "nope"}}, "unknown model family 'nope'"),
-    ({**BASE, "extra": {}}, "unknown sections: extra"),
-    ({**BASE, "schedule": {"kind": "exp"}}, "schedule.kind 'exp'"),
-])
+@pytest.mark.parametrize(
+    "raw,needle",
+    [
+        ({**BASE, "optim": {"lrr": 1}}, "[optim] unknown keys: lrr"),
+        ({"data": {"dir": "d"}}, "[run] missing required keys: out"),
+        ({"run": {"out": "o"}}, "[data] missing required keys: dir"),
+        ({**BASE, "model": {"widht": 3}}, "[model] unknown keys for family 'dense': widht"),
+        ({**BASE, "model": {"family": "nope"}}, "unknown model family 'nope'"),
+        ({**BASE, "extra": {}}, "unknown sections: extra"),
+        ({**BASE, "schedule": {"kind": "exp"}}, "schedule.kind 'exp'"),
+    ],
+)
 def test_bad_configs_name_the_key(raw, needle):
     with pytest.raises(ConfigError) as e:
         from_dict(raw)
@@ -47,10 +52,10 @@ def test_schedules():
     # warmup 10 of 110 steps to lr 1.0, min 0.1
     assert lr_at(0, 110, 1.0, 0.1, "cosine", 10) == pytest.approx(0.1)
     assert lr_at(9, 110, 1.0, 0.1, "cosine", 10) == pytest.approx(1.0)
-    assert lr_at(60, 110, 1.0, 0.1, "cosine", 10) == pytest.approx(0.55)   # half-way: (1 + 0.1) / 2
+    assert lr_at(60, 110, 1.0, 0.1, "cosine", 10) == pytest.approx(0.55)  # half-way: (1 + 0.1) / 2
     assert lr_at(110, 110, 1.0, 0.1, "linear", 10) == pytest.approx(0.1)
     assert lr_at(60, 110, 1.0, 0.1, "linear", 10) == pytest.approx(0.55)
-    assert lr_at(80, 110, 1.0, 0.1, "wsd", 10, 0.2) == pytest.approx(1.0)   # stable phase
+    assert lr_at(80, 110, 1.0, 0.1, "wsd", 10, 0.2) == pytest.approx(1.0)  # stable phase
     assert lr_at(100, 110, 1.0, 0.1, "wsd", 10, 0.2) == pytest.approx(0.55)  # half-way through the decay
     assert lr_at(50, 110, 1.0, 0.1, "constant", 10) == 1.0
 

@@ -29,15 +29,48 @@ def corpus(tmp_path_factory) -> pathlib.Path:
         lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(rng.randint(2, 15))]
         (src / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
     out = root / "prepared"
-    subprocess.run(SOS + ["prepare", str(src), "--out", str(out), "--vocab-size", "300"], check=True, capture_output=True, text=True)
+    subprocess.run(
+        SOS + ["prepare", str(src), "--out", str(out), "--vocab-size", "300"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out
 
 
 def write_config(path: pathlib.Path, data: pathlib.Path, out: pathlib.Path, **run) -> pathlib.Path:
-    run_cfg = {"steps": 30, "checkpoint_every": 3, "eval_every": 0, "log_every": 1, "sample_tokens": 0, "keep_last": 2, "threads": 1, **run}
-    lines = ["[model]", "d_model = 32", "n_layers = 2", "n_heads = 4", "n_kv_heads = 2", "",
-             "[data]", f'dir = "{data}"', "seq_len = 32", "batch_size = 4", "",
-             "[optim]", "lr = 3e-3", "grad_accum = 2", "", "[schedule]", "warmup_steps = 5", "", "[run]", f'out = "{out}"']
+    run_cfg = {
+        "steps": 30,
+        "checkpoint_every": 3,
+        "eval_every": 0,
+        "log_every": 1,
+        "sample_tokens": 0,
+        "keep_last": 2,
+        "threads": 1,
+        **run,
+    }
+    lines = [
+        "[model]",
+        "d_model = 32",
+        "n_layers = 2",
+        "n_heads = 4",
+        "n_kv_heads = 2",
+        "",
+        "[data]",
+        f'dir = "{data}"',
+        "seq_len = 32",
+        "batch_size = 4",
+        "",
+        "[optim]",
+        "lr = 3e-3",
+        "grad_accum = 2",
+        "",
+        "[schedule]",
+        "warmup_steps = 5",
+        "",
+        "[run]",
+        f'out = "{out}"',
+    ]
     lines += [f"{k} = {json.dumps(v)}" for k, v in run_cfg.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -49,7 +82,9 @@ def final_weights(run: pathlib.Path) -> dict:
 
 
 def test_train_writes_run_folder_and_samples(corpus, tmp_path):
-    cfg = write_config(tmp_path / "c.toml", corpus, tmp_path / "run", steps=12, eval_every=6, eval_batches=2, sample_tokens=10)
+    cfg = write_config(
+        tmp_path / "c.toml", corpus, tmp_path / "run", steps=12, eval_every=6, eval_batches=2, sample_tokens=10
+    )
     out = subprocess.run(SOS + ["train", str(cfg)], check=True, capture_output=True, text=True)
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -64,8 +99,12 @@ def test_train_writes_run_folder_and_samples(corpus, tmp_path):
     state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text())
     assert state["step"] == 12 and "belt" in state and state["optimizer_step"] == 12
     # the other commands work on the run folder
-    for cmd in (["sample", str(run), "--max-new-tokens", "5"], ["eval", str(run), "--batches", "2"], ["plot", str(run)],
-                ["export", str(run), "--hf", str(tmp_path / "hf")]):
+    for cmd in (
+        ["sample", str(run), "--max-new-tokens", "5"],
+        ["eval", str(run), "--batches", "2"],
+        ["plot", str(run)],
+        ["export", str(run), "--hf", str(tmp_path / "hf")],
+    ):
         subprocess.run(SOS + cmd, check=True, capture_output=True, text=True)
     assert (run / "plot.png").stat().st_size > 1000
     assert (tmp_path / "hf" / "config.json").exists()

@@ -24,39 +24,81 @@ def prepare(root: pathlib.Path) -> pathlib.Path:
     src = root / "texts"
     src.mkdir()
     for i in range(30):
-        (src / f"doc{i:02d}.txt").write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))) for _ in range(8)) + "\n")
+        (src / f"doc{i:02d}.txt").write_text(
+            "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))) for _ in range(8)) + "\n"
+        )
     out = root / "prepared"
-    subprocess.run(SOS + ["prepare", str(src), "--out", str(out), "--vocab-size", "280"], check=True, capture_output=True, text=True)
+    subprocess.run(
+        SOS + ["prepare", str(src), "--out", str(out), "--vocab-size", "280"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out
 
 
 def config(path: pathlib.Path, data: pathlib.Path, out: pathlib.Path, steps: int) -> pathlib.Path:
-    path.write_text("\n".join([
-        "[model]", 'family = "discoverlm"', "d_model = 32", "n_layers = 1", "n_heads = 4", "ffn_hidden = 96", "ffn_rank = 8",
-        "[data]", f'dir = "{data}"', "seq_len = 32", "batch_size = 4",
-        "[optim]", "lr = 3e-3", "[schedule]", "warmup_steps = 2",
-        "[run]", f'out = "{out}"', f"steps = {steps}", "checkpoint_every = 3", "eval_every = 3", "eval_batches = 1",
-        "log_every = 1", "sample_every = 3", "sample_tokens = 5", "threads = 1", "keep_last = 2",
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                "[model]",
+                'family = "discoverlm"',
+                "d_model = 32",
+                "n_layers = 1",
+                "n_heads = 4",
+                "ffn_hidden = 96",
+                "ffn_rank = 8",
+                "[data]",
+                f'dir = "{data}"',
+                "seq_len = 32",
+                "batch_size = 4",
+                "[optim]",
+                "lr = 3e-3",
+                "[schedule]",
+                "warmup_steps = 2",
+                "[run]",
+                f'out = "{out}"',
+                f"steps = {steps}",
+                "checkpoint_every = 3",
+                "eval_every = 3",
+                "eval_batches = 1",
+                "log_every = 1",
+                "sample_every = 3",
+                "sample_tokens = 5",
+                "threads = 1",
+                "keep_last = 2",
+            ]
+        )
+        + "\n"
+    )
     return path
 
 
 def test_discoverlm_trains_resumes_and_exports(tmp_path):
     data = prepare(tmp_path)
     run = tmp_path / "run"
-    subprocess.run(SOS + ["train", str(config(tmp_path / "a.toml", data, run, 6))], check=True, capture_output=True, text=True)
+    subprocess.run(
+        SOS + ["train", str(config(tmp_path / "a.toml", data, run, 6))], check=True, capture_output=True, text=True
+    )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "active_param_fraction" in r]
     assert [r["step"] for r in steps] == list(range(1, 7))
     assert all(0.0 < r["active_param_fraction"] < 1.0 and 0.0 <= r["ti_violation_rate"] <= 1.0 for r in steps)
     assert any("val_bpb" in r for r in records) and (run / "samples.txt").read_text().strip()
     # The loss includes the regularisers; validation is cross-entropy alone (below the logged loss is fine).
-    res = subprocess.run(SOS + ["train", str(config(tmp_path / "b.toml", data, run, 8)), "--resume", "auto"], check=True, capture_output=True, text=True)
+    res = subprocess.run(
+        SOS + ["train", str(config(tmp_path / "b.toml", data, run, 8)), "--resume", "auto"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "active_param_fraction" in r][-2:] == [7, 8], res.stdout + res.stderr
     hf = tmp_path / "hf"
     subprocess.run(SOS + ["export", str(run), "--hf", str(hf)], check=True, capture_output=True, text=True)
-    assert {"model.safetensors", "config.json", "modeling_sos_moa.py", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in hf.iterdir()}
+    assert {"model.safetensors", "config.json", "modeling_sos_moa.py", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in hf.iterdir()
+    }
     model = load_pretrained(hf)
     weights = load_file(str(hf / "model.safetensors"))
     for name, arr in model.state_dict().items():

@@ -95,5 +95,5 @@ def test_kv_cache_decoding_matches_full_forward():
     with no_grad():
         full = model(ids).numpy()
         cache = model.new_cache(2)
-        parts = [model(ids[:, :5], cache).numpy()] + [model(ids[:, t:t + 1], cache).numpy() for t in range(5, 12)]
+        parts = [model(ids[:, :5], cache).numpy()] + [model(ids[:, t : t + 1], cache).numpy() for t in range(5, 12)]
     np.testing.assert_allclose(np.concatenate(parts, 1), full, rtol=1e-5, atol=1e-5)
