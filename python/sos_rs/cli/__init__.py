@@ -8,22 +8,15 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-# Subcommand modules, in the order `sos --help` lists them. A module that is absent (a
-# capability not built yet) is skipped.
-SUBCOMMANDS = ["prepare", "train", "sample", "eval", "export", "plot", "bench", "info"]
+# Subcommand modules, in the order `sos --help` lists them.
+SUBCOMMANDS = ["prepare", "train", "sample", "eval", "export", "plot", "info"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sos", description="sos_rs: train small language models on CPUs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{name}":
-                continue
-            raise
-        mod.add_parser(sub)
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
 
 
