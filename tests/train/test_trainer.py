@@ -171,3 +171,16 @@ def test_unknown_config_key_is_named(corpus, tmp_path):
 def test_help(command):
     out = subprocess.run(SOS + ([command] if command else []) + ["--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "usage:" in out.stdout
+
+
+def test_version():
+    import sos_rs
+
+    out = subprocess.run(SOS + ["--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"sos {sos_rs.__version__}"
+    help_text = subprocess.run(SOS + ["--help"], capture_output=True, text=True).stdout
+    block = help_text.split("COMMAND\n", 1)[1].split("\n\n", 1)[0]
+    listed = [line.split()[0] for line in block.splitlines()]
+    from sos_rs.cli import SUBCOMMANDS
+
+    assert listed == SUBCOMMANDS and "bench" not in listed  # every listed command has a module

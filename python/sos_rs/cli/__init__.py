@@ -13,7 +13,10 @@ SUBCOMMANDS = ["prepare", "train", "sample", "eval", "export", "plot", "info"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="sos", description="sos_rs: train small language models on CPUs.")
+    parser.add_argument("--version", action="version", version=f"sos {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)

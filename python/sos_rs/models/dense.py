@@ -50,16 +50,19 @@ class DenseConfig:
             self.n_kv_heads = self.n_heads
         if self.ffn_hidden is None:
             self.ffn_hidden = 32 * math.ceil(8 * self.d_model / 3 / 32)
-        problems = []
+        problems = [
+            f"{name} must be positive"
+            for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "max_seq_len")
+            if getattr(self, name) <= 0
+        ]
+        if problems:
+            raise ValueError("DenseConfig: " + "; ".join(problems))
         if self.d_model % self.n_heads:
             problems.append(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
         elif (self.d_model // self.n_heads) % 2:
             problems.append(f"head size {self.d_model // self.n_heads} must be even for RoPE")
         if self.n_heads % self.n_kv_heads:
             problems.append(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive")
         if problems:
             raise ValueError("DenseConfig: " + "; ".join(problems))
 

@@ -1,14 +1,21 @@
 """Training configuration: TOML sections [model], [data], [optim], [schedule], [run].
 Every field is documented here; unknown keys and missing required keys are named in the error.
-Overrides from the command line use dotted keys (`--set optim.lr=1e-3`)."""
+Overrides from the command line use dotted keys (`--set optim.lr=1e-3`).
+
+Every value, from the file or an override, is coerced to its field's annotation (`.001` and
+`"1e-3"` become floats, `"12"` an int) and checked against the field's range (`LIMITS` here;
+the family's config class for `[model]`); a value that does not fit raises ConfigError naming
+the key, the value and what was expected."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,7 +33,7 @@ class ConfigError(ValueError):
 class DataConfig:
     dir: str = REQUIRED  # type: ignore[assignment]
     """Folder written by `sos prepare` (tokenizer.json, shards, meta.json)."""
-    mixture: list = field(default_factory=list)
+    mixture: List[dict] = field(default_factory=list)
     """Optional extra sources: [{dir = "...", weight = 0.3}, ...]; `dir` above gets weight
     1 - sum(weights). All sources must share the tokenizer."""
     seq_len: int = 128
@@ -41,7 +48,7 @@ class OptimConfig:
     """Peak learning rate."""
     min_lr: float = 3e-4
     """Learning rate at the end of the decay."""
-    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     """AdamW (beta1, beta2)."""
     eps: float = 1e-8
     """AdamW epsilon."""
@@ -127,53 +134,212 @@ def apply_overrides(raw: dict, overrides: list) -> dict:
     return raw
 
 
+# Ranges of the [data], [optim], [schedule] and [run] fields: key -> (check, what is expected).
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+SCHEDULES = ("cosine", "linear", "wsd", "constant")
+LIMITS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    "data.seq_len": (_positive, "a positive integer"),
+    "data.batch_size": (_positive, "a positive integer"),
+    "optim.lr": (_positive, "a positive number"),
+    "optim.min_lr": (_non_negative, "a number >= 0"),
+    "optim.betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "[beta1, beta2], each in [0, 1)"),
+    "optim.eps": (_positive, "a positive number"),
+    "optim.weight_decay": (_non_negative, "a number >= 0"),
+    "optim.grad_clip": (_non_negative, "a number >= 0 (0 disables clipping)"),
+    "optim.grad_accum": (_positive, "a positive integer"),
+    "schedule.kind": (lambda v: v in SCHEDULES, "one of " + " | ".join(SCHEDULES)),
+    "schedule.warmup_steps": (_non_negative, "an integer >= 0"),
+    "schedule.decay_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "run.steps": (_positive, "a positive integer"),
+    "run.max_minutes": (_non_negative, "a number >= 0 (0 = no limit)"),
+    "run.seed": (_non_negative, "an integer >= 0"),
+    "run.threads": (_non_negative, "an integer >= 0 (0 = automatic)"),
+    "run.log_every": (_positive, "a positive integer"),
+    "run.eval_every": (_non_negative, "an integer >= 0 (0 disables)"),
+    "run.eval_batches": (_non_negative, "an integer >= 0 (0 = the whole split)"),
+    "run.sample_every": (_non_negative, "an integer >= 0"),
+    "run.sample_tokens": (_non_negative, "an integer >= 0"),
+    "run.checkpoint_every": (_non_negative, "an integer >= 0"),
+    "run.keep_last": (_non_negative, "an integer >= 0"),
+}
+def _what(annotation: Any) -> str:
+    """What a value of `annotation` looks like, for error messages."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        return " or ".join(_what(a) for a in inner) + (" or none" if type(None) in args else "")
+    if origin is list or annotation is list:
+        plural = {int: "integers", float: "numbers", bool: "booleans", str: "strings", dict: "tables"}
+        return f"a list of {plural.get(args[0], _what(args[0]))}" if args else "a list"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table"}.get(
+        annotation, str(annotation)
+    )
+
+
+def coerce(key: str, value: Any, annotation: Any) -> Any:
+    """`value` converted to `annotation` (int, float, bool, str, dict, List[X], Optional[X]), or a
+    ConfigError naming `key`, the value and what was expected. Numeric strings become numbers
+    (TOML has no `.001`, so `--set optim.lr=.001` arrives as a string); nothing else is guessed."""
+
+    def bad() -> ConfigError:
+        return ConfigError(f"{key} = {value!r}: expected {_what(annotation)}")
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+            raise bad()
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(key, value, a)
+            except ConfigError:
+                pass
+        raise bad()
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise bad()
+    if annotation is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if annotation is float:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, (int, float)):
+            out = float(value)
+        elif isinstance(value, str):
+            try:
+                out = float(value.strip())
+            except ValueError:
+                raise bad() from None
+        else:
+            raise bad()
+        if not math.isfinite(out):
+            raise ConfigError(f"{key} = {value!r}: expected a finite number")
+        return out
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `--set run.sample_prompt=123`
+        raise bad()
+    if annotation is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise bad()
+    if origin is list or annotation is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        if not args:
+            return list(value)
+        return [coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    raise ConfigError(f"{key}: unsupported annotation {annotation!r}")  # pragma: no cover - a programming error
+
+
+def _section(name: str, cls: Any, section: dict) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - names)
+    if unknown:
+        raise ConfigError(f"[{name}] unknown keys: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    missing = sorted(f.name for f in dataclasses.fields(cls) if f.default is REQUIRED and f.name not in section)
+    if missing:
+        raise ConfigError(f"[{name}] missing required keys: {', '.join(missing)}")
+    values = {}
+    for key, value in section.items():
+        full = f"{name}.{key}"
+        v = coerce(full, value, hints[key])
+        limit = LIMITS.get(full)
+        if limit is not None and not limit[0](v):
+            raise ConfigError(f"{full} = {value!r}: expected {limit[1]}")
+        values[key] = v
+    return cls(**values)
+
+
+def _mixture(entries: list) -> list:
+    out = []
+    for i, src in enumerate(entries):
+        key = f"data.mixture[{i}]"
+        if set(src) != {"dir", "weight"}:
+            raise ConfigError(f"{key} = {src!r}: expected a table with exactly `dir` and `weight`")
+        weight = coerce(f"{key}.weight", src["weight"], float)
+        if not 0 < weight < 1:
+            raise ConfigError(f"{key}.weight = {src['weight']!r}: expected a number in (0, 1)")
+        out.append({"dir": coerce(f"{key}.dir", src["dir"], str), "weight": weight})
+    return out
+
+
+def model_section(model: dict, seq_len: int) -> dict:
+    """[model] with every value coerced to the family's config annotations, then checked by
+    building the family's config (vocab_size "auto" and a missing max_seq_len stand in for the
+    values the trainer fills in: the tokenizer's vocabulary and data.seq_len)."""
+    from ..models import get_family
+
+    model = dict(model)
+    family = model.pop("family", "dense")
+    if not isinstance(family, str):
+        raise ConfigError(f"model.family = {family!r}: expected a string")
+    try:
+        cls = get_family(family).config_class
+    except ValueError as e:
+        raise ConfigError(f"[model] family: {e}") from None
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(model) - names)
+    if unknown:
+        raise ConfigError(f"[model] unknown keys for family {family!r}: {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    out: Dict[str, Any] = {"family": family}
+    for key, value in model.items():
+        if key == "vocab_size" and value in ("auto", None):
+            out[key] = "auto"
+            continue
+        out[key] = coerce(f"model.{key}", value, hints[key])
+    trial = {k: v for k, v in out.items() if k != "family"}
+    if trial.get("vocab_size", "auto") == "auto":
+        trial["vocab_size"] = 2  # stands in for the tokenizer's vocabulary
+    trial.setdefault("max_seq_len", seq_len)
+    try:
+        cls(**trial)
+    except (ValueError, TypeError, ArithmeticError) as e:
+        raise ConfigError(f"[model] {e}") from None
+    return out
+
+
 def from_dict(raw: dict) -> TrainConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the configuration must be a table of sections, got {type(raw).__name__}")
     unknown_sections = sorted(set(raw) - set(SECTIONS) - {"model"})
     if unknown_sections:
         raise ConfigError(f"unknown sections: {', '.join(unknown_sections)} (expected model, {', '.join(SECTIONS)})")
-    model = dict(raw.get("model", {}))
-    model.setdefault("family", "dense")
-    from ..models import config_fields
-
-    try:
-        allowed = config_fields(model["family"]) | {"family"}
-    except ValueError as e:
-        raise ConfigError(f"[model] family: {e}") from None
-    unknown = sorted(set(model) - allowed)
-    if unknown:
-        raise ConfigError(f"[model] unknown keys for family {model['family']!r}: {', '.join(unknown)}")
-    built = {}
-    for name, cls in SECTIONS.items():
-        section = dict(raw.get(name, {}))
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - names)
-        if unknown:
-            raise ConfigError(f"[{name}] unknown keys: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-        missing = sorted(f.name for f in dataclasses.fields(cls) if f.default is REQUIRED and f.name not in section)
-        if missing:
-            raise ConfigError(f"[{name}] missing required keys: {', '.join(missing)}")
-        built[name] = cls(**section)
-    cfg = TrainConfig(model=model, **built)
-    _validate(cfg)
-    return cfg
-
-
-def _validate(cfg: TrainConfig) -> None:
-    checks = [
-        (cfg.data.seq_len > 0, "data.seq_len must be positive"),
-        (cfg.data.batch_size > 0, "data.batch_size must be positive"),
-        (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
-        (cfg.optim.lr > 0, "optim.lr must be positive"),
-        (cfg.run.steps > 0, "run.steps must be positive"),
-        (
-            cfg.schedule.kind in ("cosine", "linear", "wsd", "constant"),
-            f"schedule.kind {cfg.schedule.kind!r} is not cosine|linear|wsd|constant",
-        ),
-        (len(cfg.optim.betas) == 2, "optim.betas must be [beta1, beta2]"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
+    for name in ("model", *SECTIONS):
+        if not isinstance(raw.get(name, {}), dict):
+            raise ConfigError(f"[{name}] must be a table, got {raw[name]!r}")
+    built = {name: _section(name, cls, dict(raw.get(name, {}))) for name, cls in SECTIONS.items()}
+    built["data"].mixture = _mixture(built["data"].mixture)
+    model = model_section(raw.get("model", {}), built["data"].seq_len)
+    return TrainConfig(model=model, **built)
 
 
 def load(path: str, overrides: Optional[list] = None) -> TrainConfig:
