@@ -43,7 +43,7 @@ def run(args) -> int:
     from ..train.config import from_dict
     from ..train.data_setup import DataError, DataSetup
     from ..train.evaluate import evaluate
-    from ..train.run_io import load_model, tokenizer_for
+    from ..train.run_io import load_model, resolve_data_dirs, tokenizer_for
 
     try:
         model, state, folder = load_model(args.run)
@@ -51,7 +51,7 @@ def run(args) -> int:
             tok, _ = tokenizer_for(state, folder)
             result = eval_text(model, tok, pathlib.Path(args.text).read_text(encoding="utf-8"))
         else:
-            raw = state["train_config"]
+            raw = resolve_data_dirs(state["train_config"], state, folder)
             if args.data:
                 raw["data"]["dir"] = args.data
                 raw["data"]["mixture"] = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 
 
@@ -47,11 +46,6 @@ def run(args) -> int:
     try:
         cfg = load(args.config, overrides)
         trainer = Trainer(cfg, resume=args.resume)
-        import pathlib
-
-        out = pathlib.Path(cfg.run.out)
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(trainer.data.tokenizer_path, out / "tokenizer.json")
         result = trainer.train()
         if not result.get("interrupted") and cfg.run.sample_tokens > 0:
             text = trainer._write_sample_final()

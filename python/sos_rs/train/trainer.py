@@ -12,6 +12,7 @@ import math
 import os
 import pathlib
 import platform
+import shutil
 import signal
 import time
 from typing import Optional
@@ -21,6 +22,7 @@ import numpy as np
 import sos_rs
 
 from .. import _core, optim
+from ..errors import SosError
 from ..models import build_model
 from . import checkpoint as ckpt
 from .config import TrainConfig, dumps
@@ -28,6 +30,7 @@ from .data_setup import DataSetup
 from .evaluate import evaluate
 from .memory import available_bytes, peak_rss_bytes, rss_bytes
 from .metrics import MetricsLog, Timer, read_metrics
+from .run_io import portable_paths
 from .schedule import lr_at
 
 
@@ -117,24 +120,40 @@ class Trainer:
                     f"{root} already holds checkpoints; use --resume auto to continue or choose another run.out"
                 )
             return
-        folder = ckpt.latest_valid(root, log=self.log) if resume == "auto" else pathlib.Path(resume)
+        if resume == "auto":
+            folder = ckpt.load_latest(root, self._restore, log=self.log)
+        else:
+            folder = self._restore(pathlib.Path(resume), *ckpt.load(pathlib.Path(resume), self.log))
         if folder is None:
             return
-        model_arrays, opt_arrays, state = ckpt.load(folder)
-        if state.get("model_family") != self.family or state.get("model_config") != self.model_cfg:
+        self._truncate_metrics()
+        self.log(f"resumed from {folder} at step {self.step}")
+
+    def _restore(self, folder: pathlib.Path, model_arrays: dict, opt_arrays: dict, state: dict) -> pathlib.Path:
+        """Takes over a loaded checkpoint. Everything is checked before anything is changed, so a
+        refused checkpoint (CheckpointError) leaves the fresh model, optimizer and belt intact."""
+        if state["model_family"] != self.family or state["model_config"] != self.model_cfg:
             raise TrainingError(
                 f"{folder} was written for a different model "
-                f"({state.get('model_family')}, {state.get('model_config')}); "
+                f"({state['model_family']}, {state['model_config']}); "
                 "the config must match to resume"
             )
+        shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
+        ckpt.check_arrays(folder, "model.safetensors", model_arrays, shapes)
+        opt_shapes = {f"{k}.{n}": s for n, s in shapes.items() for k in ("m", "v")}
+        ckpt.check_arrays(folder, "optimizer.safetensors", opt_arrays, opt_shapes)
+        try:
+            self.train_belt.load_state(state["belt"])
+        except (SosError, ValueError, TypeError, KeyError, OverflowError) as e:
+            raise TrainingError(
+                f"{folder}: its data cursor does not fit {self.data.dir} (was the run trained on other data?): {e}"
+            ) from None
         self.model.load_state_dict(model_arrays)
         load_optimizer(self.opt, self.names, opt_arrays, state["optimizer_step"])
-        self.train_belt.load_state(state["belt"])
         self.step = state["step"]
         self.best_val = state.get("best_val_loss")
         self.elapsed_before = state.get("elapsed_s", 0.0)
-        self._truncate_metrics()
-        self.log(f"resumed from {folder} at step {self.step}")
+        return folder
 
     def _truncate_metrics(self) -> None:
         """Drops metric lines of steps after the checkpoint: they are about to be redone."""
@@ -163,7 +182,8 @@ class Trainer:
             "best_val_loss": self.best_val,
             "elapsed_s": elapsed,
             "versions": {"sos_rs": sos_rs.__version__, "python": platform.python_version(), "numpy": np.__version__},
-            "tokenizer": str(self.data.tokenizer_path),
+            "tokenizer": "tokenizer.json",  # the run folder's copy (written by train())
+            "data_dirs": portable_paths(self.out, self.cfg.data.dir, self.cfg.data.mixture),
             "eot_id": self.data.eot_id,
         }
         folder = ckpt.save(
@@ -194,6 +214,7 @@ class Trainer:
         cfg, run = self.cfg, self.cfg.run
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(dumps(cfg))
+        shutil.copyfile(self.data.tokenizer_path, self.out / "tokenizer.json")
         metrics = MetricsLog(self.out / "metrics.jsonl", run.steps, self.step)
         metrics.info(f"threads {sos_rs.num_threads()} | SIMD {sos_rs.isa()} | {self.data.describe()}")
         stop = {"flag": False}
