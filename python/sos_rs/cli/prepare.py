@@ -106,4 +106,12 @@ def run(args) -> int:
         print(f"sos prepare: error: {e}", file=sys.stderr)
         return 1
     print(format_summary(meta))
+    if not meta.get("shards", {}).get("val"):
+        docs = meta.get("counts", {}).get("train", {}).get("documents", "?")
+        print(
+            f"note: no validation split: {docs} document(s) kept, too few to hold one out (one file is one "
+            "document; --split-blank-lines splits it into paragraphs). `sos train` will then score its "
+            "validation passes on the training split and label them so.",
+            file=sys.stderr,
+        )
     return 0

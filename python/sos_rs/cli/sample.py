@@ -1,4 +1,5 @@
-"""`sos sample RUN`: generate text from a trained run (or a checkpoint folder) with a KV cache."""
+"""`sos sample RUN`: generate text from a trained run (or a checkpoint folder) with a KV cache.
+Generation stops at end-of-text (the end of a document) unless --ignore-eot is given."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument(
+        "--ignore-eot",
+        action="store_true",
+        help="continue past end-of-text (shown as a blank line) instead of stopping there",
+    )
     p.set_defaults(func=run)
 
 
@@ -31,10 +37,13 @@ def run(args) -> int:
         return 2
     eot = state.get("eot_id")
     prompt = tok.encode(args.prompt).ids if args.prompt else [eot if eot is not None else 0]
+    stop = None if args.ignore_eot else eot
     for i in range(args.num_samples):
         new = generate(
-            model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed + i, stop_id=None
+            model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed + i, stop_id=stop
         )
+        if stop is not None and new and new[-1] == stop:
+            new = new[:-1]  # the document ended here
         print(args.prompt + decode(tok, new, eot))
         if args.num_samples > 1:
             print("-" * 40)

@@ -53,6 +53,7 @@ def run(args) -> int:
     except (ConfigError, DataError, TrainingError, ckpt.CheckpointError) as e:
         print(f"sos train: {e}", file=sys.stderr)
         return 2
-    summary = {k: result[k] for k in ("step", "val_loss", "val_bpb", "elapsed_s", "peak_rss_mb") if k in result}
+    keys = ("step", "val_loss", "val_bpb", "val_split", "elapsed_s", "peak_rss_mb")
+    summary = {k: result[k] for k in keys if k in result}
     print("done: " + json.dumps(summary))
     return 130 if result.get("interrupted") else 0

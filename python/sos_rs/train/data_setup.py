@@ -32,6 +32,9 @@ class DataSetup:
         self.val_paths = [str(self.dir / p) for p in self.meta["shards"].get("val", [])]
         if not self.train_paths or self.meta.get("splits", {}).get("train", {}).get("tokens", 1) == 0:
             raise DataError(f"{self.dir}: the training split is empty; nothing to train on")
+        self.has_val = bool(self.val_paths)
+        """False when the corpus has no validation split (too few documents to hold one out):
+        validation passes then score the training split, and the trainer says so."""
         if not self.val_paths:
             self.val_paths = self.train_paths
         self.mixture = []
@@ -45,6 +48,15 @@ class DataSetup:
                 raise DataError(f"mixture source {d} uses a different tokenizer than {self.dir}")
             self.mixture.append(([str(d / p) for p in m["shards"]["train"]], float(src["weight"])))
         self._tok = None
+
+    def val_note(self) -> str:
+        """What validation scores, for the log: empty with a validation split."""
+        if self.has_val:
+            return ""
+        return (
+            f"note: {self.dir} has no validation split (too few documents to hold one out); validation "
+            "passes score batches of the training split and are logged as 'train-split loss', not val loss"
+        )
 
     @property
     def val_bytes_per_token(self) -> float:

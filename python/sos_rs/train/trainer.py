@@ -31,6 +31,7 @@ from .evaluate import evaluate
 from .memory import available_bytes, peak_rss_bytes, rss_bytes
 from .metrics import MetricsLog, Timer, read_metrics
 from .run_io import portable_paths
+from .run_lock import RunLock, RunLockedError
 from .schedule import lr_at
 
 
@@ -93,6 +94,11 @@ class Trainer:
         self.elapsed_before = 0.0
         self.train_belt = self.data.train_belt()
         self._check_memory()
+        self.lock = RunLock(self.out)
+        try:
+            self.lock.acquire(self.log)  # held until train() ends; before any checkpoint is read
+        except RunLockedError as e:
+            raise TrainingError(str(e)) from None
         self._resume(resume)
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -217,6 +223,8 @@ class Trainer:
         shutil.copyfile(self.data.tokenizer_path, self.out / "tokenizer.json")
         metrics = MetricsLog(self.out / "metrics.jsonl", run.steps, self.step)
         metrics.info(f"threads {sos_rs.num_threads()} | SIMD {sos_rs.isa()} | {self.data.describe()}")
+        if self.data.val_note() and run.eval_every:
+            metrics.info(self.data.val_note())
         stop = {"flag": False}
         prev = signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
         timer = Timer()
@@ -274,8 +282,12 @@ class Trainer:
                     last_val = v["val_loss"]
                     if self.best_val is None or last_val < self.best_val:
                         self.best_val = last_val
+                    v["val_split"] = "val" if self.data.has_val else "train"
                     metrics.write({"step": self.step, **v})
-                    metrics.info(f"step {self.step}: val loss {v['val_loss']:.4f} | val bits/byte {v['val_bpb']:.4f}")
+                    label = "val" if self.data.has_val else "train-split"  # see DataSetup.val_note
+                    metrics.info(
+                        f"step {self.step}: {label} loss {v['val_loss']:.4f} | {label} bits/byte {v['val_bpb']:.4f}"
+                    )
                     result.update(v)
                 if run.sample_every and self.step % run.sample_every == 0:
                     self._write_sample(metrics)
@@ -303,6 +315,7 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, prev)
             metrics.close()
+            self.lock.release()
 
     def _write_sample_final(self) -> str:
         text = self.sample_text(self.cfg.run.sample_tokens)
