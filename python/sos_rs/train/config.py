@@ -67,7 +67,12 @@ class ScheduleConfig:
     warmup_steps: int = 50
     """Steps of linear warmup from 0 to lr."""
     decay_fraction: float = 0.2
-    """wsd only: the final fraction of steps that decays linearly to min_lr."""
+    """wsd only: the final fraction of steps (or of the time budget) that decays linearly to min_lr."""
+    horizon: str = "steps"
+    """What the decay is planned over: "steps" (run.steps) or "time" (run.max_minutes, which must
+    be set: progress is the elapsed fraction of the time budget, or of run.steps if larger, so a
+    run stopped by its time limit ends at min_lr). Warmup is in steps either way. A time-planned
+    run depends on the machine's speed, so it is not bit-identical across resumes."""
 
 
 @dataclass
@@ -157,6 +162,7 @@ LIMITS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "schedule.kind": (lambda v: v in SCHEDULES, "one of " + " | ".join(SCHEDULES)),
     "schedule.warmup_steps": (_non_negative, "an integer >= 0"),
     "schedule.decay_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "schedule.horizon": (lambda v: v in ("steps", "time"), "steps | time"),
     "run.steps": (_positive, "a positive integer"),
     "run.max_minutes": (_non_negative, "a number >= 0 (0 = no limit)"),
     "run.seed": (_non_negative, "an integer >= 0"),
@@ -339,6 +345,8 @@ def from_dict(raw: dict) -> TrainConfig:
     built = {name: _section(name, cls, dict(raw.get(name, {}))) for name, cls in SECTIONS.items()}
     built["data"].mixture = _mixture(built["data"].mixture)
     model = model_section(raw.get("model", {}), built["data"].seq_len)
+    if built["schedule"].horizon == "time" and not built["run"].max_minutes:
+        raise ConfigError('schedule.horizon = "time" needs a time budget: set run.max_minutes')
     return TrainConfig(model=model, **built)
 
 

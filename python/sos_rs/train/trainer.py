@@ -32,7 +32,7 @@ from .memory import available_bytes, peak_rss_bytes, rss_bytes
 from .metrics import MetricsLog, Timer, read_metrics
 from .run_io import portable_paths
 from .run_lock import RunLock, RunLockedError
-from .schedule import lr_at
+from .schedule import describe, lr_at
 
 
 class TrainingError(RuntimeError):
@@ -199,9 +199,21 @@ class Trainer:
         return folder
 
     # ---- the loop ------------------------------------------------------------------------------
-    def lr(self, step: int) -> float:
-        o, s = self.cfg.optim, self.cfg.schedule
-        return lr_at(step, self.cfg.run.steps, o.lr, o.min_lr, s.kind, s.warmup_steps, s.decay_fraction)
+    clock = staticmethod(time.perf_counter)  # the training clock (tests substitute a fake one)
+
+    def lr(self, step: int, elapsed_s: float = 0.0) -> float:
+        """The learning rate of `step`; `elapsed_s` (training time of the whole run, resumes
+        included) drives the decay when schedule.horizon is "time"."""
+        o, s, r = self.cfg.optim, self.cfg.schedule, self.cfg.run
+        frac = elapsed_s / (60 * r.max_minutes) if s.horizon == "time" and r.max_minutes else None
+        return lr_at(step, r.steps, o.lr, o.min_lr, s.kind, s.warmup_steps, s.decay_fraction, frac)
+
+    def _out_of_time(self, timer: Timer) -> bool:
+        """run.max_minutes is reached: this invocation's time, or the whole run's under a
+        time-planned schedule (its decay was planned over the whole budget)."""
+        r = self.cfg.run
+        used = timer.elapsed() + (self.elapsed_before if self.cfg.schedule.horizon == "time" else 0.0)
+        return bool(r.max_minutes) and used > r.max_minutes * 60
 
     def validate(self) -> dict:
         belt = self.data.val_belt()
@@ -227,7 +239,9 @@ class Trainer:
             metrics.info(self.data.val_note())
         stop = {"flag": False}
         prev = signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
-        timer = Timer()
+        timer = Timer(self.clock)
+        sched = cfg.schedule
+        metrics.info(describe(sched.kind, sched.horizon, run.steps, sched.warmup_steps, run.max_minutes))
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.grad_accum
         params = self.model.parameters()
         seed = _core.Tensor.full([], 1.0 / cfg.optim.grad_accum)
@@ -236,7 +250,7 @@ class Trainer:
         result = {}
         try:
             while self.step < run.steps and not stop["flag"]:
-                lr = self.lr(self.step)
+                lr = self.lr(self.step, self.elapsed_before + timer.elapsed())
                 loss_sum = 0.0
                 for _ in range(cfg.optim.grad_accum):
                     ids, targets = self.train_belt.next_batch()
@@ -292,7 +306,7 @@ class Trainer:
                 if run.sample_every and self.step % run.sample_every == 0:
                     self._write_sample(metrics)
                     paused = True
-                if run.max_minutes and timer.elapsed() > run.max_minutes * 60:
+                if self._out_of_time(timer):
                     metrics.info(f"time limit of {run.max_minutes} min reached at step {self.step}")
                     break
                 if run.checkpoint_every and self.step % run.checkpoint_every == 0 and self.step < run.steps:
