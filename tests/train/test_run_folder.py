@@ -129,7 +129,9 @@ def test_sample_stops_at_end_of_text_unless_told(run):
     ckpt.save(run / "checkpoints", st["step"], model, opt, st)
     stop = sos("sample", str(run), "--prompt", "the king", "--temperature", "0", "--max-new-tokens", "8")
     assert stop.returncode == 0 and stop.stdout == "the king\n", stop.stdout
-    go_on = sos("sample", str(run), "--prompt", "the king", "--temperature", "0", "--max-new-tokens", "8", "--ignore-eot")
+    go_on = sos(
+        "sample", str(run), "--prompt", "the king", "--temperature", "0", "--max-new-tokens", "8", "--ignore-eot"
+    )
     assert go_on.stdout == "the king" + "\n\n" * 8 + "\n", repr(go_on.stdout)
 
 
@@ -194,7 +196,10 @@ def test_a_failing_export_leaves_the_folder_untouched(tmp_path):
 
 
 # ---- item 10: one trainer per run folder ------------------------------------------------------------
-HOLD = "import sys, time; from sos_rs.train.run_lock import RunLock; lock = RunLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)"
+HOLD = (
+    "import sys, time; from sos_rs.train.run_lock import RunLock; lock = RunLock(sys.argv[1]); lock.acquire(); "
+    "print('held', flush=True); time.sleep(60)"
+)
 
 
 def test_a_second_trainer_is_refused_naming_the_holder(base, run, tmp_path):

@@ -175,6 +175,8 @@ LIMITS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "run.checkpoint_every": (_non_negative, "an integer >= 0"),
     "run.keep_last": (_non_negative, "an integer >= 0"),
 }
+
+
 def _what(annotation: Any) -> str:
     """What a value of `annotation` looks like, for error messages."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)

@@ -73,7 +73,8 @@ def resolve_data_dirs(train_config: dict, state: dict, folder: pathlib.Path) -> 
     data = out.get("data", {})
     if isinstance(data.get("dir"), str):
         data["dir"] = pick(data["dir"], recorded.get("data"))
-    pairs = recorded.get("mixture") if isinstance(recorded.get("mixture"), list) else []
+    mixture = recorded.get("mixture")
+    pairs: list = mixture if isinstance(mixture, list) else []
     for i, m in enumerate(data.get("mixture") or []):
         if isinstance(m, dict) and isinstance(m.get("dir"), str):
             m["dir"] = pick(m["dir"], pairs[i] if i < len(pairs) else None)
@@ -94,6 +95,4 @@ def tokenizer_for(state: dict, folder: pathlib.Path):
                 return Tokenizer.from_file(str(cand)), cand
             except Exception as e:  # the tokenizers library raises its own exception type
                 raise ckpt.CheckpointError(f"{cand}: not a readable tokenizer ({e})") from None
-    raise FileNotFoundError(
-        f"no tokenizer found for {folder} (looked for {', '.join(str(c) for c in cands)})"
-    )
+    raise FileNotFoundError(f"no tokenizer found for {folder} (looked for {', '.join(str(c) for c in cands)})")
