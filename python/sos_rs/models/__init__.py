@@ -7,6 +7,7 @@ from .base import ExportError, LanguageModel, MemoryEstimate
 from .dense import DenseConfig, DenseLM
 from .discoverlm import DiscoverLM, DiscoverLMConfig
 from .moa import MoAConfig, MoALM
+from .sagi import SAGIConfig, SAGILM
 from .registry import FAMILIES, build_model, config_fields, get_family
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "MemoryEstimate",
     "MoAConfig",
     "MoALM",
+    "SAGIConfig",
+    "SAGILM",
     "build_model",
     "config_fields",
     "get_family",
