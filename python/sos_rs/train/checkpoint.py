@@ -47,12 +47,21 @@ def _sha256(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
+REQUIRED_FILES = {"model.safetensors", "optimizer.safetensors"}
+
+
 def save(
-    root: pathlib.Path, step: int, model: Dict[str, np.ndarray], optimizer: Dict[str, np.ndarray], state: dict
+    root: pathlib.Path,
+    step: int,
+    model: Dict[str, np.ndarray],
+    optimizer: Dict[str, np.ndarray],
+    state: dict,
+    extra: Optional[Dict[str, Dict[str, np.ndarray]]] = None,
 ) -> pathlib.Path:
-    """Writes root/step-XXXXXXXX atomically and returns its path. On any failure (a full disk,
-    say) the temporary folder is removed, earlier checkpoints are untouched, and CheckpointError
-    says what happened."""
+    """Writes root/step-XXXXXXXX atomically and returns its path. `extra` adds safetensors files
+    by name (the trainer's rollback snapshot), listed and verified like the others. On any
+    failure (a full disk, say) the temporary folder is removed, earlier checkpoints are
+    untouched, and CheckpointError says what happened."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
@@ -62,8 +71,10 @@ def save(
         tmp.mkdir()
         save_file(model, str(tmp / "model.safetensors"))
         save_file(optimizer, str(tmp / "optimizer.safetensors"))
+        for name, arrays in (extra or {}).items():
+            save_file(arrays, str(tmp / name))
         files = {}
-        for name in ("model.safetensors", "optimizer.safetensors"):
+        for name in ("model.safetensors", "optimizer.safetensors", *(extra or {})):
             _fsync_file(tmp / name)
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
         state = dict(state, step=step, format_version=FORMAT_VERSION, files=files)
@@ -104,7 +115,7 @@ def verify(folder: pathlib.Path) -> dict:
             raise CheckpointError(f"{folder}: {name} has {size} bytes, expected {meta['bytes']} (truncated?)")
         if _sha256(path) != meta["sha256"]:
             raise CheckpointError(f"{folder}: {name} does not match its recorded SHA-256 (corrupt)")
-    if set(state.get("files", {})) != {"model.safetensors", "optimizer.safetensors"}:
+    if not REQUIRED_FILES <= set(state.get("files", {})):
         raise CheckpointError(f"{folder}: state.json does not list both weight files")
     return state
 
@@ -115,6 +126,16 @@ def load(folder: pathlib.Path) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndar
         return load_file(str(folder / "model.safetensors")), load_file(str(folder / "optimizer.safetensors")), state
     except Exception as e:  # safetensors raises its own error types on malformed files
         raise CheckpointError(f"{folder}: cannot read weights: {e}") from None
+
+
+def load_extra(folder: pathlib.Path, name: str) -> Optional[Dict[str, np.ndarray]]:
+    """An extra file of a verified checkpoint (see `save`), or None when it has none."""
+    if not (folder / name).exists():
+        return None
+    try:
+        return load_file(str(folder / name))
+    except Exception as e:  # safetensors raises its own error types on malformed files
+        raise CheckpointError(f"{folder}: cannot read {name}: {e}") from None
 
 
 def list_steps(root: pathlib.Path) -> list:

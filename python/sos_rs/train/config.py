@@ -1,5 +1,5 @@
-"""Training configuration: TOML sections [model], [data], [optim], [schedule], [run].
-Every field is documented here; unknown keys and missing required keys are named in the error.
+"""Training configuration: TOML sections [model], [data], [optim], [schedule], [run], [rollback].
+Every field is documented here ([rollback] in train/rollback.py, beside the code it configures); unknown keys and missing required keys are named in the error.
 Overrides from the command line use dotted keys (`--set optim.lr=1e-3`)."""
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from .rollback import RollbackConfig
+from .rollback import validate as validate_rollback
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -93,7 +96,13 @@ class RunConfig:
     """Checkpoints kept besides the best one."""
 
 
-SECTIONS = {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "run": RunConfig}
+SECTIONS = {
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "run": RunConfig,
+    "rollback": RollbackConfig,
+}
 
 
 @dataclass
@@ -103,6 +112,7 @@ class TrainConfig:
     optim: OptimConfig
     schedule: ScheduleConfig
     run: RunConfig
+    rollback: RollbackConfig = field(default_factory=RollbackConfig)
 
     def to_dict(self) -> dict:
         return {"model": dict(self.model), **{k: dataclasses.asdict(getattr(self, k)) for k in SECTIONS}}
@@ -170,6 +180,7 @@ def _validate(cfg: TrainConfig) -> None:
             f"schedule.kind {cfg.schedule.kind!r} is not cosine|linear|wsd|constant",
         ),
         (len(cfg.optim.betas) == 2, "optim.betas must be [beta1, beta2]"),
+        *validate_rollback(cfg.rollback),
     ]
     for ok, msg in checks:
         if not ok:
