@@ -18,7 +18,7 @@ import numpy as np
 import sos_rs
 from benches.timing import interleaved_medians
 from sos_rs import optim
-from sos_rs.models import SAGIConfig, SAGILM
+from sos_rs.models import SAGILM, SAGIConfig
 from sos_rs.train.memory import peak_rss_bytes
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from sos_rs import optim
 from sos_rs.autograd import no_grad
-from sos_rs.models import SAGIConfig, SAGILM, build_model
+from sos_rs.models import SAGILM, SAGIConfig, build_model
 from sos_rs.nn.swarm import budget_caps
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from sos_rs.hf import export_pretrained, load_pretrained
-from sos_rs.models import SAGIConfig, SAGILM
+from sos_rs.models import SAGILM, SAGIConfig
 from tests.support.golden_cases import SAGI_CASES, build_sagi, sagi_batch
 
 GOLDEN = pathlib.Path(__file__).parents[1] / "golden"

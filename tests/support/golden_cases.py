@@ -14,7 +14,7 @@ and gives the message LayerScale weight. The golden also holds the agent states 
 import numpy as np
 
 from sos_rs import DenseConfig
-from sos_rs.models import FAMILIES, DiscoverLMConfig, MoAConfig, SAGIConfig, SAGILM
+from sos_rs.models import FAMILIES, SAGILM, DiscoverLMConfig, MoAConfig, SAGIConfig
 
 B, T = 4, 64
 STEPS = 10

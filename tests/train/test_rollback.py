@@ -39,7 +39,9 @@ def config(tmp: pathlib.Path, data, out, rollback: dict, model: dict = SAGI_MODE
     text = path.read_text().replace("n_kv_heads = 2\n", "")
     model_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in model.items())
     text = text.replace("[model]\nd_model = 32\nn_layers = 2\nn_heads = 4\n", f"[model]\n{model_lines}\n")
-    text += "\n[rollback]\n" + "".join(f"{k} = {v if isinstance(v, str) else json.dumps(v)}\n" for k, v in rollback.items())
+    text += "\n[rollback]\n" + "".join(
+        f"{k} = {v if isinstance(v, str) else json.dumps(v)}\n" for k, v in rollback.items()
+    )
     path.write_text(text)
     return path
 

@@ -7,8 +7,8 @@ from .base import ExportError, LanguageModel, MemoryEstimate
 from .dense import DenseConfig, DenseLM
 from .discoverlm import DiscoverLM, DiscoverLMConfig
 from .moa import MoAConfig, MoALM
-from .sagi import SAGIConfig, SAGILM
 from .registry import FAMILIES, build_model, config_fields, get_family
+from .sagi import SAGILM, SAGIConfig
 
 __all__ = [
     "FAMILIES",

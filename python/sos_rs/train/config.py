@@ -1,5 +1,6 @@
 """Training configuration: TOML sections [model], [data], [optim], [schedule], [run], [rollback].
-Every field is documented here ([rollback] in train/rollback.py, beside the code it configures); unknown keys and missing required keys are named in the error.
+Every field is documented here ([rollback] in train/rollback.py, beside the code it configures);
+unknown keys and missing required keys are named in the error.
 Overrides from the command line use dotted keys (`--set optim.lr=1e-3`)."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -135,9 +135,7 @@ class Rollback:
         arrays = {f"model.{k}": v.copy() for k, v in self.model.state_dict().items()}
         for name, m, v in zip(self.names, self.opt.m, self.opt.v):
             arrays[f"m.{name}"], arrays[f"v.{name}"] = m.numpy().copy(), v.numpy().copy()
-        self.snapshot = Snapshot(
-            step, self.opt.step_count, self.batch, self.belt.state(), self.fast, self.slow, arrays
-        )
+        self.snapshot = Snapshot(step, self.opt.step_count, self.batch, self.belt.state(), self.fast, self.slow, arrays)
 
     def restore(self, step: int, reason: str, loss: float) -> dict:
         """Puts the snapshot back (the belt keeps its place: the micro-batches drawn since the
@@ -183,16 +181,16 @@ class Rollback:
         """state.json's `rollback` entry and the snapshot arrays to write beside the checkpoint
         (None when the snapshot is the checkpoint itself or there is none)."""
         snap = self.snapshot
-        meta = {
+        same = snap is not None and snap.step == step
+        meta: Dict[str, Any] = {
             "fast": self.fast,
             "slow": self.slow,
             "batch": self.batch,
             "count": self.count,
             "lr_factor": self.lr_factor,
             "snapshot": None if snap is None else snap.meta(),
+            "snapshot_file": None if snap is None or same else SNAPSHOT_FILE,
         }
-        same = snap is not None and snap.step == step
-        meta["snapshot_file"] = None if snap is None or same else SNAPSHOT_FILE
         return meta, (None if snap is None or same else snap.arrays)
 
     def load_state(self, meta: Optional[dict], arrays: Optional[Dict[str, np.ndarray]], step: int) -> None:
