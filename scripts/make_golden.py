@@ -4,7 +4,8 @@ named) from the PyTorch references; the model comparisons replay them where torc
 Dense cases come from the PyTorch twin (tests/support/torch_reference.py): weights, batch,
 logits, loss, every gradient, and the losses of 10 AdamW steps. Sparse cases (MoA, DiscoverLM)
 come from the PyTorch reference sos_rs.hf.modeling_sos_moa: weights, batch, triples, logits, loss
-and every gradient in training mode.
+and every gradient in training mode. SAGI cases come from sos_rs.hf.modeling_sos_sagi: weights and
+agent states, batch, logits, loss, every gradient, and the agent states after the training pass.
 
     python -m scripts.make_golden                  # every case (needs torch)
     python -m scripts.make_golden moa_tiny         # just the cases named
@@ -18,7 +19,18 @@ import pathlib
 
 import numpy as np
 
-from tests.support.golden_cases import DENSE_CASES, OPTIM, SPARSE_CASES, STEPS, build_sparse, dense_batch, sparse_batch
+from tests.support.golden_cases import (
+    DENSE_CASES,
+    OPTIM,
+    SAGI_CASES,
+    SPARSE_CASES,
+    STEPS,
+    build_sagi,
+    build_sparse,
+    dense_batch,
+    sagi_batch,
+    sparse_batch,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -80,17 +92,42 @@ def run_sparse(family: str, cfg: dict, params: dict, ids, targets, triples) -> d
     return out
 
 
+def run_sagi(cfg: dict, state: dict, ids: np.ndarray, targets: np.ndarray) -> dict:
+    import torch
+
+    from sos_rs.hf import modeling_sos_sagi as R
+
+    model = R.SosSAGIForCausalLM(R.SosSAGIConfig(**cfg))
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()}, strict=True)
+    model.train()
+    logits, loss, aux = model(torch.from_numpy(ids), labels=torch.from_numpy(targets), return_aux=True)
+    loss.backward()
+    out = {f"param/{k}": v for k, v in state.items()}
+    out.update(logits=logits.detach().numpy(), loss=np.float32(loss.item()), ids=ids, targets=targets)
+    out["agents"] = np.array([s["agents"] for s in aux["stats"]])
+    out["rounds"] = np.array([s["rounds"] for s in aux["stats"]])
+    for name, p in model.named_parameters():
+        out[f"grad/{name}"] = (p.grad if p.grad is not None else torch.zeros_like(p)).numpy().copy()
+    for name, b in model.named_buffers():
+        out[f"state_after/{name}"] = b.numpy().copy()
+    out["config"], out["family"] = np.array(json.dumps(cfg)), np.array("sagi")
+    return out
+
+
 def run_case(name: str) -> dict:
     """The golden arrays of one case, computed with torch."""
     if name in DENSE_CASES:
         cfg = DENSE_CASES[name]
         return run_dense(cfg, *dense_batch(cfg))
+    if name in SAGI_CASES:
+        cfg = SAGI_CASES[name]
+        return run_sagi(cfg, build_sagi(name).state_dict(), *sagi_batch(cfg))
     family, cfg = SPARSE_CASES[name]
     return run_sparse(family, cfg, build_sparse(name).state_dict(), *sparse_batch(cfg))
 
 
 def main() -> None:
-    names = [*DENSE_CASES, *SPARSE_CASES]
+    names = [*DENSE_CASES, *SPARSE_CASES, *SAGI_CASES]
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )

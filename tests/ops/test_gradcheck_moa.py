@@ -155,6 +155,13 @@ CASES = [
     ("col_scale", F.col_scale, lambda x, s: x * s, [arr(3, 4, 5), arr(5)], [0, 1]),
     ("gather_rows", lambda x: F.gather_rows(x, np.array([3, 0, 3, 1])), lambda x: x[[3, 0, 3, 1]], [arr(5, 3)], [0]),
     (
+        "scatter_add_rows",
+        lambda x: F.scatter_add_rows(x, np.array([2, 0, 2, 4, 0]), 6),
+        lambda x: np.stack([x[[i for i, r in enumerate([2, 0, 2, 4, 0]) if r == n]].sum(0) for n in range(6)]),
+        [arr(5, 3)],
+        [0],
+    ),
+    (
         "concat_rows",
         lambda a, b: F.concat_rows([a, b]),
         lambda a, b: np.concatenate([a, b]),

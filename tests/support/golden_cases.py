@@ -5,12 +5,16 @@ tests/models/test_moa_discoverlm_vs_torch.py (which replay them).
 Dense cases: a DenseConfig dict and a batch; the golden also holds 10 AdamW steps.
 Sparse cases (MoA, DiscoverLM): a family and config dict, a batch with regulariser triples, and a
 deterministic perturbation of the initial weights so every parameter (LayerScales, RoPE
-perturbation, ball origins) matters to the output."""
+perturbation, ball origins) matters to the output.
+
+SAGI cases: a config dict and a batch; the perturbation sharpens the routing (query and key
+projections, agent states) so some gates fall below route_min_gate and tokens use fewer agents,
+and gives the message LayerScale weight. The golden also holds the agent states after the pass."""
 
 import numpy as np
 
 from sos_rs import DenseConfig
-from sos_rs.models import FAMILIES, DiscoverLMConfig, MoAConfig
+from sos_rs.models import FAMILIES, SAGILM, DiscoverLMConfig, MoAConfig, SAGIConfig
 
 B, T = 4, 64
 STEPS = 10
@@ -67,3 +71,32 @@ def sparse_batch(cfg: dict):
     n = B * T
     triples = np.stack([rng.choice(n, 3, replace=False) for _ in range(cfg["ti_triples"])])
     return seq[:, :-1].copy(), seq[:, 1:].copy(), triples
+
+
+SAGI_CASES = {
+    # untied head, a budget that caps the thought rounds (2 of 3), gates dropped below 0.15
+    "sagi_tiny": SAGIConfig.tiny(tie_embeddings=False, seed=7).to_dict(),
+    # no dense MLP (the swarm is the only MLP), tied, 1 agent per token (not renormalised), 2 rounds
+    "sagi_top1": SAGIConfig.tiny(ffn_hidden=0, route_top_k=1, budget_compute=7.0, seed=8).to_dict(),
+}
+
+
+def build_sagi(name: str) -> SAGILM:
+    """The sos_rs model of a SAGI case with its perturbed weights and states."""
+    model = SAGILM(SAGIConfig.from_dict(SAGI_CASES[name]))
+    rng = np.random.default_rng(77)
+    state = model.state_dict()
+    for key, value in state.items():
+        if key.endswith("message_scale"):
+            state[key] = rng.normal(0.0, 0.3, value.shape).astype(np.float32)
+        elif key.endswith(("query_proj.weight", "key_proj.weight", "thought_proj.weight", "obs_proj.weight")):
+            state[key] = rng.normal(0.0, 0.4, value.shape).astype(np.float32)
+        elif key.endswith("agent_state"):
+            state[key] = rng.normal(0.0, 1.0, value.shape).astype(np.float32)
+    model.load_state_dict(state)
+    return model
+
+
+def sagi_batch(cfg: dict):
+    seq = np.random.default_rng(2468).integers(0, cfg["vocab_size"], (B, T + 1))
+    return seq[:, :-1].copy(), seq[:, 1:].copy()

@@ -25,7 +25,7 @@ from .routing import (
     router_z_loss,
     topk_gates,
 )
-from .shape import concat_rows, gather_rows, reshape
+from .shape import concat_rows, gather_rows, reshape, scatter_add_rows
 
 __all__ = [
     "add",
@@ -56,6 +56,7 @@ __all__ = [
     "router_probs",
     "router_z_loss",
     "scale",
+    "scatter_add_rows",
     "sigmoid_range",
     "silu",
     "softmax",

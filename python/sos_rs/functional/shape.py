@@ -1,4 +1,4 @@
-"""Ops that only move rows: reshape, row gathers and concatenation."""
+"""Ops that only move rows: reshape, row gathers, their adjoint (scatter-add) and concatenation."""
 
 from __future__ import annotations
 
@@ -23,6 +23,18 @@ def gather_rows(x: Tensor, rows: np.ndarray) -> Tensor:
         _core.gather_rows_forward(x.data, rows),
         (x,),
         lambda d: (_core.gather_rows_backward(d, rows, n),),
+    )
+
+
+def scatter_add_rows(x: Tensor, rows: np.ndarray, n: int) -> Tensor:
+    """out[r] = Σ_{m: rows[m] = r} x[m] for x [M, D] -> [n, D]: the adjoint of `gather_rows`,
+    so its forward is gather_rows' Rust backward and its backward is gather_rows' forward.
+    Each output row sums its inputs in ascending m, so the bits do not depend on threads."""
+    return record(
+        "scatter_add_rows",
+        _core.gather_rows_backward(x.data, rows, n),
+        (x,),
+        lambda d: (_core.gather_rows_forward(d, rows),),
     )
 
 

@@ -1,9 +1,10 @@
-"""Export of the families that have no Hugging Face architecture of their own (MoA, DiscoverLM):
-model.safetensors (written by the `safetensors` package) + config.json + modeling_sos_moa.py.
+"""Export of the families that have no Hugging Face architecture of their own (MoA, DiscoverLM,
+SAGI): model.safetensors (written by the `safetensors` package; weights and buffers) + config.json
++ the family's modeling file (modeling_sos_moa.py, modeling_sos_sagi.py).
 
 config.json holds every field of the family's config plus `model_type`, `architectures` and
 `auto_map`, so `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` builds the
-PyTorch reference in modeling_sos_moa.py and loads the same weights under the same names.
+PyTorch reference in the modeling file and loads the same weights under the same names.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from typing import List, Optional, Union
 import numpy as np
 
 MODELING = pathlib.Path(__file__).with_name("modeling_sos_moa.py")
-# model_type -> (HF config class, HF model class) in modeling_sos_moa.py
+# model_type -> (HF config class, HF model class) in its modeling file
 HF_CLASSES = {
     "sos_moa": ("SosMoAConfig", "SosMoAForCausalLM"),
     "sos_discoverlm": ("SosDiscoverLMConfig", "SosDiscoverLMForCausalLM"),
+    "sos_sagi": ("SosSAGIConfig", "SosSAGIForCausalLM"),
 }
+# model_type -> modeling file, where it is not MODELING
+MODELING_FILES = {"sos_sagi": pathlib.Path(__file__).with_name("modeling_sos_sagi.py")}
 
 
 def export_pretrained(model, out_dir: Union[str, pathlib.Path], extra_config: Optional[dict] = None) -> pathlib.Path:
-    """Writes the export directory for a MoA or DiscoverLM model; returns its path.
+    """Writes the export directory for a MoA, DiscoverLM or SAGI model; returns its path.
     `extra_config` adds keys to config.json (token ids, for instance)."""
     write_remote_code(model, pathlib.Path(out_dir), extra_config)
     return pathlib.Path(out_dir)
@@ -45,18 +49,19 @@ def write_remote_code(model, out: pathlib.Path, extra_config: Optional[dict] = N
     tensors = {name: np.ascontiguousarray(arr, dtype=np.float32) for name, arr in model.state_dict().items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg_cls, model_cls = HF_CLASSES[model_type]
+    modeling = MODELING_FILES.get(model_type, MODELING)
     config = dict(model.config.to_dict())
     config.update(
         model_type=model_type,
         architectures=[model_cls],
         torch_dtype="float32",
         tie_word_embeddings=model.config.tie_embeddings,
-        auto_map={"AutoConfig": f"modeling_sos_moa.{cfg_cls}", "AutoModelForCausalLM": f"modeling_sos_moa.{model_cls}"},
+        auto_map={"AutoConfig": f"{modeling.stem}.{cfg_cls}", "AutoModelForCausalLM": f"{modeling.stem}.{model_cls}"},
     )
     config.update(extra_config or {})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    shutil.copyfile(MODELING, out / MODELING.name)
-    return [out / "model.safetensors", out / "config.json", out / MODELING.name]
+    shutil.copyfile(modeling, out / modeling.name)
+    return [out / "model.safetensors", out / "config.json", out / modeling.name]
 
 
 def load_pretrained(path: Union[str, pathlib.Path]):

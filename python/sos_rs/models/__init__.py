@@ -8,6 +8,7 @@ from .dense import DenseConfig, DenseLM
 from .discoverlm import DiscoverLM, DiscoverLMConfig
 from .moa import MoAConfig, MoALM
 from .registry import FAMILIES, build_model, config_fields, get_family
+from .sagi import SAGILM, SAGIConfig
 
 __all__ = [
     "FAMILIES",
@@ -20,6 +21,8 @@ __all__ = [
     "MemoryEstimate",
     "MoAConfig",
     "MoALM",
+    "SAGIConfig",
+    "SAGILM",
     "build_model",
     "config_fields",
     "get_family",

@@ -18,6 +18,9 @@ A family provides:
 | `estimate_memory(batch, seq)` | bytes a training step needs, checked before step 1 |
 | `export_hf(out, extra_config)` | weights and config.json of a Hugging Face folder |
 
+Weights are `state_dict()`: parameters, then buffers (non-trainable state such as SAGI's agent
+states), so checkpoints, exports and rollback snapshots need no family-specific code.
+
 Adding a family is one module under `models/` defining its config and its `LanguageModel`
 subclass, plus one line in `models/registry.py` (CONTRIBUTING.md has the recipe).
 """

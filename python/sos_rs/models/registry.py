@@ -11,11 +11,13 @@ from .base import LanguageModel
 from .dense import DenseLM
 from .discoverlm import DiscoverLM
 from .moa import MoALM
+from .sagi import SAGILM
 
 FAMILIES: Dict[str, Type[LanguageModel]] = {
     DenseLM.family: DenseLM,
     MoALM.family: MoALM,
     DiscoverLM.family: DiscoverLM,
+    SAGILM.family: SAGILM,
 }
 
 

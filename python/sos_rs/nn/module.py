@@ -1,5 +1,7 @@
-"""`Module` and `Parameter`: a parameter tree with PyTorch-style dotted names, which are also
-the names used in safetensors files and HF exports."""
+"""`Module`, `Parameter` and `Buffer`: a tree of trainable parameters and non-trainable state
+(buffers) with PyTorch-style dotted names, which are also the names used in safetensors files,
+checkpoints and HF exports. `state_dict()` holds both, so checkpoints, exports and the trainer's
+rollback snapshots carry a model's buffers without knowing its family."""
 
 from __future__ import annotations
 
@@ -22,19 +24,41 @@ class Parameter(Tensor):
         self.no_decay = no_decay
 
 
+class Buffer(Tensor):
+    """Non-trainable model state that is saved with the weights (checkpoints, exports) but gets
+    no gradient and no optimizer update, e.g. SAGI's EMA agent states. A model changes it in
+    place with `assign`."""
+
+    __slots__ = ()
+
+    def __init__(self, array: np.ndarray):
+        super().__init__(_core.Tensor(np.ascontiguousarray(array, dtype=np.float32)), requires_grad=False)
+
+    def assign(self, array: np.ndarray) -> None:
+        """Overwrites the value (same shape) with `array` converted to float32."""
+        arr = np.ascontiguousarray(array, dtype=np.float32)
+        if tuple(arr.shape) != tuple(self.shape):
+            raise ShapeError(f"Buffer.assign: shape {tuple(arr.shape)} does not match {tuple(self.shape)}")
+        self.data.copy_(_core.Tensor(arr))
+
+
 class Module:
-    """Registers Parameter and Module attributes in assignment order."""
+    """Registers Parameter, Buffer and Module attributes in assignment order."""
 
     _params: Dict[str, Parameter]
+    _buffers: Dict[str, Buffer]
     _modules: Dict[str, "Module"]
 
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})
+        object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "_modules", {})
 
     def __setattr__(self, name: str, value) -> None:
         if isinstance(value, Parameter):
             self._params[name] = value
+        elif isinstance(value, Buffer):
+            self._buffers[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value
         object.__setattr__(self, name, value)
@@ -52,6 +76,13 @@ class Module:
         for name, m in self._modules.items():
             yield from m._named(prefix + name + ".")
 
+    def named_buffers(self, prefix: str = "") -> Iterator[Tuple[str, Buffer]]:
+        """Non-trainable state, dotted names as parameters' (empty for most families)."""
+        for name, b in self._buffers.items():
+            yield prefix + name, b
+        for name, m in self._modules.items():
+            yield from m.named_buffers(prefix + name + ".")
+
     def parameters(self) -> list:
         return [p for _, p in self.named_parameters()]
 
@@ -63,11 +94,15 @@ class Module:
             p.grad = None
 
     def state_dict(self) -> Dict[str, np.ndarray]:
-        return {name: p.numpy() for name, p in self.named_parameters()}
+        """Parameters, then buffers, by dotted name (a family without buffers: parameters only)."""
+        out = {name: p.numpy() for name, p in self.named_parameters()}
+        out.update((name, b.numpy()) for name, b in self.named_buffers())
+        return out
 
     def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True) -> None:
-        """Copies arrays into the parameters by name; shapes must match exactly."""
-        own = dict(self.named_parameters())
+        """Copies arrays into the parameters and buffers by name; shapes must match exactly."""
+        own: Dict[str, Tensor] = dict(self.named_parameters())
+        own.update(self.named_buffers())
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if strict and (missing or unexpected):

@@ -6,7 +6,7 @@ either exists whole or not at all.
 A checkpoint is untrusted input. state.json records each weight file's size and SHA-256 and
 carries `state_sha256`, the SHA-256 of its own canonical JSON (sorted keys, no spaces) without
 that key, so an edit that leaves valid JSON (step 1500 -> 1499) is caught. Every field is checked
-against `SCHEMA` before anything else is read; only `state.json`, `model.safetensors` and
+against `SCHEMA` before anything else is read; only `state.json`, `model.safetensors`,
 `optimizer.safetensors` inside the folder are ever opened, each only if it is a regular file (not
 a link, device or pipe) of the recorded size. Weights are hashed and parsed from the same bytes.
 Any failure raises CheckpointError; `latest_valid` reports it and moves on to an older one.
@@ -35,6 +35,8 @@ FORMAT_VERSION = 2
 LEGACY_FORMATS = (1,)
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 WEIGHT_FILES = ("model.safetensors", "optimizer.safetensors")
+# Files a checkpoint may add (the trainer's rollback snapshot); listed and verified like the weights.
+OPTIONAL_FILES = ("rollback.safetensors",)
 MAX_STATE_BYTES = 16 << 20
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -82,7 +84,7 @@ def _is_num(v: Any) -> bool:
 def _files_ok(v: Any) -> bool:
     return (
         isinstance(v, dict)
-        and sorted(v) == sorted(WEIGHT_FILES)
+        and set(WEIGHT_FILES) <= set(v) <= set(WEIGHT_FILES + OPTIONAL_FILES)
         and all(
             isinstance(m, dict)
             and set(m) == {"bytes", "sha256"}
@@ -121,7 +123,7 @@ SCHEMA: Dict[str, Tuple[bool, Callable[[Any], bool], str]] = {
     "format_version": (True, lambda v: _is_int(v) and v in (FORMAT_VERSION, *LEGACY_FORMATS), "a known format"),
     "state_sha256": (False, lambda v: isinstance(v, str) and SHA256.match(v) is not None, "64 hex digits"),
     "step": (True, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "files": (True, _files_ok, f"exactly {' and '.join(WEIGHT_FILES)}, each with bytes and sha256"),
+    "files": (True, _files_ok, f"{' and '.join(WEIGHT_FILES)} (optionally {OPTIONAL_FILES[0]}), with bytes and sha256"),
     "model_family": (True, lambda v: isinstance(v, str), "a model family name"),
     "model_config": (True, lambda v: isinstance(v, dict), "a table"),
     "train_config": (True, lambda v: isinstance(v, dict), "a table"),
@@ -231,7 +233,7 @@ def read_state(folder: pathlib.Path, log: Optional[Callable[[str], None]] = None
 
 def _read_weights(folder: pathlib.Path, state: dict) -> Dict[str, bytes]:
     out = {}
-    for name in WEIGHT_FILES:
+    for name in state["files"]:  # WEIGHT_FILES and any listed OPTIONAL_FILES (the schema checked)
         meta = state["files"][name]
         data = _read_member(folder, name, meta["bytes"], exact=meta["bytes"])
         if hashlib.sha256(data).hexdigest() != meta["sha256"]:
@@ -245,11 +247,20 @@ def _stderr(msg: str) -> None:
 
 
 def save(
-    root: pathlib.Path, step: int, model: Dict[str, np.ndarray], optimizer: Dict[str, np.ndarray], state: dict
+    root: pathlib.Path,
+    step: int,
+    model: Dict[str, np.ndarray],
+    optimizer: Dict[str, np.ndarray],
+    state: dict,
+    extra: Optional[Dict[str, Dict[str, np.ndarray]]] = None,
 ) -> pathlib.Path:
-    """Writes root/step-XXXXXXXX atomically and returns its path. On any failure (a full disk,
-    say) the temporary folder is removed, earlier checkpoints are untouched, and CheckpointError
-    says what happened."""
+    """Writes root/step-XXXXXXXX atomically and returns its path. `extra` adds safetensors files
+    named in OPTIONAL_FILES (the trainer's rollback snapshot), listed and verified like the
+    weights. On any failure (a full disk, say) the temporary folder is removed, earlier
+    checkpoints are untouched, and CheckpointError says what happened."""
+    unknown = sorted(set(extra or {}) - set(OPTIONAL_FILES))
+    if unknown:
+        raise CheckpointError(f"checkpoint extra files must be among {OPTIONAL_FILES}, got {unknown}")
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
@@ -259,8 +270,10 @@ def save(
         tmp.mkdir()
         save_file(model, str(tmp / "model.safetensors"))
         save_file(optimizer, str(tmp / "optimizer.safetensors"))
+        for name, arrays in (extra or {}).items():
+            save_file(arrays, str(tmp / name))
         files = {}
-        for name in ("model.safetensors", "optimizer.safetensors"):
+        for name in (*WEIGHT_FILES, *(extra or {})):
             _fsync_file(tmp / name)
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
         state = dict(state, step=step, format_version=FORMAT_VERSION, files=files)
@@ -313,6 +326,25 @@ def load(
             raise CheckpointError(f"{folder}: {name} holds non-float32 tensors: {', '.join(bad[:5])}")
         out.append(arrays)
     return out[0], out[1], state
+
+
+def load_extra(folder: pathlib.Path, name: str) -> Optional[Dict[str, np.ndarray]]:
+    """An optional file of a checkpoint (see `save`), verified against state.json, or None when
+    the checkpoint has none. Raises only CheckpointError."""
+    if name not in OPTIONAL_FILES:
+        raise CheckpointError(f"{name} is not an optional checkpoint file ({', '.join(OPTIONAL_FILES)})")
+    state = read_state(folder)
+    meta = state["files"].get(name)
+    if meta is None:
+        return None
+    data = _read_member(folder, name, meta["bytes"], exact=meta["bytes"])
+    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        raise CheckpointError(f"{folder}: {name} does not match its recorded SHA-256 (corrupt)")
+    try:
+        arrays = load_bytes(data)
+    except Exception as e:  # safetensors raises its own error types on malformed files
+        raise CheckpointError(f"{folder}: cannot read {name}: {e}") from None
+    return arrays
 
 
 def list_steps(root: pathlib.Path) -> list:

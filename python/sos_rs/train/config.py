@@ -1,5 +1,6 @@
-"""Training configuration: TOML sections [model], [data], [optim], [schedule], [run].
-Every field is documented here; unknown keys and missing required keys are named in the error.
+"""Training configuration: TOML sections [model], [data], [optim], [schedule], [run], [rollback].
+Every field is documented here ([rollback] in train/rollback.py, beside the code it configures);
+unknown keys and missing required keys are named in the error.
 Overrides from the command line use dotted keys (`--set optim.lr=1e-3`).
 
 Every value, from the file or an override, is coerced to its field's annotation (`.001` and
@@ -16,6 +17,9 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .rollback import RollbackConfig
+from .rollback import validate as validate_rollback
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -105,7 +109,13 @@ class RunConfig:
     """Checkpoints kept besides the best one."""
 
 
-SECTIONS = {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "run": RunConfig}
+SECTIONS = {
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "run": RunConfig,
+    "rollback": RollbackConfig,
+}
 
 
 @dataclass
@@ -115,6 +125,7 @@ class TrainConfig:
     optim: OptimConfig
     schedule: ScheduleConfig
     run: RunConfig
+    rollback: RollbackConfig = field(default_factory=RollbackConfig)
 
     def to_dict(self) -> dict:
         return {"model": dict(self.model), **{k: dataclasses.asdict(getattr(self, k)) for k in SECTIONS}}
@@ -347,6 +358,9 @@ def from_dict(raw: dict) -> TrainConfig:
     built = {name: _section(name, cls, dict(raw.get(name, {}))) for name, cls in SECTIONS.items()}
     built["data"].mixture = _mixture(built["data"].mixture)
     model = model_section(raw.get("model", {}), built["data"].seq_len)
+    for ok, msg in validate_rollback(built["rollback"]):
+        if not ok:
+            raise ConfigError(msg)
     if built["schedule"].horizon == "time" and not built["run"].max_minutes:
         raise ConfigError('schedule.horizon = "time" needs a time budget: set run.max_minutes')
     return TrainConfig(model=model, **built)

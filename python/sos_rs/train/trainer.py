@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import platform
@@ -30,6 +29,7 @@ from .data_setup import DataSetup
 from .evaluate import evaluate
 from .memory import available_bytes, peak_rss_bytes, rss_bytes
 from .metrics import MetricsLog, Timer, read_metrics
+from .rollback import SNAPSHOT_FILE, Rollback, all_finite
 from .run_io import portable_paths
 from .run_lock import RunLock, RunLockedError
 from .schedule import describe, lr_at
@@ -93,6 +93,7 @@ class Trainer:
         self.best_val: Optional[float] = None
         self.elapsed_before = 0.0
         self.train_belt = self.data.train_belt()
+        self.rollback = Rollback(cfg.rollback, self.model, self.opt, self.names, self.train_belt)
         self._check_memory()
         self.lock = RunLock(self.out)
         try:
@@ -145,9 +146,11 @@ class Trainer:
                 "the config must match to resume"
             )
         shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
-        ckpt.check_arrays(folder, "model.safetensors", model_arrays, shapes)
         opt_shapes = {f"{k}.{n}": s for n, s in shapes.items() for k in ("m", "v")}
+        shapes.update({n: tuple(b.shape) for n, b in self.model.named_buffers()})  # state_dict holds buffers too
+        ckpt.check_arrays(folder, "model.safetensors", model_arrays, shapes)
         ckpt.check_arrays(folder, "optimizer.safetensors", opt_arrays, opt_shapes)
+        snapshot = ckpt.load_extra(folder, SNAPSHOT_FILE)  # read (and verified) before anything changes
         try:
             self.train_belt.load_state(state["belt"])
         except (SosError, ValueError, TypeError, KeyError, OverflowError) as e:
@@ -159,6 +162,7 @@ class Trainer:
         self.step = state["step"]
         self.best_val = state.get("best_val_loss")
         self.elapsed_before = state.get("elapsed_s", 0.0)
+        self.rollback.load_state(state.get("rollback"), snapshot, self.step)
         return folder
 
     def _truncate_metrics(self) -> None:
@@ -173,6 +177,12 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, elapsed: float, val_loss: Optional[float]) -> pathlib.Path:
+        if not all_finite([p.data for p in self.model.parameters()] + self.opt.m + self.opt.v):
+            raise TrainingError(
+                f"refusing to write a checkpoint at step {self.step}: weights or AdamW moments are not finite; "
+                "the previous checkpoints are intact"
+            )
+        rollback_state, snapshot = self.rollback.state(self.step)
         state = {
             "model_family": self.family,
             "model_config": self.model_cfg,
@@ -191,9 +201,15 @@ class Trainer:
             "tokenizer": "tokenizer.json",  # the run folder's copy (written by train())
             "data_dirs": portable_paths(self.out, self.cfg.data.dir, self.cfg.data.mixture),
             "eot_id": self.data.eot_id,
+            "rollback": rollback_state,
         }
         folder = ckpt.save(
-            self.out / "checkpoints", self.step, self.model.state_dict(), optimizer_arrays(self.opt, self.names), state
+            self.out / "checkpoints",
+            self.step,
+            self.model.state_dict(),
+            optimizer_arrays(self.opt, self.names),
+            state,
+            extra=None if snapshot is None else {SNAPSHOT_FILE: snapshot},
         )
         ckpt.prune(self.out / "checkpoints", self.cfg.run.keep_last)
         return folder
@@ -248,27 +264,31 @@ class Trainer:
         last_val: Optional[float] = None
         window_t, window_steps = time.perf_counter(), 0
         result = {}
+        if self.rollback.snapshot is None and cfg.rollback.enabled:
+            self.rollback.take(self.step)
         try:
             while self.step < run.steps and not stop["flag"]:
-                lr = self.lr(self.step, self.elapsed_before + timer.elapsed())
+                lr = self.lr(self.step, self.elapsed_before + timer.elapsed()) * self.rollback.lr_factor
                 loss_sum = 0.0
                 for _ in range(cfg.optim.grad_accum):
-                    ids, targets = self.train_belt.next_batch()
+                    ids, targets, spike = self.rollback.next_batch()
                     loss = self.model.loss(ids, targets)
-                    loss.backward(seed)
-                    loss_sum += loss.item()
+                    loss.backward(seed if spike == 1.0 else _core.Tensor.full([], spike / cfg.optim.grad_accum))
+                    loss_sum += loss.item() * spike
                 gnorm = (
                     optim.clip_grad_norm(params, cfg.optim.grad_clip)
                     if cfg.optim.grad_clip > 0
                     else optim.grad_norm(params)
                 )
-                if not math.isfinite(gnorm):
-                    raise TrainingError(
-                        f"non-finite gradient norm at step {self.step}; lower optim.lr or check the data"
-                    )
+                anomaly = self.rollback.observe(self.step, loss_sum / cfg.optim.grad_accum, gnorm)
+                if anomaly is not None:
+                    self._roll_back(anomaly, loss_sum / cfg.optim.grad_accum, metrics, timer)
+                    window_t, window_steps = time.perf_counter(), 0
+                    continue
                 self.opt.step(lr)
                 self.opt.zero_grad()
                 self.step += 1
+                self.rollback.after_step(self.step)
                 window_steps += 1
                 elapsed = self.elapsed_before + timer.elapsed()
                 show = self.step % run.log_every == 0 or self.step == run.steps
@@ -330,6 +350,30 @@ class Trainer:
             signal.signal(signal.SIGINT, prev)
             metrics.close()
             self.lock.release()
+
+    def _roll_back(self, reason: str, loss: float, metrics: MetricsLog, timer: Timer) -> None:
+        """An anomalous step: back to the last good state (train/rollback.py), or stop with a
+        checkpoint of it when rollback is off or rollback.max is spent."""
+        rb = self.rollback
+        if not self.cfg.rollback.enabled or rb.snapshot is None:
+            raise TrainingError(f"{reason} at step {self.step}; lower optim.lr or check the data")
+        if rb.exhausted:
+            at = self.step
+            rb.restore_last_good()
+            self.step = rb.snapshot.step
+            folder = self.save(self.elapsed_before + timer.elapsed(), None)
+            raise TrainingError(
+                f"{reason} at step {at}: rollback.max = {self.cfg.rollback.max} rollbacks are spent; "
+                f"the run stops with the last good state (step {rb.snapshot.step}) in {folder}"
+            )
+        event = rb.restore(self.step, reason, loss)
+        self.step = event["restored_step"]
+        metrics.write(event)
+        metrics.info(
+            f"rollback {event['rollbacks']}/{self.cfg.rollback.max} at step {event['step']}: {reason} "
+            f"(loss {loss:.4g}); restored step {event['restored_step']}, skipped micro-batches "
+            f"{event['skipped_batches'][0]}..{event['skipped_batches'][1] - 1}, lr x{event['lr_factor']:g}"
+        )
 
     def _write_sample_final(self) -> str:
         text = self.sample_text(self.cfg.run.sample_tokens)
