@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import shutil
 import sys
 
@@ -47,8 +48,6 @@ def run(args) -> int:
     try:
         cfg = load(args.config, overrides)
         trainer = Trainer(cfg, resume=args.resume)
-        import pathlib
-
         out = pathlib.Path(cfg.run.out)
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(trainer.data.tokenizer_path, out / "tokenizer.json")
@@ -59,6 +58,8 @@ def run(args) -> int:
     except (ConfigError, DataError, TrainingError, ckpt.CheckpointError) as e:
         print(f"sos train: {e}", file=sys.stderr)
         return 2
-    summary = {k: result[k] for k in ("step", "val_loss", "val_bpb", "elapsed_s", "peak_rss_mb") if k in result}
+    keys = ("step", "val_loss", "val_bpb", "elapsed_s", "cpu_s", "cpu_hours", "cost", "tokens_seen", "peak_rss_mb")
+    summary = {k: result[k] for k in keys if k in result}
+    (out / "summary.json").write_text(json.dumps({"family": trainer.family, **summary}, indent=1))
     print("done: " + json.dumps(summary))
     return 130 if result.get("interrupted") else 0

@@ -91,6 +91,10 @@ class RunConfig:
     """Steps between checkpoints (a final one is always written)."""
     keep_last: int = 3
     """Checkpoints kept besides the best one."""
+    price_per_hour: float = 0.0
+    """Price of the machine per wall-clock hour, in your currency (0 = not priced). With it the
+    metrics, checkpoints and summary carry `cost` = price_per_hour × wall-clock hours of training
+    (CPU-seconds `cpu_s` are recorded either way); `sos audit` reports both."""
 
 
 SECTIONS = {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "run": RunConfig}
@@ -170,6 +174,7 @@ def _validate(cfg: TrainConfig) -> None:
             f"schedule.kind {cfg.schedule.kind!r} is not cosine|linear|wsd|constant",
         ),
         (len(cfg.optim.betas) == 2, "optim.betas must be [beta1, beta2]"),
+        (cfg.run.price_per_hour >= 0, "run.price_per_hour must not be negative"),
     ]
     for ok, msg in checks:
         if not ok:

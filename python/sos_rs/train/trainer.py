@@ -24,6 +24,7 @@ from .. import _core, optim
 from ..models import build_model
 from . import checkpoint as ckpt
 from .config import TrainConfig, dumps
+from .cost import CostMeter
 from .data_setup import DataSetup
 from .evaluate import evaluate
 from .memory import available_bytes, peak_rss_bytes, rss_bytes
@@ -88,6 +89,8 @@ class Trainer:
         self.step = 0
         self.best_val: Optional[float] = None
         self.elapsed_before = 0.0
+        self.cpu_before = 0.0
+        self.meter = CostMeter(cfg.run.price_per_hour)
         self.train_belt = self.data.train_belt()
         self._check_memory()
         self._resume(resume)
@@ -133,6 +136,7 @@ class Trainer:
         self.step = state["step"]
         self.best_val = state.get("best_val_loss")
         self.elapsed_before = state.get("elapsed_s", 0.0)
+        self.cpu_before = state.get("cpu_s", 0.0)
         self._truncate_metrics()
         self.log(f"resumed from {folder} at step {self.step}")
 
@@ -162,6 +166,7 @@ class Trainer:
             "val_loss": val_loss,
             "best_val_loss": self.best_val,
             "elapsed_s": elapsed,
+            **self.meter.fields(elapsed),
             "versions": {"sos_rs": sos_rs.__version__, "python": platform.python_version(), "numpy": np.__version__},
             "tokenizer": str(self.data.tokenizer_path),
             "eot_id": self.data.eot_id,
@@ -199,6 +204,7 @@ class Trainer:
         stop = {"flag": False}
         prev = signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
         timer = Timer()
+        self.meter = CostMeter(run.price_per_hour, self.elapsed_before, self.cpu_before)
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.grad_accum
         params = self.model.parameters()
         seed = _core.Tensor.full([], 1.0 / cfg.optim.grad_accum)
@@ -242,6 +248,8 @@ class Trainer:
                         "elapsed_s": elapsed,
                         "eta_s": ms / 1000 * (run.steps - self.step),
                         "rss_mb": rss_bytes() / 2**20,
+                        "tokens_seen": self.step * tokens_per_step,
+                        **self.meter.fields(elapsed),
                     }
                     record.update(self.model.step_stats())  # the family's own numbers (routing, regularisers)
                     metrics.step(record, show=True)
@@ -253,7 +261,7 @@ class Trainer:
                     last_val = v["val_loss"]
                     if self.best_val is None or last_val < self.best_val:
                         self.best_val = last_val
-                    metrics.write({"step": self.step, **v})
+                    metrics.write({"step": self.step, **v, **self.meter.fields(elapsed)})
                     metrics.info(f"step {self.step}: val loss {v['val_loss']:.4f} | val bits/byte {v['val_bpb']:.4f}")
                     result.update(v)
                 if run.sample_every and self.step % run.sample_every == 0:
@@ -271,8 +279,10 @@ class Trainer:
             metrics.info(f"checkpoint {folder}")
             if stop["flag"]:
                 metrics.info(f"interrupted at step {self.step}; resume with --resume auto")
+            result.update(self.meter.fields(self.elapsed_before + timer.elapsed()))
             result.update(
                 step=self.step,
+                tokens_seen=self.step * tokens_per_step,
                 elapsed_s=self.elapsed_before + timer.elapsed(),
                 peak_rss_mb=peak_rss_bytes() / 2**20,
                 checkpoint=str(folder),
