@@ -71,6 +71,7 @@ def audit_run(path: str, price_per_hour: Optional[float] = None) -> dict:
         "price_per_hour": price or None,
         "cost": price * wall_s / 3600 if price and wall_s is not None else None,
         "val_bpb": vals[-1]["val_bpb"] if vals else None,
+        "val_cpu_s": vals[-1].get("cpu_s") if vals else None,
         "val_curve": [(r["cpu_s"], r["val_bpb"]) for r in vals if "cpu_s" in r],
     }
 
@@ -96,15 +97,20 @@ def audit(paths: List[str], dense: Optional[str] = None, price_per_hour: Optiona
         lo, hi = PAPER_ACTIVE
         r["active_in_paper_range"] = lo <= r["active_param_fraction"] <= hi
         r["bpb_per_cpu_hour"] = r["val_bpb"] / r["cpu_hours"] if r["val_bpb"] and r["cpu_hours"] else None
-        if base is not None and r["cpu_hours"] is not None and r["val_bpb"] is not None:
-            at = bpb_at_cpu(base["val_curve"], r["cpu_hours"] * 3600)
+        if base is not None and r["val_cpu_s"] is not None:
+            # the compute the run had spent when its reported bits per byte were measured
+            at = bpb_at_cpu(base["val_curve"], r["val_cpu_s"])
             r["dense_bpb_same_cpu"] = at
             r["bpb_vs_dense"] = None if at is None else r["val_bpb"] - at
     return {"runs": rows, "dense": base, "paper": {"cost_per_model": PAPER_COST, "active_fraction": PAPER_ACTIVE}}
 
 
 def _f(x, fmt: str, width: int) -> str:
-    return f"{x:>{width}{fmt}}" if isinstance(x, (int, float)) else f"{'-':>{width}}"
+    """x formatted right-aligned in `width` ('+.4f' keeps its sign flag), '-' when missing."""
+    if not isinstance(x, (int, float)):
+        return f"{'-':>{width}}"
+    sign, rest = (fmt[0], fmt[1:]) if fmt.startswith("+") else ("", fmt)
+    return format(x, f">{sign}{width}{rest}")
 
 
 def format_report(res: dict) -> str:

@@ -279,11 +279,12 @@ class Trainer:
             metrics.info(f"checkpoint {folder}")
             if stop["flag"]:
                 metrics.info(f"interrupted at step {self.step}; resume with --resume auto")
-            result.update(self.meter.fields(self.elapsed_before + timer.elapsed()))
+            wall = self.elapsed_before + timer.elapsed()
+            result.update(self.meter.fields(wall))
             result.update(
                 step=self.step,
                 tokens_seen=self.step * tokens_per_step,
-                elapsed_s=self.elapsed_before + timer.elapsed(),
+                elapsed_s=wall,
                 peak_rss_mb=peak_rss_bytes() / 2**20,
                 checkpoint=str(folder),
                 interrupted=stop["flag"],
