@@ -4,7 +4,6 @@ summary; carried across a resume), and `sos audit` reports them with the measure
 from __future__ import annotations
 
 import json
-import pathlib
 import random
 import subprocess
 import sys
@@ -27,11 +26,19 @@ def runs(tmp_path_factory) -> dict:
         lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(8)]
         (src / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
     data = root / "prepared"
-    subprocess.run(SOS + ["prepare", str(src), "--out", str(data), "--vocab-size", "280"], check=True, capture_output=True)
+    subprocess.run(
+        SOS + ["prepare", str(src), "--out", str(data), "--vocab-size", "280"], check=True, capture_output=True
+    )
     model = {
         "dense": ["d_model = 32", "n_layers = 1", "n_heads = 4"],
-        "discoverlm": ['family = "discoverlm"', "d_model = 32", "n_layers = 1", "n_heads = 4", "ffn_hidden = 96",
-                       "ffn_rank = 8"],
+        "discoverlm": [
+            'family = "discoverlm"',
+            "d_model = 32",
+            "n_layers = 1",
+            "n_heads = 4",
+            "ffn_hidden = 96",
+            "ffn_rank = 8",
+        ],
     }
     out = {}
     for family, lines in model.items():
@@ -39,10 +46,26 @@ def runs(tmp_path_factory) -> dict:
         cfg = root / f"{family}.toml"
         cfg.write_text(
             "\n".join(
-                ["[model]", *lines, "[data]", f'dir = "{data}"', "seq_len = 32", "batch_size = 4", "[schedule]",
-                 "warmup_steps = 2", "[run]", f'out = "{run}"', "steps = 6", "eval_every = 3", "eval_batches = 1",
-                 "log_every = 1", "checkpoint_every = 3", "sample_tokens = 0", "threads = 1",
-                 "price_per_hour = 3.6"]
+                [
+                    "[model]",
+                    *lines,
+                    "[data]",
+                    f'dir = "{data}"',
+                    "seq_len = 32",
+                    "batch_size = 4",
+                    "[schedule]",
+                    "warmup_steps = 2",
+                    "[run]",
+                    f'out = "{run}"',
+                    "steps = 6",
+                    "eval_every = 3",
+                    "eval_batches = 1",
+                    "log_every = 1",
+                    "checkpoint_every = 3",
+                    "sample_tokens = 0",
+                    "threads = 1",
+                    "price_per_hour = 3.6",
+                ]
             )
             + "\n"
         )
@@ -84,8 +107,11 @@ def test_audit_reports_each_run(runs, tmp_path):
         assert row["cost"] == pytest.approx(3.6 * row["wall_hours"])
     # the dense run against itself: same compute, same bits per byte
     assert d["bpb_vs_dense"] == pytest.approx(0.0, abs=1e-12)
-    out = subprocess.run(SOS + ["audit", str(disco), str(dense), "--dense", str(dense), "--json", str(tmp_path / "a.json")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        SOS + ["audit", str(disco), str(dense), "--dense", str(dense), "--json", str(tmp_path / "a.json")],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "$1.60" in out.stdout and "discoverlm" in out.stdout and "dense bpb@same CPU" in out.stdout
     assert json.loads((tmp_path / "a.json").read_text())["runs"][0]["family"] == "discoverlm"

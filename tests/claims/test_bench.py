@@ -62,8 +62,23 @@ def test_train_worker(family, framework):
 def test_cli_quick_one_model(tmp_path):
     out = tmp_path / "b.json"
     res = subprocess.run(
-        [sys.executable, "-m", "sos_rs", "bench", "--quick", "--families", "dense", "--presets", "small", "--steps",
-         "1", "--threads", "1", "--json", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "sos_rs",
+            "bench",
+            "--quick",
+            "--families",
+            "dense",
+            "--presets",
+            "small",
+            "--steps",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -75,5 +90,7 @@ def test_cli_quick_one_model(tmp_path):
     assert m["peak_gflops"] > 0 and all(g["gflops"] > 0 for g in m["gemm"]) and m["attention"]
     row = data["train"][0]["sos"]
     assert row["family"] == "dense" and row["tokens_per_s"] > 0 and 0 < row["frac_peak"]
-    bad = subprocess.run([sys.executable, "-m", "sos_rs", "bench", "--families", "nope"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "sos_rs", "bench", "--families", "nope"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr

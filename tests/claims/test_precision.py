@@ -95,7 +95,9 @@ def nearest(fmt, exact: Fraction) -> float:
     winners = sorted(x for x in cands if abs(Fraction(x) - exact) == best)
     if len(winners) == 1:
         return winners[0]
-    even = [x for x in winners if int(np.array(x, dtype).view(np.uint16 if dtype is np.float16 else np.uint32)) % 2 == 0]
+    even = [
+        x for x in winners if int(np.array(x, dtype).view(np.uint16 if dtype is np.float16 else np.uint32)) % 2 == 0
+    ]
     return even[0]
 
 
@@ -190,6 +192,9 @@ def test_cli(tmp_path):
     assert "claims:" in res.stdout and "f16/f32" in res.stdout
     data = json.loads(out.read_text())
     assert [r["depth"] for r in data["stacks"]] == [1, 2] and png.stat().st_size > 0
-    bad = subprocess.run([sys.executable, "-m", "sos_rs", "precision", "--block-d", "10", "--block-heads", "4"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "sos_rs", "precision", "--block-d", "10", "--block-heads", "4"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "--block-d" in bad.stderr and "Traceback" not in bad.stderr

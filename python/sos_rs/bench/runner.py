@@ -188,7 +188,9 @@ def format_report(res: dict) -> str:
         )
         lines.append(f"{'GEMM':11} {'M x N x K':>17} {'GFLOP/s':>8} {'of peak':>8}")
         for g in m["gemm"]:
-            lines.append(f"{g['shape']:11} {g['m']:>5}x{g['n']:>5}x{g['k']:>5} {g['gflops']:8.1f} {g['frac_peak']:8.1%}")
+            lines.append(
+                f"{g['shape']:11} {g['m']:>5}x{g['n']:>5}x{g['k']:>5} {g['gflops']:8.1f} {g['frac_peak']:8.1%}"
+            )
         for a in m["attention"]:
             lines.append(
                 f"attention fwd+bwd B={a['batch']} H={a['heads']} hd={a['head_dim']} T={a['seq']}: "
@@ -196,7 +198,8 @@ def format_report(res: dict) -> str:
             )
     lines.append("")
     has_torch = any("torch" in r for r in res["train"])
-    head = f"{'family':10} {'preset':6} {'params':>8} {'active':>7} {'tok/s':>8} {'GFLOP/s':>8} {'of peak':>8} {'RSS MB':>7}"
+    head = f"{'family':10} {'preset':6} {'params':>8} {'active':>7} {'tok/s':>8} {'GFLOP/s':>8} {'of peak':>8} "
+    head += f"{'RSS MB':>7}"
     if has_torch:
         head += f" | {'torch tok/s':>11} {'of peak':>8} {'RSS MB':>7} {'sos/torch':>9}"
     lines.append("training step (forward + backward + AdamW), medians")

@@ -7,7 +7,9 @@ import time
 from typing import Callable, List, Sequence
 
 
-def interleaved_medians(fns: Sequence[Callable[[], object]], runs: int, warmup: int = 2, rounds: int = 3) -> List[float]:
+def interleaved_medians(
+    fns: Sequence[Callable[[], object]], runs: int, warmup: int = 2, rounds: int = 3
+) -> List[float]:
     """Median seconds of each fn over `runs` timed calls, taken in `rounds` blocks that alternate
     between the fns (so all see the same background load), with a pause before each block so the
     other library's spinning worker threads (OpenMP's or Rayon's) have gone idle."""

@@ -10,6 +10,7 @@ import resource
 import statistics
 import sys
 import time
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -67,21 +68,25 @@ def machine(spec: dict) -> dict:
     first_peak = measure_peak()
     rng = np.random.default_rng(0)
     budget = 0.08 if spec["quick"] else 0.3
-    gemm = []
+    gemm: List[Dict[str, Any]] = []
     for name, m, n, k, ta, tb in GEMM_SHAPES:
         if spec["quick"] and name not in QUICK_GEMM:
             continue
         a = sos_rs.tensor(rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)).data
         b = sos_rs.tensor(rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)).data
-        g = gflops(2.0 * m * n * k, lambda a=a, b=b, ta=ta, tb=tb: _core.matmul(a, b, ta, tb), budget)
+
+        def product(a=a, b=b, ta=ta, tb=tb) -> None:
+            _core.matmul(a, b, ta, tb)
+
+        g = gflops(2.0 * m * n * k, product, budget)
         gemm.append({"shape": name, "m": m, "n": n, "k": k, "gflops": g})
-    attention = []
+    attention: List[Dict[str, Any]] = []
     heads, hd = 8, 64
     for t in (256,) if spec["quick"] else (256, 1024):
         q, k_, v, do = (sos_rs.tensor(rng.standard_normal((1, t, heads, hd)).astype(np.float32)).data for _ in range(4))
         scale = hd**-0.5
 
-        def fwd_bwd(q=q, k_=k_, v=v, do=do):
+        def fwd_bwd(q=q, k_=k_, v=v, do=do, scale=scale) -> None:
             o, lse = _core.attention_forward(q, k_, v, scale)
             _core.attention_backward(q, k_, v, o, lse, do, scale)
 
@@ -123,7 +128,7 @@ def train(spec: dict) -> dict:
     threads, steps, warmup = spec["threads"], spec["steps"], spec["warmup"]
     sos_rs.set_num_threads(threads)
     cfg, batch = spec["config"], spec["batch"]
-    model = build_model(spec["family"], cfg)
+    model: Any = build_model(spec["family"], cfg)  # routed families take regulariser triples in loss()
     seq = model.config.max_seq_len
     data = _batches(model.config.vocab_size, batch, seq, warmup + steps)
     has_triples = hasattr(model, "sample_triples")
@@ -150,7 +155,7 @@ def train(spec: dict) -> dict:
     frac = statistics.median(fractions) if fractions else None
     if spec["framework"] == "sos":  # PyTorch rows take the FLOPs of the matching sos_rs row
         measured = "active_param_fraction" in model.step_stats()
-        flops = train_step_flops(model, batch, seq, frac if measured else 1.0, measured)
+        flops = train_step_flops(model, batch, seq, frac if frac is not None and measured else 1.0, measured)
     return {
         "kind": "train",
         "framework": spec["framework"],
@@ -180,9 +185,11 @@ def _torch_steps(spec, model, data, triples, lr, clip, threads):
     torch.set_num_threads(threads)
     state = model.state_dict()
     if spec["family"] == "dense":
-        from tests.support.torch_reference import TorchDense  # the runner puts the checkout on the path
+        import importlib
 
-        tm = TorchDense(model.config.to_dict())
+        # Only in a source checkout (the runner puts it on the path); not part of the package.
+        twin = importlib.import_module("tests.support.torch_reference")
+        tm = twin.TorchDense(model.config.to_dict())
         with torch.no_grad():
             for n in tm.names:
                 tm.get(n).copy_(torch.from_numpy(state[n]))
@@ -197,7 +204,10 @@ def _torch_steps(spec, model, data, triples, lr, clip, threads):
     else:
         from sos_rs.hf import modeling_sos_moa as R
 
-        classes = {"moa": (R.SosMoAConfig, R.SosMoAForCausalLM), "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM)}
+        classes = {
+            "moa": (R.SosMoAConfig, R.SosMoAForCausalLM),
+            "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM),
+        }
         if spec["family"] not in classes:
             raise SystemExit(f"no PyTorch reference for family {spec['family']!r}")
         hcfg, hcls = classes[spec["family"]]

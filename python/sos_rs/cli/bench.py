@@ -12,7 +12,9 @@ import sys
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure this machine: FMA peak, GEMM, attention, training steps", description=__doc__)
+    p = sub.add_parser(
+        "bench", help="measure this machine: FMA peak, GEMM, attention, training steps", description=__doc__
+    )
     p.add_argument("--quick", action="store_true", help="small presets, few steps: under a minute")
     p.add_argument("--vs-torch", action="store_true", help="also run each model in PyTorch, side by side")
     p.add_argument("--threads", type=int, default=0, help="threads of both libraries (default: one per core)")

@@ -65,7 +65,8 @@ class Arith:
     def sum(self, x: np.ndarray, axis, keepdims: bool = False) -> np.ndarray:
         if self.exact:
             return x.sum(axis=axis, keepdims=keepdims)
-        return self.q(np.sum(x.astype(np.float32), axis=axis, keepdims=keepdims, dtype=np.float32).astype(np.float64))
+        total = np.asarray(np.sum(x.astype(np.float32), axis=axis, keepdims=keepdims, dtype=np.float32))
+        return self.q(total.astype(np.float64))
 
     def add(self, a, b):
         return self.q(a + b)

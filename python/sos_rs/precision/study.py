@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -155,7 +155,7 @@ def run_study(cfg: StudyConfig, progress: Optional[Callable[[str], None]] = None
     for depth in cfg.depths:
         errs = stack(cfg, depth, progress)
         meds = {v: {k: med(e) for k, e in rec.items()} for v, rec in errs.items()}
-        row = {"depth": depth, "median_rel_err": {}, "ratio_to_f32": {}, "params": {}}
+        row: Dict[str, Any] = {"depth": depth, "median_rel_err": {}, "ratio_to_f32": {}, "params": {}}
         for v in STACK_VARIANTS:
             row["median_rel_err"][v] = {k: meds[v][k] for k in ("forward", "grad", "grad_worst")}
             row["params"][v] = {k[6:]: x for k, x in meds[v].items() if k.startswith("param:")}
@@ -256,7 +256,9 @@ def plot(result: dict, path: str) -> None:
     colors = {"f16": "C3", "bf16": "C1", "f32": "C0"}
     for v, col in colors.items():
         for what, style in (("forward", "-o"), ("grad", "--s")):
-            ax.plot(depths, [r["median_rel_err"][v][what] for r in result["stacks"]], style, color=col, label=f"{v} {what}")
+            ax.plot(
+                depths, [r["median_rel_err"][v][what] for r in result["stacks"]], style, color=col, label=f"{v} {what}"
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("dense blocks L")
@@ -264,7 +266,13 @@ def plot(result: dict, path: str) -> None:
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     for what, style in (("forward", "-o"), ("grad", "--s")):
-        ax2.plot(depths, [r["ratio_to_f32"]["f16"][what] for r in result["stacks"]], style, color="C3", label=f"f16/f32 {what}")
+        ax2.plot(
+            depths,
+            [r["ratio_to_f32"]["f16"][what] for r in result["stacks"]],
+            style,
+            color="C3",
+            label=f"f16/f32 {what}",
+        )
     ax2.axhline(PAPER_AT_DEPTH, color="k", ls=":", label=f"paper at depth {PAPER_AT_DEPTH:,.0f}x")
     ax2.axhline(PAPER_SINGLE_OP, color="grey", ls=":", label=f"paper one op {PAPER_SINGLE_OP:,.0f}x")
     ax2.axhline(8192, color="C2", ls="-.", label="unit roundoff ratio 8,192x")

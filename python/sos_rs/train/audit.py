@@ -116,8 +116,7 @@ def _f(x, fmt: str, width: int) -> str:
 def format_report(res: dict) -> str:
     lines = [
         f"{'run':24} {'family':10} {'params':>8} {'active':>8} {'tokens':>9} {'CPU-h':>7} {'cost':>8} "
-        f"{'val bpb':>8} {'bpb/CPU-h':>10}"
-        + (f" {'dense bpb@same CPU':>18} {'Δ':>7}" if res["dense"] else "")
+        f"{'val bpb':>8} {'bpb/CPU-h':>10}" + (f" {'dense bpb@same CPU':>18} {'Δ':>7}" if res["dense"] else "")
     ]
     for r in res["runs"]:
         active = f"{r['active_param_fraction']:.2%}" + ("" if r["active_measured"] else "*")
