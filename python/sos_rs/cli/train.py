@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 
 
@@ -53,7 +54,20 @@ def run(args) -> int:
     except (ConfigError, DataError, TrainingError, ckpt.CheckpointError) as e:
         print(f"sos train: {e}", file=sys.stderr)
         return 2
-    keys = ("step", "val_loss", "val_bpb", "val_split", "elapsed_s", "peak_rss_mb")
+    keys = (
+        "step",
+        "val_loss",
+        "val_bpb",
+        "val_split",
+        "elapsed_s",
+        "cpu_s",
+        "cpu_hours",
+        "cost",
+        "tokens_seen",
+        "peak_rss_mb",
+    )
     summary = {k: result[k] for k in keys if k in result}
+    out = pathlib.Path(cfg.run.out)
+    (out / "summary.json").write_text(json.dumps({"family": trainer.family, **summary}, indent=1))
     print("done: " + json.dumps(summary))
     return 130 if result.get("interrupted") else 0

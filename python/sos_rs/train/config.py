@@ -107,6 +107,10 @@ class RunConfig:
     """Steps between checkpoints (a final one is always written)."""
     keep_last: int = 3
     """Checkpoints kept besides the best one."""
+    price_per_hour: float = 0.0
+    """Price of the machine per wall-clock hour, in your currency (0 = not priced). With it the
+    metrics, checkpoints and summary carry `cost` = price_per_hour × wall-clock hours of training
+    (CPU-seconds `cpu_s` are recorded either way); `sos audit` reports both."""
 
 
 SECTIONS = {
@@ -188,6 +192,7 @@ LIMITS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "run.sample_tokens": (_non_negative, "an integer >= 0"),
     "run.checkpoint_every": (_non_negative, "an integer >= 0"),
     "run.keep_last": (_non_negative, "an integer >= 0"),
+    "run.price_per_hour": (_non_negative, "a number >= 0 (the machine's price; 0 = no cost)"),
 }
 
 

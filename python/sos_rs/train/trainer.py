@@ -25,6 +25,7 @@ from ..errors import SosError
 from ..models import build_model
 from . import checkpoint as ckpt
 from .config import TrainConfig, dumps
+from .cost import CostMeter
 from .data_setup import DataSetup
 from .evaluate import evaluate
 from .memory import available_bytes, peak_rss_bytes, rss_bytes
@@ -92,6 +93,8 @@ class Trainer:
         self.step = 0
         self.best_val: Optional[float] = None
         self.elapsed_before = 0.0
+        self.cpu_before = 0.0
+        self.meter = CostMeter(cfg.run.price_per_hour)
         self.train_belt = self.data.train_belt()
         self.rollback = Rollback(cfg.rollback, self.model, self.opt, self.names, self.train_belt)
         self._check_memory()
@@ -162,6 +165,7 @@ class Trainer:
         self.step = state["step"]
         self.best_val = state.get("best_val_loss")
         self.elapsed_before = state.get("elapsed_s", 0.0)
+        self.cpu_before = state.get("cpu_s", 0.0)
         self.rollback.load_state(state.get("rollback"), snapshot, self.step)
         return folder
 
@@ -197,6 +201,7 @@ class Trainer:
             "val_loss": val_loss,
             "best_val_loss": self.best_val,
             "elapsed_s": elapsed,
+            **self.meter.fields(elapsed),
             "versions": {"sos_rs": sos_rs.__version__, "python": platform.python_version(), "numpy": np.__version__},
             "tokenizer": "tokenizer.json",  # the run folder's copy (written by train())
             "data_dirs": portable_paths(self.out, self.cfg.data.dir, self.cfg.data.mixture),
@@ -258,6 +263,7 @@ class Trainer:
         timer = Timer(self.clock)
         sched = cfg.schedule
         metrics.info(describe(sched.kind, sched.horizon, run.steps, sched.warmup_steps, run.max_minutes))
+        self.meter = CostMeter(run.price_per_hour, self.elapsed_before, self.cpu_before)
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.grad_accum
         params = self.model.parameters()
         seed = _core.Tensor.full([], 1.0 / cfg.optim.grad_accum)
@@ -305,6 +311,8 @@ class Trainer:
                         "elapsed_s": elapsed,
                         "eta_s": ms / 1000 * (run.steps - self.step),
                         "rss_mb": rss_bytes() / 2**20,
+                        "tokens_seen": self.step * tokens_per_step,
+                        **self.meter.fields(elapsed),
                     }
                     record.update(self.model.step_stats())  # the family's own numbers (routing, regularisers)
                     metrics.step(record, show=True)
@@ -317,7 +325,7 @@ class Trainer:
                     if self.best_val is None or last_val < self.best_val:
                         self.best_val = last_val
                     v["val_split"] = "val" if self.data.has_val else "train"
-                    metrics.write({"step": self.step, **v})
+                    metrics.write({"step": self.step, **v, **self.meter.fields(elapsed)})
                     label = "val" if self.data.has_val else "train-split"  # see DataSetup.val_note
                     metrics.info(
                         f"step {self.step}: {label} loss {v['val_loss']:.4f} | {label} bits/byte {v['val_bpb']:.4f}"
@@ -338,9 +346,12 @@ class Trainer:
             metrics.info(f"checkpoint {folder}")
             if stop["flag"]:
                 metrics.info(f"interrupted at step {self.step}; resume with --resume auto")
+            wall = self.elapsed_before + timer.elapsed()
+            result.update(self.meter.fields(wall))
             result.update(
                 step=self.step,
-                elapsed_s=self.elapsed_before + timer.elapsed(),
+                tokens_seen=self.step * tokens_per_step,
+                elapsed_s=wall,
                 peak_rss_mb=peak_rss_bytes() / 2**20,
                 checkpoint=str(folder),
                 interrupted=stop["flag"],

@@ -1,0 +1,37 @@
+"""Model sizes `sos bench` trains: a small and a medium preset per family, with the batch.
+A family registered without an entry here is benched at its `tiny()` config (small only)."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+# family -> preset -> (config fields, batch); seq = max_seq_len.
+PRESETS: Dict[str, Dict[str, Tuple[dict, int]]] = {
+    "dense": {
+        "small": (dict(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, max_seq_len=128), 16),
+        "medium": (dict(vocab_size=8192, d_model=384, n_layers=6, n_heads=6, max_seq_len=256), 8),
+    },
+    "moa": {
+        "small": (dict(vocab_size=4096, d_model=128, n_layers=2, n_heads=4, max_seq_len=128), 8),
+        "medium": (dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=8, max_seq_len=256), 8),
+    },
+    "discoverlm": {
+        "small": (dict(vocab_size=4096, d_model=128, n_layers=2, n_heads=4, max_seq_len=128, ffn_hidden=384), 8),
+        "medium": (dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=8, max_seq_len=256, ffn_hidden=768), 8),
+    },
+}
+
+
+def preset(family: str, name: str) -> Optional[Tuple[dict, int]]:
+    """(config fields, batch) of `family` at preset `name`, or None when it has no such preset."""
+    from ..models import get_family
+
+    if family in PRESETS:
+        return PRESETS[family].get(name)
+    if name != "small":
+        return None
+    cls = get_family(family)
+    tiny = getattr(cls.config_class, "tiny", None)
+    if tiny is None:
+        return None
+    return tiny().to_dict(), 8
