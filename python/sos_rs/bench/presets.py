@@ -19,6 +19,11 @@ PRESETS: Dict[str, Dict[str, Tuple[dict, int]]] = {
         "small": (dict(vocab_size=4096, d_model=128, n_layers=2, n_heads=4, max_seq_len=128, ffn_hidden=384), 8),
         "medium": (dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=8, max_seq_len=256, ffn_hidden=768), 8),
     },
+    # the swarm with the published routing (top-5 of up to 20 agents, budgets), narrower decoders
+    "sagi": {
+        "small": (dict(vocab_size=4096, d_model=128, n_layers=2, n_heads=4, ffn_hidden=384, max_seq_len=128), 8),
+        "medium": (dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=8, ffn_hidden=768, max_seq_len=256), 8),
+    },
 }
 
 
