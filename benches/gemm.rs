@@ -22,9 +22,9 @@ fn gemm(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("gemm/{name}"));
         g.throughput(Throughput::Elements(2 * (m * n * k) as u64)).sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(300));
         for th in [1usize, 2] {
-            sos_rs::par::set_num_threads(th);
+            sos_rs::threads::set_num_threads(th);
             g.bench_function(BenchmarkId::new("sos_rs", format!("{th}t")), |bch| {
-                bch.iter(|| sos_rs::par::install(|| matmul::gemm(m, n, k, &a, ta, &b, tb, &mut out, false)))
+                bch.iter(|| sos_rs::threads::install(|| matmul::gemm(m, n, k, &a, ta, &b, tb, &mut out, false)))
             });
             g.bench_function(BenchmarkId::new("matrixmultiply", format!("{th}t")), |bch| bch.iter(|| mm_sgemm(m, n, k, &a, ta, &b, tb, &mut out, th)));
         }
@@ -42,10 +42,10 @@ fn attention_fwd_bwd(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("attention/T{t}"));
         g.throughput(Throughput::Elements(7 * (b * h * t * t * hd) as u64)).sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(300));
         for th in [1usize, 2] {
-            sos_rs::par::set_num_threads(th);
+            sos_rs::threads::set_num_threads(th);
             g.bench_function(BenchmarkId::new("fwd_bwd", format!("{th}t")), |bch| {
                 bch.iter(|| {
-                    sos_rs::par::install(|| {
+                    sos_rs::threads::install(|| {
                         let (o, l) = attention::attention_forward(&q, &k, &v, scale).unwrap();
                         attention::attention_backward(&q, &k, &v, &o, &l, &dout, scale).unwrap()
                     })

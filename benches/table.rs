@@ -58,17 +58,17 @@ fn attention_rows(reps: usize, json: bool) {
             // A fresh pool: its threads allocate their scratch during the first call, so the
             // resident-memory peak over that call (VmHWM, reset first) covers every buffer
             // attention keeps, heap or mapped.
-            sos_rs::par::set_num_threads(th);
+            sos_rs::threads::set_num_threads(th);
             std::thread::sleep(std::time::Duration::from_millis(50));
             let _ = std::fs::write("/proc/self/clear_refs", "5");
             let base = status_bytes("VmRSS:");
-            sos_rs::par::install(run);
+            sos_rs::threads::install(run);
             let extra = status_bytes("VmHWM:").saturating_sub(base);
             let inputs = 4 * n * 4;
             let mut rows = Vec::new();
             for _ in 0..reps {
                 let p = peak::fma_peak_gflops(Isa::Avx512.min(sos_rs::cpu::isa()), th, 1, 30);
-                let g = gflops(flops, 200.0, || sos_rs::par::install(run));
+                let g = gflops(flops, 200.0, || sos_rs::threads::install(run));
                 rows.push([p, g, g / p]);
             }
             let col = |i: usize| median(rows.iter().map(|r| r[i]).collect());
@@ -102,7 +102,7 @@ fn main() {
         let mut c = vec![0.0f32; m * n];
         let flops = 2.0 * (m * n * k) as f64;
         for th in [1usize, 2] {
-            sos_rs::par::set_num_threads(th);
+            sos_rs::threads::set_num_threads(th);
             // per rep: [peak512, peak256, sos512, sos256, mm]
             let mut rows: Vec<[f64; 5]> = Vec::new();
             for _ in 0..reps {
@@ -110,7 +110,7 @@ fn main() {
                 let p256 = peak::fma_peak_gflops(Isa::Avx2, th, 1, 30);
                 let mut sos = [0.0; 2];
                 for (s, &isa) in sos.iter_mut().zip(isas.iter().rev()) {
-                    *s = gflops(flops, 100.0, || sos_rs::par::install(|| matmul::gemm_with(isa, m, n, k, &a, ta, &b, tb, &mut c, false)));
+                    *s = gflops(flops, 100.0, || sos_rs::threads::install(|| matmul::gemm_with(isa, m, n, k, &a, ta, &b, tb, &mut c, false)));
                 }
                 let mm = gflops(flops, 100.0, || mm_sgemm(m, n, k, &a, ta, &b, tb, &mut c, th));
                 rows.push([p512, p256, sos[0], sos[1], mm]);

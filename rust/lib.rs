@@ -6,7 +6,6 @@ pub mod cpu;
 pub mod error;
 pub mod moe;
 pub mod ops;
-pub mod par;
 pub mod scratch;
 pub mod tensor;
 pub mod threads;

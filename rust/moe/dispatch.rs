@@ -10,7 +10,7 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Error, Result};
-use crate::par;
+use crate::threads;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -120,7 +120,7 @@ pub fn dispatch_forward(x: &Tensor, plan: &Plan) -> Result<Tensor> {
     let d = rows_of("dispatch", x, plan.n_tokens)?;
     let mut xs = Tensor::zeros(&[plan.n_slots(), d]);
     let xd = x.data();
-    par::for_row_chunks(xs.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(xs.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (j, row) in out.chunks_mut(d).enumerate() {
             let n = plan.slot_token[r0 + j] as usize;
             row.copy_from_slice(&xd[n * d..(n + 1) * d]);
@@ -134,7 +134,7 @@ pub fn dispatch_backward(dxs: &Tensor, plan: &Plan) -> Result<Tensor> {
     let d = rows_of("dispatch_backward", dxs, plan.n_slots())?;
     let mut dx = Tensor::zeros(&[plan.n_tokens, d]);
     let sd = dxs.data();
-    par::for_row_chunks(dx.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(dx.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (j, row) in out.chunks_mut(d).enumerate() {
             for &slot in &plan.token_slot[(r0 + j) * plan.k..(r0 + j + 1) * plan.k] {
                 if slot != DROPPED {
@@ -157,7 +157,7 @@ pub fn combine_forward(ys: &Tensor, gates: &Tensor, plan: &Plan) -> Result<Tenso
     check_gates("combine", gates, plan)?;
     let mut y = Tensor::zeros(&[plan.n_tokens, d]);
     let (sd, gd, k) = (ys.data(), gates.data(), plan.k);
-    par::for_row_chunks(y.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (i, row) in out.chunks_mut(d).enumerate() {
             let n = r0 + i;
             for j in 0..k {
@@ -178,7 +178,7 @@ pub fn combine_backward(ys: &Tensor, gates: &Tensor, plan: &Plan, dy: &Tensor) -
     ensure_shape!(dy.shape() == [plan.n_tokens, d], "combine_backward", "dy {:?} must be [{}, {}]", dy.shape(), plan.n_tokens, d);
     let (sd, gd, dyd, k) = (ys.data(), gates.data(), dy.data(), plan.k);
     let mut dys = Tensor::zeros(ys.shape());
-    par::for_row_chunks(dys.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(dys.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (i, row) in out.chunks_mut(d).enumerate() {
             let (n, j) = (plan.slot_token[r0 + i] as usize, plan.slot_choice[r0 + i] as usize);
             cpu::scale(gd[n * k + j], &dyd[n * d..(n + 1) * d], row);

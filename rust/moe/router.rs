@@ -6,7 +6,7 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Error, Result};
-use crate::par;
+use crate::threads;
 use crate::tensor::Tensor;
 
 fn rows_cols(op: &'static str, t: &Tensor) -> Result<(usize, usize)> {
@@ -22,7 +22,7 @@ pub fn router_probs_forward(logits: &Tensor, tau: f32) -> Result<Tensor> {
     }
     let mut p = Tensor::zeros(logits.shape());
     let (ld, inv_tau) = (logits.data(), 1.0 / tau);
-    par::for_row_chunks(p.data_mut(), e, par::rows_per_task(e), |r0, out| {
+    threads::for_row_chunks(p.data_mut(), e, threads::rows_per_task(e), |r0, out| {
         let mut z = vec![0.0f32; e];
         for (j, pr) in out.chunks_mut(e).enumerate() {
             cpu::scale(inv_tau, &ld[(r0 + j) * e..(r0 + j + 1) * e], &mut z);
@@ -40,7 +40,7 @@ pub fn router_probs_backward(probs: &Tensor, dprobs: &Tensor, tau: f32) -> Resul
     ensure_shape!(dprobs.shape() == probs.shape(), "router_probs_backward", "probs {:?} vs dprobs {:?}", probs.shape(), dprobs.shape());
     let mut dl = Tensor::zeros(probs.shape());
     let (pd, dd, inv_tau) = (probs.data(), dprobs.data(), 1.0 / tau);
-    par::for_row_chunks(dl.data_mut(), e, par::rows_per_task(e), |r0, out| {
+    threads::for_row_chunks(dl.data_mut(), e, threads::rows_per_task(e), |r0, out| {
         for (j, dr) in out.chunks_mut(e).enumerate() {
             let r = (r0 + j) * e..(r0 + j + 1) * e;
             let (p, dp) = (&pd[r.clone()], &dd[r]);

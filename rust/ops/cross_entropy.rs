@@ -5,7 +5,7 @@
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
 use crate::ops::embedding::check_ids;
-use crate::par;
+use crate::threads;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -79,7 +79,7 @@ pub fn cross_entropy_backward(logits: &Tensor, targets: &[u32], lse: &Tensor, dl
     let (ld, sd) = (logits.data(), lse.data());
     let g = dloss / n as f32;
     let mut dl = Tensor::for_overwrite(logits.shape());
-    par::for_row_chunks(dl.data_mut(), v, ROWS_PER_TASK, |r0, out| {
+    threads::for_row_chunks(dl.data_mut(), v, ROWS_PER_TASK, |r0, out| {
         for (j, drow) in out.chunks_mut(v).enumerate() {
             let r = r0 + j;
             cpu::exp_shift_sum(&ld[r * v..(r + 1) * v], sd[r], drow);

@@ -7,7 +7,7 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Error, Result};
-use crate::par;
+use crate::threads;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -51,7 +51,7 @@ pub fn dwconv_forward(x: &Tensor, w: &Tensor, rows: Option<&[u32]>) -> Result<Te
         None => Tensor::zeros(x.shape()),
     };
     let xd = x.data();
-    par::for_row_chunks(y.data_mut(), d, par::rows_per_task(d * k), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), d, threads::rows_per_task(d * k), |r0, out| {
         let mut tmp = vec![0.0f32; d];
         for (j, row) in out.chunks_mut(d).enumerate() {
             let p = rows.map_or(r0 + j, |r| r[r0 + j] as usize);
@@ -82,7 +82,7 @@ pub fn dwconv_backward(x: &Tensor, w: &Tensor, rows: Option<&[u32]>, dy: &Tensor
     let (xd, dyd) = (x.data(), dy.data());
     let mut dx = Tensor::zeros(x.shape());
     // dx[p'] = Σ_s w[:, s] ⊙ dy[out at p' + (K-1) - s], within the same sequence.
-    par::for_row_chunks(dx.data_mut(), d, par::rows_per_task(d * k), |r0, out| {
+    threads::for_row_chunks(dx.data_mut(), d, threads::rows_per_task(d * k), |r0, out| {
         let mut tmp = vec![0.0f32; d];
         for (j, row) in out.chunks_mut(d).enumerate() {
             let p = r0 + j;
@@ -98,8 +98,8 @@ pub fn dwconv_backward(x: &Tensor, w: &Tensor, rows: Option<&[u32]>, dy: &Tensor
         }
     });
     // dw[c, s] = Σ_out dy[out, c] · x[p - (K-1) + s, c]: partials over fixed output blocks.
-    let block = par::rows_per_task(d * k);
-    let part = par::ordered_sum(m.div_ceil(block), k * d, |bi| {
+    let block = threads::rows_per_task(d * k);
+    let part = threads::ordered_sum(m.div_ceil(block), k * d, |bi| {
         let mut acc = vec![0.0f32; k * d];
         let mut tmp = vec![0.0f32; d];
         for o in bi * block..((bi + 1) * block).min(m) {

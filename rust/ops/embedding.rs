@@ -2,7 +2,7 @@
 //! table size so an out-of-range id is an error, never an out-of-bounds read.
 
 use crate::error::{ensure_shape, Error, Result};
-use crate::par;
+use crate::threads;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -26,7 +26,7 @@ pub fn embedding_forward(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> R
     shape.push(d);
     let mut y = Tensor::zeros(&shape);
     let wd = weight.data();
-    par::for_row_chunks(y.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (j, row) in out.chunks_mut(d).enumerate() {
             let id = ids[r0 + j] as usize;
             row.copy_from_slice(&wd[id * d..(id + 1) * d]);

@@ -5,7 +5,7 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
-use crate::par;
+use crate::threads;
 use crate::tensor::Tensor;
 
 pub fn attention_with_cache(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
@@ -24,7 +24,7 @@ pub fn attention_with_cache(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> R
     if row == 0 {
         return Ok(o);
     }
-    par::for_row_chunks(o.data_mut(), row, 1, |r, orow| {
+    threads::for_row_chunks(o.data_mut(), row, 1, |r, orow| {
         let (bi, i) = (r / tq, r % tq);
         let visible = offset + i + 1;
         let mut s = vec![0.0f32; visible];

@@ -4,7 +4,7 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
-use crate::par;
+use crate::threads;
 use crate::tensor::Tensor;
 
 const ROW_BLOCK: usize = 64;
@@ -49,7 +49,7 @@ pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> R
             dxr[i] = s * (wdy[i] - c * s * xr[i]);
         }
     });
-    let dw = par::ordered_sum(n.div_ceil(ROW_BLOCK), d, |b| {
+    let dw = threads::ordered_sum(n.div_ceil(ROW_BLOCK), d, |b| {
         let mut acc = vec![0.0f32; d];
         let mut xhat = vec![0.0f32; d];
         for r in b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(n) {
@@ -118,7 +118,7 @@ pub fn layernorm_backward(x: &Tensor, w: &Tensor, mean: &Tensor, rstd: &Tensor, 
             dxr[i] = s * (wd[i] * dyr[i] - g_mean - xhat * gx_mean);
         }
     });
-    let sums = par::ordered_sum(n.div_ceil(ROW_BLOCK), 2 * d, |b| {
+    let sums = threads::ordered_sum(n.div_ceil(ROW_BLOCK), 2 * d, |b| {
         let mut acc = vec![0.0f32; 2 * d];
         for r in b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(n) {
             let (xr, dyr) = (&xd[r * d..(r + 1) * d], &dyd[r * d..(r + 1) * d]);
@@ -138,7 +138,7 @@ where
     F: Fn(usize, &mut [f32], &mut f32) + Sync + Send,
 {
     use rayon::prelude::*;
-    let rpt = par::rows_per_task(d);
+    let rpt = threads::rows_per_task(d);
     out.par_chunks_mut(d * rpt).zip(stats.par_chunks_mut(rpt)).enumerate().for_each(|(t, (o, s))| {
         for (j, (row, st)) in o.chunks_mut(d).zip(s.iter_mut()).enumerate() {
             f(t * rpt + j, row, st);

@@ -2,7 +2,7 @@
 //! pairs with lane i + hd/2 and both rotate by pos * base^(-2i/hd). Backward rotates by -angle.
 
 use crate::error::{ensure_shape, Result};
-use crate::par;
+use crate::threads;
 use crate::tensor::Tensor;
 
 /// cos/sin tables [T, hd/2], computed in f32 like HF's `LlamaRotaryEmbedding`.
@@ -42,7 +42,7 @@ fn rotate(op: &'static str, x: &Tensor, positions: Option<&[u32]>, base: f32, si
     let mut y = Tensor::zeros(x.shape());
     let xd = x.data();
     let tok = h * hd;
-    par::for_row_chunks(y.data_mut(), tok, par::rows_per_task(tok), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), tok, threads::rows_per_task(tok), |r0, out| {
         for (j, yt) in out.chunks_mut(tok).enumerate() {
             let r = r0 + j; // token index b*T + t
             let pi = if per_row { r } else { r % t };

@@ -5,7 +5,7 @@
 //! Layouts: x [..., H, hd] seen as N rows of H·hd; ang [P, hd/2]; pos [N] with entries < P.
 
 use crate::error::{ensure_shape, Error, Result};
-use crate::par;
+use crate::threads;
 use crate::tensor::Tensor;
 
 fn dims(op: &'static str, x: &Tensor, ang: &Tensor, pos: &[u32]) -> Result<(usize, usize, usize)> {
@@ -35,7 +35,7 @@ pub fn rope_angles_forward(x: &Tensor, ang: &Tensor, pos: &[u32]) -> Result<Tens
     let (_, h, hd) = dims("rope_angles", x, ang, pos)?;
     let mut y = Tensor::zeros(x.shape());
     let (xd, ad, half) = (x.data(), ang.data(), hd / 2);
-    par::for_row_chunks(y.data_mut(), h * hd, par::rows_per_task(h * hd), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), h * hd, threads::rows_per_task(h * hd), |r0, out| {
         for (j, row) in out.chunks_mut(h * hd).enumerate() {
             let n = r0 + j;
             let a = &ad[pos[n] as usize * half..][..half];
@@ -55,7 +55,7 @@ pub fn rope_angles_backward(x: &Tensor, ang: &Tensor, pos: &[u32], dy: &Tensor) 
     ensure_shape!(dy.shape() == x.shape(), "rope_angles_backward", "dy {:?} vs x {:?}", dy.shape(), x.shape());
     let (xd, ad, dyd, half) = (x.data(), ang.data(), dy.data(), hd / 2);
     let mut dx = Tensor::zeros(x.shape());
-    par::for_row_chunks(dx.data_mut(), h * hd, par::rows_per_task(h * hd), |r0, out| {
+    threads::for_row_chunks(dx.data_mut(), h * hd, threads::rows_per_task(h * hd), |r0, out| {
         for (j, row) in out.chunks_mut(h * hd).enumerate() {
             let r = r0 + j;
             let a = &ad[pos[r] as usize * half..][..half];
@@ -66,7 +66,7 @@ pub fn rope_angles_backward(x: &Tensor, ang: &Tensor, pos: &[u32], dy: &Tensor) 
         }
     });
     let block = 256usize;
-    let dang = par::ordered_sum(n.div_ceil(block), ang.numel(), |bi| {
+    let dang = threads::ordered_sum(n.div_ceil(block), ang.numel(), |bi| {
         let mut part = vec![0.0f32; ang.numel()];
         let mut y = vec![0.0f32; hd];
         for (r, &p) in pos.iter().enumerate().take(((bi + 1) * block).min(n)).skip(bi * block) {

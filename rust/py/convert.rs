@@ -30,7 +30,7 @@ pub fn to_py(e: Error) -> PyErr {
 
 /// Releases the GIL and runs `f` on the sos_rs pool, converting its error.
 pub fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> + Send) -> PyResult<T> {
-    py.allow_threads(|| crate::par::install(f)).map_err(to_py)
+    py.allow_threads(|| crate::threads::install(f)).map_err(to_py)
 }
 
 /// An opaque handle on a Rust-owned f32 tensor.

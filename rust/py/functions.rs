@@ -2,7 +2,7 @@
 
 use super::convert::{ids_from_numpy, run, PyTensor};
 use crate::ops::{activation, attention, cross_entropy, elementwise, embedding, kv_attention, matmul as mm, norm, optim, rope, softmax};
-use crate::{cpu, par};
+use crate::{cpu, threads};
 use pyo3::prelude::*;
 
 type T = PyTensor;
@@ -216,12 +216,12 @@ fn clip_grad_norm(py: Python<'_>, mut grads: Vec<PyRefMut<T>>, max_norm: f32) ->
 /// Resizes the sos_rs thread pool (0 = SOS_NUM_THREADS or every CPU).
 #[pyfunction]
 fn set_num_threads(n: usize) {
-    par::set_num_threads(n)
+    threads::set_num_threads(n)
 }
 
 #[pyfunction]
 fn num_threads() -> usize {
-    par::num_threads()
+    threads::num_threads()
 }
 
 /// The instruction set in use ("scalar", "avx2" or "avx512").

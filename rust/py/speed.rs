@@ -4,7 +4,7 @@
 use super::convert::{raise, run, PyTensor};
 use crate::cpu::{self, peak, Isa};
 use crate::ops::matmul::{self as mm, Activation};
-use crate::par;
+use crate::threads;
 use pyo3::prelude::*;
 
 /// x · wᵀ (+ bias), then `activation` ("none", "relu", "silu", "gelu"), in one pass over the
@@ -21,7 +21,7 @@ fn linear(py: Python<'_>, x: PyRef<PyTensor>, w: PyRef<PyTensor>, bias: Option<P
 /// One line on the pools in use: threads, core groups (L3 domains), pinning.
 #[pyfunction]
 fn thread_info() -> String {
-    par::pools().describe()
+    threads::pools().describe()
 }
 
 /// Measured FP32 peak in GFLOP/s of `threads` threads of FMAs on `isa` (default: the one in

@@ -1,7 +1,7 @@
 //! Topology parsing on sysfs trees built in a temporary directory.
 
 use super::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A fake `/sys/devices/system/cpu` with `n` CPUs; `l3(c)` and `sib(c)` give each CPU's lists
 /// (None leaves the file out).

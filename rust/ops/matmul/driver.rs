@@ -16,7 +16,7 @@
 use super::pack::{pack_a, pack_b, View};
 use super::Epilogue;
 use crate::cpu::{self, cache, Isa, Tile};
-use crate::{par, scratch};
+use crate::{scratch, threads};
 use rayon::prelude::*;
 
 /// Below this many multiply-adds the problem stays on the calling thread.
@@ -71,7 +71,7 @@ pub(super) fn run(pr: &Problem, c: &mut [f32]) {
         return group_run(pr, cp, 0, pr.m, false);
     }
     let (mr, _) = cpu::gemm_shape(pr.isa);
-    par::for_groups(|g, shares| {
+    threads::for_groups(|g, shares| {
         // Rows split across core groups in proportion to their threads, in whole MR panels.
         let total: usize = shares.iter().sum();
         let before: usize = shares[..g].iter().sum();

@@ -10,7 +10,7 @@
 use super::{dims, Dims, MetricGrads, MetricInputs};
 use crate::error::{ensure_shape, Result};
 use crate::ops::attention::{attention_backward, attention_forward};
-use crate::par;
+use crate::threads;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -142,7 +142,7 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
         dkb.data_mut().par_chunks_mut(h).enumerate().for_each(|(p, row)| (0..h).for_each(|hh| row[hh] = dkd[(p * h + hh) * ha + hd]));
     }
     // dα = Σ_q 2 (w⊙q)·dq̃ - Σ_k ‖k‖²_w db;  dw = Σ_q 2α q ⊙ dq̃ - Σ_k α k² db   (blocks in order)
-    let tot = par::ordered_sum(n.div_ceil(BLOCK), h + h * hd, |blk| {
+    let tot = threads::ordered_sum(n.div_ceil(BLOCK), h + h * hd, |blk| {
         let mut part = vec![0.0f32; h + h * hd];
         for p in blk * BLOCK..((blk + 1) * BLOCK).min(n) {
             for hh in 0..h {
