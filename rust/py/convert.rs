@@ -1,4 +1,5 @@
-//! Conversions at the boundary: numpy arrays in and out, token ids, errors to exceptions.
+//! Conversions at the boundary: numpy arrays in and out, token ids, errors to exceptions, and
+//! `run`, which every op binding goes through.
 
 use crate::error::Error;
 use crate::tensor::Tensor;
@@ -6,7 +7,6 @@ use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{IntoPyArray, PyArrayDyn, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
 
 /// Builds an instance of the exception class `name` defined in `sos_rs.errors`.
 pub fn raise(py: Python<'_>, name: &str, msg: String) -> PyErr {
@@ -31,18 +31,6 @@ pub fn to_py(e: Error) -> PyErr {
 /// Releases the GIL and runs `f` on the sos_rs pool, converting its error.
 pub fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> + Send) -> PyResult<T> {
     py.allow_threads(|| crate::threads::install(f)).map_err(to_py)
-}
-
-/// An opaque handle on a Rust-owned f32 tensor.
-#[pyclass(name = "Tensor", module = "sos_rs._core")]
-pub struct PyTensor {
-    pub inner: Tensor,
-}
-
-impl PyTensor {
-    pub fn wrap(inner: Tensor) -> Self {
-        PyTensor { inner }
-    }
 }
 
 fn dtype_name(arr: &Bound<'_, PyUntypedArray>) -> String {
@@ -98,72 +86,7 @@ pub fn ids_from_numpy(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyR
     Ok((ids, shape))
 }
 
-#[pymethods]
-impl PyTensor {
-    /// Tensor(array): copies a float32 numpy array into a Rust-owned tensor.
-    #[new]
-    fn py_new(py: Python<'_>, array: &Bound<'_, PyAny>) -> PyResult<Self> {
-        Ok(PyTensor::wrap(tensor_from_numpy(py, array, "Tensor")?))
-    }
-
-    #[staticmethod]
-    fn zeros(shape: Vec<usize>) -> Self {
-        PyTensor::wrap(Tensor::zeros(&shape))
-    }
-
-    #[staticmethod]
-    fn full(shape: Vec<usize>, value: f32) -> Self {
-        PyTensor::wrap(Tensor::full(&shape, value))
-    }
-
-    #[getter]
-    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, self.inner.shape())
-    }
-
-    #[getter]
-    fn ndim(&self) -> usize {
-        self.inner.ndim()
-    }
-
-    fn numel(&self) -> usize {
-        self.inner.numel()
-    }
-
-    /// A float32 numpy copy.
-    fn numpy<'py>(&self, py: Python<'py>) -> Bound<'py, PyArrayDyn<f32>> {
-        tensor_to_numpy(py, &self.inner)
-    }
-
-    /// The value of a one-element tensor.
-    fn item(&self) -> PyResult<f32> {
-        if self.inner.numel() != 1 {
-            return Err(to_py(Error::shape("item", format!("only one-element tensors have an item, got {:?}", self.inner.shape()))));
-        }
-        Ok(self.inner.data()[0])
-    }
-
-    /// Same data, new shape (shares the buffer; copy-on-write).
-    fn reshape(&self, shape: Vec<usize>) -> PyResult<Self> {
-        self.inner.clone().reshape(&shape).map(PyTensor::wrap).map_err(to_py)
-    }
-
-    /// Overwrites this tensor's values with `src` (same shape), in place.
-    fn copy_(&mut self, src: PyRef<'_, PyTensor>) -> PyResult<()> {
-        if src.inner.shape() != self.inner.shape() {
-            return Err(to_py(Error::shape("copy_", format!("destination {:?} vs source {:?}", self.inner.shape(), src.inner.shape()))));
-        }
-        let s = src.inner.clone();
-        self.inner.data_mut().copy_from_slice(s.data());
-        Ok(())
-    }
-
-    /// True when every value is finite.
-    fn is_finite(&self) -> bool {
-        self.inner.data().iter().all(|x| x.is_finite())
-    }
-
-    fn __repr__(&self) -> String {
-        format!("Tensor(shape={:?}, dtype=float32)", self.inner.shape())
-    }
+/// Optional token ids (positions, query rows): None stays None.
+pub fn optional_ids(py: Python<'_>, obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Vec<u32>>> {
+    obj.map(|o| ids_from_numpy(py, o, what).map(|(v, _)| v)).transpose()
 }

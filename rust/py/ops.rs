@@ -1,20 +1,31 @@
-//! One binding per op: forward and backward pairs as the Python autograd calls them.
+//! Bindings of `ops`: the dense ops (GEMM and the fused Linear, elementwise, norms,
+//! activations, softmax, RoPE, attention, embedding, cross-entropy, AdamW) and the small ops of
+//! the sparse blocks (`gating`, `dwconv`, `rope_angles`), one binding per forward and backward
+//! as the Python autograd calls them.
 
-use super::convert::{ids_from_numpy, run, PyTensor};
-use crate::ops::{activation, attention, cross_entropy, elementwise, embedding, kv_attention, matmul as mm, norm, optim, rope, softmax};
-use crate::{cpu, threads};
+use super::convert::{ids_from_numpy, optional_ids, raise, run};
+use super::tensor::{w, T};
+use crate::ops::matmul::{self as mm, Activation};
+use crate::ops::{activation, attention, cross_entropy, dwconv, elementwise, embedding, gating, kv_attention, norm, optim, rope};
+use crate::ops::{rope_angles, softmax};
 use pyo3::prelude::*;
-
-type T = PyTensor;
-fn w(t: crate::Tensor) -> T {
-    PyTensor::wrap(t)
-}
 
 #[pyfunction]
 #[pyo3(signature = (a, b, trans_a=false, trans_b=false))]
 fn matmul(py: Python<'_>, a: PyRef<T>, b: PyRef<T>, trans_a: bool, trans_b: bool) -> PyResult<T> {
     let (a, b) = (&a.inner, &b.inner);
     run(py, || mm::matmul(a, b, trans_a, trans_b)).map(w)
+}
+
+/// x · wᵀ (+ bias), then `activation` ("none", "relu", "silu", "gelu"), in one pass over the
+/// output. x [..., in], w [out, in], bias [out].
+#[pyfunction]
+#[pyo3(signature = (x, w, bias=None, activation="none"))]
+fn linear(py: Python<'_>, x: PyRef<T>, w: PyRef<T>, bias: Option<PyRef<T>>, activation: &str) -> PyResult<T> {
+    let act = Activation::parse(activation)
+        .ok_or_else(|| raise(py, "InvalidValueError", format!("linear: activation {activation:?} is not one of none, relu, silu, gelu")))?;
+    let (x, w, b) = (&x.inner, &w.inner, bias.as_ref().map(|b| &b.inner));
+    run(py, || mm::linear(x, w, b, act)).map(T::wrap)
 }
 
 #[pyfunction]
@@ -115,14 +126,10 @@ fn softmax_backward(py: Python<'_>, y: PyRef<T>, dy: PyRef<T>) -> PyResult<T> {
     run(py, || softmax::softmax_backward(y, dy)).map(w)
 }
 
-fn positions(py: Python<'_>, p: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<u32>>> {
-    p.map(|p| ids_from_numpy(py, p, "positions").map(|(v, _)| v)).transpose()
-}
-
 #[pyfunction]
 #[pyo3(signature = (x, base, positions=None))]
 fn rope_forward(py: Python<'_>, x: PyRef<T>, base: f32, positions: Option<&Bound<'_, PyAny>>) -> PyResult<T> {
-    let pos = self::positions(py, positions)?;
+    let pos = optional_ids(py, positions, "positions")?;
     let x = &x.inner;
     run(py, || rope::rope_forward(x, pos.as_deref(), base)).map(w)
 }
@@ -130,9 +137,23 @@ fn rope_forward(py: Python<'_>, x: PyRef<T>, base: f32, positions: Option<&Bound
 #[pyfunction]
 #[pyo3(signature = (dy, base, positions=None))]
 fn rope_backward(py: Python<'_>, dy: PyRef<T>, base: f32, positions: Option<&Bound<'_, PyAny>>) -> PyResult<T> {
-    let pos = self::positions(py, positions)?;
+    let pos = optional_ids(py, positions, "positions")?;
     let dy = &dy.inner;
     run(py, || rope::rope_backward(dy, pos.as_deref(), base)).map(w)
+}
+
+#[pyfunction]
+fn rope_angles_forward(py: Python<'_>, x: PyRef<T>, ang: PyRef<T>, pos: &Bound<'_, PyAny>) -> PyResult<T> {
+    let (p, _) = ids_from_numpy(py, pos, "positions")?;
+    let (x, a) = (&x.inner, &ang.inner);
+    run(py, || rope_angles::rope_angles_forward(x, a, &p)).map(w)
+}
+
+#[pyfunction]
+fn rope_angles_backward(py: Python<'_>, x: PyRef<T>, ang: PyRef<T>, pos: &Bound<'_, PyAny>, dy: PyRef<T>) -> PyResult<(T, T)> {
+    let (p, _) = ids_from_numpy(py, pos, "positions")?;
+    let (x, a, d) = (&x.inner, &ang.inner, &dy.inner);
+    run(py, || rope_angles::rope_angles_backward(x, a, &p, d)).map(|(a, b)| (w(a), w(b)))
 }
 
 #[pyfunction]
@@ -213,37 +234,129 @@ fn clip_grad_norm(py: Python<'_>, mut grads: Vec<PyRefMut<T>>, max_norm: f32) ->
     run(py, || Ok(optim::clip_grad_norm(&mut gs, max_norm)))
 }
 
-/// Resizes the sos_rs thread pool (0 = SOS_NUM_THREADS or every CPU).
 #[pyfunction]
-fn set_num_threads(n: usize) {
-    threads::set_num_threads(n)
+fn softplus_forward(py: Python<'_>, x: PyRef<T>) -> PyResult<T> {
+    let x = &x.inner;
+    run(py, || Ok(gating::softplus_forward(x))).map(w)
 }
 
 #[pyfunction]
-fn num_threads() -> usize {
-    threads::num_threads()
+fn softplus_backward(py: Python<'_>, x: PyRef<T>, dy: PyRef<T>) -> PyResult<T> {
+    let (x, d) = (&x.inner, &dy.inner);
+    run(py, || gating::softplus_backward(x, d)).map(w)
 }
 
-/// The instruction set in use ("scalar", "avx2" or "avx512").
 #[pyfunction]
-fn isa() -> &'static str {
-    cpu::isa().name()
+fn sigmoid_range_forward(py: Python<'_>, x: PyRef<T>, lo: f32, hi: f32) -> PyResult<T> {
+    let x = &x.inner;
+    run(py, || Ok(gating::sigmoid_range_forward(x, lo, hi))).map(w)
 }
 
-/// The best instruction set of this CPU, ignoring SOS_ISA.
 #[pyfunction]
-fn detected_isa() -> &'static str {
-    cpu::detected().name()
+fn sigmoid_range_backward(py: Python<'_>, x: PyRef<T>, dy: PyRef<T>, lo: f32, hi: f32) -> PyResult<T> {
+    let (x, d) = (&x.inner, &dy.inner);
+    run(py, || gating::sigmoid_range_backward(x, d, lo, hi)).map(w)
+}
+
+#[pyfunction]
+fn col_scale_forward(py: Python<'_>, x: PyRef<T>, s: PyRef<T>) -> PyResult<T> {
+    let (x, s) = (&x.inner, &s.inner);
+    run(py, || gating::col_scale_forward(x, s)).map(w)
+}
+
+#[pyfunction]
+fn col_scale_backward(py: Python<'_>, x: PyRef<T>, s: PyRef<T>, dy: PyRef<T>) -> PyResult<(T, T)> {
+    let (x, s, d) = (&x.inner, &s.inner, &dy.inner);
+    run(py, || gating::col_scale_backward(x, s, d)).map(|(a, b)| (w(a), w(b)))
+}
+
+#[pyfunction]
+fn gather_rows_forward(py: Python<'_>, x: PyRef<T>, rows: &Bound<'_, PyAny>) -> PyResult<T> {
+    let (r, _) = ids_from_numpy(py, rows, "rows")?;
+    let x = &x.inner;
+    run(py, || gating::gather_rows_forward(x, &r)).map(w)
+}
+
+#[pyfunction]
+fn gather_rows_backward(py: Python<'_>, dy: PyRef<T>, rows: &Bound<'_, PyAny>, n: usize) -> PyResult<T> {
+    let (r, _) = ids_from_numpy(py, rows, "rows")?;
+    let d = &dy.inner;
+    run(py, || gating::gather_rows_backward(d, &r, n)).map(w)
+}
+
+#[pyfunction]
+fn concat_rows(py: Python<'_>, parts: Vec<PyRef<T>>) -> PyResult<T> {
+    let ps: Vec<&crate::Tensor> = parts.iter().map(|p| &p.inner).collect();
+    run(py, || gating::concat_rows(&ps)).map(w)
+}
+
+#[pyfunction]
+fn split_rows(py: Python<'_>, x: PyRef<T>, sizes: Vec<usize>) -> PyResult<Vec<T>> {
+    let x = &x.inner;
+    run(py, || gating::split_rows(x, &sizes)).map(|v| v.into_iter().map(w).collect())
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, w, rows=None))]
+fn dwconv_forward(py: Python<'_>, x: PyRef<T>, w: PyRef<T>, rows: Option<&Bound<'_, PyAny>>) -> PyResult<T> {
+    let rows = optional_ids(py, rows, "rows")?;
+    let (x, wt) = (&x.inner, &w.inner);
+    run(py, || dwconv::dwconv_forward(x, wt, rows.as_deref())).map(self::w)
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, w, rows, dy))]
+fn dwconv_backward(py: Python<'_>, x: PyRef<T>, w: PyRef<T>, rows: Option<&Bound<'_, PyAny>>, dy: PyRef<T>) -> PyResult<(T, T)> {
+    let rows = optional_ids(py, rows, "rows")?;
+    let (x, wt, d) = (&x.inner, &w.inner, &dy.inner);
+    run(py, || dwconv::dwconv_backward(x, wt, rows.as_deref(), d)).map(|(a, b)| (self::w(a), self::w(b)))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    macro_rules! add {
-        ($($f:ident),*) => { $( m.add_function(wrap_pyfunction!($f, m)?)?; )* };
-    }
-    add!(matmul, add, mul, scale, add_, rmsnorm_forward, rmsnorm_backward, layernorm_forward, layernorm_backward,
-         silu_forward, silu_backward, gelu_forward, gelu_backward, swiglu_forward, swiglu_backward,
-         softmax_forward, softmax_backward, rope_forward, rope_backward, attention_forward, attention_backward, attention_with_cache,
-         embedding_forward, embedding_backward, cross_entropy_forward, cross_entropy_fused, cross_entropy_backward,
-         adamw_step, global_norm, clip_grad_norm, set_num_threads, num_threads, isa, detected_isa);
+    m.add_function(wrap_pyfunction!(matmul, m)?)?;
+    m.add_function(wrap_pyfunction!(linear, m)?)?;
+    m.add_function(wrap_pyfunction!(add, m)?)?;
+    m.add_function(wrap_pyfunction!(mul, m)?)?;
+    m.add_function(wrap_pyfunction!(scale, m)?)?;
+    m.add_function(wrap_pyfunction!(add_, m)?)?;
+    m.add_function(wrap_pyfunction!(rmsnorm_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(rmsnorm_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(layernorm_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(layernorm_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(silu_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(silu_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(gelu_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(gelu_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(swiglu_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(swiglu_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(rope_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(rope_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(rope_angles_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(rope_angles_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_with_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(embedding_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(embedding_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy_fused, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(adamw_step, m)?)?;
+    m.add_function(wrap_pyfunction!(global_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(clip_grad_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(softplus_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(softplus_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(sigmoid_range_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(sigmoid_range_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(col_scale_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(col_scale_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(gather_rows_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(gather_rows_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(concat_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(split_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(dwconv_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(dwconv_backward, m)?)?;
     Ok(())
 }

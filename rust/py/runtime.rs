@@ -1,27 +1,38 @@
-//! Bindings of the speed work: the fused Linear (GEMM with bias/activation epilogue), the
-//! thread-pool report and the FMA-throughput probe used by the benchmark scripts.
+//! Bindings of the runtime: the thread pools (`threads`), the instruction set in use (`cpu`)
+//! and the FMA-throughput probe (`cpu::peak`) the benchmark scripts divide by.
 
-use super::convert::{raise, run, PyTensor};
+use super::convert::raise;
 use crate::cpu::{self, peak, Isa};
-use crate::ops::matmul::{self as mm, Activation};
 use crate::threads;
 use pyo3::prelude::*;
 
-/// x · wᵀ (+ bias), then `activation` ("none", "relu", "silu", "gelu"), in one pass over the
-/// output. x [..., in], w [out, in], bias [out].
+/// Resizes the sos_rs thread pool (0 = SOS_NUM_THREADS or every CPU).
 #[pyfunction]
-#[pyo3(signature = (x, w, bias=None, activation="none"))]
-fn linear(py: Python<'_>, x: PyRef<PyTensor>, w: PyRef<PyTensor>, bias: Option<PyRef<PyTensor>>, activation: &str) -> PyResult<PyTensor> {
-    let act = Activation::parse(activation)
-        .ok_or_else(|| raise(py, "InvalidValueError", format!("linear: activation {activation:?} is not one of none, relu, silu, gelu")))?;
-    let (x, w, b) = (&x.inner, &w.inner, bias.as_ref().map(|b| &b.inner));
-    run(py, || mm::linear(x, w, b, act)).map(PyTensor::wrap)
+fn set_num_threads(n: usize) {
+    threads::set_num_threads(n)
+}
+
+#[pyfunction]
+fn num_threads() -> usize {
+    threads::num_threads()
 }
 
 /// One line on the pools in use: threads, core groups (L3 domains), pinning.
 #[pyfunction]
 fn thread_info() -> String {
     threads::pools().describe()
+}
+
+/// The instruction set in use ("scalar", "avx2" or "avx512").
+#[pyfunction]
+fn isa() -> &'static str {
+    cpu::isa().name()
+}
+
+/// The best instruction set of this CPU, ignoring SOS_ISA.
+#[pyfunction]
+fn detected_isa() -> &'static str {
+    cpu::detected().name()
 }
 
 /// Measured FP32 peak in GFLOP/s of `threads` threads of FMAs on `isa` (default: the one in
@@ -40,8 +51,11 @@ fn fma_peak(py: Python<'_>, isa: Option<&str>, threads: usize, reps: usize, ms: 
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(linear, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(thread_info, m)?)?;
+    m.add_function(wrap_pyfunction!(isa, m)?)?;
+    m.add_function(wrap_pyfunction!(detected_isa, m)?)?;
     m.add_function(wrap_pyfunction!(fma_peak, m)?)?;
     Ok(())
 }
