@@ -2,10 +2,85 @@
 //! leftovers loop so nothing reads past a slice. Callers must have checked AVX2 and FMA
 //! (`cpu::isa()` does), which is why every function here is `unsafe`.
 
+use super::simd::{self, Lanes};
 use super::{scalar, AdamParams, Tile};
 use std::arch::x86_64::*;
 
 const W: usize = 8;
+
+/// The operations of the shared bodies in `simd`, one AVX2/FMA intrinsic each.
+impl Lanes for __m256 {
+    const W: usize = W;
+    // SAFETY (every method): `Lanes` requires the caller to run with AVX2 and FMA (and pointers
+    // to hold W lanes), which is all these intrinsics need.
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self) {
+        // SAFETY: see above.
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn broadcast(p: *const f32) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_broadcast_ss(&*p) }
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_add_ps(self, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, b: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_mul_ps(self, b) }
+    }
+    #[inline(always)]
+    unsafe fn min(self, b: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_min_ps(self, b) }
+    }
+    #[inline(always)]
+    unsafe fn max(self, b: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_max_ps(self, b) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(self, b: Self, c: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_fmadd_ps(self, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn fnmadd(self, b: Self, c: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_fnmadd_ps(self, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn round(self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_round_ps(self, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC) }
+    }
+    #[inline(always)]
+    unsafe fn pow2(self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(self), _mm256_set1_epi32(127)), 23)) }
+    }
+    #[inline(always)]
+    unsafe fn prefetch_c_row(_p: *const f32) {}
+}
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -27,30 +102,10 @@ unsafe fn hmax(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// exp(x) by Cephes' range reduction and degree-5 polynomial (rel. error ~2 ulp);
-/// inputs are clamped to [-88.38, 88.38], so -inf gives 0 and +inf gives ~1.7e38.
-#[inline(always)]
-pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
-    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.376_26)), _mm256_set1_ps(88.376_26));
-    let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-    let mut y = _mm256_set1_ps(1.987_569_1e-4);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.398_199_9e-3));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.333_452e-3));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.166_579_6e-2));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.166_666_65));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-    // 2^n through the exponent bits; n is in [-127, 128) after the clamp.
-    let e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    _mm256_mul_ps(y, _mm256_castsi256_ps(e))
-}
-
 #[inline(always)]
 unsafe fn sigmoid8(x: __m256) -> __m256 {
     let one = _mm256_set1_ps(1.0);
-    let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+    let e = simd::exp(_mm256_sub_ps(_mm256_setzero_ps(), x));
     _mm256_div_ps(one, _mm256_add_ps(one, e))
 }
 
@@ -184,7 +239,7 @@ pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let tail = map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len for both slices.
-        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vs));
+        let e = simd::exp(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vs));
         _mm256_storeu_ps(out.as_mut_ptr().add(i), e);
         acc = _mm256_add_ps(acc, e);
     }, |i: usize| scalar::exp_shift_sum(&x[i..], shift, &mut out[i..]));
@@ -197,7 +252,7 @@ pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
     map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len for both slices.
         let d = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(shift.as_ptr().add(i)));
-        _mm256_storeu_ps(x.as_mut_ptr().add(i), exp8(d));
+        _mm256_storeu_ps(x.as_mut_ptr().add(i), simd::exp(d));
     }, |i: usize| scalar::exp_sub(&mut x[i..], &shift[i..]))
 }
 
@@ -285,6 +340,7 @@ pub unsafe fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &
     }, |i: usize| scalar::adamw(&mut p[i..], &g[i..], &mut m[i..], &mut v[i..], h))
 }
 
+/// The GEMM microkernel tile: 6 rows × 16 columns (see `simd::gemm_tile`).
 pub const MR: usize = 6;
 pub const NR: usize = 16;
 
@@ -316,45 +372,6 @@ pub unsafe fn transpose8x8(src: &[f32], lds: usize, dst: &mut [f32], ldd: usize,
     }
 }
 
-/// GEMM microkernel, 6×16 tile in 12 accumulators.
-///
-/// ```text
-///            b: 2 ymm per k step (16 columns), loaded from b + p·ldb
-///          [ b0 (cols 0..8) ][ b1 (cols 8..16) ]
-/// a[0] ->  [ c00            ][ c01             ]   a[r] = A(r, p), broadcast from
-/// a[1] ->  [ c10            ][ c11             ]         a + r·rsa + p·csa
-///  ...          (one broadcast of a[r] per row, 2 FMAs)
-/// a[5] ->  [ c50            ][ c51             ]
-/// ```
-/// 12 accumulators + 2 B vectors + 1 broadcast = 15 of 16 ymm registers; per k step 12 FMAs
-/// (6 cycles on two FMA ports) against 2 vector loads and 6 broadcasts.
-#[inline(always)]
-unsafe fn micro_body(kc: usize, t: &Tile, rsa: usize, csa: usize, ldb: usize, accumulate: bool) {
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    // One base pointer per row and a shared step offset: the row addresses are independent of
-    // each other, so no add chain runs through the loop (strided A read in place).
-    let rows: [*const f32; MR] = std::array::from_fn(|r| t.a.add(r * rsa));
-    let (mut off, mut pb) = (0usize, t.b);
-    for _ in 0..kc {
-        let b0 = _mm256_loadu_ps(pb);
-        let b1 = _mm256_loadu_ps(pb.add(W));
-        for (r, row) in acc.iter_mut().enumerate() {
-            let ar = _mm256_broadcast_ss(&*rows[r].add(off));
-            row[0] = _mm256_fmadd_ps(ar, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(ar, b1, row[1]);
-        }
-        off += csa;
-        pb = pb.add(ldb);
-    }
-    for (r, row) in acc.iter().enumerate() {
-        for (h, v) in row.iter().enumerate() {
-            let dst = t.c.add(r * t.ldc + h * W);
-            let v = if accumulate { _mm256_add_ps(_mm256_loadu_ps(dst), *v) } else { *v };
-            _mm256_storeu_ps(dst, v);
-        }
-    }
-}
-
 /// C[MR×NR] (+)= A·B over `kc` steps with the addressing of `t` (see `Tile`).
 ///
 /// # Safety
@@ -362,18 +379,13 @@ unsafe fn micro_body(kc: usize, t: &Tile, rsa: usize, csa: usize, ldb: usize, ac
 /// valid (A, B readable, C writable) and C does not overlap A or B.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn gemm_tile(kc: usize, t: &Tile, accumulate: bool) {
-    if t.rsa == 1 && t.csa == MR && t.ldb == NR {
-        micro_body(kc, t, 1, MR, NR, accumulate) // packed panels: constant strides
-    } else {
-        micro_body(kc, t, t.rsa, t.csa, t.ldb, accumulate)
+    // SAFETY: AVX2 and FMA are available and `t` is valid for this tile (this function's
+    // contract).
+    unsafe {
+        if t.rsa == 1 && t.csa == MR && t.ldb == NR {
+            simd::gemm_tile::<__m256, MR>(kc, t, 1, MR, NR, accumulate) // packed panels: constant strides
+        } else {
+            simd::gemm_tile::<__m256, MR>(kc, t, t.rsa, t.csa, t.ldb, accumulate)
+        }
     }
-}
-
-/// `gemm_tile` on packed panels given as slices (a: kc×MR, b: kc×NR; C row stride `ldc`).
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
-    assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
-    let t = Tile { a: a.as_ptr(), rsa: 1, csa: MR, b: b.as_ptr(), ldb: NR, c: c.as_mut_ptr(), ldc };
-    // SAFETY: the asserts bound every address of the packed panels and of C.
-    gemm_tile(kc, &t, accumulate)
 }

@@ -8,6 +8,8 @@ pub mod cache;
 pub mod peak;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
+mod simd;
+#[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;

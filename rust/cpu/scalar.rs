@@ -177,12 +177,3 @@ pub unsafe fn gemm_tile(kc: usize, t: &Tile, accumulate: bool) {
         }
     }
 }
-
-/// C[MR×NR] (+)= A_panel · B_panel over `kc` steps; panels as packed by `ops::matmul`
-/// (a: kc×MR, column of A per step; b: kc×NR, row of B per step). `c` has row stride `ldc`.
-pub fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
-    assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
-    let t = Tile { a: a.as_ptr(), rsa: 1, csa: MR, b: b.as_ptr(), ldb: NR, c: c.as_mut_ptr(), ldc };
-    // SAFETY: the asserts bound every address of the packed panels and of C.
-    unsafe { gemm_tile(kc, &t, accumulate) }
-}
