@@ -82,8 +82,9 @@ impl Lanes for __m256 {
     unsafe fn prefetch_c_row(_p: *const f32) {}
 }
 
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps(v, 1);
     let s = _mm_add_ps(lo, hi);
@@ -92,8 +93,9 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-#[inline(always)]
-unsafe fn hmax(v: __m256) -> f32 {
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn hmax(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps(v, 1);
     let s = _mm_max_ps(lo, hi);
@@ -102,13 +104,22 @@ unsafe fn hmax(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// 1 / (1 + exp(-x)).
+///
+/// # Safety
+/// The host supports AVX2 and FMA.
 #[inline(always)]
 unsafe fn sigmoid8(x: __m256) -> __m256 {
-    let one = _mm256_set1_ps(1.0);
-    let e = simd::exp(_mm256_sub_ps(_mm256_setzero_ps(), x));
-    _mm256_div_ps(one, _mm256_add_ps(one, e))
+    // SAFETY: AVX2 and FMA are available (this function's contract); no memory is touched.
+    unsafe {
+        let one = _mm256_set1_ps(1.0);
+        let e = simd::exp(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_div_ps(one, _mm256_add_ps(one, e))
+    }
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -117,21 +128,23 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 4 * W <= n {
-        for u in 0..4 {
+        for (u, a) in acc.iter_mut().enumerate() {
             // SAFETY: i + 4W <= n, so lanes i+uW .. i+uW+8 are in bounds of both slices.
-            acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + u * W)), _mm256_loadu_ps(pb.add(i + u * W)), acc[u]);
+            *a = unsafe { _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + u * W)), _mm256_loadu_ps(pb.add(i + u * W)), *a) };
         }
         i += 4 * W;
     }
     while i + W <= n {
         // SAFETY: i + W <= n.
-        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+        acc[0] = unsafe { _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]) };
         i += W;
     }
     let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     hsum(v) + scalar::dot(&a[i..], &b[i..])
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len());
@@ -140,8 +153,10 @@ pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     let mut i = 0;
     while i + W <= n {
         // SAFETY: i + W <= n for both slices.
-        let r = _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(y.as_ptr().add(i)));
-        _mm256_storeu_ps(y.as_mut_ptr().add(i), r);
+        unsafe {
+            let r = _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(y.as_ptr().add(i)));
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), r);
+        }
         i += W;
     }
     scalar::axpy(alpha, &x[i..], &mut y[i..]);
@@ -160,78 +175,108 @@ macro_rules! map_lanes {
     }};
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn scale(alpha: f32, x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
     let va = _mm256_set1_ps(alpha);
     map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len for both slices.
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i))));
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i))));
+        }
     }, |i: usize| scalar::scale(alpha, &x[i..], &mut out[i..]))
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
     assert!(a.len() == b.len() && a.len() == out.len());
     map_lanes!(a.len(), |i| {
         // SAFETY: i + W <= len for all three slices.
-        let r = _mm256_add_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+        unsafe {
+            let r = _mm256_add_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+        }
     }, |i: usize| scalar::add(&a[i..], &b[i..], &mut out[i..]))
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn mul(a: &[f32], b: &[f32], out: &mut [f32]) {
     assert!(a.len() == b.len() && a.len() == out.len());
     map_lanes!(a.len(), |i| {
         // SAFETY: i + W <= len for all three slices.
-        let r = _mm256_mul_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+        unsafe {
+            let r = _mm256_mul_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+        }
     }, |i: usize| scalar::mul(&a[i..], &b[i..], &mut out[i..]))
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn scale_mul(alpha: f32, x: &[f32], w: &[f32], out: &mut [f32]) {
     assert!(x.len() == w.len() && x.len() == out.len());
     let va = _mm256_set1_ps(alpha);
     map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len for all three slices.
-        let xs = _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(xs, _mm256_loadu_ps(w.as_ptr().add(i))));
+        unsafe {
+            let xs = _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(xs, _mm256_loadu_ps(w.as_ptr().add(i))));
+        }
     }, |i: usize| scalar::scale_mul(alpha, &x[i..], &w[i..], &mut out[i..]))
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn sum(x: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let tail = map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len.
-        acc = _mm256_add_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
+        unsafe {
+            acc = _mm256_add_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
+        }
     }, |i: usize| scalar::sum(&x[i..]));
     hsum(acc) + tail
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn sumsq(x: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let tail = map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len.
-        let v = _mm256_loadu_ps(x.as_ptr().add(i));
-        acc = _mm256_fmadd_ps(v, v, acc);
+        unsafe {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            acc = _mm256_fmadd_ps(v, v, acc);
+        }
     }, |i: usize| scalar::sumsq(&x[i..]));
     hsum(acc) + tail
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn max(x: &[f32]) -> f32 {
     let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
     let tail = map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len.
-        acc = _mm256_max_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
+        unsafe {
+            acc = _mm256_max_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
+        }
     }, |i: usize| scalar::max(&x[i..]));
     hmax(acc).max(tail)
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     assert_eq!(x.len(), out.len());
@@ -239,47 +284,63 @@ pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let tail = map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len for both slices.
-        let e = simd::exp(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vs));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), e);
-        acc = _mm256_add_ps(acc, e);
+        unsafe {
+            let e = simd::exp(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vs));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), e);
+            acc = _mm256_add_ps(acc, e);
+        }
     }, |i: usize| scalar::exp_shift_sum(&x[i..], shift, &mut out[i..]));
     hsum(acc) + tail
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
     assert_eq!(x.len(), shift.len());
     map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len for both slices.
-        let d = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(shift.as_ptr().add(i)));
-        _mm256_storeu_ps(x.as_mut_ptr().add(i), simd::exp(d));
+        unsafe {
+            let d = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(shift.as_ptr().add(i)));
+            _mm256_storeu_ps(x.as_mut_ptr().add(i), simd::exp(d));
+        }
     }, |i: usize| scalar::exp_sub(&mut x[i..], &shift[i..]))
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn silu(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
     map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len for both slices.
-        let v = _mm256_loadu_ps(x.as_ptr().add(i));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(v)));
+        unsafe {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(v)));
+        }
     }, |i: usize| scalar::silu(&x[i..], &mut out[i..]))
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     assert!(x.len() == dy.len() && x.len() == dx.len());
     let one = _mm256_set1_ps(1.0);
     map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len for all three slices.
-        let v = _mm256_loadu_ps(x.as_ptr().add(i));
-        let s = sigmoid8(v);
-        let t = _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one);
-        let r = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), s), t);
-        _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
+        unsafe {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            let s = sigmoid8(v);
+            let t = _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one);
+            let r = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), s), t);
+            _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
+        }
     }, |i: usize| scalar::silu_backward(&x[i..], &dy[i..], &mut dx[i..]))
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn gelu(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
@@ -287,13 +348,17 @@ pub unsafe fn gelu(x: &[f32], out: &mut [f32]) {
     let c = _mm256_set1_ps(scalar::GELU_C);
     map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len for both slices.
-        let v = _mm256_loadu_ps(x.as_ptr().add(i));
-        let x3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
-        let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(c, x3, v));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(u2)));
+        unsafe {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            let x3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+            let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(c, x3, v));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(u2)));
+        }
     }, |i: usize| scalar::gelu(&x[i..], &mut out[i..]))
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     assert!(x.len() == dy.len() && x.len() == dx.len());
@@ -303,17 +368,21 @@ pub unsafe fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     let one = _mm256_set1_ps(1.0);
     map_lanes!(x.len(), |i| {
         // SAFETY: i + W <= len for all three slices.
-        let v = _mm256_loadu_ps(x.as_ptr().add(i));
-        let x2 = _mm256_mul_ps(v, v);
-        let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(_mm256_mul_ps(c, x2), v, v));
-        let s = sigmoid8(u2);
-        let du = _mm256_mul_ps(k2, _mm256_fmadd_ps(c3, x2, one));
-        let inner = _mm256_mul_ps(_mm256_mul_ps(v, s), _mm256_mul_ps(_mm256_sub_ps(one, s), du));
-        let r = _mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), _mm256_add_ps(s, inner));
-        _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
+        unsafe {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            let x2 = _mm256_mul_ps(v, v);
+            let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(_mm256_mul_ps(c, x2), v, v));
+            let s = sigmoid8(u2);
+            let du = _mm256_mul_ps(k2, _mm256_fmadd_ps(c3, x2, one));
+            let inner = _mm256_mul_ps(_mm256_mul_ps(v, s), _mm256_mul_ps(_mm256_sub_ps(one, s), du));
+            let r = _mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), _mm256_add_ps(s, inner));
+            _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
+        }
     }, |i: usize| scalar::gelu_backward(&x[i..], &dy[i..], &mut dx[i..]))
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamParams) {
     let n = p.len();
@@ -328,15 +397,17 @@ pub unsafe fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &
     let eps = _mm256_set1_ps(h.eps);
     map_lanes!(n, |i| {
         // SAFETY: i + W <= n for all four slices.
-        let gi = _mm256_loadu_ps(g.as_ptr().add(i));
-        let mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m.as_ptr().add(i))), _mm256_mul_ps(nb1, gi));
-        let vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v.as_ptr().add(i))), _mm256_mul_ps(_mm256_mul_ps(nb2, gi), gi));
-        let denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
-        let pi = _mm256_mul_ps(_mm256_loadu_ps(p.as_ptr().add(i)), decay);
-        let pi = _mm256_sub_ps(pi, _mm256_mul_ps(step, _mm256_div_ps(mi, denom)));
-        _mm256_storeu_ps(m.as_mut_ptr().add(i), mi);
-        _mm256_storeu_ps(v.as_mut_ptr().add(i), vi);
-        _mm256_storeu_ps(p.as_mut_ptr().add(i), pi);
+        unsafe {
+            let gi = _mm256_loadu_ps(g.as_ptr().add(i));
+            let mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m.as_ptr().add(i))), _mm256_mul_ps(nb1, gi));
+            let vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v.as_ptr().add(i))), _mm256_mul_ps(_mm256_mul_ps(nb2, gi), gi));
+            let denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
+            let pi = _mm256_mul_ps(_mm256_loadu_ps(p.as_ptr().add(i)), decay);
+            let pi = _mm256_sub_ps(pi, _mm256_mul_ps(step, _mm256_div_ps(mi, denom)));
+            _mm256_storeu_ps(m.as_mut_ptr().add(i), mi);
+            _mm256_storeu_ps(v.as_mut_ptr().add(i), vi);
+            _mm256_storeu_ps(p.as_mut_ptr().add(i), pi);
+        }
     }, |i: usize| scalar::adamw(&mut p[i..], &g[i..], &mut m[i..], &mut v[i..], h))
 }
 
@@ -346,29 +417,34 @@ pub const NR: usize = 16;
 
 /// dst[c·ldd + r] = scale·src[r·lds + c] for r, c < 8: an 8×8 transpose in registers
 /// (unpack, shuffle, lane permute), the core of the transposing packs.
+///
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn transpose8x8(src: &[f32], lds: usize, dst: &mut [f32], ldd: usize, scale: f32) {
     assert!(src.len() >= 7 * lds + 8 && dst.len() >= 7 * ldd + 8);
     let (ps, pd, vs) = (src.as_ptr(), dst.as_mut_ptr(), _mm256_set1_ps(scale));
     // SAFETY: rows 0..8 of 8 floats at stride lds (ldd) lie inside src (dst) by the assert.
-    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_mul_ps(vs, _mm256_loadu_ps(ps.add(i * lds))));
-    let t: [__m256; 8] = std::array::from_fn(|i| {
-        let (a, b) = (r[(i / 2) * 2], r[(i / 2) * 2 + 1]);
-        if i % 2 == 0 { _mm256_unpacklo_ps(a, b) } else { _mm256_unpackhi_ps(a, b) }
-    });
-    let u = [
-        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-    ];
-    for c in 0..4 {
-        _mm256_storeu_ps(pd.add(c * ldd), _mm256_permute2f128_ps::<0x20>(u[c], u[c + 4]));
-        _mm256_storeu_ps(pd.add((c + 4) * ldd), _mm256_permute2f128_ps::<0x31>(u[c], u[c + 4]));
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_mul_ps(vs, _mm256_loadu_ps(ps.add(i * lds))));
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (a, b) = (r[(i / 2) * 2], r[(i / 2) * 2 + 1]);
+            if i % 2 == 0 { _mm256_unpacklo_ps(a, b) } else { _mm256_unpackhi_ps(a, b) }
+        });
+        let u = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        for c in 0..4 {
+            _mm256_storeu_ps(pd.add(c * ldd), _mm256_permute2f128_ps::<0x20>(u[c], u[c + 4]));
+            _mm256_storeu_ps(pd.add((c + 4) * ldd), _mm256_permute2f128_ps::<0x31>(u[c], u[c + 4]));
+        }
     }
 }
 

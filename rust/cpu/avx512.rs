@@ -93,6 +93,8 @@ fn tail_mask(rem: usize) -> __mmask16 {
     ((1u32 << rem) - 1) as __mmask16
 }
 
+/// # Safety
+/// The host supports AVX-512F, AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -120,6 +122,8 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
 }
 
+/// # Safety
+/// The host supports AVX-512F, AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len());
@@ -137,6 +141,8 @@ pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// # Safety
+/// The host supports AVX-512F, AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     assert_eq!(x.len(), out.len());
@@ -158,6 +164,8 @@ pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     _mm512_reduce_add_ps(acc)
 }
 
+/// # Safety
+/// The host supports AVX-512F, AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
     assert_eq!(x.len(), shift.len());

@@ -149,12 +149,15 @@ pub fn gemm_shape(isa: Isa) -> (usize, usize) {
 /// r < MR, p < kc, j < NR of that isa's tile is valid, C not overlapping A or B.
 #[inline(always)]
 pub unsafe fn gemm_tile(isa: Isa, kc: usize, t: &Tile, accumulate: bool) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::gemm_tile(kc, t, accumulate),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::gemm_tile(kc, t, accumulate),
-        _ => scalar::gemm_tile(kc, t, accumulate),
+    // SAFETY: the host supports `isa` and `t` is valid for its tile (this function's contract).
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::gemm_tile(kc, t, accumulate),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::gemm_tile(kc, t, accumulate),
+            _ => scalar::gemm_tile(kc, t, accumulate),
+        }
     }
 }
 

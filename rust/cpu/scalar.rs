@@ -162,18 +162,24 @@ pub fn transpose8x8(src: &[f32], lds: usize, dst: &mut [f32], ldd: usize, scale:
 pub unsafe fn gemm_tile(kc: usize, t: &Tile, accumulate: bool) {
     let mut acc = [[0.0f32; NR]; MR];
     for p in 0..kc {
-        let bp = t.b.add(p * t.ldb);
-        for (r, row) in acc.iter_mut().enumerate() {
-            let ar = *t.a.add(r * t.rsa + p * t.csa);
-            for (j, v) in row.iter_mut().enumerate() {
-                *v += ar * *bp.add(j);
+        // SAFETY: r < MR, p < kc, j < NR: addresses `t` describes (this function's contract).
+        unsafe {
+            let bp = t.b.add(p * t.ldb);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let ar = *t.a.add(r * t.rsa + p * t.csa);
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v += ar * *bp.add(j);
+                }
             }
         }
     }
     for (r, row) in acc.iter().enumerate() {
         for (j, v) in row.iter().enumerate() {
-            let dst = t.c.add(r * t.ldc + j);
-            *dst = if accumulate { *dst + v } else { *v };
+            // SAFETY: r < MR, j < NR: a C element of the tile, writable and apart from A and B.
+            unsafe {
+                let dst = t.c.add(r * t.ldc + j);
+                *dst = if accumulate { *dst + v } else { *v };
+            }
         }
     }
 }

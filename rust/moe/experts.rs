@@ -87,7 +87,6 @@ pub fn experts_forward(xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor,
 }
 
 /// Gradients of experts_forward given dys [S, D]: (dxs [S, D], dw_gate, dw_up, dw_down).
-#[allow(clippy::too_many_arguments)]
 pub fn experts_backward(xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor, wd: &Tensor, g: &Tensor, u: &Tensor, dys: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let Dims { h, d, s, .. } = dims("experts_backward", xs, offsets, wg, wu, wd)?;
     ensure_shape!(g.shape() == [s, h] && u.shape() == [s, h] && dys.shape() == [s, d], "experts_backward",

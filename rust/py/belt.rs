@@ -115,7 +115,6 @@ impl PyBelt {
 impl PyBelt {
     #[new]
     #[pyo3(signature = (paths, seq_len, batch_size, seed=0, rank=0, world=1, doc_mask=false, prefetch=2, shuffle=true, vocab_size=None, verify=true))]
-    #[allow(clippy::too_many_arguments)]
     fn py_new(
         py: Python<'_>,
         paths: &Bound<'_, PyAny>,

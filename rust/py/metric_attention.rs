@@ -9,7 +9,6 @@ use pyo3::prelude::*;
 
 #[pyfunction]
 #[pyo3(signature = (q, k, v, alpha, w, kb=None, rows=None, hard=false))]
-#[allow(clippy::too_many_arguments)]
 fn metric_attention_forward(py: Python<'_>, q: PyRef<T>, k: PyRef<T>, v: PyRef<T>, alpha: PyRef<T>, w: PyRef<T>, kb: Option<PyRef<T>>, rows: Option<&Bound<'_, PyAny>>, hard: bool) -> PyResult<(T, T)> {
     let rows = optional_ids(py, rows, "query rows")?;
     let a = MetricInputs { q: &q.inner, k: &k.inner, v: &v.inner, alpha: &alpha.inner, w: &w.inner, kb: kb.as_ref().map(|t| &t.inner), rows: rows.as_deref(), hard };
@@ -19,7 +18,6 @@ fn metric_attention_forward(py: Python<'_>, q: PyRef<T>, k: PyRef<T>, v: PyRef<T
 /// -> (dq, dk, dv, dalpha, dw, dkb or None)
 #[pyfunction]
 #[pyo3(signature = (q, k, v, alpha, w, kb, rows, hard, o, lse, dout))]
-#[allow(clippy::too_many_arguments)]
 fn metric_attention_backward(py: Python<'_>, q: PyRef<T>, k: PyRef<T>, v: PyRef<T>, alpha: PyRef<T>, w: PyRef<T>, kb: Option<PyRef<T>>, rows: Option<&Bound<'_, PyAny>>, hard: bool, o: PyRef<T>, lse: PyRef<T>, dout: PyRef<T>) -> PyResult<(T, T, T, T, T, Option<T>)> {
     let rows = optional_ids(py, rows, "query rows")?;
     let a = MetricInputs { q: &q.inner, k: &k.inner, v: &v.inner, alpha: &alpha.inner, w: &w.inner, kb: kb.as_ref().map(|t| &t.inner), rows: rows.as_deref(), hard };
@@ -36,7 +34,6 @@ fn ball_penalty_forward(py: Python<'_>, k: PyRef<T>, o: PyRef<T>, r: PyRef<T>, w
 
 /// -> (dk, do, dr, dw)
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
 fn ball_penalty_backward(py: Python<'_>, k: PyRef<T>, o: PyRef<T>, r: PyRef<T>, w: PyRef<T>, beta: f32, dkb: PyRef<T>) -> PyResult<(T, T, T, T)> {
     let (k, o, r, wt, d) = (&k.inner, &o.inner, &r.inner, &w.inner, &dkb.inner);
     run(py, || metric_reg::ball_penalty_backward(k, o, r, wt, beta, d)).map(|(a, b, c, e)| (self::w(a), self::w(b), self::w(c), self::w(e)))

@@ -178,7 +178,6 @@ fn experts_forward(py: Python<'_>, xs: PyRef<T>, plan: PyRef<PyRoutePlan>, w_gat
 }
 
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
 fn experts_backward(py: Python<'_>, xs: PyRef<T>, plan: PyRef<PyRoutePlan>, w_gate: PyRef<T>, w_up: PyRef<T>, w_down: PyRef<T>, g: PyRef<T>, u: PyRef<T>, dys: PyRef<T>) -> PyResult<(T, T, T, T)> {
     let (x, p, a, b, c, g, u, d) = (&xs.inner, &plan.inner, &w_gate.inner, &w_up.inner, &w_down.inner, &g.inner, &u.inner, &dys.inner);
     run(py, || experts::experts_backward(x, &p.offsets, a, b, c, g, u, d)).map(|(a, b, c, d)| (w(a), w(b), w(c), w(d)))

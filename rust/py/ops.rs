@@ -163,7 +163,6 @@ fn attention_forward(py: Python<'_>, q: PyRef<T>, k: PyRef<T>, v: PyRef<T>, scal
 }
 
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
 fn attention_backward(py: Python<'_>, q: PyRef<T>, k: PyRef<T>, v: PyRef<T>, o: PyRef<T>, lse: PyRef<T>, dout: PyRef<T>, scale: f32) -> PyResult<(T, T, T)> {
     let (q, k, v, o, l, d) = (&q.inner, &k.inner, &v.inner, &o.inner, &lse.inner, &dout.inner);
     run(py, || attention::attention_backward(q, k, v, o, l, d, scale)).map(|(a, b, c)| (w(a), w(b), w(c)))
@@ -214,7 +213,6 @@ fn cross_entropy_backward(py: Python<'_>, logits: PyRef<T>, targets: &Bound<'_, 
 }
 
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
 fn adamw_step(py: Python<'_>, mut param: PyRefMut<T>, grad: PyRef<T>, mut m: PyRefMut<T>, mut v: PyRefMut<T>, lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, step: u64) -> PyResult<()> {
     let g = grad.inner.clone();
     let (p, m, v) = (&mut param.inner, &mut m.inner, &mut v.inner);

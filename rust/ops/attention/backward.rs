@@ -36,7 +36,8 @@ impl GradOut {
     /// # Safety
     /// The rows belong to the calling task alone and lie inside the buffer.
     unsafe fn row<'a>(&self, i: usize, hd: usize) -> &'a mut [f32] {
-        self.ptr.slice(self.base + i * self.stride, hd)
+        // SAFETY: the caller's contract is the one `OutPtr::slice` asks for.
+        unsafe { self.ptr.slice(self.base + i * self.stride, hd) }
     }
 }
 
@@ -50,7 +51,6 @@ pub(super) fn head(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, 
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut, bufs: [&mut [f32]; 15]) {
     let Plan { mr, nr, tb, t, tp, hd, hdn, .. } = *pl;
     let [qa, doa, kb, vb, don, qn, kn, dqa, s, dp, dkj, dvj, shift, lse, delta] = bufs;

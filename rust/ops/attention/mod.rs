@@ -87,13 +87,11 @@ pub fn forward_with(isa: cpu::Isa, q: &Tensor, k: &Tensor, v: &Tensor, scale: f3
 }
 
 /// Gradients of attention_forward: (dq, dk, dv).
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, dout: &Tensor, scale: f32) -> Result<(Tensor, Tensor, Tensor)> {
     backward_with(cpu::isa(), q, k, v, o, lse, dout, scale)
 }
 
 /// `attention_backward` on a given instruction set (which the host must support).
-#[allow(clippy::too_many_arguments)]
 pub fn backward_with(isa: cpu::Isa, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, dout: &Tensor, scale: f32) -> Result<(Tensor, Tensor, Tensor)> {
     assert!(cpu::supports(isa), "attention: {} is not supported by this host", isa.name());
     let d = dims("attention_backward", q, k, v)?;

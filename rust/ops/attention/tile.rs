@@ -166,6 +166,7 @@ impl OutPtr {
     /// # Safety
     /// `off + len` is within the buffer and no other task touches these elements.
     pub unsafe fn slice<'a>(self, off: usize, len: usize) -> &'a mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(off), len)
+        // SAFETY: the range lies inside the buffer and is this task's alone (the contract).
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(off), len) }
     }
 }

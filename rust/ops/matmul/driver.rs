@@ -204,7 +204,6 @@ fn block(pr: &Problem, cp: CPtr, bpack: &[f32], bl: Block) {
 }
 
 /// One microkernel call; edge tiles go through a stack buffer. Applies the epilogue on `last`.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn tile(pr: &Problem, t: Tile, kc: usize, rows: usize, cols: usize, acc: bool, last: bool, j0: usize) {
     let (mr, nr) = cpu::gemm_shape(pr.isa);

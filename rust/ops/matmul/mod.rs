@@ -82,7 +82,6 @@ fn views<'a>(m: usize, n: usize, k: usize, a: &'a [f32], trans_a: bool, b: &'a [
 /// `a` is stored [m,k] (or [k,m] when `trans_a`); `b` is stored [k,n] (or [n,k] when `trans_b`);
 /// `epi.bias`, when given, has n values. Panics on slice lengths that do not match (callers with
 /// user input check shapes first, as `matmul` does).
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_ex(isa: Isa, m: usize, n: usize, k: usize, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, c: &mut [f32], accumulate: bool, epi: &Epilogue) {
     assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n, "gemm: slice lengths do not match m, n, k");
     assert!(epi.bias.map_or(true, |bias| bias.len() == n), "gemm: bias length must be n");
@@ -105,13 +104,11 @@ pub fn gemm_ex(isa: Isa, m: usize, n: usize, k: usize, a: &[f32], trans_a: bool,
 
 /// C[m×n] (row-major, contiguous) = op(A)·op(B), or += when `accumulate`.
 /// `a` is stored [m,k] (or [k,m] when `trans_a`); `b` is stored [k,n] (or [n,k] when `trans_b`).
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_with(isa: Isa, m: usize, n: usize, k: usize, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, c: &mut [f32], accumulate: bool) {
     gemm_ex(isa, m, n, k, a, trans_a, b, trans_b, c, accumulate, &Epilogue::default())
 }
 
 /// `gemm_with` on the active instruction set.
-#[allow(clippy::too_many_arguments)]
 pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, c: &mut [f32], accumulate: bool) {
     gemm_with(cpu::isa(), m, n, k, a, trans_a, b, trans_b, c, accumulate)
 }
@@ -157,7 +154,6 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation) ->
 }
 
 /// Triple-loop reference, f64 accumulation: the specification `gemm` is tested against.
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_reference(m: usize, n: usize, k: usize, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool) -> Vec<f32> {
     let (av, bv) = views(m, n, k, a, trans_a, b, trans_b);
     let mut c = vec![0.0f32; m * n];

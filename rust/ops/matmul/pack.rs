@@ -19,7 +19,6 @@ impl View<'_> {
 
 /// Packs `lanes` (≤ width) lanes × `kc` steps into `dst[p*width + l]`, zeros for l ≥ lanes.
 /// Source element (lane l, step p) = `src[base + l*ls + p*ps]`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_panel(src: &[f32], base: usize, ls: usize, ps: usize, lanes: usize, kc: usize, width: usize, dst: &mut [f32]) {
     let dst = &mut dst[..kc * width];
     if lanes == 0 || kc == 0 {
@@ -67,7 +66,6 @@ pub(crate) fn pack_a(a: View, i0: usize, rows: usize, p0: usize, kc: usize, mr: 
 }
 
 /// Packs one NR-column panel of B (view `b`: B(p, j)): steps [p0, p0+kc), columns [j0, j0+cols).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_b(b: View, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, dst: &mut [f32]) {
     pack_panel(b.data, p0 * b.rs + j0 * b.cs, b.cs, b.rs, cols, kc, nr, dst);
 }
