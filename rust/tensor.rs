@@ -111,7 +111,7 @@ impl AlignedBuf {
     }
 
     fn layout(len: usize) -> Layout {
-        Layout::from_size_align(len * std::mem::size_of::<f32>(), ALIGN).expect("tensor too large")
+        Layout::from_size_align(len * size_of::<f32>(), ALIGN).expect("tensor too large")
     }
 
     pub fn as_slice(&self) -> &[f32] {

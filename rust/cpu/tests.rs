@@ -6,6 +6,8 @@ use crate::ops::testutil::{assert_close, rand_vec, sizes};
 
 type Unary = unsafe fn(&[f32], &mut [f32]);
 type Binary = unsafe fn(&[f32], &[f32], &mut [f32]);
+type UnaryRef = fn(&[f32], &mut [f32]);
+type BinaryRef = fn(&[f32], &[f32], &mut [f32]);
 
 fn paths() -> Vec<Isa> {
     let mut v = Vec::new();
@@ -44,14 +46,14 @@ fn simd_matches_scalar() {
                 assert_close(&es.1, &o, 2e-6, 0.0, &tag("exp"));
                 assert_close(&[es.0], &[s], 1e-5, 0.0, &tag("exp sum"));
 
-                let unary: [(&str, Unary, fn(&[f32], &mut [f32])); 2] = [("silu", avx2::silu, scalar::silu), ("gelu", avx2::gelu, scalar::gelu)];
+                let unary: [(&str, Unary, UnaryRef); 2] = [("silu", avx2::silu, scalar::silu), ("gelu", avx2::gelu, scalar::gelu)];
                 for (name, simd, reference) in unary {
                     let (mut o1, mut o2) = (vec![0.0; n], vec![0.0; n]);
                     simd(&a, &mut o1);
                     reference(&a, &mut o2);
                     assert_close(&o1, &o2, 1e-5, 1e-6, &tag(name));
                 }
-                let binary: [(&str, Binary, fn(&[f32], &[f32], &mut [f32])); 4] = [
+                let binary: [(&str, Binary, BinaryRef); 4] = [
                     ("add", avx2::add, scalar::add),
                     ("mul", avx2::mul, scalar::mul),
                     ("silu_backward", avx2::silu_backward, scalar::silu_backward),

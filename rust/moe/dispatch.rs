@@ -288,8 +288,8 @@ mod tests {
             let dx = dispatch_backward(&dys, &plan).unwrap();
             [y, dg, dx].map(|t| t.data().to_vec())
         });
-        for i in 0..3 {
-            assert!(same_bits(&outs[0][i], &outs[1][i]));
+        for (a, b) in outs[0].iter().zip(&outs[1]) {
+            assert!(same_bits(a, b));
         }
     }
 }

@@ -149,7 +149,7 @@ pub fn expert_fractions(idx: &[u32], n_experts: usize) -> Result<Vec<f32>> {
 /// probs: [N, E], idx: [N*k] -> (L, f)
 pub fn load_balance_forward(probs: &Tensor, idx: &[u32]) -> Result<(f32, Vec<f32>)> {
     let (n, e) = rows_cols("load_balance", probs)?;
-    ensure_shape!(n > 0 && idx.len() % n == 0 && !idx.is_empty(), "load_balance", "{} ids for {} tokens", idx.len(), n);
+    ensure_shape!(n > 0 && idx.len().is_multiple_of(n) && !idx.is_empty(), "load_balance", "{} ids for {} tokens", idx.len(), n);
     let f = expert_fractions(idx, e)?;
     let pd = probs.data();
     let mut mean_p = vec![0.0f32; e];

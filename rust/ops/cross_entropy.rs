@@ -14,7 +14,7 @@ const ROWS_PER_TASK: usize = 8;
 /// (rows N, vocabulary V) of logits [..., V] after checking one in-range target per row.
 fn checked_rows(logits: &Tensor, targets: &[u32]) -> Result<(usize, usize)> {
     let v = logits.last_dim();
-    let n = if v == 0 { 0 } else { logits.numel() / v };
+    let n = logits.numel().checked_div(v).unwrap_or(0);
     ensure_shape!(logits.ndim() >= 2 && n == targets.len(), "cross_entropy", "logits {:?} need one target per row; got {} targets", logits.shape(), targets.len());
     ensure_shape!(n > 0, "cross_entropy", "no rows in logits {:?}", logits.shape());
     check_ids("cross_entropy", targets, v)?;
@@ -73,7 +73,7 @@ pub fn cross_entropy_fused(logits: &Tensor, targets: &[u32]) -> Result<(f32, Ten
 /// dlogits = (softmax(logits) - onehot(target)) * dloss / N
 pub fn cross_entropy_backward(logits: &Tensor, targets: &[u32], lse: &Tensor, dloss: f32) -> Result<Tensor> {
     let v = logits.last_dim();
-    let n = if v == 0 { 0 } else { logits.numel() / v };
+    let n = logits.numel().checked_div(v).unwrap_or(0);
     ensure_shape!(n == targets.len() && lse.shape() == [n], "cross_entropy_backward", "logits {:?}, {} targets, lse {:?}", logits.shape(), targets.len(), lse.shape());
     check_ids("cross_entropy_backward", targets, v)?;
     let (ld, sd) = (logits.data(), lse.data());

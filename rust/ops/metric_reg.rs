@@ -98,7 +98,7 @@ pub fn ball_penalty_backward(k: &Tensor, o: &Tensor, r: &Tensor, w: &Tensor, bet
 }
 
 fn check_triples(op: &'static str, triples: &[u32], n: usize) -> Result<()> {
-    ensure_shape!(triples.len() % 3 == 0, op, "{} indices do not form triples", triples.len());
+    ensure_shape!(triples.len().is_multiple_of(3), op, "{} indices do not form triples", triples.len());
     if let Some(&x) = triples.iter().find(|&&x| x as usize >= n) {
         return Err(Error::value(op, format!("triple index {x} is out of range for {n} keys")));
     }
@@ -203,8 +203,8 @@ mod tests {
             let (a, b, c, e) = ball_penalty_backward(&k, &o, &r, &w, 1.0, &dkb).unwrap();
             [a, b, c, e].map(|t| t.data().to_vec())
         });
-        for i in 0..4 {
-            assert!(same_bits(&outs[0][i], &outs[1][i]));
+        for (a, b) in outs[0].iter().zip(&outs[1]) {
+            assert!(same_bits(a, b));
         }
     }
 }

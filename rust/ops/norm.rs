@@ -176,8 +176,8 @@ mod tests {
             let (lx, lw, lb) = layernorm_backward(&x, &w, &mu, &rs, &dy).unwrap();
             [dx, dw, lx, lw, lb].map(|t| t.data().to_vec())
         });
-        for i in 0..5 {
-            assert!(same_bits(&outs[0][i], &outs[1][i]));
+        for (a, b) in outs[0].iter().zip(&outs[1]) {
+            assert!(same_bits(a, b));
         }
     }
 }

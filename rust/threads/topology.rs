@@ -55,7 +55,7 @@ fn read_list(path: &Path) -> Option<Vec<usize>> {
 /// Reads the topology under `root` (normally `/sys/devices/system/cpu`), keeping only CPUs in
 /// `allowed` (the process's affinity mask; None keeps all).
 pub fn detect(root: &Path, allowed: Option<&[usize]>) -> Topology {
-    let ok = |c: &usize| allowed.map_or(true, |a| a.contains(c));
+    let ok = |c: &usize| allowed.is_none_or(|a| a.contains(c));
     let mut cpus: Vec<usize> = match read_list(&root.join("online")) {
         Some(v) => v,
         None => std::fs::read_dir(root)
@@ -108,7 +108,7 @@ pub fn allowed_cpus() -> Option<Vec<usize>> {
         // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) == 0 {
                 let v: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect();
                 return (!v.is_empty()).then_some(v);
             }
@@ -130,7 +130,7 @@ pub fn pin_current(cpu: usize) -> std::io::Result<()> {
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(cpu, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
         }

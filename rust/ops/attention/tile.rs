@@ -115,7 +115,7 @@ pub(super) fn pack_lanes(src: Rows, first: usize, rows: usize, w: usize, scale: 
     let c8 = hd / 8 * 8;
     for (pi, panel) in dst.chunks_exact_mut(hd * w).enumerate() {
         // Whole groups of 8 real rows: 8×8 register transposes, then the columns past c8.
-        let full = if w % 8 == 0 { w.min(src.n.saturating_sub(first + pi * w)) / 8 * 8 } else { 0 };
+        let full = if w.is_multiple_of(8) { w.min(src.n.saturating_sub(first + pi * w)) / 8 * 8 } else { 0 };
         for l0 in (0..full).step_by(8) {
             let i = first + pi * w + l0;
             for c0 in (0..c8).step_by(8) {

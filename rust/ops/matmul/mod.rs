@@ -84,7 +84,7 @@ fn views<'a>(m: usize, n: usize, k: usize, a: &'a [f32], trans_a: bool, b: &'a [
 /// user input check shapes first, as `matmul` does).
 pub fn gemm_ex(isa: Isa, m: usize, n: usize, k: usize, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, c: &mut [f32], accumulate: bool, epi: &Epilogue) {
     assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n, "gemm: slice lengths do not match m, n, k");
-    assert!(epi.bias.map_or(true, |bias| bias.len() == n), "gemm: bias length must be n");
+    assert!(epi.bias.is_none_or(|bias| bias.len() == n), "gemm: bias length must be n");
     assert!(cpu::supports(isa), "gemm: {} is not supported by this host", isa.name());
     if m == 0 || n == 0 {
         return;

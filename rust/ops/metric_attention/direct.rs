@@ -60,7 +60,7 @@ impl<'a> Prep<'a> {
     /// Whether query i sees key j (j ≤ i) under hard pruning.
     #[inline]
     fn allowed(&self, b: usize, j: usize, hh: usize, i: usize) -> bool {
-        self.mask.map_or(true, |kb| j == i || kb[(b * self.d.t + j) * self.d.h + hh] >= 0.0)
+        self.mask.is_none_or(|kb| j == i || kb[(b * self.d.t + j) * self.d.h + hh] >= 0.0)
     }
 
     /// The scaled query row u2 of row r, head hh.
