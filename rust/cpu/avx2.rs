@@ -76,7 +76,12 @@ impl Lanes for __m256 {
     #[inline(always)]
     unsafe fn pow2(self) -> Self {
         // SAFETY: see above.
-        unsafe { _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(self), _mm256_set1_epi32(127)), 23)) }
+        unsafe {
+            _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_add_epi32(_mm256_cvtps_epi32(self), _mm256_set1_epi32(127)),
+                23,
+            ))
+        }
     }
     #[inline(always)]
     unsafe fn prefetch_c_row(_p: *const f32) {}
@@ -181,12 +186,16 @@ macro_rules! map_lanes {
 pub unsafe fn scale(alpha: f32, x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
     let va = _mm256_set1_ps(alpha);
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for both slices.
-        unsafe {
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i))));
-        }
-    }, |i: usize| scalar::scale(alpha, &x[i..], &mut out[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for both slices.
+            unsafe {
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i))));
+            }
+        },
+        |i: usize| scalar::scale(alpha, &x[i..], &mut out[i..])
+    )
 }
 
 /// # Safety
@@ -194,13 +203,17 @@ pub unsafe fn scale(alpha: f32, x: &[f32], out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
     assert!(a.len() == b.len() && a.len() == out.len());
-    map_lanes!(a.len(), |i| {
-        // SAFETY: i + W <= len for all three slices.
-        unsafe {
-            let r = _mm256_add_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
-        }
-    }, |i: usize| scalar::add(&a[i..], &b[i..], &mut out[i..]))
+    map_lanes!(
+        a.len(),
+        |i| {
+            // SAFETY: i + W <= len for all three slices.
+            unsafe {
+                let r = _mm256_add_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+            }
+        },
+        |i: usize| scalar::add(&a[i..], &b[i..], &mut out[i..])
+    )
 }
 
 /// # Safety
@@ -208,13 +221,17 @@ pub unsafe fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn mul(a: &[f32], b: &[f32], out: &mut [f32]) {
     assert!(a.len() == b.len() && a.len() == out.len());
-    map_lanes!(a.len(), |i| {
-        // SAFETY: i + W <= len for all three slices.
-        unsafe {
-            let r = _mm256_mul_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
-        }
-    }, |i: usize| scalar::mul(&a[i..], &b[i..], &mut out[i..]))
+    map_lanes!(
+        a.len(),
+        |i| {
+            // SAFETY: i + W <= len for all three slices.
+            unsafe {
+                let r = _mm256_mul_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+            }
+        },
+        |i: usize| scalar::mul(&a[i..], &b[i..], &mut out[i..])
+    )
 }
 
 /// # Safety
@@ -223,13 +240,17 @@ pub unsafe fn mul(a: &[f32], b: &[f32], out: &mut [f32]) {
 pub unsafe fn scale_mul(alpha: f32, x: &[f32], w: &[f32], out: &mut [f32]) {
     assert!(x.len() == w.len() && x.len() == out.len());
     let va = _mm256_set1_ps(alpha);
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for all three slices.
-        unsafe {
-            let xs = _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)));
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(xs, _mm256_loadu_ps(w.as_ptr().add(i))));
-        }
-    }, |i: usize| scalar::scale_mul(alpha, &x[i..], &w[i..], &mut out[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for all three slices.
+            unsafe {
+                let xs = _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(xs, _mm256_loadu_ps(w.as_ptr().add(i))));
+            }
+        },
+        |i: usize| scalar::scale_mul(alpha, &x[i..], &w[i..], &mut out[i..])
+    )
 }
 
 /// # Safety
@@ -237,12 +258,16 @@ pub unsafe fn scale_mul(alpha: f32, x: &[f32], w: &[f32], out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn sum(x: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let tail = map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len.
-        unsafe {
-            acc = _mm256_add_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
-        }
-    }, |i: usize| scalar::sum(&x[i..]));
+    let tail = map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len.
+            unsafe {
+                acc = _mm256_add_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
+            }
+        },
+        |i: usize| scalar::sum(&x[i..])
+    );
     hsum(acc) + tail
 }
 
@@ -251,13 +276,17 @@ pub unsafe fn sum(x: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn sumsq(x: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let tail = map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len.
-        unsafe {
-            let v = _mm256_loadu_ps(x.as_ptr().add(i));
-            acc = _mm256_fmadd_ps(v, v, acc);
-        }
-    }, |i: usize| scalar::sumsq(&x[i..]));
+    let tail = map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len.
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                acc = _mm256_fmadd_ps(v, v, acc);
+            }
+        },
+        |i: usize| scalar::sumsq(&x[i..])
+    );
     hsum(acc) + tail
 }
 
@@ -266,12 +295,16 @@ pub unsafe fn sumsq(x: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn max(x: &[f32]) -> f32 {
     let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
-    let tail = map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len.
-        unsafe {
-            acc = _mm256_max_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
-        }
-    }, |i: usize| scalar::max(&x[i..]));
+    let tail = map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len.
+            unsafe {
+                acc = _mm256_max_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
+            }
+        },
+        |i: usize| scalar::max(&x[i..])
+    );
     hmax(acc).max(tail)
 }
 
@@ -282,14 +315,18 @@ pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     assert_eq!(x.len(), out.len());
     let vs = _mm256_set1_ps(shift);
     let mut acc = _mm256_setzero_ps();
-    let tail = map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for both slices.
-        unsafe {
-            let e = simd::exp(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vs));
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), e);
-            acc = _mm256_add_ps(acc, e);
-        }
-    }, |i: usize| scalar::exp_shift_sum(&x[i..], shift, &mut out[i..]));
+    let tail = map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for both slices.
+            unsafe {
+                let e = simd::exp(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vs));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), e);
+                acc = _mm256_add_ps(acc, e);
+            }
+        },
+        |i: usize| scalar::exp_shift_sum(&x[i..], shift, &mut out[i..])
+    );
     hsum(acc) + tail
 }
 
@@ -298,13 +335,17 @@ pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
     assert_eq!(x.len(), shift.len());
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for both slices.
-        unsafe {
-            let d = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(shift.as_ptr().add(i)));
-            _mm256_storeu_ps(x.as_mut_ptr().add(i), simd::exp(d));
-        }
-    }, |i: usize| scalar::exp_sub(&mut x[i..], &shift[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for both slices.
+            unsafe {
+                let d = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(shift.as_ptr().add(i)));
+                _mm256_storeu_ps(x.as_mut_ptr().add(i), simd::exp(d));
+            }
+        },
+        |i: usize| scalar::exp_sub(&mut x[i..], &shift[i..])
+    )
 }
 
 /// # Safety
@@ -312,13 +353,17 @@ pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn silu(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for both slices.
-        unsafe {
-            let v = _mm256_loadu_ps(x.as_ptr().add(i));
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(v)));
-        }
-    }, |i: usize| scalar::silu(&x[i..], &mut out[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for both slices.
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(v)));
+            }
+        },
+        |i: usize| scalar::silu(&x[i..], &mut out[i..])
+    )
 }
 
 /// # Safety
@@ -327,16 +372,20 @@ pub unsafe fn silu(x: &[f32], out: &mut [f32]) {
 pub unsafe fn silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     assert!(x.len() == dy.len() && x.len() == dx.len());
     let one = _mm256_set1_ps(1.0);
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for all three slices.
-        unsafe {
-            let v = _mm256_loadu_ps(x.as_ptr().add(i));
-            let s = sigmoid8(v);
-            let t = _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one);
-            let r = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), s), t);
-            _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
-        }
-    }, |i: usize| scalar::silu_backward(&x[i..], &dy[i..], &mut dx[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for all three slices.
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                let s = sigmoid8(v);
+                let t = _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one);
+                let r = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), s), t);
+                _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
+            }
+        },
+        |i: usize| scalar::silu_backward(&x[i..], &dy[i..], &mut dx[i..])
+    )
 }
 
 /// # Safety
@@ -346,15 +395,19 @@ pub unsafe fn gelu(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
     let k2 = _mm256_set1_ps(2.0 * scalar::GELU_K);
     let c = _mm256_set1_ps(scalar::GELU_C);
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for both slices.
-        unsafe {
-            let v = _mm256_loadu_ps(x.as_ptr().add(i));
-            let x3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
-            let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(c, x3, v));
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(u2)));
-        }
-    }, |i: usize| scalar::gelu(&x[i..], &mut out[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for both slices.
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                let x3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+                let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(c, x3, v));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(u2)));
+            }
+        },
+        |i: usize| scalar::gelu(&x[i..], &mut out[i..])
+    )
 }
 
 /// # Safety
@@ -366,19 +419,23 @@ pub unsafe fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     let c = _mm256_set1_ps(scalar::GELU_C);
     let c3 = _mm256_set1_ps(3.0 * scalar::GELU_C);
     let one = _mm256_set1_ps(1.0);
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for all three slices.
-        unsafe {
-            let v = _mm256_loadu_ps(x.as_ptr().add(i));
-            let x2 = _mm256_mul_ps(v, v);
-            let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(_mm256_mul_ps(c, x2), v, v));
-            let s = sigmoid8(u2);
-            let du = _mm256_mul_ps(k2, _mm256_fmadd_ps(c3, x2, one));
-            let inner = _mm256_mul_ps(_mm256_mul_ps(v, s), _mm256_mul_ps(_mm256_sub_ps(one, s), du));
-            let r = _mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), _mm256_add_ps(s, inner));
-            _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
-        }
-    }, |i: usize| scalar::gelu_backward(&x[i..], &dy[i..], &mut dx[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for all three slices.
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                let x2 = _mm256_mul_ps(v, v);
+                let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(_mm256_mul_ps(c, x2), v, v));
+                let s = sigmoid8(u2);
+                let du = _mm256_mul_ps(k2, _mm256_fmadd_ps(c3, x2, one));
+                let inner = _mm256_mul_ps(_mm256_mul_ps(v, s), _mm256_mul_ps(_mm256_sub_ps(one, s), du));
+                let r = _mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), _mm256_add_ps(s, inner));
+                _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
+            }
+        },
+        |i: usize| scalar::gelu_backward(&x[i..], &dy[i..], &mut dx[i..])
+    )
 }
 
 /// # Safety
@@ -395,20 +452,27 @@ pub unsafe fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &
     let step = _mm256_set1_ps(h.lr / h.bias1);
     let bc2 = _mm256_set1_ps(h.bias2_sqrt);
     let eps = _mm256_set1_ps(h.eps);
-    map_lanes!(n, |i| {
-        // SAFETY: i + W <= n for all four slices.
-        unsafe {
-            let gi = _mm256_loadu_ps(g.as_ptr().add(i));
-            let mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m.as_ptr().add(i))), _mm256_mul_ps(nb1, gi));
-            let vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v.as_ptr().add(i))), _mm256_mul_ps(_mm256_mul_ps(nb2, gi), gi));
-            let denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
-            let pi = _mm256_mul_ps(_mm256_loadu_ps(p.as_ptr().add(i)), decay);
-            let pi = _mm256_sub_ps(pi, _mm256_mul_ps(step, _mm256_div_ps(mi, denom)));
-            _mm256_storeu_ps(m.as_mut_ptr().add(i), mi);
-            _mm256_storeu_ps(v.as_mut_ptr().add(i), vi);
-            _mm256_storeu_ps(p.as_mut_ptr().add(i), pi);
-        }
-    }, |i: usize| scalar::adamw(&mut p[i..], &g[i..], &mut m[i..], &mut v[i..], h))
+    map_lanes!(
+        n,
+        |i| {
+            // SAFETY: i + W <= n for all four slices.
+            unsafe {
+                let gi = _mm256_loadu_ps(g.as_ptr().add(i));
+                let mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m.as_ptr().add(i))), _mm256_mul_ps(nb1, gi));
+                let vi = _mm256_add_ps(
+                    _mm256_mul_ps(b2, _mm256_loadu_ps(v.as_ptr().add(i))),
+                    _mm256_mul_ps(_mm256_mul_ps(nb2, gi), gi),
+                );
+                let denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
+                let pi = _mm256_mul_ps(_mm256_loadu_ps(p.as_ptr().add(i)), decay);
+                let pi = _mm256_sub_ps(pi, _mm256_mul_ps(step, _mm256_div_ps(mi, denom)));
+                _mm256_storeu_ps(m.as_mut_ptr().add(i), mi);
+                _mm256_storeu_ps(v.as_mut_ptr().add(i), vi);
+                _mm256_storeu_ps(p.as_mut_ptr().add(i), pi);
+            }
+        },
+        |i: usize| scalar::adamw(&mut p[i..], &g[i..], &mut m[i..], &mut v[i..], h)
+    )
 }
 
 /// The GEMM microkernel tile: 6 rows × 16 columns (see `simd::gemm_tile`).
@@ -429,7 +493,11 @@ pub unsafe fn transpose8x8(src: &[f32], lds: usize, dst: &mut [f32], ldd: usize,
         let r: [__m256; 8] = std::array::from_fn(|i| _mm256_mul_ps(vs, _mm256_loadu_ps(ps.add(i * lds))));
         let t: [__m256; 8] = std::array::from_fn(|i| {
             let (a, b) = (r[(i / 2) * 2], r[(i / 2) * 2 + 1]);
-            if i % 2 == 0 { _mm256_unpacklo_ps(a, b) } else { _mm256_unpackhi_ps(a, b) }
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
         });
         let u = [
             _mm256_shuffle_ps::<0x44>(t[0], t[2]),

@@ -76,7 +76,12 @@ impl Lanes for __m512 {
     #[inline(always)]
     unsafe fn pow2(self) -> Self {
         // SAFETY: see above.
-        unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(self), _mm512_set1_epi32(127)))) }
+        unsafe {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+                _mm512_cvtps_epi32(self),
+                _mm512_set1_epi32(127),
+            )))
+        }
     }
     #[inline(always)]
     unsafe fn prefetch_c_row(p: *const f32) {
@@ -134,7 +139,11 @@ pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
         let k = tail_mask((n - i).min(W));
         // SAFETY: masked loads/stores touch only lanes i..min(i+W, n).
         unsafe {
-            let r = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x.as_ptr().add(i)), _mm512_maskz_loadu_ps(k, y.as_ptr().add(i)));
+            let r = _mm512_fmadd_ps(
+                va,
+                _mm512_maskz_loadu_ps(k, x.as_ptr().add(i)),
+                _mm512_maskz_loadu_ps(k, y.as_ptr().add(i)),
+            );
             _mm512_mask_storeu_ps(y.as_mut_ptr().add(i), k, r);
         }
         i += W;
@@ -176,7 +185,10 @@ pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
         // SAFETY: masked loads/stores touch only lanes i..min(i+W, n) of both slices; AVX-512F
         // is available for `exp` (this function's contract).
         unsafe {
-            let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x.as_ptr().add(i)), _mm512_maskz_loadu_ps(k, shift.as_ptr().add(i)));
+            let d = _mm512_sub_ps(
+                _mm512_maskz_loadu_ps(k, x.as_ptr().add(i)),
+                _mm512_maskz_loadu_ps(k, shift.as_ptr().add(i)),
+            );
             _mm512_mask_storeu_ps(x.as_mut_ptr().add(i), k, simd::exp(d));
         }
         i += W;

@@ -4,15 +4,15 @@
 //! the same names. `SOS_ISA=scalar|avx2|avx512` forces a lower path than the host offers (a higher
 //! one than detected is refused, with a warning, since it would fault).
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 pub mod cache;
 pub mod peak;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod simd;
-#[cfg(target_arch = "x86_64")]
-pub mod avx2;
-#[cfg(target_arch = "x86_64")]
-pub mod avx512;
 
 use std::sync::OnceLock;
 

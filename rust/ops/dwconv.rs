@@ -7,8 +7,8 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Error, Result};
-use crate::threads;
 use crate::tensor::Tensor;
+use crate::threads;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy)]
@@ -20,8 +20,13 @@ struct Dims {
 }
 
 fn dims(op: &'static str, x: &Tensor, w: &Tensor, rows: Option<&[u32]>) -> Result<Dims> {
-    ensure_shape!(x.ndim() == 3 && w.ndim() == 2 && w.shape()[0] == x.shape()[2] && w.shape()[1] > 0, op,
-        "need x [B, T, D] and w [D, K], got x {:?}, w {:?}", x.shape(), w.shape());
+    ensure_shape!(
+        x.ndim() == 3 && w.ndim() == 2 && w.shape()[0] == x.shape()[2] && w.shape()[1] > 0,
+        op,
+        "need x [B, T, D] and w [D, K], got x {:?}, w {:?}",
+        x.shape(),
+        w.shape()
+    );
     let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
     if let Some(rows) = rows {
         if !rows.windows(2).all(|p| p[0] < p[1]) || rows.last().is_some_and(|&r| r as usize >= b * t) {
@@ -71,7 +76,14 @@ pub fn dwconv_backward(x: &Tensor, w: &Tensor, rows: Option<&[u32]>, dy: &Tensor
     let dm = dims("dwconv_backward", x, w, rows)?;
     let (t, d, k) = (dm.t, dm.d, dm.k);
     let m = rows.map_or(dm.n, |r| r.len());
-    ensure_shape!(dy.numel() == m * d && dy.last_dim() == d, "dwconv_backward", "dy {:?} must hold {} rows of {}", dy.shape(), m, d);
+    ensure_shape!(
+        dy.numel() == m * d && dy.last_dim() == d,
+        "dwconv_backward",
+        "dy {:?} must hold {} rows of {}",
+        dy.shape(),
+        m,
+        d
+    );
     let wt = taps(w, &dm);
     // out_of[p] = output row computed at position p, if any.
     let mut out_of = vec![u32::MAX; dm.n];

@@ -5,8 +5,8 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Error, Result};
-use crate::threads;
 use crate::tensor::Tensor;
+use crate::threads;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -109,7 +109,13 @@ pub fn gather_rows_forward(x: &Tensor, rows: &[u32]) -> Result<Tensor> {
 
 /// dx[n] = Σ_{m: rows[m] = n} dy[m] in increasing m (rows may repeat).  dy: [M, D] -> [N, D]
 pub fn gather_rows_backward(dy: &Tensor, rows: &[u32], n: usize) -> Result<Tensor> {
-    ensure_shape!(dy.ndim() == 2 && dy.shape()[0] == rows.len(), "gather_rows_backward", "dy {:?} must be [{}, D]", dy.shape(), rows.len());
+    ensure_shape!(
+        dy.ndim() == 2 && dy.shape()[0] == rows.len(),
+        "gather_rows_backward",
+        "dy {:?} must be [{}, D]",
+        dy.shape(),
+        rows.len()
+    );
     check_rows("gather_rows_backward", rows, n)?;
     let d = dy.shape()[1];
     // Counting sort of m by target row, so each dx row is written by one task.
@@ -139,7 +145,13 @@ pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor> {
     ensure_shape!(!parts.is_empty(), "concat_rows", "nothing to concatenate");
     let d = parts[0].last_dim();
     for p in parts {
-        ensure_shape!(p.ndim() == 2 && p.shape()[1] == d, "concat_rows", "every part must be [M, {}], got {:?}", d, p.shape());
+        ensure_shape!(
+            p.ndim() == 2 && p.shape()[1] == d,
+            "concat_rows",
+            "every part must be [M, {}], got {:?}",
+            d,
+            p.shape()
+        );
     }
     let total: usize = parts.iter().map(|p| p.shape()[0]).sum();
     let mut y = Tensor::zeros(&[total, d]);
@@ -153,14 +165,23 @@ pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor> {
 
 /// Splits [Σ sizes, D] into [sizes_i, D] pieces (the backward of concat_rows).
 pub fn split_rows(x: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
-    ensure_shape!(x.ndim() == 2 && x.shape()[0] == sizes.iter().sum::<usize>(), "split_rows", "{:?} cannot split into {:?} rows", x.shape(), sizes);
+    ensure_shape!(
+        x.ndim() == 2 && x.shape()[0] == sizes.iter().sum::<usize>(),
+        "split_rows",
+        "{:?} cannot split into {:?} rows",
+        x.shape(),
+        sizes
+    );
     let d = x.shape()[1];
     let mut at = 0;
-    sizes.iter().map(|&m| {
-        let t = Tensor::from_slice(&[m, d], &x.data()[at * d..(at + m) * d]);
-        at += m;
-        t
-    }).collect()
+    sizes
+        .iter()
+        .map(|&m| {
+            let t = Tensor::from_slice(&[m, d], &x.data()[at * d..(at + m) * d]);
+            at += m;
+            t
+        })
+        .collect()
 }
 
 #[cfg(test)]

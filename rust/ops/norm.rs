@@ -4,14 +4,21 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
-use crate::threads;
 use crate::tensor::Tensor;
+use crate::threads;
 
 const ROW_BLOCK: usize = 64;
 
 fn rows_dim(op: &'static str, x: &Tensor, w: &Tensor) -> Result<(usize, usize)> {
     let d = x.last_dim();
-    ensure_shape!(x.ndim() >= 1 && w.shape() == [d], op, "weight {:?} must be [{}] for input {:?}", w.shape(), d, x.shape());
+    ensure_shape!(
+        x.ndim() >= 1 && w.shape() == [d],
+        op,
+        "weight {:?} must be [{}] for input {:?}",
+        w.shape(),
+        d,
+        x.shape()
+    );
     Ok((x.numel() / d.max(1), d))
 }
 
@@ -36,7 +43,14 @@ pub fn rmsnorm_forward(x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tens
 /// dx = rstd * (w*dy - xhat * mean(w*dy*xhat)), dw = sum_rows dy * xhat.
 pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     let (n, d) = rows_dim("rmsnorm_backward", x, w)?;
-    ensure_shape!(dy.shape() == x.shape() && rstd.shape() == [n], "rmsnorm_backward", "x {:?}, dy {:?}, rstd {:?}", x.shape(), dy.shape(), rstd.shape());
+    ensure_shape!(
+        dy.shape() == x.shape() && rstd.shape() == [n],
+        "rmsnorm_backward",
+        "x {:?}, dy {:?}, rstd {:?}",
+        x.shape(),
+        dy.shape(),
+        rstd.shape()
+    );
     let (xd, wd, sd, dyd) = (x.data(), w.data(), rstd.data(), dy.data());
     let mut dx = Tensor::zeros(x.shape());
     let mut dummy = vec![0.0f32; n];
@@ -96,10 +110,23 @@ pub fn layernorm_forward(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result
 }
 
 /// dx = rstd * (g - mean(g) - xhat * mean(g*xhat)), g = w*dy; dw = sum dy*xhat; db = sum dy.
-pub fn layernorm_backward(x: &Tensor, w: &Tensor, mean: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn layernorm_backward(
+    x: &Tensor,
+    w: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, d) = rows_dim("layernorm_backward", x, w)?;
-    ensure_shape!(dy.shape() == x.shape() && rstd.shape() == [n] && mean.shape() == [n], "layernorm_backward",
-        "x {:?}, dy {:?}, mean {:?}, rstd {:?}", x.shape(), dy.shape(), mean.shape(), rstd.shape());
+    ensure_shape!(
+        dy.shape() == x.shape() && rstd.shape() == [n] && mean.shape() == [n],
+        "layernorm_backward",
+        "x {:?}, dy {:?}, mean {:?}, rstd {:?}",
+        x.shape(),
+        dy.shape(),
+        mean.shape(),
+        rstd.shape()
+    );
     let (xd, wd, md, sd, dyd) = (x.data(), w.data(), mean.data(), rstd.data(), dy.data());
     let mut dx = Tensor::zeros(x.shape());
     let mut dummy = vec![0.0f32; n];

@@ -5,13 +5,25 @@
 //! Layouts: x [..., H, hd] seen as N rows of H·hd; ang [P, hd/2]; pos [N] with entries < P.
 
 use crate::error::{ensure_shape, Error, Result};
-use crate::threads;
 use crate::tensor::Tensor;
+use crate::threads;
 
 fn dims(op: &'static str, x: &Tensor, ang: &Tensor, pos: &[u32]) -> Result<(usize, usize, usize)> {
-    ensure_shape!(x.ndim() >= 2 && ang.ndim() == 2, op, "need x [..., H, hd] and ang [P, hd/2], got {:?}, {:?}", x.shape(), ang.shape());
+    ensure_shape!(
+        x.ndim() >= 2 && ang.ndim() == 2,
+        op,
+        "need x [..., H, hd] and ang [P, hd/2], got {:?}, {:?}",
+        x.shape(),
+        ang.shape()
+    );
     let (h, hd) = (x.shape()[x.ndim() - 2], x.last_dim());
-    ensure_shape!(hd % 2 == 0 && ang.shape()[1] == hd / 2, op, "head size {} must be even and match ang {:?}", hd, ang.shape());
+    ensure_shape!(
+        hd % 2 == 0 && ang.shape()[1] == hd / 2,
+        op,
+        "head size {} must be even and match ang {:?}",
+        hd,
+        ang.shape()
+    );
     let n = x.numel() / (h * hd).max(1);
     ensure_shape!(pos.len() == n, op, "{} positions for {} rows of x {:?}", pos.len(), n, x.shape());
     if let Some(&p) = pos.iter().find(|&&p| p as usize >= ang.shape()[0]) {
@@ -96,7 +108,9 @@ mod tests {
         // ang[t, f] = t · base^(-2f/hd) reproduces the RoPE op.
         let (b, t, h, hd) = (2, 9, 3, 8);
         let x = Tensor::from_slice(&[b, t, h, hd], &rand_vec(b * t * h * hd, 1)).unwrap();
-        let ang: Vec<f32> = (0..t).flat_map(|p| (0..hd / 2).map(move |f| p as f32 * 100f32.powf(-2.0 * f as f32 / hd as f32))).collect();
+        let ang: Vec<f32> = (0..t)
+            .flat_map(|p| (0..hd / 2).map(move |f| p as f32 * 100f32.powf(-2.0 * f as f32 / hd as f32)))
+            .collect();
         let ang = Tensor::from_slice(&[t, hd / 2], &ang).unwrap();
         let pos: Vec<u32> = (0..b * t).map(|r| (r % t) as u32).collect();
         let y = rope_angles_forward(&x, &ang, &pos).unwrap();

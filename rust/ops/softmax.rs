@@ -2,8 +2,8 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
-use crate::threads;
 use crate::tensor::Tensor;
+use crate::threads;
 
 /// y = exp(x - max) / sum.  x: [..., D]
 pub fn softmax_forward(x: &Tensor) -> Tensor {

@@ -4,7 +4,7 @@
 use crate::error::Error;
 use crate::tensor::Tensor;
 use numpy::ndarray::{ArrayD, IxDyn};
-use numpy::{IntoPyArray, PyArrayDyn, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
@@ -41,10 +41,17 @@ fn dtype_name(arr: &Bound<'_, PyUntypedArray>) -> String {
 /// DTypeError (convert explicitly with `astype(np.float32)`); NaN and inf with InvalidValueError.
 pub fn tensor_from_numpy(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Tensor> {
     let arr = obj.downcast::<PyUntypedArray>().map_err(|_| {
-        PyTypeError::new_err(format!("{what}: expected a numpy array, got {}", obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
+        PyTypeError::new_err(format!(
+            "{what}: expected a numpy array, got {}",
+            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
     })?;
     let Ok(f) = obj.downcast::<PyArrayDyn<f32>>() else {
-        return Err(raise(py, "DTypeError", format!("{what}: expected float32 data, got dtype {} (use .astype(numpy.float32))", dtype_name(arr))));
+        return Err(raise(
+            py,
+            "DTypeError",
+            format!("{what}: expected float32 data, got dtype {} (use .astype(numpy.float32))", dtype_name(arr)),
+        ));
     };
     let ro = f.readonly();
     let view = ro.as_array();
@@ -55,7 +62,11 @@ pub fn tensor_from_numpy(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> 
         None => t.data_mut().iter_mut().zip(view.iter()).for_each(|(d, s)| *d = *s), // strided: copied in logical order
     }
     if let Some(i) = t.data().iter().position(|x| !x.is_finite()) {
-        return Err(raise(py, "InvalidValueError", format!("{what}: non-finite value {} at flat index {i}", t.data()[i])));
+        return Err(raise(
+            py,
+            "InvalidValueError",
+            format!("{what}: non-finite value {} at flat index {i}", t.data()[i]),
+        ));
     }
     Ok(t)
 }
@@ -67,10 +78,16 @@ pub fn tensor_to_numpy<'py>(py: Python<'py>, t: &Tensor) -> Bound<'py, PyArrayDy
 /// Token ids from any integer numpy array, as u32 with the array's shape. Floats are refused;
 /// negative ids or ids above u32 are InvalidValueError.
 pub fn ids_from_numpy(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<u32>, Vec<usize>)> {
-    let arr = obj.downcast::<PyUntypedArray>().map_err(|_| PyTypeError::new_err(format!("{what}: expected a numpy integer array")))?;
+    let arr = obj
+        .downcast::<PyUntypedArray>()
+        .map_err(|_| PyTypeError::new_err(format!("{what}: expected a numpy integer array")))?;
     let kind = arr.dtype().kind();
     if kind != b'i' && kind != b'u' {
-        return Err(raise(py, "DTypeError", format!("{what}: token ids must be an integer array, got dtype {}", dtype_name(arr))));
+        return Err(raise(
+            py,
+            "DTypeError",
+            format!("{what}: token ids must be an integer array, got dtype {}", dtype_name(arr)),
+        ));
     }
     let as64 = obj.call_method1("astype", ("int64",))?;
     let a = as64.downcast::<PyArrayDyn<i64>>()?.readonly();
@@ -79,7 +96,11 @@ pub fn ids_from_numpy(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyR
     let mut ids = Vec::with_capacity(view.len());
     for (i, &x) in view.iter().enumerate() {
         if x < 0 || x > u32::MAX as i64 {
-            return Err(raise(py, "InvalidValueError", format!("{what}: token id {x} at flat index {i} is negative or too large")));
+            return Err(raise(
+                py,
+                "InvalidValueError",
+                format!("{what}: token id {x} at flat index {i} is negative or too large"),
+            ));
         }
         ids.push(x as u32);
     }

@@ -63,7 +63,10 @@ impl PyRoutePlan {
     /// Tokens routed to expert e, ascending (int64).
     fn rows<'py>(&self, py: Python<'py>, e: usize) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
         if e >= self.inner.n_experts {
-            return Err(to_py(crate::Error::value("RoutePlan.rows", format!("expert {e} of {}", self.inner.n_experts))));
+            return Err(to_py(crate::Error::value(
+                "RoutePlan.rows",
+                format!("expert {e} of {}", self.inner.n_experts),
+            )));
         }
         let v: Vec<i64> = self.inner.tokens_of(e).iter().map(|&x| x as i64).collect();
         let n = v.len();
@@ -75,7 +78,14 @@ impl PyRoutePlan {
         int_array(py, v, &[self.inner.n_tokens, self.inner.k])
     }
     fn __repr__(&self) -> String {
-        format!("RoutePlan(tokens={}, k={}, experts={}, counts={:?}, dropped={})", self.inner.n_tokens, self.inner.k, self.inner.n_experts, self.inner.counts(), self.inner.dropped)
+        format!(
+            "RoutePlan(tokens={}, k={}, experts={}, counts={:?}, dropped={})",
+            self.inner.n_tokens,
+            self.inner.k,
+            self.inner.n_experts,
+            self.inner.counts(),
+            self.inner.dropped
+        )
     }
 }
 
@@ -93,7 +103,12 @@ fn router_probs_backward(py: Python<'_>, probs: PyRef<T>, dprobs: PyRef<T>, tau:
 
 /// -> (gates [N, k], idx [N, k] int64)
 #[pyfunction]
-fn topk_gates_forward<'py>(py: Python<'py>, probs: PyRef<T>, k: usize, renormalize: bool) -> PyResult<(T, Bound<'py, PyArrayDyn<i64>>)> {
+fn topk_gates_forward<'py>(
+    py: Python<'py>,
+    probs: PyRef<T>,
+    k: usize,
+    renormalize: bool,
+) -> PyResult<(T, Bound<'py, PyArrayDyn<i64>>)> {
     let p = &probs.inner;
     let (g, idx) = run(py, || router::topk_gates_forward(p, k, renormalize))?;
     let n = g.shape()[0];
@@ -101,7 +116,14 @@ fn topk_gates_forward<'py>(py: Python<'py>, probs: PyRef<T>, k: usize, renormali
 }
 
 #[pyfunction]
-fn topk_gates_backward(py: Python<'_>, probs: PyRef<T>, idx: &Bound<'_, PyAny>, gates: PyRef<T>, dgates: PyRef<T>, renormalize: bool) -> PyResult<T> {
+fn topk_gates_backward(
+    py: Python<'_>,
+    probs: PyRef<T>,
+    idx: &Bound<'_, PyAny>,
+    gates: PyRef<T>,
+    dgates: PyRef<T>,
+    renormalize: bool,
+) -> PyResult<T> {
     let (idx, _) = ids_from_numpy(py, idx, "expert ids")?;
     let (p, g, d) = (&probs.inner, &gates.inner, &dgates.inner);
     run(py, || router::topk_gates_backward(p, &idx, g, d, renormalize)).map(w)
@@ -136,7 +158,13 @@ fn z_loss_backward(py: Python<'_>, logits: PyRef<T>, lse: PyRef<T>, dloss: f32) 
 /// (factor <= 0: unlimited) unless `capacity` is given.
 #[pyfunction]
 #[pyo3(signature = (idx, n_experts, capacity_factor=0.0, capacity=None))]
-fn moe_plan(py: Python<'_>, idx: &Bound<'_, PyAny>, n_experts: usize, capacity_factor: f32, capacity: Option<usize>) -> PyResult<PyRoutePlan> {
+fn moe_plan(
+    py: Python<'_>,
+    idx: &Bound<'_, PyAny>,
+    n_experts: usize,
+    capacity_factor: f32,
+    capacity: Option<usize>,
+) -> PyResult<PyRoutePlan> {
     let (ids, shape) = ids_from_numpy(py, idx, "expert ids")?;
     if shape.len() != 2 {
         return Err(to_py(crate::Error::shape("moe_plan", format!("expert ids must be [N, k], got {shape:?}"))));
@@ -165,21 +193,45 @@ fn combine_forward(py: Python<'_>, ys: PyRef<T>, gates: PyRef<T>, plan: PyRef<Py
 }
 
 #[pyfunction]
-fn combine_backward(py: Python<'_>, ys: PyRef<T>, gates: PyRef<T>, plan: PyRef<PyRoutePlan>, dy: PyRef<T>) -> PyResult<(T, T)> {
+fn combine_backward(
+    py: Python<'_>,
+    ys: PyRef<T>,
+    gates: PyRef<T>,
+    plan: PyRef<PyRoutePlan>,
+    dy: PyRef<T>,
+) -> PyResult<(T, T)> {
     let (y, g, p, d) = (&ys.inner, &gates.inner, &plan.inner, &dy.inner);
     run(py, || dispatch::combine_backward(y, g, p, d)).map(|(a, b)| (w(a), w(b)))
 }
 
 /// -> (ys, g, u); g and u are the cache experts_backward reads.
 #[pyfunction]
-fn experts_forward(py: Python<'_>, xs: PyRef<T>, plan: PyRef<PyRoutePlan>, w_gate: PyRef<T>, w_up: PyRef<T>, w_down: PyRef<T>) -> PyResult<(T, T, T)> {
+fn experts_forward(
+    py: Python<'_>,
+    xs: PyRef<T>,
+    plan: PyRef<PyRoutePlan>,
+    w_gate: PyRef<T>,
+    w_up: PyRef<T>,
+    w_down: PyRef<T>,
+) -> PyResult<(T, T, T)> {
     let (x, p, a, b, c) = (&xs.inner, &plan.inner, &w_gate.inner, &w_up.inner, &w_down.inner);
     run(py, || experts::experts_forward(x, &p.offsets, a, b, c)).map(|(y, g, u)| (w(y), w(g), w(u)))
 }
 
 #[pyfunction]
-fn experts_backward(py: Python<'_>, xs: PyRef<T>, plan: PyRef<PyRoutePlan>, w_gate: PyRef<T>, w_up: PyRef<T>, w_down: PyRef<T>, g: PyRef<T>, u: PyRef<T>, dys: PyRef<T>) -> PyResult<(T, T, T, T)> {
-    let (x, p, a, b, c, g, u, d) = (&xs.inner, &plan.inner, &w_gate.inner, &w_up.inner, &w_down.inner, &g.inner, &u.inner, &dys.inner);
+fn experts_backward(
+    py: Python<'_>,
+    xs: PyRef<T>,
+    plan: PyRef<PyRoutePlan>,
+    w_gate: PyRef<T>,
+    w_up: PyRef<T>,
+    w_down: PyRef<T>,
+    g: PyRef<T>,
+    u: PyRef<T>,
+    dys: PyRef<T>,
+) -> PyResult<(T, T, T, T)> {
+    let (x, p, a, b, c, g, u, d) =
+        (&xs.inner, &plan.inner, &w_gate.inner, &w_up.inner, &w_down.inner, &g.inner, &u.inner, &dys.inner);
     run(py, || experts::experts_backward(x, &p.offsets, a, b, c, g, u, d)).map(|(a, b, c, d)| (w(a), w(b), w(c), w(d)))
 }
 

@@ -6,7 +6,9 @@
 use super::convert::{ids_from_numpy, optional_ids, raise, run};
 use super::tensor::{w, T};
 use crate::ops::matmul::{self as mm, Activation};
-use crate::ops::{activation, attention, cross_entropy, dwconv, elementwise, embedding, gating, kv_attention, norm, optim, rope};
+use crate::ops::{
+    activation, attention, cross_entropy, dwconv, elementwise, embedding, gating, kv_attention, norm, optim, rope,
+};
 use crate::ops::{rope_angles, softmax};
 use pyo3::prelude::*;
 
@@ -22,8 +24,13 @@ fn matmul(py: Python<'_>, a: PyRef<T>, b: PyRef<T>, trans_a: bool, trans_b: bool
 #[pyfunction]
 #[pyo3(signature = (x, w, bias=None, activation="none"))]
 fn linear(py: Python<'_>, x: PyRef<T>, w: PyRef<T>, bias: Option<PyRef<T>>, activation: &str) -> PyResult<T> {
-    let act = Activation::parse(activation)
-        .ok_or_else(|| raise(py, "InvalidValueError", format!("linear: activation {activation:?} is not one of none, relu, silu, gelu")))?;
+    let act = Activation::parse(activation).ok_or_else(|| {
+        raise(
+            py,
+            "InvalidValueError",
+            format!("linear: activation {activation:?} is not one of none, relu, silu, gelu"),
+        )
+    })?;
     let (x, w, b) = (&x.inner, &w.inner, bias.as_ref().map(|b| &b.inner));
     run(py, || mm::linear(x, w, b, act)).map(T::wrap)
 }
@@ -73,7 +80,14 @@ fn layernorm_forward(py: Python<'_>, x: PyRef<T>, weight: PyRef<T>, bias: PyRef<
 }
 
 #[pyfunction]
-fn layernorm_backward(py: Python<'_>, x: PyRef<T>, weight: PyRef<T>, mean: PyRef<T>, rstd: PyRef<T>, dy: PyRef<T>) -> PyResult<(T, T, T)> {
+fn layernorm_backward(
+    py: Python<'_>,
+    x: PyRef<T>,
+    weight: PyRef<T>,
+    mean: PyRef<T>,
+    rstd: PyRef<T>,
+    dy: PyRef<T>,
+) -> PyResult<(T, T, T)> {
     let (x, wt, m, r, dy) = (&x.inner, &weight.inner, &mean.inner, &rstd.inner, &dy.inner);
     run(py, || norm::layernorm_backward(x, wt, m, r, dy)).map(|(a, b, c)| (w(a), w(b), w(c)))
 }
@@ -150,7 +164,13 @@ fn rope_angles_forward(py: Python<'_>, x: PyRef<T>, ang: PyRef<T>, pos: &Bound<'
 }
 
 #[pyfunction]
-fn rope_angles_backward(py: Python<'_>, x: PyRef<T>, ang: PyRef<T>, pos: &Bound<'_, PyAny>, dy: PyRef<T>) -> PyResult<(T, T)> {
+fn rope_angles_backward(
+    py: Python<'_>,
+    x: PyRef<T>,
+    ang: PyRef<T>,
+    pos: &Bound<'_, PyAny>,
+    dy: PyRef<T>,
+) -> PyResult<(T, T)> {
     let (p, _) = ids_from_numpy(py, pos, "positions")?;
     let (x, a, d) = (&x.inner, &ang.inner, &dy.inner);
     run(py, || rope_angles::rope_angles_backward(x, a, &p, d)).map(|(a, b)| (w(a), w(b)))
@@ -163,7 +183,16 @@ fn attention_forward(py: Python<'_>, q: PyRef<T>, k: PyRef<T>, v: PyRef<T>, scal
 }
 
 #[pyfunction]
-fn attention_backward(py: Python<'_>, q: PyRef<T>, k: PyRef<T>, v: PyRef<T>, o: PyRef<T>, lse: PyRef<T>, dout: PyRef<T>, scale: f32) -> PyResult<(T, T, T)> {
+fn attention_backward(
+    py: Python<'_>,
+    q: PyRef<T>,
+    k: PyRef<T>,
+    v: PyRef<T>,
+    o: PyRef<T>,
+    lse: PyRef<T>,
+    dout: PyRef<T>,
+    scale: f32,
+) -> PyResult<(T, T, T)> {
     let (q, k, v, o, l, d) = (&q.inner, &k.inner, &v.inner, &o.inner, &lse.inner, &dout.inner);
     run(py, || attention::attention_backward(q, k, v, o, l, d, scale)).map(|(a, b, c)| (w(a), w(b), w(c)))
 }
@@ -206,14 +235,32 @@ fn cross_entropy_fused(py: Python<'_>, logits: PyRef<T>, targets: &Bound<'_, PyA
 }
 
 #[pyfunction]
-fn cross_entropy_backward(py: Python<'_>, logits: PyRef<T>, targets: &Bound<'_, PyAny>, lse: PyRef<T>, dloss: f32) -> PyResult<T> {
+fn cross_entropy_backward(
+    py: Python<'_>,
+    logits: PyRef<T>,
+    targets: &Bound<'_, PyAny>,
+    lse: PyRef<T>,
+    dloss: f32,
+) -> PyResult<T> {
     let (t, _) = ids_from_numpy(py, targets, "targets")?;
     let (l, s) = (&logits.inner, &lse.inner);
     run(py, || cross_entropy::cross_entropy_backward(l, &t, s, dloss)).map(w)
 }
 
 #[pyfunction]
-fn adamw_step(py: Python<'_>, mut param: PyRefMut<T>, grad: PyRef<T>, mut m: PyRefMut<T>, mut v: PyRefMut<T>, lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, step: u64) -> PyResult<()> {
+fn adamw_step(
+    py: Python<'_>,
+    mut param: PyRefMut<T>,
+    grad: PyRef<T>,
+    mut m: PyRefMut<T>,
+    mut v: PyRefMut<T>,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    step: u64,
+) -> PyResult<()> {
     let g = grad.inner.clone();
     let (p, m, v) = (&mut param.inner, &mut m.inner, &mut v.inner);
     run(py, || optim::adamw_step(p, &g, m, v, lr, beta1, beta2, eps, weight_decay, step))
@@ -304,7 +351,13 @@ fn dwconv_forward(py: Python<'_>, x: PyRef<T>, w: PyRef<T>, rows: Option<&Bound<
 
 #[pyfunction]
 #[pyo3(signature = (x, w, rows, dy))]
-fn dwconv_backward(py: Python<'_>, x: PyRef<T>, w: PyRef<T>, rows: Option<&Bound<'_, PyAny>>, dy: PyRef<T>) -> PyResult<(T, T)> {
+fn dwconv_backward(
+    py: Python<'_>,
+    x: PyRef<T>,
+    w: PyRef<T>,
+    rows: Option<&Bound<'_, PyAny>>,
+    dy: PyRef<T>,
+) -> PyResult<(T, T)> {
     let rows = optional_ids(py, rows, "rows")?;
     let (x, wt, d) = (&x.inner, &w.inner, &dy.inner);
     run(py, || dwconv::dwconv_backward(x, wt, rows.as_deref(), d)).map(|(a, b)| (self::w(a), self::w(b)))

@@ -45,7 +45,13 @@ fn fma_peak(py: Python<'_>, isa: Option<&str>, threads: usize, reps: usize, ms: 
         Some("scalar") => Isa::Scalar,
         Some("avx2") => Isa::Avx2,
         Some("avx512") => Isa::Avx512,
-        Some(other) => return Err(raise(py, "InvalidValueError", format!("fma_peak: isa {other:?} is not one of scalar, avx2, avx512"))),
+        Some(other) => {
+            return Err(raise(
+                py,
+                "InvalidValueError",
+                format!("fma_peak: isa {other:?} is not one of scalar, avx2, avx512"),
+            ))
+        }
     };
     Ok(py.allow_threads(|| peak::fma_peak_gflops(isa, threads, reps, ms)))
 }

@@ -67,7 +67,10 @@ impl PyTensor {
     /// The value of a one-element tensor.
     fn item(&self) -> PyResult<f32> {
         if self.inner.numel() != 1 {
-            return Err(to_py(Error::shape("item", format!("only one-element tensors have an item, got {:?}", self.inner.shape()))));
+            return Err(to_py(Error::shape(
+                "item",
+                format!("only one-element tensors have an item, got {:?}", self.inner.shape()),
+            )));
         }
         Ok(self.inner.data()[0])
     }
@@ -80,7 +83,10 @@ impl PyTensor {
     /// Overwrites this tensor's values with `src` (same shape), in place.
     fn copy_(&mut self, src: PyRef<'_, PyTensor>) -> PyResult<()> {
         if src.inner.shape() != self.inner.shape() {
-            return Err(to_py(Error::shape("copy_", format!("destination {:?} vs source {:?}", self.inner.shape(), src.inner.shape()))));
+            return Err(to_py(Error::shape(
+                "copy_",
+                format!("destination {:?} vs source {:?}", self.inner.shape(), src.inner.shape()),
+            )));
         }
         let s = src.inner.clone();
         self.inner.data_mut().copy_from_slice(s.data());

@@ -32,7 +32,8 @@ impl Pools {
         let total = topo.cores().max(1);
         let used = topo.groups.len().min(threads);
         // Share of threads per group, proportional to cores, summing to `threads`.
-        let mut share: Vec<usize> = topo.groups[..used].iter().map(|g| (threads * g.cores.len() / total).max(1)).collect();
+        let mut share: Vec<usize> =
+            topo.groups[..used].iter().map(|g| (threads * g.cores.len() / total).max(1)).collect();
         let mut i = 0;
         while share.iter().sum::<usize>() < threads {
             share[i % used] += 1;
@@ -46,7 +47,8 @@ impl Pools {
         let mut pools = Vec::new();
         for (g, &n) in topo.groups[..used].iter().zip(&share) {
             // Physical cores first, then the remaining SMT siblings, cycling if oversubscribed.
-            let order: Vec<usize> = g.cores.iter().chain(g.cpus.iter().filter(|c| !g.cores.contains(c))).copied().collect();
+            let order: Vec<usize> =
+                g.cores.iter().chain(g.cpus.iter().filter(|c| !g.cores.contains(c))).copied().collect();
             cpus.push((0..n).map(|w| order[w % order.len()]).collect::<Vec<_>>());
             let gi = pools.len();
             pools.push(Arc::new(
@@ -64,7 +66,11 @@ impl Pools {
                 errors.extend(res.into_iter().filter_map(|r| r.err()));
             }
         }
-        let unpinned = if pin { errors.first().map(|e| format!("pinning refused ({e})")) } else { Some("pinning disabled (SOS_PIN=0)".to_string()) };
+        let unpinned = if pin {
+            errors.first().map(|e| format!("pinning refused ({e})"))
+        } else {
+            Some("pinning disabled (SOS_PIN=0)".to_string())
+        };
         let p = Arc::new(Pools { pools, cpus, unpinned, topology: topo.clone() });
         let weak = Arc::downgrade(&p);
         p.pools[0].broadcast(|_| MEMBER.with(|m| *m.borrow_mut() = weak.clone()));
@@ -82,7 +88,11 @@ impl Pools {
 
     /// One line for logs: threads, groups and pinning.
     pub fn describe(&self) -> String {
-        let groups: Vec<String> = self.cpus.iter().map(|c| format!("[{}]", c.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))).collect();
+        let groups: Vec<String> = self
+            .cpus
+            .iter()
+            .map(|c| format!("[{}]", c.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")))
+            .collect();
         format!(
             "{} threads in {} core group{} (of {} L3 domain{}{}) on cpus {}; {}",
             self.num_threads(),
@@ -114,4 +124,3 @@ pub(crate) fn run_groups(pools: &Pools, f: &(dyn Fn(usize, &[usize]) + Sync)) {
         f(0, &shares);
     });
 }
-

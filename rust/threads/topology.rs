@@ -142,4 +142,3 @@ pub fn pin_current(cpu: usize) -> std::io::Result<()> {
         Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "pinning needs Linux"))
     }
 }
-

@@ -32,7 +32,8 @@ fn backward_reference(q: &Tensor, k: &Tensor, v: &Tensor, dout: &Tensor, scale: 
             for i in 0..d.t {
                 let qi = &q.data()[d.q_at(b, i, h)..][..d.hd];
                 let doi = &dout.data()[d.q_at(b, i, h)..][..d.hd];
-                let s: Vec<f64> = (0..=i).map(|j| dot(qi, &k.data()[d.kv_at(b, j, g)..][..d.hd]) * scale as f64).collect();
+                let s: Vec<f64> =
+                    (0..=i).map(|j| dot(qi, &k.data()[d.kv_at(b, j, g)..][..d.hd]) * scale as f64).collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                 let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / z).collect();
@@ -56,7 +57,14 @@ fn backward_reference(q: &Tensor, k: &Tensor, v: &Tensor, dout: &Tensor, scale: 
 #[test]
 fn matches_materialised_reference_mha_and_gqa() {
     // T crosses tile edges (tiles are 48 or 64 keys, NR 8–32 queries); hd below, at and above NR.
-    let cases = [(2, 1, 2, 2, 8), (2, 70, 4, 4, 16), (1, 130, 4, 2, 8), (1, 33, 6, 1, 12), (1, 65, 2, 1, 64), (1, 97, 2, 2, 40)];
+    let cases = [
+        (2, 1, 2, 2, 8),
+        (2, 70, 4, 4, 16),
+        (1, 130, 4, 2, 8),
+        (1, 33, 6, 1, 12),
+        (1, 65, 2, 1, 64),
+        (1, 97, 2, 2, 40),
+    ];
     for isa in isas() {
         for &(b, t, hq, hkv, hd) in &cases {
             let (q, k, v) = inputs(b, t, hq, hkv, hd);

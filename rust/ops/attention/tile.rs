@@ -119,7 +119,13 @@ pub(super) fn pack_lanes(src: Rows, first: usize, rows: usize, w: usize, scale: 
         for l0 in (0..full).step_by(8) {
             let i = first + pi * w + l0;
             for c0 in (0..c8).step_by(8) {
-                cpu::transpose8x8(&src.data[src.base + i * src.stride + c0..], src.stride, &mut panel[c0 * w + l0..], w, scale);
+                cpu::transpose8x8(
+                    &src.data[src.base + i * src.stride + c0..],
+                    src.stride,
+                    &mut panel[c0 * w + l0..],
+                    w,
+                    scale,
+                );
             }
             for l in l0..l0 + 8 {
                 for c in c8..hd {

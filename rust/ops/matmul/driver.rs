@@ -175,7 +175,8 @@ fn block(pr: &Problem, cp: CPtr, bpack: &[f32], bl: Block) {
                     let bptr = bpack[(pb * bl.npan + jp) * kc * nr..].as_ptr();
                     // The next B micro-panel comes from L3 (the packed chunk outgrows L2): fetch
                     // it into L2 a slice at a time while this panel's row loop runs.
-                    let next = (jp + 1 < (s0 + sub).min(bl.pan.1)).then(|| &bpack[(pb * bl.npan + jp + 1) * kc * nr..][..kcur * nr]);
+                    let next = (jp + 1 < (s0 + sub).min(bl.pan.1))
+                        .then(|| &bpack[(pb * bl.npan + jp + 1) * kc * nr..][..kcur * nr]);
                     let (lines, nq) = (kcur * nr / 16, rows.div_ceil(mr));
                     for (q, r0) in (0..rows).step_by(mr).enumerate() {
                         if let Some(nb) = next {
@@ -195,7 +196,16 @@ fn block(pr: &Problem, cp: CPtr, bpack: &[f32], bl: Block) {
                         // SAFETY: C rows [i, i+rcur) × cols [j0, j0+cols) belong to this task
                         // alone; row i starts at i*n in the m×n buffer behind cp.
                         let cdst = unsafe { cp.0.add(i * pr.n + j0) };
-                        tile(pr, Tile { a, rsa, csa, b: bptr, ldb: nr, c: cdst, ldc: pr.n }, kcur, rcur, cols, acc, last, j0);
+                        tile(
+                            pr,
+                            Tile { a, rsa, csa, b: bptr, ldb: nr, c: cdst, ldc: pr.n },
+                            kcur,
+                            rcur,
+                            cols,
+                            acc,
+                            last,
+                            j0,
+                        );
                     }
                 }
             }

@@ -19,7 +19,16 @@ impl View<'_> {
 
 /// Packs `lanes` (≤ width) lanes × `kc` steps into `dst[p*width + l]`, zeros for l ≥ lanes.
 /// Source element (lane l, step p) = `src[base + l*ls + p*ps]`.
-pub(crate) fn pack_panel(src: &[f32], base: usize, ls: usize, ps: usize, lanes: usize, kc: usize, width: usize, dst: &mut [f32]) {
+pub(crate) fn pack_panel(
+    src: &[f32],
+    base: usize,
+    ls: usize,
+    ps: usize,
+    lanes: usize,
+    kc: usize,
+    width: usize,
+    dst: &mut [f32],
+) {
     let dst = &mut dst[..kc * width];
     if lanes == 0 || kc == 0 {
         dst.fill(0.0);
