@@ -1,6 +1,7 @@
 //! AVX2+FMA kernels, 8 lanes. Same names and contracts as `scalar`; tails go through a scalar
 //! leftovers loop so nothing reads past a slice. Callers must have checked AVX2 and FMA
-//! (`cpu::isa()` does), which is why every function here is `unsafe`.
+//! (`cpu::isa()` does), which is why every function here is `unsafe`. The GEMM microkernel and
+//! `exp` are the shared bodies of `simd`, instantiated here for `__m256`.
 
 use super::simd::{self, Lanes};
 use super::{scalar, AdamParams, Tile};

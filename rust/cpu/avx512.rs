@@ -1,6 +1,7 @@
 //! AVX-512F kernels, 16 lanes, for the compute-bound primitives (GEMM, dot, axpy, exp). The
 //! memory-bound elementwise kernels gain nothing from wider vectors and use `avx2` instead.
-//! Tails use masked loads and stores, which never touch lanes outside the mask.
+//! Tails use masked loads and stores, which never touch lanes outside the mask. The GEMM
+//! microkernel and `exp` are the shared bodies of `simd`, instantiated here for `__m512`.
 
 use super::simd::{self, Lanes};
 use super::Tile;

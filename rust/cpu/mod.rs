@@ -1,8 +1,10 @@
 //! Instruction-set detection (once per process) and dispatch of the primitive kernels.
 //!
 //! `scalar` is the specification of every kernel; `avx2` (AVX2+FMA) and `avx512` (AVX-512F) carry
-//! the same names. `SOS_ISA=scalar|avx2|avx512` forces a lower path than the host offers (a higher
-//! one than detected is refused, with a warning, since it would fault).
+//! the same names. Algorithms written once for both widths (the GEMM microkernel, `exp`) live in
+//! `simd`, generic over a small vector trait that each of `avx2`/`avx512` implements.
+//! `SOS_ISA=scalar|avx2|avx512` forces a lower path than the host offers (a higher one than
+//! detected is refused, with a warning, since it would fault).
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;

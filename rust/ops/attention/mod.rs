@@ -192,35 +192,5 @@ pub fn backward_with(
     Ok((dq, dk, dv))
 }
 
-/// Materialised reference (B·H·T·T), for tests only.
-pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f32> {
-    let d = dims("attention", q, k, v).unwrap();
-    let mut o = vec![0.0f32; q.numel()];
-    for b in 0..d.b {
-        for h in 0..d.hq {
-            let g = h / d.group();
-            for i in 0..d.t {
-                let qi = &q.data()[d.q_at(b, i, h)..][..d.hd];
-                let s: Vec<f64> = (0..=i)
-                    .map(|j| {
-                        let kj = &k.data()[d.kv_at(b, j, g)..][..d.hd];
-                        qi.iter().zip(kj).map(|(a, c)| *a as f64 * *c as f64).sum::<f64>() * scale as f64
-                    })
-                    .collect();
-                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
-                for (j, sj) in s.iter().enumerate() {
-                    let p = (sj - m).exp() / z;
-                    let vj = &v.data()[d.kv_at(b, j, g)..][..d.hd];
-                    for c in 0..d.hd {
-                        o[d.q_at(b, i, h) + c] += (p * vj[c] as f64) as f32;
-                    }
-                }
-            }
-        }
-    }
-    o
-}
-
 #[cfg(test)]
 mod tests;

@@ -2,8 +2,9 @@
 //! fused epilogue (bias, activation) applied to each tile while it is still in cache.
 //!
 //! `driver` holds the loop nest and the parallel split, `pack` the panel packing; the
-//! microkernels live in `cpu::{scalar,avx2,avx512}`. Results are bit-identical for any thread
-//! count (see `driver`). Not here: strided or batched C (callers flatten leading dims).
+//! microkernels are `cpu::gemm_tile` (the scalar specification and one SIMD body in `cpu::simd`,
+//! instantiated for AVX2 and AVX-512). Results are bit-identical for any thread count (see
+//! `driver`). Not here: strided or batched C (callers flatten leading dims).
 
 mod driver;
 mod pack;
@@ -211,19 +212,6 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation) ->
     let epi = Epilogue { bias: bias.map(|b| b.data()), activation: act };
     gemm_ex(cpu::isa(), m, n, k, x.data(), false, w.data(), true, y.data_mut(), false, &epi);
     Ok(y)
-}
-
-/// Triple-loop reference, f64 accumulation: the specification `gemm` is tested against.
-pub fn gemm_reference(m: usize, n: usize, k: usize, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool) -> Vec<f32> {
-    let (av, bv) = views(m, n, k, a, trans_a, b, trans_b);
-    let mut c = vec![0.0f32; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            let s: f64 = (0..k).map(|p| av.at(i, p) as f64 * bv.at(p, j) as f64).sum();
-            c[i * n + j] = s as f32;
-        }
-    }
-    c
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@ pub(crate) struct View<'a> {
     pub cs: usize,
 }
 
+#[cfg(test)]
 impl View<'_> {
-    #[inline(always)]
+    /// Element (i, j): how the reference GEMM of the tests reads its operands.
     pub fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.rs + j * self.cs]
     }

@@ -1,6 +1,19 @@
 use super::*;
 use crate::ops::testutil::{assert_close, rand_vec, run_threads, same_bits};
 
+/// Triple-loop reference, f64 accumulation: the specification `gemm` is tested against.
+fn gemm_reference(m: usize, n: usize, k: usize, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool) -> Vec<f32> {
+    let (av, bv) = views(m, n, k, a, trans_a, b, trans_b);
+    let mut c = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k).map(|p| av.at(i, p) as f64 * bv.at(p, j) as f64).sum();
+            c[i * n + j] = s as f32;
+        }
+    }
+    c
+}
+
 fn isas() -> Vec<Isa> {
     let mut v = vec![Isa::Scalar];
     for isa in [Isa::Avx2, Isa::Avx512] {
