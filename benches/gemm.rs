@@ -20,13 +20,18 @@ fn gemm(c: &mut Criterion) {
         let b: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
         let mut out = vec![0.0f32; m * n];
         let mut g = c.benchmark_group(format!("gemm/{name}"));
-        g.throughput(Throughput::Elements(2 * (m * n * k) as u64)).sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(300));
+        g.throughput(Throughput::Elements(2 * (m * n * k) as u64))
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(300));
         for th in [1usize, 2] {
-            sos_rs::par::set_num_threads(th);
+            sos_rs::threads::set_num_threads(th);
             g.bench_function(BenchmarkId::new("sos_rs", format!("{th}t")), |bch| {
-                bch.iter(|| sos_rs::par::install(|| matmul::gemm(m, n, k, &a, ta, &b, tb, &mut out, false)))
+                bch.iter(|| sos_rs::threads::install(|| matmul::gemm(m, n, k, &a, ta, &b, tb, &mut out, false)))
             });
-            g.bench_function(BenchmarkId::new("matrixmultiply", format!("{th}t")), |bch| bch.iter(|| mm_sgemm(m, n, k, &a, ta, &b, tb, &mut out, th)));
+            g.bench_function(BenchmarkId::new("matrixmultiply", format!("{th}t")), |bch| {
+                bch.iter(|| mm_sgemm(m, n, k, &a, ta, &b, tb, &mut out, th))
+            });
         }
         g.finish();
     }
@@ -36,16 +41,25 @@ fn attention_fwd_bwd(c: &mut Criterion) {
     let (b, h, hd) = (1usize, 8usize, 64usize);
     for t in [256usize, 1024, 4096] {
         let n = b * t * h * hd;
-        let mk = |seed: usize| Tensor::from_slice(&[b, t, h, hd], &(0..n).map(|i| ((i * 2654435761 + seed) % 1000) as f32 / 1000.0 - 0.5).collect::<Vec<_>>()).unwrap();
+        let mk = |seed: usize| {
+            Tensor::from_slice(
+                &[b, t, h, hd],
+                &(0..n).map(|i| ((i * 2654435761 + seed) % 1000) as f32 / 1000.0 - 0.5).collect::<Vec<_>>(),
+            )
+            .unwrap()
+        };
         let (q, k, v, dout) = (mk(1), mk(2), mk(3), mk(4));
         let scale = 1.0 / (hd as f32).sqrt();
         let mut g = c.benchmark_group(format!("attention/T{t}"));
-        g.throughput(Throughput::Elements(7 * (b * h * t * t * hd) as u64)).sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(300));
+        g.throughput(Throughput::Elements(7 * (b * h * t * t * hd) as u64))
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(3))
+            .warm_up_time(Duration::from_millis(300));
         for th in [1usize, 2] {
-            sos_rs::par::set_num_threads(th);
+            sos_rs::threads::set_num_threads(th);
             g.bench_function(BenchmarkId::new("fwd_bwd", format!("{th}t")), |bch| {
                 bch.iter(|| {
-                    sos_rs::par::install(|| {
+                    sos_rs::threads::install(|| {
                         let (o, l) = attention::attention_forward(&q, &k, &v, scale).unwrap();
                         attention::attention_backward(&q, &k, &v, &o, &l, &dout, scale).unwrap()
                     })

@@ -19,7 +19,7 @@ thread_local! {
 pub fn with_local<R>(slot: usize, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     LOCAL.with(|slots| match slots[slot].try_borrow_mut() {
         Ok(mut cell) => {
-            if cell.as_ref().map_or(true, |b| b.as_slice().len() < len) {
+            if cell.as_ref().is_none_or(|b| b.as_slice().len() < len) {
                 *cell = Some(AlignedBuf::zeros(len));
             }
             f(&mut cell.as_mut().unwrap().as_mut_slice()[..len])

@@ -98,10 +98,21 @@ impl AlignedBuf {
             // SAFETY: an anonymous private mapping of layout.size() bytes; the kernel returns
             // zeroed, page-aligned (hence 64-byte aligned) memory or MAP_FAILED.
             let raw = unsafe {
-                libc::mmap(std::ptr::null_mut(), layout.size(), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    layout.size(),
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
             };
             if raw != libc::MAP_FAILED {
-                return AlignedBuf { ptr: NonNull::new(raw as *mut f32).expect("mmap returned null"), len, mapped: true };
+                return AlignedBuf {
+                    ptr: NonNull::new(raw as *mut f32).expect("mmap returned null"),
+                    len,
+                    mapped: true,
+                };
             }
         }
         // SAFETY: layout has non-zero size; a null return is handled below.
@@ -111,7 +122,7 @@ impl AlignedBuf {
     }
 
     fn layout(len: usize) -> Layout {
-        Layout::from_size_align(len * std::mem::size_of::<f32>(), ALIGN).expect("tensor too large")
+        Layout::from_size_align(len * size_of::<f32>(), ALIGN).expect("tensor too large")
     }
 
     pub fn as_slice(&self) -> &[f32] {

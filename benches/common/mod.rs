@@ -19,7 +19,6 @@ pub const SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
 ];
 
 /// matrixmultiply::sgemm, rows split across `threads` scoped threads.
-#[allow(clippy::too_many_arguments)]
 pub fn mm_sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool, c: &mut [f32], threads: usize) {
     let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
     let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
@@ -32,9 +31,25 @@ pub fn mm_sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb
             s.spawn(move || {
                 // SAFETY: rows [ci*rows, ci*rows+mi) of op(A), all of op(B) and this chunk of C
                 // are inside their slices at the given strides.
-                unsafe { matrixmultiply::sgemm(mi, k, n, 1.0, ap as *const f32, rsa, csa, bp as *const f32, rsb, csb, 0.0, cc.as_mut_ptr(), n as isize, 1) }
+                unsafe {
+                    matrixmultiply::sgemm(
+                        mi,
+                        k,
+                        n,
+                        1.0,
+                        ap as *const f32,
+                        rsa,
+                        csa,
+                        bp as *const f32,
+                        rsb,
+                        csb,
+                        0.0,
+                        cc.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    )
+                }
             });
         }
     });
 }
-

@@ -35,11 +35,28 @@ pub struct BeltConfig {
 
 impl BeltConfig {
     pub fn new(seq_len: usize, batch_size: usize) -> BeltConfig {
-        BeltConfig { seq_len, batch_size, seed: 0, rank: 0, world: 1, doc_mask: false, shuffle: true, prefetch: 2, verify: true, vocab_size: None }
+        BeltConfig {
+            seq_len,
+            batch_size,
+            seed: 0,
+            rank: 0,
+            world: 1,
+            doc_mask: false,
+            shuffle: true,
+            prefetch: 2,
+            verify: true,
+            vocab_size: None,
+        }
     }
 
     fn spec(&self) -> BatchSpec {
-        BatchSpec { seq_len: self.seq_len, batch_size: self.batch_size, rank: self.rank, world: self.world, doc_mask: self.doc_mask }
+        BatchSpec {
+            seq_len: self.seq_len,
+            batch_size: self.batch_size,
+            rank: self.rank,
+            world: self.world,
+            doc_mask: self.doc_mask,
+        }
     }
 }
 
@@ -73,7 +90,10 @@ pub struct Belt {
 impl Belt {
     pub fn open(paths: &[PathBuf], cfg: BeltConfig) -> Result<Belt> {
         if cfg.seq_len == 0 || cfg.batch_size == 0 {
-            return Err(Error::value("Belt", format!("seq_len and batch_size must be positive, got {} and {}", cfg.seq_len, cfg.batch_size)));
+            return Err(Error::value(
+                "Belt",
+                format!("seq_len and batch_size must be positive, got {} and {}", cfg.seq_len, cfg.batch_size),
+            ));
         }
         if cfg.world == 0 || cfg.rank >= cfg.world {
             return Err(Error::value("Belt", format!("rank {} is not in 0..world={}", cfg.rank, cfg.world)));
@@ -117,7 +137,15 @@ impl Belt {
 
     pub fn state(&self) -> BeltState {
         let c = &self.corpus;
-        BeltState { seed: self.cfg.seed, shuffle: self.cfg.shuffle, cursor: self.consumed, batches: self.batches, n_docs: c.n_docs(), n_tokens: c.n_tokens(), fingerprint: c.fingerprint() }
+        BeltState {
+            seed: self.cfg.seed,
+            shuffle: self.cfg.shuffle,
+            cursor: self.consumed,
+            batches: self.batches,
+            n_docs: c.n_docs(),
+            n_tokens: c.n_tokens(),
+            fingerprint: c.fingerprint(),
+        }
     }
 
     /// Resumes at the state's cursor with its seed and shuffle; the next batch is the one the
@@ -128,19 +156,31 @@ impl Belt {
             return Err(Error::value(
                 "Belt.load_state",
                 format!(
-                    "the state is for other data ({} documents, {} tokens, fingerprint {:#010x}); this belt has {}, {}, {:#010x}",
-                    st.n_docs, st.n_tokens, st.fingerprint, c.n_docs(), c.n_tokens(), c.fingerprint()
+                    "the state is for other data ({} documents, {} tokens, fingerprint {:#010x}); \
+                     this belt has {}, {}, {:#010x}",
+                    st.n_docs,
+                    st.n_tokens,
+                    st.fingerprint,
+                    c.n_docs(),
+                    c.n_tokens(),
+                    c.fingerprint()
                 ),
             ));
         }
         if st.cursor.index >= c.n_docs() {
-            return Err(Error::value("Belt.load_state", format!("document index {} is past the {} documents", st.cursor.index, c.n_docs())));
+            return Err(Error::value(
+                "Belt.load_state",
+                format!("document index {} is past the {} documents", st.cursor.index, c.n_docs()),
+            ));
         }
         let mut cfg = self.cfg.clone();
         (cfg.seed, cfg.shuffle) = (st.seed, st.shuffle);
         let doc = self.corpus.doc(self.corpus.order(cfg.seed, st.cursor.epoch, cfg.shuffle)[st.cursor.index as usize]);
         if st.cursor.offset > doc.len as u64 {
-            return Err(Error::value("Belt.load_state", format!("offset {} is past the end of a {}-token document", st.cursor.offset, doc.len)));
+            return Err(Error::value(
+                "Belt.load_state",
+                format!("offset {} is past the end of a {}-token document", st.cursor.offset, doc.len),
+            ));
         }
         // Replacing the source drops (and joins) the old producer; on error nothing changes.
         self.source = Self::start(&self.corpus, &cfg, st.cursor)?;

@@ -41,7 +41,10 @@ impl Corpus {
             let h = *shard.header();
             if let Some(v) = vocab_size {
                 if h.vocab_size != v {
-                    return Err(Error::shard(path, format!("vocabulary mismatch: the shard has vocabulary size {}, expected {v}", h.vocab_size)));
+                    return Err(Error::shard(
+                        path,
+                        format!("vocabulary mismatch: the shard has vocabulary size {}, expected {v}", h.vocab_size),
+                    ));
                 }
             }
             if let Some(first) = shards.first() {
@@ -50,13 +53,25 @@ impl Corpus {
                 if (h.vocab_size, h.eot_id) != (fh.vocab_size, fh.eot_id) {
                     return Err(Error::shard(
                         path,
-                        format!("vocabulary mismatch: vocabulary size {} / end-of-text {} differ from {} / {} of {}", h.vocab_size, h.eot_id, fh.vocab_size, fh.eot_id, f.path().display()),
+                        format!(
+                            "vocabulary mismatch: vocabulary size {} / end-of-text {} differ from {} / {} of {}",
+                            h.vocab_size,
+                            h.eot_id,
+                            fh.vocab_size,
+                            fh.eot_id,
+                            f.path().display()
+                        ),
                     ));
                 }
             }
             let mut start = 0u64;
             for end in shard.doc_ends() {
-                let len = u32::try_from(end - start).map_err(|_| Error::shard(path, format!("a document of {} tokens is longer than a belt handles (2^32 - 1)", end - start)))?;
+                let len = u32::try_from(end - start).map_err(|_| {
+                    Error::shard(
+                        path,
+                        format!("a document of {} tokens is longer than a belt handles (2^32 - 1)", end - start),
+                    )
+                })?;
                 docs.push(DocRef { start, len, shard: s as u32 });
                 start = end;
             }
@@ -64,7 +79,10 @@ impl Corpus {
             shards.push(shard);
         }
         if docs.len() > u32::MAX as usize {
-            return Err(Error::value("Belt", format!("{} documents is more than a belt orders (2^32 - 1)", docs.len())));
+            return Err(Error::value(
+                "Belt",
+                format!("{} documents is more than a belt orders (2^32 - 1)", docs.len()),
+            ));
         }
         let n_tokens: u64 = shards.iter().map(|s| s.header().n_tokens).sum();
         if n_tokens == 0 {

@@ -47,12 +47,21 @@ impl Mixture {
         for (i, (b, _)) in parts.iter().enumerate().skip(1) {
             let s = shape(&*lock(b)?);
             if s != first {
-                return Err(Error::shape("Mixture", format!("belt {i} has (seq_len, batch_size, doc_mask) = {s:?}, belt 0 has {first:?}")));
+                return Err(Error::shape(
+                    "Mixture",
+                    format!("belt {i} has (seq_len, batch_size, doc_mask) = {s:?}, belt 0 has {first:?}"),
+                ));
             }
         }
         let total: f64 = parts.iter().map(|(_, w)| w).sum();
         let mut acc = 0.0;
-        let mut cum: Vec<f64> = parts.iter().map(|(_, w)| { acc += w / total; acc }).collect();
+        let mut cum: Vec<f64> = parts
+            .iter()
+            .map(|(_, w)| {
+                acc += w / total;
+                acc
+            })
+            .collect();
         *cum.last_mut().expect("non-empty") = f64::INFINITY;
         Ok(Mixture { belts: parts.into_iter().map(|(b, _)| b).collect(), cum, seed, draws: 0 })
     }
@@ -80,7 +89,10 @@ impl Mixture {
 
     pub fn load_state(&mut self, st: &MixtureState) -> Result<()> {
         if st.belts.len() != self.belts.len() {
-            return Err(Error::value("Mixture.load_state", format!("the state holds {} belts, this mixture has {}", st.belts.len(), self.belts.len())));
+            return Err(Error::value(
+                "Mixture.load_state",
+                format!("the state holds {} belts, this mixture has {}", st.belts.len(), self.belts.len()),
+            ));
         }
         for (b, s) in self.belts.iter().zip(&st.belts) {
             lock(b)?.load_state(s)?;

@@ -64,23 +64,50 @@ impl Header {
     /// Parses and checks the fields that do not depend on the rest of the file.
     pub fn decode(path: &Path, b: &[u8]) -> Result<Header> {
         if b.len() < HEADER_BYTES {
-            return Err(Error::shard(path, format!("truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header", b.len())));
+            return Err(Error::shard(
+                path,
+                format!("truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header", b.len()),
+            ));
         }
         if b[0..8] != MAGIC {
-            return Err(Error::shard(path, format!("bad magic {:?} (not a sos_rs token shard; expected {:?})", String::from_utf8_lossy(&b[0..8]), "SOSTOKEN")));
+            return Err(Error::shard(
+                path,
+                format!(
+                    "bad magic {:?} (not a sos_rs token shard; expected {:?})",
+                    String::from_utf8_lossy(&b[0..8]),
+                    "SOSTOKEN"
+                ),
+            ));
         }
         let version = u32_at(b, 8);
         if version != VERSION {
-            return Err(Error::shard(path, format!("unsupported version {version} (this build reads version {VERSION})")));
+            return Err(Error::shard(
+                path,
+                format!("unsupported version {version} (this build reads version {VERSION})"),
+            ));
         }
-        let h = Header { dtype_bytes: u32_at(b, 12), vocab_size: u32_at(b, 16), eot_id: u32_at(b, 20), n_tokens: u64_at(b, 24), n_docs: u64_at(b, 32), checksum: u32_at(b, 40) };
+        let h = Header {
+            dtype_bytes: u32_at(b, 12),
+            vocab_size: u32_at(b, 16),
+            eot_id: u32_at(b, 20),
+            n_tokens: u64_at(b, 24),
+            n_docs: u64_at(b, 32),
+            checksum: u32_at(b, 40),
+        };
         match h.dtype_bytes {
-            2 if h.vocab_size > MAX_U16_VOCAB => return Err(Error::shard(path, format!("dtype uint16 cannot hold vocabulary size {}", h.vocab_size))),
+            2 if h.vocab_size > MAX_U16_VOCAB => {
+                return Err(Error::shard(path, format!("dtype uint16 cannot hold vocabulary size {}", h.vocab_size)))
+            }
             2 | 4 => {}
-            d => return Err(Error::shard(path, format!("bad token dtype code {d} (expected 2 = uint16 or 4 = uint32)"))),
+            d => {
+                return Err(Error::shard(path, format!("bad token dtype code {d} (expected 2 = uint16 or 4 = uint32)")))
+            }
         }
         if h.vocab_size == 0 || h.eot_id >= h.vocab_size {
-            return Err(Error::shard(path, format!("end-of-text id {} is outside vocabulary size {}", h.eot_id, h.vocab_size)));
+            return Err(Error::shard(
+                path,
+                format!("end-of-text id {} is outside vocabulary size {}", h.eot_id, h.vocab_size),
+            ));
         }
         Ok(h)
     }
@@ -128,7 +155,10 @@ impl Shard {
         let file = File::open(path).map_err(|e| Error::shard(path, format!("cannot open: {e}")))?;
         let len = file.metadata().map_err(|e| Error::shard(path, format!("cannot stat: {e}")))?.len();
         if len < HEADER_BYTES as u64 {
-            return Err(Error::shard(path, format!("truncated: {len} bytes, shorter than the {HEADER_BYTES}-byte header")));
+            return Err(Error::shard(
+                path,
+                format!("truncated: {len} bytes, shorter than the {HEADER_BYTES}-byte header"),
+            ));
         }
         // Another process truncating the file while it is mapped would fault on access; that is
         // the documented limit of mmap here.
@@ -136,17 +166,34 @@ impl Shard {
         // a complete file into place and never reopens it).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::shard(path, format!("cannot map: {e}")))?;
         let header = Header::decode(path, &map)?;
-        let want = header.file_len().ok_or_else(|| Error::shard(path, format!("corrupt header: {} tokens and {} documents overflow a file size", header.n_tokens, header.n_docs)))?;
+        let want = header.file_len().ok_or_else(|| {
+            Error::shard(
+                path,
+                format!(
+                    "corrupt header: {} tokens and {} documents overflow a file size",
+                    header.n_tokens, header.n_docs
+                ),
+            )
+        })?;
         if len != want {
             let what = if len < want { "truncated" } else { "trailing bytes" };
-            return Err(Error::shard(path, format!("{what}: the header promises {want} bytes ({} tokens, {} documents), the file has {len}", header.n_tokens, header.n_docs)));
+            return Err(Error::shard(
+                path,
+                format!(
+                    "{what}: the header promises {want} bytes ({} tokens, {} documents), the file has {len}",
+                    header.n_tokens, header.n_docs
+                ),
+            ));
         }
         let shard = Shard { path: path.to_path_buf(), map, header };
         if verify {
             let stored = header.checksum;
             let got = checksum(&shard.map[HEADER_BYTES..], &header);
             if got != stored {
-                return Err(Error::shard(path, format!("checksum mismatch: stored {stored:#010x}, computed {got:#010x} (the file is corrupt)")));
+                return Err(Error::shard(
+                    path,
+                    format!("checksum mismatch: stored {stored:#010x}, computed {got:#010x} (the file is corrupt)"),
+                ));
             }
             shard.check_token_range()?;
         }
@@ -178,12 +225,18 @@ impl Shard {
         let mut prev = 0u64;
         for (i, end) in self.doc_ends().enumerate() {
             if end < prev || end > n {
-                return Err(Error::shard(&self.path, format!("document table corrupt: document {i} ends at {end}, after {prev}, with {n} tokens")));
+                return Err(Error::shard(
+                    &self.path,
+                    format!("document table corrupt: document {i} ends at {end}, after {prev}, with {n} tokens"),
+                ));
             }
             prev = end;
         }
         if prev != n {
-            return Err(Error::shard(&self.path, format!("document table corrupt: {d} documents cover {prev} of {n} tokens")));
+            return Err(Error::shard(
+                &self.path,
+                format!("document table corrupt: {d} documents cover {prev} of {n} tokens"),
+            ));
         }
         Ok(())
     }
@@ -191,11 +244,20 @@ impl Shard {
     fn check_token_range(&self) -> Result<()> {
         let v = self.header.vocab_size;
         let bad = match self.header.dtype_bytes {
-            2 => self.token_bytes().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).position(|t| t >= v),
-            _ => self.token_bytes().chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).position(|t| t >= v),
+            2 => {
+                self.token_bytes().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).position(|t| t >= v)
+            }
+            _ => self
+                .token_bytes()
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .position(|t| t >= v),
         };
         match bad {
-            Some(i) => Err(Error::shard(&self.path, format!("token {} at index {i} is outside vocabulary size {v}", self.token(i as u64)))),
+            Some(i) => Err(Error::shard(
+                &self.path,
+                format!("token {} at index {i} is outside vocabulary size {v}", self.token(i as u64)),
+            )),
             None => Ok(()),
         }
     }
@@ -239,7 +301,10 @@ impl ShardWriter {
     /// Tokens are uint16 when `vocab_size` <= 65,535, else uint32.
     pub fn create(path: &Path, vocab_size: u32, eot_id: u32) -> Result<ShardWriter> {
         if vocab_size == 0 || eot_id >= vocab_size {
-            return Err(Error::value("ShardWriter", format!("end-of-text id {eot_id} is outside vocabulary size {vocab_size}")));
+            return Err(Error::value(
+                "ShardWriter",
+                format!("end-of-text id {eot_id} is outside vocabulary size {vocab_size}"),
+            ));
         }
         let dtype_bytes = if vocab_size <= MAX_U16_VOCAB { 2 } else { 4 };
         let mut tmp = path.as_os_str().to_owned();
@@ -249,7 +314,15 @@ impl ShardWriter {
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&[0u8; HEADER_BYTES]).map_err(|e| Error::shard(&tmp, format!("cannot write: {e}")))?;
         let header = Header { dtype_bytes, vocab_size, eot_id, n_tokens: 0, n_docs: 0, checksum: 0 };
-        Ok(ShardWriter { path: path.to_path_buf(), tmp, out: Some(out), crc: crc32fast::Hasher::new(), header, doc_ends: Vec::new(), buf: Vec::new() })
+        Ok(ShardWriter {
+            path: path.to_path_buf(),
+            tmp,
+            out: Some(out),
+            crc: crc32fast::Hasher::new(),
+            header,
+            doc_ends: Vec::new(),
+            buf: Vec::new(),
+        })
     }
 
     pub fn header(&self) -> &Header {
@@ -267,7 +340,10 @@ impl ShardWriter {
     pub fn push_documents(&mut self, tokens: &[u32], lengths: &[u64]) -> Result<()> {
         let total: u64 = lengths.iter().sum();
         if total != tokens.len() as u64 {
-            return Err(Error::value("ShardWriter", format!("document lengths add up to {total}, but {} tokens were given", tokens.len())));
+            return Err(Error::value(
+                "ShardWriter",
+                format!("document lengths add up to {total}, but {} tokens were given", tokens.len()),
+            ));
         }
         crate::ops::embedding::check_ids("ShardWriter", tokens, self.header.vocab_size as usize)?;
         let mut buf = std::mem::take(&mut self.buf);
@@ -312,7 +388,8 @@ impl ShardWriter {
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(&self.header.encode()).map_err(io)?;
         file.sync_all().map_err(io)?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::shard(&self.path, format!("cannot rename {} into place: {e}", self.tmp.display())))?;
+        std::fs::rename(&self.tmp, &self.path)
+            .map_err(|e| Error::shard(&self.path, format!("cannot rename {} into place: {e}", self.tmp.display())))?;
         Ok(self.header)
     }
 }
@@ -324,4 +401,3 @@ impl Drop for ShardWriter {
         }
     }
 }
-

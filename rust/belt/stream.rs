@@ -62,7 +62,16 @@ pub struct Stream {
 impl Stream {
     pub fn new(corpus: Arc<Corpus>, seed: u64, shuffle: bool, cursor: Cursor) -> Stream {
         let order = corpus.order(seed, cursor.epoch, shuffle);
-        Stream { corpus, seed, shuffle, cursor, order, order_epoch: cursor.epoch, block: Vec::new(), starts: Vec::new() }
+        Stream {
+            corpus,
+            seed,
+            shuffle,
+            cursor,
+            order,
+            order_epoch: cursor.epoch,
+            block: Vec::new(),
+            starts: Vec::new(),
+        }
     }
 
     /// Walks the next `n` tokens, calling `sink(starts_doc, at, doc, offset, len)` for each run of

@@ -28,11 +28,12 @@ fn rows(ids: &[i64], targets: &[i64], t: usize) -> Vec<Vec<u32>> {
 /// Concatenated rows of `n` batches.
 fn stream(belt: &mut Belt, n: usize) -> Vec<u32> {
     let t = belt.config().seq_len;
-    (0..n).flat_map(|_| {
-        let b = belt.next_batch().unwrap();
-        rows(&b.ids, &b.targets, t).concat()
-    })
-    .collect()
+    (0..n)
+        .flat_map(|_| {
+            let b = belt.next_batch().unwrap();
+            rows(&b.ids, &b.targets, t).concat()
+        })
+        .collect()
 }
 
 /// The stream a belt must produce: each epoch's documents in that epoch's order, end to end.
@@ -55,7 +56,8 @@ fn every_token_exactly_once_per_epoch_in_order_without_padding() {
     for case in 0..24u64 {
         let dir = TempDir::new("once");
         let (t, b) = (1 + (case as usize * 7) % 13, 1 + (case as usize) % 4);
-        let (paths, docs) = random_corpus(&dir, case, 5 + case as usize * 3, 1 + case as usize % 3, t + 1, case % 5 == 0);
+        let (paths, docs) =
+            random_corpus(&dir, case, 5 + case as usize * 3, 1 + case as usize % 3, t + 1, case % 5 == 0);
         let n_tokens: usize = docs.iter().map(Vec::len).sum();
         let shuffle = case % 4 != 3;
         let mut belt = Belt::open(&paths, BeltConfig { seed: case, shuffle, ..cfg(t, b, case as usize % 3) }).unwrap();
@@ -67,7 +69,10 @@ fn every_token_exactly_once_per_epoch_in_order_without_padding() {
         for e in 0..3 {
             let mut epoch: Vec<u32> = got[e * n_tokens..(e + 1) * n_tokens].to_vec();
             epoch.sort_unstable();
-            assert!(epoch.iter().copied().eq(1..=n_tokens as u32), "case {case} epoch {e}: a token is missing, repeated or padding");
+            assert!(
+                epoch.iter().copied().eq(1..=n_tokens as u32),
+                "case {case} epoch {e}: a token is missing, repeated or padding"
+            );
         }
         assert_eq!(belt.epoch() as usize, got.len() / n_tokens, "case {case}: epoch counter");
     }
@@ -87,7 +92,8 @@ fn resumed_stream_equals_uninterrupted_stream() {
                 let st = first.state();
                 drop(first);
                 // A fresh belt with another seed and prefetch depth: the state carries the seed.
-                let mut resumed = Belt::open(&paths, BeltConfig { seed: 99, ..cfg(t, b, 2 - prefetch.min(2)) }).unwrap();
+                let mut resumed =
+                    Belt::open(&paths, BeltConfig { seed: 99, ..cfg(t, b, 2 - prefetch.min(2)) }).unwrap();
                 stream(&mut resumed, 3); // its own position must not matter
                 resumed.load_state(&st).unwrap();
                 assert_eq!(resumed.state(), st);
@@ -105,7 +111,9 @@ fn rank_slices_are_disjoint_cover_and_equal_the_global_batch() {
     for world in [2usize, 3, 4] {
         let (t, b) = (6, 2);
         let mut global = Belt::open(&paths, BeltConfig { seed: 1, ..cfg(t, b * world, 0) }).unwrap();
-        let mut ranks: Vec<Belt> = (0..world).map(|r| Belt::open(&paths, BeltConfig { seed: 1, rank: r, world, ..cfg(t, b, r % 2) }).unwrap()).collect();
+        let mut ranks: Vec<Belt> = (0..world)
+            .map(|r| Belt::open(&paths, BeltConfig { seed: 1, rank: r, world, ..cfg(t, b, r % 2) }).unwrap())
+            .collect();
         for step in 0..25 {
             let g = global.next_batch().unwrap();
             let mut joined = Vec::new();
@@ -124,7 +132,8 @@ fn positions_and_segments_restart_at_document_starts() {
     let dir = TempDir::new("mask");
     let (paths, docs) = random_corpus(&dir, 8, 50, 2, 6, false);
     // token -> (document, offset inside it)
-    let at: HashMap<u32, (usize, usize)> = docs.iter().enumerate().flat_map(|(d, doc)| doc.iter().enumerate().map(move |(o, &x)| (x, (d, o)))).collect();
+    let at: HashMap<u32, (usize, usize)> =
+        docs.iter().enumerate().flat_map(|(d, doc)| doc.iter().enumerate().map(move |(o, &x)| (x, (d, o)))).collect();
     let (t, b) = (5, 3);
     let mut belt = Belt::open(&paths, BeltConfig { doc_mask: true, seed: 2, ..cfg(t, b, 1) }).unwrap();
     for _ in 0..40 {
@@ -204,10 +213,20 @@ fn mixture_follows_weights_and_resumes() {
     assert!((share - 0.7).abs() < 0.03, "share of belt 0 is {share}, weight 0.7");
     // Resume: a fresh mixture (other seed, prefetch depths) over fresh belts continues exactly.
     let st = mix.state().unwrap();
-    let next: Vec<(usize, Vec<i64>)> = (0..50).map(|_| { let (i, b) = mix.next_batch().unwrap(); (i, b.ids) }).collect();
+    let next: Vec<(usize, Vec<i64>)> = (0..50)
+        .map(|_| {
+            let (i, b) = mix.next_batch().unwrap();
+            (i, b.ids)
+        })
+        .collect();
     let mut resumed = Mixture::new(vec![(open(&pa, 2), 0.7), (open(&pb, 0), 0.3)], 0).unwrap();
     resumed.load_state(&st).unwrap();
-    let got: Vec<(usize, Vec<i64>)> = (0..50).map(|_| { let (i, b) = resumed.next_batch().unwrap(); (i, b.ids) }).collect();
+    let got: Vec<(usize, Vec<i64>)> = (0..50)
+        .map(|_| {
+            let (i, b) = resumed.next_batch().unwrap();
+            (i, b.ids)
+        })
+        .collect();
     assert_eq!(got, next);
     // Errors: bad weight, mismatched shapes.
     assert!(Mixture::new(vec![(open(&pa, 0), 0.0)], 0).err().unwrap().to_string().contains("weight 0"));

@@ -82,9 +82,30 @@ fn each_kind_of_damage_fails_clearly() {
         ("short", Box::new(|b: &mut Vec<u8>| b.truncate(10)), false, "shorter than the 64-byte header"),
         ("empty", Box::new(|b: &mut Vec<u8>| b.clear()), false, "truncated: 0 bytes"),
         ("huge_count", Box::new(put64(24, u64::MAX / 2)), false, "overflow"),
-        ("doc_table", Box::new(|b: &mut Vec<u8>| { let n = b.len(); b[n - 16..n - 8].copy_from_slice(&1u64.to_le_bytes()) }), true, "document table corrupt"),
-        ("doc_cover", Box::new(|b: &mut Vec<u8>| { let n = b.len(); b[n - 8..].copy_from_slice(&5u64.to_le_bytes()) }), true, "cover 5 of 6 tokens"),
-        ("token_range", Box::new(|b: &mut Vec<u8>| b[HEADER_BYTES + 2..HEADER_BYTES + 4].copy_from_slice(&40u16.to_le_bytes())), true, "token 40 at index 1 is outside vocabulary size 16"),
+        (
+            "doc_table",
+            Box::new(|b: &mut Vec<u8>| {
+                let n = b.len();
+                b[n - 16..n - 8].copy_from_slice(&1u64.to_le_bytes())
+            }),
+            true,
+            "document table corrupt",
+        ),
+        (
+            "doc_cover",
+            Box::new(|b: &mut Vec<u8>| {
+                let n = b.len();
+                b[n - 8..].copy_from_slice(&5u64.to_le_bytes())
+            }),
+            true,
+            "cover 5 of 6 tokens",
+        ),
+        (
+            "token_range",
+            Box::new(|b: &mut Vec<u8>| b[HEADER_BYTES + 2..HEADER_BYTES + 4].copy_from_slice(&40u16.to_le_bytes())),
+            true,
+            "token 40 at index 1 is outside vocabulary size 16",
+        ),
     ];
     for (name, damage, recheck, needle) in rows {
         let msg = damaged(name, damage, recheck);

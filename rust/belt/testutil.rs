@@ -12,7 +12,11 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!("sos_belt_{tag}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "sos_belt_{tag}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -50,7 +54,14 @@ pub fn random_lengths(rng: &mut impl Rng, n: usize, row: usize) -> Vec<usize> {
 /// Splits documents of the given lengths over `n_shards` shards in `dir`. Tokens are numbered
 /// 1, 2, 3, ... in corpus order (0 is the end-of-text id and never appears), so each token is
 /// unique. Returns the paths and the documents in corpus order.
-pub fn random_corpus(dir: &TempDir, seed: u64, n_docs: usize, n_shards: usize, row: usize, force_u32: bool) -> (Vec<PathBuf>, Vec<Vec<u32>>) {
+pub fn random_corpus(
+    dir: &TempDir,
+    seed: u64,
+    n_docs: usize,
+    n_shards: usize,
+    row: usize,
+    force_u32: bool,
+) -> (Vec<PathBuf>, Vec<Vec<u32>>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let lens = random_lengths(&mut rng, n_docs, row);
     let mut next = 1u32;

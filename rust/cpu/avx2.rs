@@ -1,14 +1,96 @@
 //! AVX2+FMA kernels, 8 lanes. Same names and contracts as `scalar`; tails go through a scalar
 //! leftovers loop so nothing reads past a slice. Callers must have checked AVX2 and FMA
-//! (`cpu::isa()` does), which is why every function here is `unsafe`.
+//! (`cpu::isa()` does), which is why every function here is `unsafe`. The GEMM microkernel and
+//! `exp` are the shared bodies of `simd`, instantiated here for `__m256`.
 
+use super::simd::{self, Lanes};
 use super::{scalar, AdamParams, Tile};
 use std::arch::x86_64::*;
 
 const W: usize = 8;
 
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+/// The operations of the shared bodies in `simd`, one AVX2/FMA intrinsic each.
+impl Lanes for __m256 {
+    const W: usize = W;
+    // SAFETY (every method): `Lanes` requires the caller to run with AVX2 and FMA (and pointers
+    // to hold W lanes), which is all these intrinsics need.
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self) {
+        // SAFETY: see above.
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn broadcast(p: *const f32) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_broadcast_ss(&*p) }
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_add_ps(self, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, b: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_mul_ps(self, b) }
+    }
+    #[inline(always)]
+    unsafe fn min(self, b: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_min_ps(self, b) }
+    }
+    #[inline(always)]
+    unsafe fn max(self, b: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_max_ps(self, b) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(self, b: Self, c: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_fmadd_ps(self, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn fnmadd(self, b: Self, c: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_fnmadd_ps(self, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn round(self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm256_round_ps(self, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC) }
+    }
+    #[inline(always)]
+    unsafe fn pow2(self) -> Self {
+        // SAFETY: see above.
+        unsafe {
+            _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_add_epi32(_mm256_cvtps_epi32(self), _mm256_set1_epi32(127)),
+                23,
+            ))
+        }
+    }
+    #[inline(always)]
+    unsafe fn prefetch_c_row(_p: *const f32) {}
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps(v, 1);
     let s = _mm_add_ps(lo, hi);
@@ -17,8 +99,9 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-#[inline(always)]
-unsafe fn hmax(v: __m256) -> f32 {
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn hmax(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps(v, 1);
     let s = _mm_max_ps(lo, hi);
@@ -27,33 +110,22 @@ unsafe fn hmax(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// exp(x) by Cephes' range reduction and degree-5 polynomial (rel. error ~2 ulp);
-/// inputs are clamped to [-88.38, 88.38], so -inf gives 0 and +inf gives ~1.7e38.
-#[inline(always)]
-pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
-    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.376_26)), _mm256_set1_ps(88.376_26));
-    let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-    let mut y = _mm256_set1_ps(1.987_569_1e-4);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.398_199_9e-3));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.333_452e-3));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.166_579_6e-2));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.166_666_65));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-    // 2^n through the exponent bits; n is in [-127, 128) after the clamp.
-    let e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    _mm256_mul_ps(y, _mm256_castsi256_ps(e))
-}
-
+/// 1 / (1 + exp(-x)).
+///
+/// # Safety
+/// The host supports AVX2 and FMA.
 #[inline(always)]
 unsafe fn sigmoid8(x: __m256) -> __m256 {
-    let one = _mm256_set1_ps(1.0);
-    let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
-    _mm256_div_ps(one, _mm256_add_ps(one, e))
+    // SAFETY: AVX2 and FMA are available (this function's contract); no memory is touched.
+    unsafe {
+        let one = _mm256_set1_ps(1.0);
+        let e = simd::exp(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_div_ps(one, _mm256_add_ps(one, e))
+    }
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -62,21 +134,23 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 4 * W <= n {
-        for u in 0..4 {
+        for (u, a) in acc.iter_mut().enumerate() {
             // SAFETY: i + 4W <= n, so lanes i+uW .. i+uW+8 are in bounds of both slices.
-            acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + u * W)), _mm256_loadu_ps(pb.add(i + u * W)), acc[u]);
+            *a = unsafe { _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + u * W)), _mm256_loadu_ps(pb.add(i + u * W)), *a) };
         }
         i += 4 * W;
     }
     while i + W <= n {
         // SAFETY: i + W <= n.
-        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+        acc[0] = unsafe { _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]) };
         i += W;
     }
     let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     hsum(v) + scalar::dot(&a[i..], &b[i..])
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len());
@@ -85,8 +159,10 @@ pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     let mut i = 0;
     while i + W <= n {
         // SAFETY: i + W <= n for both slices.
-        let r = _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(y.as_ptr().add(i)));
-        _mm256_storeu_ps(y.as_mut_ptr().add(i), r);
+        unsafe {
+            let r = _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(y.as_ptr().add(i)));
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), r);
+        }
         i += W;
     }
     scalar::axpy(alpha, &x[i..], &mut y[i..]);
@@ -105,140 +181,238 @@ macro_rules! map_lanes {
     }};
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn scale(alpha: f32, x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
     let va = _mm256_set1_ps(alpha);
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for both slices.
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i))));
-    }, |i: usize| scalar::scale(alpha, &x[i..], &mut out[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for both slices.
+            unsafe {
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i))));
+            }
+        },
+        |i: usize| scalar::scale(alpha, &x[i..], &mut out[i..])
+    )
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
     assert!(a.len() == b.len() && a.len() == out.len());
-    map_lanes!(a.len(), |i| {
-        // SAFETY: i + W <= len for all three slices.
-        let r = _mm256_add_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
-    }, |i: usize| scalar::add(&a[i..], &b[i..], &mut out[i..]))
+    map_lanes!(
+        a.len(),
+        |i| {
+            // SAFETY: i + W <= len for all three slices.
+            unsafe {
+                let r = _mm256_add_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+            }
+        },
+        |i: usize| scalar::add(&a[i..], &b[i..], &mut out[i..])
+    )
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn mul(a: &[f32], b: &[f32], out: &mut [f32]) {
     assert!(a.len() == b.len() && a.len() == out.len());
-    map_lanes!(a.len(), |i| {
-        // SAFETY: i + W <= len for all three slices.
-        let r = _mm256_mul_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
-    }, |i: usize| scalar::mul(&a[i..], &b[i..], &mut out[i..]))
+    map_lanes!(
+        a.len(),
+        |i| {
+            // SAFETY: i + W <= len for all three slices.
+            unsafe {
+                let r = _mm256_mul_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+            }
+        },
+        |i: usize| scalar::mul(&a[i..], &b[i..], &mut out[i..])
+    )
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn scale_mul(alpha: f32, x: &[f32], w: &[f32], out: &mut [f32]) {
     assert!(x.len() == w.len() && x.len() == out.len());
     let va = _mm256_set1_ps(alpha);
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for all three slices.
-        let xs = _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(xs, _mm256_loadu_ps(w.as_ptr().add(i))));
-    }, |i: usize| scalar::scale_mul(alpha, &x[i..], &w[i..], &mut out[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for all three slices.
+            unsafe {
+                let xs = _mm256_mul_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(xs, _mm256_loadu_ps(w.as_ptr().add(i))));
+            }
+        },
+        |i: usize| scalar::scale_mul(alpha, &x[i..], &w[i..], &mut out[i..])
+    )
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn sum(x: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let tail = map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len.
-        acc = _mm256_add_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
-    }, |i: usize| scalar::sum(&x[i..]));
+    let tail = map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len.
+            unsafe {
+                acc = _mm256_add_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
+            }
+        },
+        |i: usize| scalar::sum(&x[i..])
+    );
     hsum(acc) + tail
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn sumsq(x: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let tail = map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len.
-        let v = _mm256_loadu_ps(x.as_ptr().add(i));
-        acc = _mm256_fmadd_ps(v, v, acc);
-    }, |i: usize| scalar::sumsq(&x[i..]));
+    let tail = map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len.
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                acc = _mm256_fmadd_ps(v, v, acc);
+            }
+        },
+        |i: usize| scalar::sumsq(&x[i..])
+    );
     hsum(acc) + tail
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn max(x: &[f32]) -> f32 {
     let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
-    let tail = map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len.
-        acc = _mm256_max_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
-    }, |i: usize| scalar::max(&x[i..]));
+    let tail = map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len.
+            unsafe {
+                acc = _mm256_max_ps(acc, _mm256_loadu_ps(x.as_ptr().add(i)));
+            }
+        },
+        |i: usize| scalar::max(&x[i..])
+    );
     hmax(acc).max(tail)
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     assert_eq!(x.len(), out.len());
     let vs = _mm256_set1_ps(shift);
     let mut acc = _mm256_setzero_ps();
-    let tail = map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for both slices.
-        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vs));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), e);
-        acc = _mm256_add_ps(acc, e);
-    }, |i: usize| scalar::exp_shift_sum(&x[i..], shift, &mut out[i..]));
+    let tail = map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for both slices.
+            unsafe {
+                let e = simd::exp(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vs));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), e);
+                acc = _mm256_add_ps(acc, e);
+            }
+        },
+        |i: usize| scalar::exp_shift_sum(&x[i..], shift, &mut out[i..])
+    );
     hsum(acc) + tail
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
     assert_eq!(x.len(), shift.len());
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for both slices.
-        let d = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(shift.as_ptr().add(i)));
-        _mm256_storeu_ps(x.as_mut_ptr().add(i), exp8(d));
-    }, |i: usize| scalar::exp_sub(&mut x[i..], &shift[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for both slices.
+            unsafe {
+                let d = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(shift.as_ptr().add(i)));
+                _mm256_storeu_ps(x.as_mut_ptr().add(i), simd::exp(d));
+            }
+        },
+        |i: usize| scalar::exp_sub(&mut x[i..], &shift[i..])
+    )
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn silu(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for both slices.
-        let v = _mm256_loadu_ps(x.as_ptr().add(i));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(v)));
-    }, |i: usize| scalar::silu(&x[i..], &mut out[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for both slices.
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(v)));
+            }
+        },
+        |i: usize| scalar::silu(&x[i..], &mut out[i..])
+    )
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     assert!(x.len() == dy.len() && x.len() == dx.len());
     let one = _mm256_set1_ps(1.0);
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for all three slices.
-        let v = _mm256_loadu_ps(x.as_ptr().add(i));
-        let s = sigmoid8(v);
-        let t = _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one);
-        let r = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), s), t);
-        _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
-    }, |i: usize| scalar::silu_backward(&x[i..], &dy[i..], &mut dx[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for all three slices.
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                let s = sigmoid8(v);
+                let t = _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one);
+                let r = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), s), t);
+                _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
+            }
+        },
+        |i: usize| scalar::silu_backward(&x[i..], &dy[i..], &mut dx[i..])
+    )
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn gelu(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
     let k2 = _mm256_set1_ps(2.0 * scalar::GELU_K);
     let c = _mm256_set1_ps(scalar::GELU_C);
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for both slices.
-        let v = _mm256_loadu_ps(x.as_ptr().add(i));
-        let x3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
-        let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(c, x3, v));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(u2)));
-    }, |i: usize| scalar::gelu(&x[i..], &mut out[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for both slices.
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                let x3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+                let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(c, x3, v));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, sigmoid8(u2)));
+            }
+        },
+        |i: usize| scalar::gelu(&x[i..], &mut out[i..])
+    )
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     assert!(x.len() == dy.len() && x.len() == dx.len());
@@ -246,19 +420,27 @@ pub unsafe fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     let c = _mm256_set1_ps(scalar::GELU_C);
     let c3 = _mm256_set1_ps(3.0 * scalar::GELU_C);
     let one = _mm256_set1_ps(1.0);
-    map_lanes!(x.len(), |i| {
-        // SAFETY: i + W <= len for all three slices.
-        let v = _mm256_loadu_ps(x.as_ptr().add(i));
-        let x2 = _mm256_mul_ps(v, v);
-        let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(_mm256_mul_ps(c, x2), v, v));
-        let s = sigmoid8(u2);
-        let du = _mm256_mul_ps(k2, _mm256_fmadd_ps(c3, x2, one));
-        let inner = _mm256_mul_ps(_mm256_mul_ps(v, s), _mm256_mul_ps(_mm256_sub_ps(one, s), du));
-        let r = _mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), _mm256_add_ps(s, inner));
-        _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
-    }, |i: usize| scalar::gelu_backward(&x[i..], &dy[i..], &mut dx[i..]))
+    map_lanes!(
+        x.len(),
+        |i| {
+            // SAFETY: i + W <= len for all three slices.
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                let x2 = _mm256_mul_ps(v, v);
+                let u2 = _mm256_mul_ps(k2, _mm256_fmadd_ps(_mm256_mul_ps(c, x2), v, v));
+                let s = sigmoid8(u2);
+                let du = _mm256_mul_ps(k2, _mm256_fmadd_ps(c3, x2, one));
+                let inner = _mm256_mul_ps(_mm256_mul_ps(v, s), _mm256_mul_ps(_mm256_sub_ps(one, s), du));
+                let r = _mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), _mm256_add_ps(s, inner));
+                _mm256_storeu_ps(dx.as_mut_ptr().add(i), r);
+            }
+        },
+        |i: usize| scalar::gelu_backward(&x[i..], &dy[i..], &mut dx[i..])
+    )
 }
 
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamParams) {
     let n = p.len();
@@ -271,86 +453,66 @@ pub unsafe fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &
     let step = _mm256_set1_ps(h.lr / h.bias1);
     let bc2 = _mm256_set1_ps(h.bias2_sqrt);
     let eps = _mm256_set1_ps(h.eps);
-    map_lanes!(n, |i| {
-        // SAFETY: i + W <= n for all four slices.
-        let gi = _mm256_loadu_ps(g.as_ptr().add(i));
-        let mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m.as_ptr().add(i))), _mm256_mul_ps(nb1, gi));
-        let vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v.as_ptr().add(i))), _mm256_mul_ps(_mm256_mul_ps(nb2, gi), gi));
-        let denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
-        let pi = _mm256_mul_ps(_mm256_loadu_ps(p.as_ptr().add(i)), decay);
-        let pi = _mm256_sub_ps(pi, _mm256_mul_ps(step, _mm256_div_ps(mi, denom)));
-        _mm256_storeu_ps(m.as_mut_ptr().add(i), mi);
-        _mm256_storeu_ps(v.as_mut_ptr().add(i), vi);
-        _mm256_storeu_ps(p.as_mut_ptr().add(i), pi);
-    }, |i: usize| scalar::adamw(&mut p[i..], &g[i..], &mut m[i..], &mut v[i..], h))
+    map_lanes!(
+        n,
+        |i| {
+            // SAFETY: i + W <= n for all four slices.
+            unsafe {
+                let gi = _mm256_loadu_ps(g.as_ptr().add(i));
+                let mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m.as_ptr().add(i))), _mm256_mul_ps(nb1, gi));
+                let vi = _mm256_add_ps(
+                    _mm256_mul_ps(b2, _mm256_loadu_ps(v.as_ptr().add(i))),
+                    _mm256_mul_ps(_mm256_mul_ps(nb2, gi), gi),
+                );
+                let denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
+                let pi = _mm256_mul_ps(_mm256_loadu_ps(p.as_ptr().add(i)), decay);
+                let pi = _mm256_sub_ps(pi, _mm256_mul_ps(step, _mm256_div_ps(mi, denom)));
+                _mm256_storeu_ps(m.as_mut_ptr().add(i), mi);
+                _mm256_storeu_ps(v.as_mut_ptr().add(i), vi);
+                _mm256_storeu_ps(p.as_mut_ptr().add(i), pi);
+            }
+        },
+        |i: usize| scalar::adamw(&mut p[i..], &g[i..], &mut m[i..], &mut v[i..], h)
+    )
 }
 
+/// The GEMM microkernel tile: 6 rows × 16 columns (see `simd::gemm_tile`).
 pub const MR: usize = 6;
 pub const NR: usize = 16;
 
 /// dst[c·ldd + r] = scale·src[r·lds + c] for r, c < 8: an 8×8 transpose in registers
 /// (unpack, shuffle, lane permute), the core of the transposing packs.
+///
+/// # Safety
+/// The host supports AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn transpose8x8(src: &[f32], lds: usize, dst: &mut [f32], ldd: usize, scale: f32) {
     assert!(src.len() >= 7 * lds + 8 && dst.len() >= 7 * ldd + 8);
     let (ps, pd, vs) = (src.as_ptr(), dst.as_mut_ptr(), _mm256_set1_ps(scale));
     // SAFETY: rows 0..8 of 8 floats at stride lds (ldd) lie inside src (dst) by the assert.
-    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_mul_ps(vs, _mm256_loadu_ps(ps.add(i * lds))));
-    let t: [__m256; 8] = std::array::from_fn(|i| {
-        let (a, b) = (r[(i / 2) * 2], r[(i / 2) * 2 + 1]);
-        if i % 2 == 0 { _mm256_unpacklo_ps(a, b) } else { _mm256_unpackhi_ps(a, b) }
-    });
-    let u = [
-        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-    ];
-    for c in 0..4 {
-        _mm256_storeu_ps(pd.add(c * ldd), _mm256_permute2f128_ps::<0x20>(u[c], u[c + 4]));
-        _mm256_storeu_ps(pd.add((c + 4) * ldd), _mm256_permute2f128_ps::<0x31>(u[c], u[c + 4]));
-    }
-}
-
-/// GEMM microkernel, 6×16 tile in 12 accumulators.
-///
-/// ```text
-///            b: 2 ymm per k step (16 columns), loaded from b + p·ldb
-///          [ b0 (cols 0..8) ][ b1 (cols 8..16) ]
-/// a[0] ->  [ c00            ][ c01             ]   a[r] = A(r, p), broadcast from
-/// a[1] ->  [ c10            ][ c11             ]         a + r·rsa + p·csa
-///  ...          (one broadcast of a[r] per row, 2 FMAs)
-/// a[5] ->  [ c50            ][ c51             ]
-/// ```
-/// 12 accumulators + 2 B vectors + 1 broadcast = 15 of 16 ymm registers; per k step 12 FMAs
-/// (6 cycles on two FMA ports) against 2 vector loads and 6 broadcasts.
-#[inline(always)]
-unsafe fn micro_body(kc: usize, t: &Tile, rsa: usize, csa: usize, ldb: usize, accumulate: bool) {
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    // One base pointer per row and a shared step offset: the row addresses are independent of
-    // each other, so no add chain runs through the loop (strided A read in place).
-    let rows: [*const f32; MR] = std::array::from_fn(|r| t.a.add(r * rsa));
-    let (mut off, mut pb) = (0usize, t.b);
-    for _ in 0..kc {
-        let b0 = _mm256_loadu_ps(pb);
-        let b1 = _mm256_loadu_ps(pb.add(W));
-        for (r, row) in acc.iter_mut().enumerate() {
-            let ar = _mm256_broadcast_ss(&*rows[r].add(off));
-            row[0] = _mm256_fmadd_ps(ar, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(ar, b1, row[1]);
-        }
-        off += csa;
-        pb = pb.add(ldb);
-    }
-    for (r, row) in acc.iter().enumerate() {
-        for (h, v) in row.iter().enumerate() {
-            let dst = t.c.add(r * t.ldc + h * W);
-            let v = if accumulate { _mm256_add_ps(_mm256_loadu_ps(dst), *v) } else { *v };
-            _mm256_storeu_ps(dst, v);
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_mul_ps(vs, _mm256_loadu_ps(ps.add(i * lds))));
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (a, b) = (r[(i / 2) * 2], r[(i / 2) * 2 + 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
+        });
+        let u = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        for c in 0..4 {
+            _mm256_storeu_ps(pd.add(c * ldd), _mm256_permute2f128_ps::<0x20>(u[c], u[c + 4]));
+            _mm256_storeu_ps(pd.add((c + 4) * ldd), _mm256_permute2f128_ps::<0x31>(u[c], u[c + 4]));
         }
     }
 }
@@ -362,18 +524,13 @@ unsafe fn micro_body(kc: usize, t: &Tile, rsa: usize, csa: usize, ldb: usize, ac
 /// valid (A, B readable, C writable) and C does not overlap A or B.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn gemm_tile(kc: usize, t: &Tile, accumulate: bool) {
-    if t.rsa == 1 && t.csa == MR && t.ldb == NR {
-        micro_body(kc, t, 1, MR, NR, accumulate) // packed panels: constant strides
-    } else {
-        micro_body(kc, t, t.rsa, t.csa, t.ldb, accumulate)
+    // SAFETY: AVX2 and FMA are available and `t` is valid for this tile (this function's
+    // contract).
+    unsafe {
+        if t.rsa == 1 && t.csa == MR && t.ldb == NR {
+            simd::gemm_tile::<__m256, MR>(kc, t, 1, MR, NR, accumulate) // packed panels: constant strides
+        } else {
+            simd::gemm_tile::<__m256, MR>(kc, t, t.rsa, t.csa, t.ldb, accumulate)
+        }
     }
-}
-
-/// `gemm_tile` on packed panels given as slices (a: kc×MR, b: kc×NR; C row stride `ldc`).
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
-    assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
-    let t = Tile { a: a.as_ptr(), rsa: 1, csa: MR, b: b.as_ptr(), ldb: NR, c: c.as_mut_ptr(), ldc };
-    // SAFETY: the asserts bound every address of the packed panels and of C.
-    gemm_tile(kc, &t, accumulate)
 }

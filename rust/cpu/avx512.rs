@@ -1,34 +1,106 @@
 //! AVX-512F kernels, 16 lanes, for the compute-bound primitives (GEMM, dot, axpy, exp). The
 //! memory-bound elementwise kernels gain nothing from wider vectors and use `avx2` instead.
-//! Tails use masked loads and stores, which never touch lanes outside the mask.
+//! Tails use masked loads and stores, which never touch lanes outside the mask. The GEMM
+//! microkernel and `exp` are the shared bodies of `simd`, instantiated here for `__m512`.
 
+use super::simd::{self, Lanes};
 use super::Tile;
 use std::arch::x86_64::*;
 
 const W: usize = 16;
+
+/// The operations of the shared bodies in `simd`, one AVX-512F intrinsic each.
+impl Lanes for __m512 {
+    const W: usize = W;
+    // SAFETY (every method): `Lanes` requires the caller to run with AVX-512F (and pointers to
+    // hold W lanes), which is all these intrinsics need.
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: see above.
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self) {
+        // SAFETY: see above.
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn broadcast(p: *const f32) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm512_set1_ps(*p) }
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm512_add_ps(self, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, b: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm512_mul_ps(self, b) }
+    }
+    #[inline(always)]
+    unsafe fn min(self, b: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm512_min_ps(self, b) }
+    }
+    #[inline(always)]
+    unsafe fn max(self, b: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm512_max_ps(self, b) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(self, b: Self, c: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm512_fmadd_ps(self, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn fnmadd(self, b: Self, c: Self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm512_fnmadd_ps(self, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn round(self) -> Self {
+        // SAFETY: see above.
+        unsafe { _mm512_roundscale_ps(self, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC) }
+    }
+    #[inline(always)]
+    unsafe fn pow2(self) -> Self {
+        // SAFETY: see above.
+        unsafe {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+                _mm512_cvtps_epi32(self),
+                _mm512_set1_epi32(127),
+            )))
+        }
+    }
+    #[inline(always)]
+    unsafe fn prefetch_c_row(p: *const f32) {
+        // SAFETY: see above; a prefetch is a hint that never faults.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(p.add(16) as *const i8);
+        }
+    }
+}
 
 #[inline(always)]
 fn tail_mask(rem: usize) -> __mmask16 {
     ((1u32 << rem) - 1) as __mmask16
 }
 
-#[inline(always)]
-unsafe fn exp16(x: __m512) -> __m512 {
-    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.376_26)), _mm512_set1_ps(88.376_26));
-    let n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-    let mut y = _mm512_set1_ps(1.987_569_1e-4);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.398_199_9e-3));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.333_452e-3));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.166_579_6e-2));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.166_666_65));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
-    let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
-    _mm512_mul_ps(y, _mm512_castsi512_ps(e))
-}
-
+/// # Safety
+/// The host supports AVX-512F, AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -39,19 +111,25 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut i = 0;
     while i + 2 * W <= n {
         // SAFETY: i + 2W <= n for both slices.
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + W)), _mm512_loadu_ps(pb.add(i + W)), acc1);
+        unsafe {
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + W)), _mm512_loadu_ps(pb.add(i + W)), acc1);
+        }
         i += 2 * W;
     }
     while i < n {
         let k = tail_mask((n - i).min(W));
         // SAFETY: masked lanes are not accessed; unmasked lanes are < n.
-        acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, pa.add(i)), _mm512_maskz_loadu_ps(k, pb.add(i)), acc0);
+        unsafe {
+            acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, pa.add(i)), _mm512_maskz_loadu_ps(k, pb.add(i)), acc0);
+        }
         i += W;
     }
     _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
 }
 
+/// # Safety
+/// The host supports AVX-512F, AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len());
@@ -61,12 +139,20 @@ pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     while i < n {
         let k = tail_mask((n - i).min(W));
         // SAFETY: masked loads/stores touch only lanes i..min(i+W, n).
-        let r = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x.as_ptr().add(i)), _mm512_maskz_loadu_ps(k, y.as_ptr().add(i)));
-        _mm512_mask_storeu_ps(y.as_mut_ptr().add(i), k, r);
+        unsafe {
+            let r = _mm512_fmadd_ps(
+                va,
+                _mm512_maskz_loadu_ps(k, x.as_ptr().add(i)),
+                _mm512_maskz_loadu_ps(k, y.as_ptr().add(i)),
+            );
+            _mm512_mask_storeu_ps(y.as_mut_ptr().add(i), k, r);
+        }
         i += W;
     }
 }
 
+/// # Safety
+/// The host supports AVX-512F, AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     assert_eq!(x.len(), out.len());
@@ -76,15 +162,20 @@ pub unsafe fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     let mut i = 0;
     while i < n {
         let k = tail_mask((n - i).min(W));
-        // SAFETY: masked loads/stores touch only lanes i..min(i+W, n).
-        let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x.as_ptr().add(i)), vs));
-        _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), k, e);
-        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, e));
+        // SAFETY: masked loads/stores touch only lanes i..min(i+W, n); AVX-512F is available
+        // for `exp` (this function's contract).
+        unsafe {
+            let e = simd::exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x.as_ptr().add(i)), vs));
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), k, e);
+            acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, e));
+        }
         i += W;
     }
     _mm512_reduce_add_ps(acc)
 }
 
+/// # Safety
+/// The host supports AVX-512F, AVX2 and FMA (`cpu::isa()` checks).
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
     assert_eq!(x.len(), shift.len());
@@ -92,59 +183,22 @@ pub unsafe fn exp_sub(x: &mut [f32], shift: &[f32]) {
     let mut i = 0;
     while i < n {
         let k = tail_mask((n - i).min(W));
-        // SAFETY: masked loads/stores touch only lanes i..min(i+W, n) of both slices.
-        let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x.as_ptr().add(i)), _mm512_maskz_loadu_ps(k, shift.as_ptr().add(i)));
-        _mm512_mask_storeu_ps(x.as_mut_ptr().add(i), k, exp16(d));
+        // SAFETY: masked loads/stores touch only lanes i..min(i+W, n) of both slices; AVX-512F
+        // is available for `exp` (this function's contract).
+        unsafe {
+            let d = _mm512_sub_ps(
+                _mm512_maskz_loadu_ps(k, x.as_ptr().add(i)),
+                _mm512_maskz_loadu_ps(k, shift.as_ptr().add(i)),
+            );
+            _mm512_mask_storeu_ps(x.as_mut_ptr().add(i), k, simd::exp(d));
+        }
         i += W;
     }
 }
 
+/// The GEMM microkernel tile: 8 rows × 32 columns (see `simd::gemm_tile`).
 pub const MR: usize = 8;
 pub const NR: usize = 32;
-
-/// GEMM microkernel, 8×32 tile in 16 accumulators.
-///
-/// ```text
-///            b: 2 zmm per k step (32 columns), loaded from b + p·ldb
-///          [ b0 (cols 0..16) ][ b1 (cols 16..32) ]
-/// a[0] ->  [ c00             ][ c01              ]   a[r] = A(r, p), broadcast from
-///  ...          (one broadcast of a[r] per row, 2 FMAs)      a + r·rsa + p·csa
-/// a[7] ->  [ c70             ][ c71              ]
-/// ```
-/// 16 accumulators + 2 B vectors + 1 broadcast = 19 of 32 zmm registers; per k step 16 FMAs
-/// (8 cycles on two FMA ports) against 2 vector loads and 8 broadcasts (two load ports).
-#[inline(always)]
-unsafe fn micro_body(kc: usize, t: &Tile, rsa: usize, csa: usize, ldb: usize, accumulate: bool) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    // One base pointer per row and a shared step offset: the row addresses are independent of
-    // each other, so no add chain runs through the loop (strided A read in place).
-    let rows: [*const f32; MR] = std::array::from_fn(|r| t.a.add(r * rsa));
-    let (mut off, mut pb) = (0usize, t.b);
-    if accumulate {
-        for r in 0..MR {
-            _mm_prefetch::<_MM_HINT_T0>(t.c.add(r * t.ldc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(t.c.add(r * t.ldc + 16) as *const i8);
-        }
-    }
-    for _ in 0..kc {
-        let b0 = _mm512_loadu_ps(pb);
-        let b1 = _mm512_loadu_ps(pb.add(W));
-        for (r, row) in acc.iter_mut().enumerate() {
-            let ar = _mm512_set1_ps(*rows[r].add(off));
-            row[0] = _mm512_fmadd_ps(ar, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(ar, b1, row[1]);
-        }
-        off += csa;
-        pb = pb.add(ldb);
-    }
-    for (r, row) in acc.iter().enumerate() {
-        for (h, v) in row.iter().enumerate() {
-            let dst = t.c.add(r * t.ldc + h * W);
-            let v = if accumulate { _mm512_add_ps(_mm512_loadu_ps(dst), *v) } else { *v };
-            _mm512_storeu_ps(dst, v);
-        }
-    }
-}
 
 /// C[MR×NR] (+)= A·B over `kc` steps with the addressing of `t` (see `Tile`).
 ///
@@ -153,18 +207,12 @@ unsafe fn micro_body(kc: usize, t: &Tile, rsa: usize, csa: usize, ldb: usize, ac
 /// is valid (A, B readable, C writable) and C does not overlap A or B.
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub unsafe fn gemm_tile(kc: usize, t: &Tile, accumulate: bool) {
-    if t.rsa == 1 && t.csa == MR && t.ldb == NR {
-        micro_body(kc, t, 1, MR, NR, accumulate) // packed panels: constant strides
-    } else {
-        micro_body(kc, t, t.rsa, t.csa, t.ldb, accumulate)
+    // SAFETY: AVX-512F is available and `t` is valid for this tile (this function's contract).
+    unsafe {
+        if t.rsa == 1 && t.csa == MR && t.ldb == NR {
+            simd::gemm_tile::<__m512, MR>(kc, t, 1, MR, NR, accumulate) // packed panels: constant strides
+        } else {
+            simd::gemm_tile::<__m512, MR>(kc, t, t.rsa, t.csa, t.ldb, accumulate)
+        }
     }
-}
-
-/// `gemm_tile` on packed panels given as slices (a: kc×MR, b: kc×NR; C row stride `ldc`).
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub unsafe fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
-    assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
-    let t = Tile { a: a.as_ptr(), rsa: 1, csa: MR, b: b.as_ptr(), ldb: NR, c: c.as_mut_ptr(), ldc };
-    // SAFETY: the asserts bound every address of the packed panels and of C.
-    gemm_tile(kc, &t, accumulate)
 }

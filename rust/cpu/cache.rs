@@ -37,7 +37,9 @@ pub fn read(cpu_dir: &Path) -> Caches {
     for i in 0..8 {
         let dir = cpu_dir.join(format!("cache/index{i}"));
         let get = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-        let (Some(level), Some(kind), Some(size)) = (get("level"), get("type"), get("size").and_then(|s| parse_size(&s))) else {
+        let (Some(level), Some(kind), Some(size)) =
+            (get("level"), get("type"), get("size").and_then(|s| parse_size(&s)))
+        else {
             continue;
         };
         match (level.trim(), kind.trim()) {

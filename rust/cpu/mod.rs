@@ -1,16 +1,20 @@
 //! Instruction-set detection (once per process) and dispatch of the primitive kernels.
 //!
 //! `scalar` is the specification of every kernel; `avx2` (AVX2+FMA) and `avx512` (AVX-512F) carry
-//! the same names. `SOS_ISA=scalar|avx2|avx512` forces a lower path than the host offers (a higher
-//! one than detected is refused, with a warning, since it would fault).
+//! the same names. Algorithms written once for both widths (the GEMM microkernel, `exp`) live in
+//! `simd`, generic over a small vector trait that each of `avx2`/`avx512` implements.
+//! `SOS_ISA=scalar|avx2|avx512` forces a lower path than the host offers (a higher one than
+//! detected is refused, with a warning, since it would fault).
 
-pub mod cache;
-pub mod peak;
-pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+pub mod cache;
+pub mod peak;
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 use std::sync::OnceLock;
 
@@ -147,12 +151,15 @@ pub fn gemm_shape(isa: Isa) -> (usize, usize) {
 /// r < MR, p < kc, j < NR of that isa's tile is valid, C not overlapping A or B.
 #[inline(always)]
 pub unsafe fn gemm_tile(isa: Isa, kc: usize, t: &Tile, accumulate: bool) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::gemm_tile(kc, t, accumulate),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::gemm_tile(kc, t, accumulate),
-        _ => scalar::gemm_tile(kc, t, accumulate),
+    // SAFETY: the host supports `isa` and `t` is valid for its tile (this function's contract).
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::gemm_tile(kc, t, accumulate),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::gemm_tile(kc, t, accumulate),
+            _ => scalar::gemm_tile(kc, t, accumulate),
+        }
     }
 }
 

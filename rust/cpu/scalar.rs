@@ -162,27 +162,24 @@ pub fn transpose8x8(src: &[f32], lds: usize, dst: &mut [f32], ldd: usize, scale:
 pub unsafe fn gemm_tile(kc: usize, t: &Tile, accumulate: bool) {
     let mut acc = [[0.0f32; NR]; MR];
     for p in 0..kc {
-        let bp = t.b.add(p * t.ldb);
-        for (r, row) in acc.iter_mut().enumerate() {
-            let ar = *t.a.add(r * t.rsa + p * t.csa);
-            for (j, v) in row.iter_mut().enumerate() {
-                *v += ar * *bp.add(j);
+        // SAFETY: r < MR, p < kc, j < NR: addresses `t` describes (this function's contract).
+        unsafe {
+            let bp = t.b.add(p * t.ldb);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let ar = *t.a.add(r * t.rsa + p * t.csa);
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v += ar * *bp.add(j);
+                }
             }
         }
     }
     for (r, row) in acc.iter().enumerate() {
         for (j, v) in row.iter().enumerate() {
-            let dst = t.c.add(r * t.ldc + j);
-            *dst = if accumulate { *dst + v } else { *v };
+            // SAFETY: r < MR, j < NR: a C element of the tile, writable and apart from A and B.
+            unsafe {
+                let dst = t.c.add(r * t.ldc + j);
+                *dst = if accumulate { *dst + v } else { *v };
+            }
         }
     }
-}
-
-/// C[MR×NR] (+)= A_panel · B_panel over `kc` steps; panels as packed by `ops::matmul`
-/// (a: kc×MR, column of A per step; b: kc×NR, row of B per step). `c` has row stride `ldc`.
-pub fn gemm_micro(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
-    assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
-    let t = Tile { a: a.as_ptr(), rsa: 1, csa: MR, b: b.as_ptr(), ldb: NR, c: c.as_mut_ptr(), ldc };
-    // SAFETY: the asserts bound every address of the packed panels and of C.
-    unsafe { gemm_tile(kc, &t, accumulate) }
 }

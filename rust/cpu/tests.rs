@@ -6,6 +6,8 @@ use crate::ops::testutil::{assert_close, rand_vec, sizes};
 
 type Unary = unsafe fn(&[f32], &mut [f32]);
 type Binary = unsafe fn(&[f32], &[f32], &mut [f32]);
+type UnaryRef = fn(&[f32], &mut [f32]);
+type BinaryRef = fn(&[f32], &[f32], &mut [f32]);
 
 fn paths() -> Vec<Isa> {
     let mut v = Vec::new();
@@ -30,10 +32,32 @@ fn simd_matches_scalar() {
             // SAFETY: `paths()` only yields instruction sets the host supports.
             unsafe {
                 let (d, ax, es) = match isa {
-                    Isa::Avx512 => (avx512::dot(&a, &b), { let mut y = b.clone(); avx512::axpy(0.7, &a, &mut y); y },
-                        { let mut o = vec![0.0; n]; let s = avx512::exp_shift_sum(&a, 0.5, &mut o); (s, o) }),
-                    _ => (avx2::dot(&a, &b), { let mut y = b.clone(); avx2::axpy(0.7, &a, &mut y); y },
-                        { let mut o = vec![0.0; n]; let s = avx2::exp_shift_sum(&a, 0.5, &mut o); (s, o) }),
+                    Isa::Avx512 => (
+                        avx512::dot(&a, &b),
+                        {
+                            let mut y = b.clone();
+                            avx512::axpy(0.7, &a, &mut y);
+                            y
+                        },
+                        {
+                            let mut o = vec![0.0; n];
+                            let s = avx512::exp_shift_sum(&a, 0.5, &mut o);
+                            (s, o)
+                        },
+                    ),
+                    _ => (
+                        avx2::dot(&a, &b),
+                        {
+                            let mut y = b.clone();
+                            avx2::axpy(0.7, &a, &mut y);
+                            y
+                        },
+                        {
+                            let mut o = vec![0.0; n];
+                            let s = avx2::exp_shift_sum(&a, 0.5, &mut o);
+                            (s, o)
+                        },
+                    ),
                 };
                 assert_close(&[d], &[scalar::dot(&a, &b)], 1e-5, 1e-5, &tag("dot"));
                 let mut y = b.clone();
@@ -44,14 +68,15 @@ fn simd_matches_scalar() {
                 assert_close(&es.1, &o, 2e-6, 0.0, &tag("exp"));
                 assert_close(&[es.0], &[s], 1e-5, 0.0, &tag("exp sum"));
 
-                let unary: [(&str, Unary, fn(&[f32], &mut [f32])); 2] = [("silu", avx2::silu, scalar::silu), ("gelu", avx2::gelu, scalar::gelu)];
+                let unary: [(&str, Unary, UnaryRef); 2] =
+                    [("silu", avx2::silu, scalar::silu), ("gelu", avx2::gelu, scalar::gelu)];
                 for (name, simd, reference) in unary {
                     let (mut o1, mut o2) = (vec![0.0; n], vec![0.0; n]);
                     simd(&a, &mut o1);
                     reference(&a, &mut o2);
                     assert_close(&o1, &o2, 1e-5, 1e-6, &tag(name));
                 }
-                let binary: [(&str, Binary, fn(&[f32], &[f32], &mut [f32])); 4] = [
+                let binary: [(&str, Binary, BinaryRef); 4] = [
                     ("add", avx2::add, scalar::add),
                     ("mul", avx2::mul, scalar::mul),
                     ("silu_backward", avx2::silu_backward, scalar::silu_backward),
@@ -74,7 +99,15 @@ fn simd_matches_scalar() {
                 assert_close(&[avx2::sumsq(&a)], &[scalar::sumsq(&a)], 1e-5, 1e-5, &tag("sumsq"));
                 assert_eq!(avx2::max(&a), scalar::max(&a), "{}", tag("max"));
 
-                let h = AdamParams { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, bias1: 0.19, bias2_sqrt: 0.3 };
+                let h = AdamParams {
+                    lr: 1e-2,
+                    beta1: 0.9,
+                    beta2: 0.95,
+                    eps: 1e-8,
+                    weight_decay: 0.1,
+                    bias1: 0.19,
+                    bias2_sqrt: 0.3,
+                };
                 let (mut p1, mut m1, mut v1) = (a.clone(), b.clone(), b.iter().map(|x| x * x).collect::<Vec<_>>());
                 let (mut p2, mut m2, mut v2) = (p1.clone(), m1.clone(), v1.clone());
                 avx2::adamw(&mut p1, &b, &mut m1, &mut v1, &h);

@@ -10,8 +10,8 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Error, Result};
-use crate::par;
 use crate::tensor::Tensor;
+use crate::threads;
 use rayon::prelude::*;
 
 /// Marks a dropped assignment in `Plan::token_slot`.
@@ -120,7 +120,7 @@ pub fn dispatch_forward(x: &Tensor, plan: &Plan) -> Result<Tensor> {
     let d = rows_of("dispatch", x, plan.n_tokens)?;
     let mut xs = Tensor::zeros(&[plan.n_slots(), d]);
     let xd = x.data();
-    par::for_row_chunks(xs.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(xs.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (j, row) in out.chunks_mut(d).enumerate() {
             let n = plan.slot_token[r0 + j] as usize;
             row.copy_from_slice(&xd[n * d..(n + 1) * d]);
@@ -134,7 +134,7 @@ pub fn dispatch_backward(dxs: &Tensor, plan: &Plan) -> Result<Tensor> {
     let d = rows_of("dispatch_backward", dxs, plan.n_slots())?;
     let mut dx = Tensor::zeros(&[plan.n_tokens, d]);
     let sd = dxs.data();
-    par::for_row_chunks(dx.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(dx.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (j, row) in out.chunks_mut(d).enumerate() {
             for &slot in &plan.token_slot[(r0 + j) * plan.k..(r0 + j + 1) * plan.k] {
                 if slot != DROPPED {
@@ -147,7 +147,14 @@ pub fn dispatch_backward(dxs: &Tensor, plan: &Plan) -> Result<Tensor> {
 }
 
 fn check_gates(op: &'static str, gates: &Tensor, plan: &Plan) -> Result<()> {
-    ensure_shape!(gates.shape() == [plan.n_tokens, plan.k], op, "gates {:?} must be [{}, {}]", gates.shape(), plan.n_tokens, plan.k);
+    ensure_shape!(
+        gates.shape() == [plan.n_tokens, plan.k],
+        op,
+        "gates {:?} must be [{}, {}]",
+        gates.shape(),
+        plan.n_tokens,
+        plan.k
+    );
     Ok(())
 }
 
@@ -157,7 +164,7 @@ pub fn combine_forward(ys: &Tensor, gates: &Tensor, plan: &Plan) -> Result<Tenso
     check_gates("combine", gates, plan)?;
     let mut y = Tensor::zeros(&[plan.n_tokens, d]);
     let (sd, gd, k) = (ys.data(), gates.data(), plan.k);
-    par::for_row_chunks(y.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (i, row) in out.chunks_mut(d).enumerate() {
             let n = r0 + i;
             for j in 0..k {
@@ -175,10 +182,17 @@ pub fn combine_forward(ys: &Tensor, gates: &Tensor, plan: &Plan) -> Result<Tenso
 pub fn combine_backward(ys: &Tensor, gates: &Tensor, plan: &Plan, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     let d = rows_of("combine_backward", ys, plan.n_slots())?;
     check_gates("combine_backward", gates, plan)?;
-    ensure_shape!(dy.shape() == [plan.n_tokens, d], "combine_backward", "dy {:?} must be [{}, {}]", dy.shape(), plan.n_tokens, d);
+    ensure_shape!(
+        dy.shape() == [plan.n_tokens, d],
+        "combine_backward",
+        "dy {:?} must be [{}, {}]",
+        dy.shape(),
+        plan.n_tokens,
+        d
+    );
     let (sd, gd, dyd, k) = (ys.data(), gates.data(), dy.data(), plan.k);
     let mut dys = Tensor::zeros(ys.shape());
-    par::for_row_chunks(dys.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(dys.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (i, row) in out.chunks_mut(d).enumerate() {
             let (n, j) = (plan.slot_token[r0 + i] as usize, plan.slot_choice[r0 + i] as usize);
             cpu::scale(gd[n * k + j], &dyd[n * d..(n + 1) * d], row);
@@ -221,7 +235,8 @@ mod tests {
             let plan = build_plan(&idx, n, k, e, cap).unwrap();
             let y = combine_forward(&dispatch_forward(&x, &plan).unwrap(), &gates, &plan).unwrap();
             for t in 0..n {
-                let gsum: f32 = (0..k).filter(|&j| plan.token_slot[t * k + j] != DROPPED).map(|j| gates.data()[t * k + j]).sum();
+                let gsum: f32 =
+                    (0..k).filter(|&j| plan.token_slot[t * k + j] != DROPPED).map(|j| gates.data()[t * k + j]).sum();
                 for c in 0..d {
                     let want = x.data()[t * d + c] * gsum;
                     assert!((y.data()[t * d + c] - want).abs() <= 1e-6 * (1.0 + want.abs()), "cap {cap} token {t}");
@@ -240,7 +255,11 @@ mod tests {
             for s in 0..plan.n_slots() {
                 let (t, j) = (plan.slot_token[s] as usize, plan.slot_choice[s] as usize);
                 assert_eq!(plan.token_slot[t * k + j] as usize, s);
-                assert_eq!(idx[t * k + j] as usize, plan.offsets.partition_point(|&o| o <= s) - 1, "slot in its expert's range");
+                assert_eq!(
+                    idx[t * k + j] as usize,
+                    plan.offsets.partition_point(|&o| o <= s) - 1,
+                    "slot in its expert's range"
+                );
                 seen[t * k + j] += 1;
             }
             assert!(seen.iter().all(|&c| c <= 1));
@@ -255,7 +274,8 @@ mod tests {
     #[test]
     fn overflow_drops_second_choices_first() {
         // 3 tokens all choose expert 0 first, expert 1 second; capacity 2 per expert.
-        // First choices: tokens 0, 1 admitted to expert 0, token 2 dropped. Second choices: 0, 1 to expert 1, token 2 dropped.
+        // First choices: tokens 0, 1 admitted to expert 0, token 2 dropped. Second choices: 0, 1
+        // to expert 1, token 2 dropped.
         let plan = build_plan(&[0, 1, 0, 1, 0, 1], 3, 2, 2, 2).unwrap();
         assert_eq!(plan.dropped, 2);
         assert_eq!(plan.tokens_of(0), &[0, 1]);
@@ -288,8 +308,8 @@ mod tests {
             let dx = dispatch_backward(&dys, &plan).unwrap();
             [y, dg, dx].map(|t| t.data().to_vec())
         });
-        for i in 0..3 {
-            assert!(same_bits(&outs[0][i], &outs[1][i]));
+        for (a, b) in outs[0].iter().zip(&outs[1]) {
+            assert!(same_bits(a, b));
         }
     }
 }

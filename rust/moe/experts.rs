@@ -20,13 +20,25 @@ struct Dims {
 }
 
 fn dims(op: &'static str, xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor, wd: &Tensor) -> Result<Dims> {
-    ensure_shape!(wg.ndim() == 3 && wu.shape() == wg.shape(), op, "w_gate {:?} and w_up {:?} must both be [E, H, D]", wg.shape(), wu.shape());
+    ensure_shape!(
+        wg.ndim() == 3 && wu.shape() == wg.shape(),
+        op,
+        "w_gate {:?} and w_up {:?} must both be [E, H, D]",
+        wg.shape(),
+        wu.shape()
+    );
     let (e, h, d) = (wg.shape()[0], wg.shape()[1], wg.shape()[2]);
     ensure_shape!(wd.shape() == [e, d, h], op, "w_down {:?} must be [{}, {}, {}]", wd.shape(), e, d, h);
     ensure_shape!(xs.ndim() == 2 && xs.shape()[1] == d, op, "rows {:?} must be [S, {}]", xs.shape(), d);
     let s = xs.shape()[0];
-    ensure_shape!(offsets.len() == e + 1 && offsets[0] == 0 && offsets[e] == s && offsets.windows(2).all(|w| w[0] <= w[1]), op,
-        "offsets must rise from 0 to {} over {} experts, got {:?}", s, e, offsets);
+    ensure_shape!(
+        offsets.len() == e + 1 && offsets[0] == 0 && offsets[e] == s && offsets.windows(2).all(|w| w[0] <= w[1]),
+        op,
+        "offsets must rise from 0 to {} over {} experts, got {:?}",
+        s,
+        e,
+        offsets
+    );
     Ok(Dims { h, d, s })
 }
 
@@ -68,7 +80,13 @@ fn per_expert<P: Send>(offsets: &[usize], parts: Vec<P>, f: impl Fn(usize, usize
 /// ys[slots of e] = (silu(xs W_gate[e]ᵀ) ⊙ xs W_up[e]ᵀ) W_down[e]ᵀ.
 /// xs: [S, D] grouped by `offsets` (len E+1) -> (ys [S, D], g [S, H], u [S, H]); g, u are the
 /// cache backward reads.
-pub fn experts_forward(xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor, wd: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn experts_forward(
+    xs: &Tensor,
+    offsets: &[usize],
+    wg: &Tensor,
+    wu: &Tensor,
+    wd: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let Dims { h, d, s, .. } = dims("experts", xs, offsets, wg, wu, wd)?;
     let (mut g, mut u, mut ys) = (Tensor::zeros(&[s, h]), Tensor::zeros(&[s, h]), Tensor::zeros(&[s, d]));
     let mut a = vec![0.0f32; s * h];
@@ -87,11 +105,29 @@ pub fn experts_forward(xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor,
 }
 
 /// Gradients of experts_forward given dys [S, D]: (dxs [S, D], dw_gate, dw_up, dw_down).
-#[allow(clippy::too_many_arguments)]
-pub fn experts_backward(xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor, wd: &Tensor, g: &Tensor, u: &Tensor, dys: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+pub fn experts_backward(
+    xs: &Tensor,
+    offsets: &[usize],
+    wg: &Tensor,
+    wu: &Tensor,
+    wd: &Tensor,
+    g: &Tensor,
+    u: &Tensor,
+    dys: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let Dims { h, d, s, .. } = dims("experts_backward", xs, offsets, wg, wu, wd)?;
-    ensure_shape!(g.shape() == [s, h] && u.shape() == [s, h] && dys.shape() == [s, d], "experts_backward",
-        "g {:?}, u {:?} must be [{}, {}]; dys {:?} must be [{}, {}]", g.shape(), u.shape(), s, h, dys.shape(), s, d);
+    ensure_shape!(
+        g.shape() == [s, h] && u.shape() == [s, h] && dys.shape() == [s, d],
+        "experts_backward",
+        "g {:?}, u {:?} must be [{}, {}]; dys {:?} must be [{}, {}]",
+        g.shape(),
+        u.shape(),
+        s,
+        h,
+        dys.shape(),
+        s,
+        d
+    );
     let (x, gd, ud, dy) = (xs.data(), g.data(), u.data(), dys.data());
     let (wgd, wud, wdd) = (wg.data(), wu.data(), wd.data());
     let mut a = vec![0.0f32; s * h];
@@ -119,7 +155,10 @@ pub fn experts_backward(xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor
     });
     let du = a;
     let mut dxs = Tensor::zeros(&[s, d]);
-    let parts = split_rows(dxs.data_mut(), offsets, d).into_iter().zip(dwg.data_mut().chunks_mut(h * d).zip(dwu.data_mut().chunks_mut(h * d))).collect();
+    let parts = split_rows(dxs.data_mut(), offsets, d)
+        .into_iter()
+        .zip(dwg.data_mut().chunks_mut(h * d).zip(dwu.data_mut().chunks_mut(h * d)))
+        .collect();
     per_expert(offsets, parts, |ex, r0, m, (dx, (dwge, dwue)): (&mut [f32], (&mut [f32], &mut [f32]))| {
         let (dge, due, xe) = (&dg[r0 * h..(r0 + m) * h], &du[r0 * h..(r0 + m) * h], &x[r0 * d..(r0 + m) * d]);
         gemm(m, d, h, dge, false, &wgd[ex * h * d..(ex + 1) * h * d], false, dx, false);
@@ -141,11 +180,13 @@ mod tests {
 
     /// f64 loop reference of one expert row.
     fn reference_row(x: &[f32], wg: &[f32], wu: &[f32], wd: &[f32], h: usize, d: usize) -> Vec<f64> {
-        let a: Vec<f64> = (0..h).map(|j| {
-            let g: f64 = (0..d).map(|c| x[c] as f64 * wg[j * d + c] as f64).sum();
-            let u: f64 = (0..d).map(|c| x[c] as f64 * wu[j * d + c] as f64).sum();
-            silu64(g) * u
-        }).collect();
+        let a: Vec<f64> = (0..h)
+            .map(|j| {
+                let g: f64 = (0..d).map(|c| x[c] as f64 * wg[j * d + c] as f64).sum();
+                let u: f64 = (0..d).map(|c| x[c] as f64 * wu[j * d + c] as f64).sum();
+                silu64(g) * u
+            })
+            .collect();
         (0..d).map(|c| (0..h).map(|j| a[j] * wd[c * h + j] as f64).sum()).collect()
     }
 
@@ -166,7 +207,14 @@ mod tests {
         let (ys, _, _) = experts_forward(&xs, &offsets, &wg, &wu, &wd).unwrap();
         for ex in 0..e {
             for r in offsets[ex]..offsets[ex + 1] {
-                let want = reference_row(&xs.data()[r * d..(r + 1) * d], &wg.data()[ex * h * d..], &wu.data()[ex * h * d..], &wd.data()[ex * d * h..], h, d);
+                let want = reference_row(
+                    &xs.data()[r * d..(r + 1) * d],
+                    &wg.data()[ex * h * d..],
+                    &wu.data()[ex * h * d..],
+                    &wd.data()[ex * d * h..],
+                    h,
+                    d,
+                );
                 let want: Vec<f32> = want.iter().map(|v| *v as f32).collect();
                 assert_close(&ys.data()[r * d..(r + 1) * d], &want, 1e-5, 1e-5, "expert row");
             }
@@ -218,8 +266,8 @@ mod tests {
             let (a, b, c, dd) = experts_backward(&xs, &offsets, &wg, &wu, &wd, &g, &u, &ys).unwrap();
             [ys, a, b, c, dd].map(|t| t.data().to_vec())
         });
-        for i in 0..5 {
-            assert!(same_bits(&outs[0][i], &outs[1][i]), "output {i}");
+        for (i, (a, b)) in outs[0].iter().zip(&outs[1]).enumerate() {
+            assert!(same_bits(a, b), "output {i}");
         }
     }
 }

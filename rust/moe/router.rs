@@ -6,8 +6,8 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Error, Result};
-use crate::par;
 use crate::tensor::Tensor;
+use crate::threads;
 
 fn rows_cols(op: &'static str, t: &Tensor) -> Result<(usize, usize)> {
     ensure_shape!(t.ndim() == 2 && t.shape()[1] > 0, op, "need [N, E] with E > 0, got {:?}", t.shape());
@@ -22,7 +22,7 @@ pub fn router_probs_forward(logits: &Tensor, tau: f32) -> Result<Tensor> {
     }
     let mut p = Tensor::zeros(logits.shape());
     let (ld, inv_tau) = (logits.data(), 1.0 / tau);
-    par::for_row_chunks(p.data_mut(), e, par::rows_per_task(e), |r0, out| {
+    threads::for_row_chunks(p.data_mut(), e, threads::rows_per_task(e), |r0, out| {
         let mut z = vec![0.0f32; e];
         for (j, pr) in out.chunks_mut(e).enumerate() {
             cpu::scale(inv_tau, &ld[(r0 + j) * e..(r0 + j + 1) * e], &mut z);
@@ -37,10 +37,16 @@ pub fn router_probs_forward(logits: &Tensor, tau: f32) -> Result<Tensor> {
 /// dlogits = p * (dp - Σ p·dp) / tau.
 pub fn router_probs_backward(probs: &Tensor, dprobs: &Tensor, tau: f32) -> Result<Tensor> {
     let (_, e) = rows_cols("router_probs_backward", probs)?;
-    ensure_shape!(dprobs.shape() == probs.shape(), "router_probs_backward", "probs {:?} vs dprobs {:?}", probs.shape(), dprobs.shape());
+    ensure_shape!(
+        dprobs.shape() == probs.shape(),
+        "router_probs_backward",
+        "probs {:?} vs dprobs {:?}",
+        probs.shape(),
+        dprobs.shape()
+    );
     let mut dl = Tensor::zeros(probs.shape());
     let (pd, dd, inv_tau) = (probs.data(), dprobs.data(), 1.0 / tau);
-    par::for_row_chunks(dl.data_mut(), e, par::rows_per_task(e), |r0, out| {
+    threads::for_row_chunks(dl.data_mut(), e, threads::rows_per_task(e), |r0, out| {
         for (j, dr) in out.chunks_mut(e).enumerate() {
             let r = (r0 + j) * e..(r0 + j + 1) * e;
             let (p, dp) = (&pd[r.clone()], &dd[r]);
@@ -99,11 +105,24 @@ pub fn topk_gates_forward(probs: &Tensor, k: usize, renormalize: bool) -> Result
 }
 
 /// g_j = p_{e_j} / S, S = Σ_j p_{e_j}:  dp_{e_j} = (dg_j - Σ_i dg_i g_i) / S; zero elsewhere.
-pub fn topk_gates_backward(probs: &Tensor, idx: &[u32], gates: &Tensor, dgates: &Tensor, renormalize: bool) -> Result<Tensor> {
+pub fn topk_gates_backward(
+    probs: &Tensor,
+    idx: &[u32],
+    gates: &Tensor,
+    dgates: &Tensor,
+    renormalize: bool,
+) -> Result<Tensor> {
     let (n, e) = rows_cols("topk_gates_backward", probs)?;
     let k = gates.last_dim();
-    ensure_shape!(gates.shape() == [n, k] && dgates.shape() == gates.shape() && idx.len() == n * k, "topk_gates_backward",
-        "probs {:?}, gates {:?}, dgates {:?}, {} ids", probs.shape(), gates.shape(), dgates.shape(), idx.len());
+    ensure_shape!(
+        gates.shape() == [n, k] && dgates.shape() == gates.shape() && idx.len() == n * k,
+        "topk_gates_backward",
+        "probs {:?}, gates {:?}, dgates {:?}, {} ids",
+        probs.shape(),
+        gates.shape(),
+        dgates.shape(),
+        idx.len()
+    );
     check_ids("topk_gates_backward", idx, e)?;
     let (pd, gd, dgd) = (probs.data(), gates.data(), dgates.data());
     let mut dp = Tensor::zeros(probs.shape());
@@ -149,7 +168,13 @@ pub fn expert_fractions(idx: &[u32], n_experts: usize) -> Result<Vec<f32>> {
 /// probs: [N, E], idx: [N*k] -> (L, f)
 pub fn load_balance_forward(probs: &Tensor, idx: &[u32]) -> Result<(f32, Vec<f32>)> {
     let (n, e) = rows_cols("load_balance", probs)?;
-    ensure_shape!(n > 0 && idx.len() % n == 0 && !idx.is_empty(), "load_balance", "{} ids for {} tokens", idx.len(), n);
+    ensure_shape!(
+        n > 0 && idx.len().is_multiple_of(n) && !idx.is_empty(),
+        "load_balance",
+        "{} ids for {} tokens",
+        idx.len(),
+        n
+    );
     let f = expert_fractions(idx, e)?;
     let pd = probs.data();
     let mut mean_p = vec![0.0f32; e];

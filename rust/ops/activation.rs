@@ -55,21 +55,29 @@ pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 /// dgate = dy * up * silu'(gate), dup = dy * silu(gate).
 pub fn swiglu_backward(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    ensure_shape!(gate.shape() == up.shape() && gate.shape() == dy.shape(), "swiglu_backward",
-        "gate {:?}, up {:?}, dy {:?}", gate.shape(), up.shape(), dy.shape());
+    ensure_shape!(
+        gate.shape() == up.shape() && gate.shape() == dy.shape(),
+        "swiglu_backward",
+        "gate {:?}, up {:?}, dy {:?}",
+        gate.shape(),
+        up.shape(),
+        dy.shape()
+    );
     let mut dg = Tensor::zeros(gate.shape());
     let mut du = Tensor::zeros(gate.shape());
     let (gd, ud, dyd) = (gate.data(), up.data(), dy.data());
-    dg.data_mut().par_chunks_mut(CHUNK).zip(du.data_mut().par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (dgo, duo))| {
-        let s = i * CHUNK;
-        let r = s..s + dgo.len();
-        cpu::silu(&gd[r.clone()], duo);
-        let act = duo.to_vec();
-        cpu::mul(&act, &dyd[r.clone()], duo);
-        let mut dyu = vec![0.0; dgo.len()];
-        cpu::mul(&dyd[r.clone()], &ud[r.clone()], &mut dyu);
-        cpu::silu_backward(&gd[r], &dyu, dgo);
-    });
+    dg.data_mut().par_chunks_mut(CHUNK).zip(du.data_mut().par_chunks_mut(CHUNK)).enumerate().for_each(
+        |(i, (dgo, duo))| {
+            let s = i * CHUNK;
+            let r = s..s + dgo.len();
+            cpu::silu(&gd[r.clone()], duo);
+            let act = duo.to_vec();
+            cpu::mul(&act, &dyd[r.clone()], duo);
+            let mut dyu = vec![0.0; dgo.len()];
+            cpu::mul(&dyd[r.clone()], &ud[r.clone()], &mut dyu);
+            cpu::silu_backward(&gd[r], &dyu, dgo);
+        },
+    );
     Ok((dg, du))
 }
 

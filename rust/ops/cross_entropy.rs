@@ -5,8 +5,8 @@
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
 use crate::ops::embedding::check_ids;
-use crate::par;
 use crate::tensor::Tensor;
+use crate::threads;
 use rayon::prelude::*;
 
 const ROWS_PER_TASK: usize = 8;
@@ -14,8 +14,14 @@ const ROWS_PER_TASK: usize = 8;
 /// (rows N, vocabulary V) of logits [..., V] after checking one in-range target per row.
 fn checked_rows(logits: &Tensor, targets: &[u32]) -> Result<(usize, usize)> {
     let v = logits.last_dim();
-    let n = if v == 0 { 0 } else { logits.numel() / v };
-    ensure_shape!(logits.ndim() >= 2 && n == targets.len(), "cross_entropy", "logits {:?} need one target per row; got {} targets", logits.shape(), targets.len());
+    let n = logits.numel().checked_div(v).unwrap_or(0);
+    ensure_shape!(
+        logits.ndim() >= 2 && n == targets.len(),
+        "cross_entropy",
+        "logits {:?} need one target per row; got {} targets",
+        logits.shape(),
+        targets.len()
+    );
     ensure_shape!(n > 0, "cross_entropy", "no rows in logits {:?}", logits.shape());
     check_ids("cross_entropy", targets, v)?;
     Ok((n, v))
@@ -28,17 +34,19 @@ pub fn cross_entropy_forward(logits: &Tensor, targets: &[u32]) -> Result<(f32, T
     let mut lse = Tensor::zeros(&[n]);
     // Per-row losses, summed in fixed row order (not a parallel reduction) for determinism.
     let mut losses = vec![0.0f32; n];
-    lse.data_mut().par_chunks_mut(ROWS_PER_TASK).zip(losses.par_chunks_mut(ROWS_PER_TASK)).enumerate().for_each(|(t, (lc, lo))| {
-        let mut tmp = vec![0.0f32; v];
-        for j in 0..lc.len() {
-            let r = t * ROWS_PER_TASK + j;
-            let row = &ld[r * v..(r + 1) * v];
-            let m = cpu::max(row);
-            let l = m + cpu::exp_shift_sum(row, m, &mut tmp).ln();
-            lc[j] = l;
-            lo[j] = l - row[targets[r] as usize];
-        }
-    });
+    lse.data_mut().par_chunks_mut(ROWS_PER_TASK).zip(losses.par_chunks_mut(ROWS_PER_TASK)).enumerate().for_each(
+        |(t, (lc, lo))| {
+            let mut tmp = vec![0.0f32; v];
+            for j in 0..lc.len() {
+                let r = t * ROWS_PER_TASK + j;
+                let row = &ld[r * v..(r + 1) * v];
+                let m = cpu::max(row);
+                let l = m + cpu::exp_shift_sum(row, m, &mut tmp).ln();
+                lc[j] = l;
+                lo[j] = l - row[targets[r] as usize];
+            }
+        },
+    );
     let total: f64 = losses.iter().map(|&x| x as f64).sum();
     Ok(((total / n as f64) as f32, lse))
 }
@@ -52,20 +60,22 @@ pub fn cross_entropy_fused(logits: &Tensor, targets: &[u32]) -> Result<(f32, Ten
     let g = 1.0 / n as f32;
     let mut dl = Tensor::for_overwrite(logits.shape());
     let mut losses = vec![0.0f32; n];
-    dl.data_mut().par_chunks_mut(v * ROWS_PER_TASK).zip(losses.par_chunks_mut(ROWS_PER_TASK)).enumerate().for_each(|(t, (dc, lo))| {
-        for (j, drow) in dc.chunks_mut(v).enumerate() {
-            let r = t * ROWS_PER_TASK + j;
-            let row = &ld[r * v..(r + 1) * v];
-            let m = cpu::max(row);
-            let s = cpu::exp_shift_sum(row, m, drow);
-            lo[j] = m + s.ln() - row[targets[r] as usize];
-            let scale = g / s;
-            for x in drow.iter_mut() {
-                *x *= scale;
+    dl.data_mut().par_chunks_mut(v * ROWS_PER_TASK).zip(losses.par_chunks_mut(ROWS_PER_TASK)).enumerate().for_each(
+        |(t, (dc, lo))| {
+            for (j, drow) in dc.chunks_mut(v).enumerate() {
+                let r = t * ROWS_PER_TASK + j;
+                let row = &ld[r * v..(r + 1) * v];
+                let m = cpu::max(row);
+                let s = cpu::exp_shift_sum(row, m, drow);
+                lo[j] = m + s.ln() - row[targets[r] as usize];
+                let scale = g / s;
+                for x in drow.iter_mut() {
+                    *x *= scale;
+                }
+                drow[targets[r] as usize] -= g;
             }
-            drow[targets[r] as usize] -= g;
-        }
-    });
+        },
+    );
     let total: f64 = losses.iter().map(|&x| x as f64).sum();
     Ok(((total / n as f64) as f32, dl))
 }
@@ -73,13 +83,20 @@ pub fn cross_entropy_fused(logits: &Tensor, targets: &[u32]) -> Result<(f32, Ten
 /// dlogits = (softmax(logits) - onehot(target)) * dloss / N
 pub fn cross_entropy_backward(logits: &Tensor, targets: &[u32], lse: &Tensor, dloss: f32) -> Result<Tensor> {
     let v = logits.last_dim();
-    let n = if v == 0 { 0 } else { logits.numel() / v };
-    ensure_shape!(n == targets.len() && lse.shape() == [n], "cross_entropy_backward", "logits {:?}, {} targets, lse {:?}", logits.shape(), targets.len(), lse.shape());
+    let n = logits.numel().checked_div(v).unwrap_or(0);
+    ensure_shape!(
+        n == targets.len() && lse.shape() == [n],
+        "cross_entropy_backward",
+        "logits {:?}, {} targets, lse {:?}",
+        logits.shape(),
+        targets.len(),
+        lse.shape()
+    );
     check_ids("cross_entropy_backward", targets, v)?;
     let (ld, sd) = (logits.data(), lse.data());
     let g = dloss / n as f32;
     let mut dl = Tensor::for_overwrite(logits.shape());
-    par::for_row_chunks(dl.data_mut(), v, ROWS_PER_TASK, |r0, out| {
+    threads::for_row_chunks(dl.data_mut(), v, ROWS_PER_TASK, |r0, out| {
         for (j, drow) in out.chunks_mut(v).enumerate() {
             let r = r0 + j;
             cpu::exp_shift_sum(&ld[r * v..(r + 1) * v], sd[r], drow);

@@ -7,8 +7,8 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Error, Result};
-use crate::par;
 use crate::tensor::Tensor;
+use crate::threads;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy)]
@@ -20,8 +20,13 @@ struct Dims {
 }
 
 fn dims(op: &'static str, x: &Tensor, w: &Tensor, rows: Option<&[u32]>) -> Result<Dims> {
-    ensure_shape!(x.ndim() == 3 && w.ndim() == 2 && w.shape()[0] == x.shape()[2] && w.shape()[1] > 0, op,
-        "need x [B, T, D] and w [D, K], got x {:?}, w {:?}", x.shape(), w.shape());
+    ensure_shape!(
+        x.ndim() == 3 && w.ndim() == 2 && w.shape()[0] == x.shape()[2] && w.shape()[1] > 0,
+        op,
+        "need x [B, T, D] and w [D, K], got x {:?}, w {:?}",
+        x.shape(),
+        w.shape()
+    );
     let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
     if let Some(rows) = rows {
         if !rows.windows(2).all(|p| p[0] < p[1]) || rows.last().is_some_and(|&r| r as usize >= b * t) {
@@ -51,7 +56,7 @@ pub fn dwconv_forward(x: &Tensor, w: &Tensor, rows: Option<&[u32]>) -> Result<Te
         None => Tensor::zeros(x.shape()),
     };
     let xd = x.data();
-    par::for_row_chunks(y.data_mut(), d, par::rows_per_task(d * k), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), d, threads::rows_per_task(d * k), |r0, out| {
         let mut tmp = vec![0.0f32; d];
         for (j, row) in out.chunks_mut(d).enumerate() {
             let p = rows.map_or(r0 + j, |r| r[r0 + j] as usize);
@@ -71,7 +76,14 @@ pub fn dwconv_backward(x: &Tensor, w: &Tensor, rows: Option<&[u32]>, dy: &Tensor
     let dm = dims("dwconv_backward", x, w, rows)?;
     let (t, d, k) = (dm.t, dm.d, dm.k);
     let m = rows.map_or(dm.n, |r| r.len());
-    ensure_shape!(dy.numel() == m * d && dy.last_dim() == d, "dwconv_backward", "dy {:?} must hold {} rows of {}", dy.shape(), m, d);
+    ensure_shape!(
+        dy.numel() == m * d && dy.last_dim() == d,
+        "dwconv_backward",
+        "dy {:?} must hold {} rows of {}",
+        dy.shape(),
+        m,
+        d
+    );
     let wt = taps(w, &dm);
     // out_of[p] = output row computed at position p, if any.
     let mut out_of = vec![u32::MAX; dm.n];
@@ -82,7 +94,7 @@ pub fn dwconv_backward(x: &Tensor, w: &Tensor, rows: Option<&[u32]>, dy: &Tensor
     let (xd, dyd) = (x.data(), dy.data());
     let mut dx = Tensor::zeros(x.shape());
     // dx[p'] = Σ_s w[:, s] ⊙ dy[out at p' + (K-1) - s], within the same sequence.
-    par::for_row_chunks(dx.data_mut(), d, par::rows_per_task(d * k), |r0, out| {
+    threads::for_row_chunks(dx.data_mut(), d, threads::rows_per_task(d * k), |r0, out| {
         let mut tmp = vec![0.0f32; d];
         for (j, row) in out.chunks_mut(d).enumerate() {
             let p = r0 + j;
@@ -98,8 +110,8 @@ pub fn dwconv_backward(x: &Tensor, w: &Tensor, rows: Option<&[u32]>, dy: &Tensor
         }
     });
     // dw[c, s] = Σ_out dy[out, c] · x[p - (K-1) + s, c]: partials over fixed output blocks.
-    let block = par::rows_per_task(d * k);
-    let part = par::ordered_sum(m.div_ceil(block), k * d, |bi| {
+    let block = threads::rows_per_task(d * k);
+    let part = threads::ordered_sum(m.div_ceil(block), k * d, |bi| {
         let mut acc = vec![0.0f32; k * d];
         let mut tmp = vec![0.0f32; d];
         for o in bi * block..((bi + 1) * block).min(m) {

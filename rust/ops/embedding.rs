@@ -2,8 +2,8 @@
 //! table size so an out-of-range id is an error, never an out-of-bounds read.
 
 use crate::error::{ensure_shape, Error, Result};
-use crate::par;
 use crate::tensor::Tensor;
+use crate::threads;
 use rayon::prelude::*;
 
 /// Vocabulary rows per backward task: each task owns a disjoint row range of dW.
@@ -11,7 +11,10 @@ const VOCAB_ROWS_PER_TASK: usize = 256;
 
 pub fn check_ids(op: &'static str, ids: &[u32], vocab: usize) -> Result<()> {
     if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
-        return Err(Error::value(op, format!("token id {id} at position {i} is out of range for vocabulary size {vocab}")));
+        return Err(Error::value(
+            op,
+            format!("token id {id} at position {i} is out of range for vocabulary size {vocab}"),
+        ));
     }
     Ok(())
 }
@@ -19,14 +22,20 @@ pub fn check_ids(op: &'static str, ids: &[u32], vocab: usize) -> Result<()> {
 /// weight: [V, D], ids: [N] (any batch shape `ids_shape`) -> [*ids_shape, D]
 pub fn embedding_forward(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Result<Tensor> {
     ensure_shape!(weight.ndim() == 2, "embedding", "weight must be [V, D], got {:?}", weight.shape());
-    ensure_shape!(ids_shape.iter().product::<usize>() == ids.len(), "embedding", "ids shape {:?} does not hold {} ids", ids_shape, ids.len());
+    ensure_shape!(
+        ids_shape.iter().product::<usize>() == ids.len(),
+        "embedding",
+        "ids shape {:?} does not hold {} ids",
+        ids_shape,
+        ids.len()
+    );
     let (v, d) = (weight.shape()[0], weight.shape()[1]);
     check_ids("embedding", ids, v)?;
     let mut shape = ids_shape.to_vec();
     shape.push(d);
     let mut y = Tensor::zeros(&shape);
     let wd = weight.data();
-    par::for_row_chunks(y.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (j, row) in out.chunks_mut(d).enumerate() {
             let id = ids[r0 + j] as usize;
             row.copy_from_slice(&wd[id * d..(id + 1) * d]);
@@ -38,7 +47,13 @@ pub fn embedding_forward(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> R
 /// dW[id] += dy[n] for each n, in increasing n for every row (thread-count independent).
 pub fn embedding_backward(ids: &[u32], dy: &Tensor, vocab: usize) -> Result<Tensor> {
     let d = dy.last_dim();
-    ensure_shape!(dy.numel() == ids.len() * d, "embedding_backward", "dy {:?} does not match {} ids", dy.shape(), ids.len());
+    ensure_shape!(
+        dy.numel() == ids.len() * d,
+        "embedding_backward",
+        "dy {:?} does not match {} ids",
+        dy.shape(),
+        ids.len()
+    );
     check_ids("embedding_backward", ids, vocab)?;
     let mut dw = Tensor::zeros(&[vocab, d]);
     let dyd = dy.data();

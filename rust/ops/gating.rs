@@ -5,8 +5,8 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Error, Result};
-use crate::par;
 use crate::tensor::Tensor;
+use crate::threads;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -56,7 +56,7 @@ pub fn col_scale_forward(x: &Tensor, s: &Tensor) -> Result<Tensor> {
     ensure_shape!(s.shape() == [d], "col_scale", "scale {:?} must be [{}] for x {:?}", s.shape(), d, x.shape());
     let mut y = Tensor::zeros(x.shape());
     let (xd, sd) = (x.data(), s.data());
-    par::for_row_chunks(y.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (j, row) in out.chunks_mut(d).enumerate() {
             cpu::mul(&xd[(r0 + j) * d..(r0 + j + 1) * d], sd, row);
         }
@@ -70,9 +70,9 @@ pub fn col_scale_backward(x: &Tensor, s: &Tensor, dy: &Tensor) -> Result<(Tensor
     let dx = col_scale_forward(dy, s)?;
     let d = x.last_dim();
     let rows = x.numel() / d.max(1);
-    let block = par::rows_per_task(d);
+    let block = threads::rows_per_task(d);
     let (xd, dyd) = (x.data(), dy.data());
-    let ds = par::ordered_sum(rows.div_ceil(block), d, |c| {
+    let ds = threads::ordered_sum(rows.div_ceil(block), d, |c| {
         let mut part = vec![0.0f32; d];
         let mut tmp = vec![0.0f32; d];
         for r in c * block..((c + 1) * block).min(rows) {
@@ -98,7 +98,7 @@ pub fn gather_rows_forward(x: &Tensor, rows: &[u32]) -> Result<Tensor> {
     check_rows("gather_rows", rows, n)?;
     let mut y = Tensor::zeros(&[rows.len(), d]);
     let xd = x.data();
-    par::for_row_chunks(y.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (j, row) in out.chunks_mut(d).enumerate() {
             let r = rows[r0 + j] as usize;
             row.copy_from_slice(&xd[r * d..(r + 1) * d]);
@@ -109,7 +109,13 @@ pub fn gather_rows_forward(x: &Tensor, rows: &[u32]) -> Result<Tensor> {
 
 /// dx[n] = Σ_{m: rows[m] = n} dy[m] in increasing m (rows may repeat).  dy: [M, D] -> [N, D]
 pub fn gather_rows_backward(dy: &Tensor, rows: &[u32], n: usize) -> Result<Tensor> {
-    ensure_shape!(dy.ndim() == 2 && dy.shape()[0] == rows.len(), "gather_rows_backward", "dy {:?} must be [{}, D]", dy.shape(), rows.len());
+    ensure_shape!(
+        dy.ndim() == 2 && dy.shape()[0] == rows.len(),
+        "gather_rows_backward",
+        "dy {:?} must be [{}, D]",
+        dy.shape(),
+        rows.len()
+    );
     check_rows("gather_rows_backward", rows, n)?;
     let d = dy.shape()[1];
     // Counting sort of m by target row, so each dx row is written by one task.
@@ -124,7 +130,7 @@ pub fn gather_rows_backward(dy: &Tensor, rows: &[u32], n: usize) -> Result<Tenso
     }
     let mut dx = Tensor::zeros(&[n, d]);
     let dyd = dy.data();
-    par::for_row_chunks(dx.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(dx.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (j, row) in out.chunks_mut(d).enumerate() {
             for &m in &order[start[r0 + j]..start[r0 + j + 1]] {
                 cpu::axpy(1.0, &dyd[m * d..(m + 1) * d], row);
@@ -139,7 +145,13 @@ pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor> {
     ensure_shape!(!parts.is_empty(), "concat_rows", "nothing to concatenate");
     let d = parts[0].last_dim();
     for p in parts {
-        ensure_shape!(p.ndim() == 2 && p.shape()[1] == d, "concat_rows", "every part must be [M, {}], got {:?}", d, p.shape());
+        ensure_shape!(
+            p.ndim() == 2 && p.shape()[1] == d,
+            "concat_rows",
+            "every part must be [M, {}], got {:?}",
+            d,
+            p.shape()
+        );
     }
     let total: usize = parts.iter().map(|p| p.shape()[0]).sum();
     let mut y = Tensor::zeros(&[total, d]);
@@ -153,14 +165,23 @@ pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor> {
 
 /// Splits [Σ sizes, D] into [sizes_i, D] pieces (the backward of concat_rows).
 pub fn split_rows(x: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
-    ensure_shape!(x.ndim() == 2 && x.shape()[0] == sizes.iter().sum::<usize>(), "split_rows", "{:?} cannot split into {:?} rows", x.shape(), sizes);
+    ensure_shape!(
+        x.ndim() == 2 && x.shape()[0] == sizes.iter().sum::<usize>(),
+        "split_rows",
+        "{:?} cannot split into {:?} rows",
+        x.shape(),
+        sizes
+    );
     let d = x.shape()[1];
     let mut at = 0;
-    sizes.iter().map(|&m| {
-        let t = Tensor::from_slice(&[m, d], &x.data()[at * d..(at + m) * d]);
-        at += m;
-        t
-    }).collect()
+    sizes
+        .iter()
+        .map(|&m| {
+            let t = Tensor::from_slice(&[m, d], &x.data()[at * d..(at + m) * d]);
+            at += m;
+            t
+        })
+        .collect()
 }
 
 #[cfg(test)]

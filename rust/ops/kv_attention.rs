@@ -5,17 +5,28 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
-use crate::par;
 use crate::tensor::Tensor;
+use crate::threads;
 
 pub fn attention_with_cache(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
-    ensure_shape!(q.ndim() == 4 && k.ndim() == 4 && v.shape() == k.shape(), "attention_with_cache",
-        "need q [B,Tq,Hq,hd], k = v [B,Tk,Hkv,hd]; got q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape());
+    ensure_shape!(
+        q.ndim() == 4 && k.ndim() == 4 && v.shape() == k.shape(),
+        "attention_with_cache",
+        "need q [B,Tq,Hq,hd], k = v [B,Tk,Hkv,hd]; got q {:?}, k {:?}, v {:?}",
+        q.shape(),
+        k.shape(),
+        v.shape()
+    );
     let (qs, ks) = (q.shape(), k.shape());
     let (b, tq, hq, hd) = (qs[0], qs[1], qs[2], qs[3]);
     let (tk, hkv) = (ks[1], ks[2]);
-    ensure_shape!(ks[0] == b && ks[3] == hd && hkv > 0 && hq % hkv == 0 && tk >= tq, "attention_with_cache",
-        "q {:?} and cache {:?} must share B and hd, Hq must be a multiple of Hkv, and the cache must hold the queries", qs, ks);
+    ensure_shape!(
+        ks[0] == b && ks[3] == hd && hkv > 0 && hq % hkv == 0 && tk >= tq,
+        "attention_with_cache",
+        "q {:?} and cache {:?} must share B and hd, Hq must be a multiple of Hkv, and the cache must hold the queries",
+        qs,
+        ks
+    );
     let offset = tk - tq;
     let group = hq / hkv;
     let mut o = Tensor::zeros(qs);
@@ -24,7 +35,7 @@ pub fn attention_with_cache(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> R
     if row == 0 {
         return Ok(o);
     }
-    par::for_row_chunks(o.data_mut(), row, 1, |r, orow| {
+    threads::for_row_chunks(o.data_mut(), row, 1, |r, orow| {
         let (bi, i) = (r / tq, r % tq);
         let visible = offset + i + 1;
         let mut s = vec![0.0f32; visible];

@@ -26,23 +26,48 @@ struct KDims {
 }
 
 fn kdims(op: &'static str, k: &Tensor, w: &Tensor) -> Result<KDims> {
-    ensure_shape!(k.ndim() >= 3 && w.ndim() == 2, op, "k {:?} must be [..., Hkv, hd] and w {:?} [H, hd]", k.shape(), w.shape());
+    ensure_shape!(
+        k.ndim() >= 3 && w.ndim() == 2,
+        op,
+        "k {:?} must be [..., Hkv, hd] and w {:?} [H, hd]",
+        k.shape(),
+        w.shape()
+    );
     let (hkv, hd, h) = (k.shape()[k.ndim() - 2], k.last_dim(), w.shape()[0]);
-    ensure_shape!(hkv > 0 && hd > 0 && w.shape()[1] == hd && h % hkv == 0, op, "w {:?} does not fit keys {:?} (H must be a multiple of Hkv)", w.shape(), k.shape());
+    ensure_shape!(
+        hkv > 0 && hd > 0 && w.shape()[1] == hd && h % hkv == 0,
+        op,
+        "w {:?} does not fit keys {:?} (H must be a multiple of Hkv)",
+        w.shape(),
+        k.shape()
+    );
     Ok(KDims { n: k.numel() / (hkv * hd), hkv, hd, h })
 }
 
 /// Returns kb [..., H] (k's leading dims, then H).
 pub fn ball_penalty_forward(k: &Tensor, o: &Tensor, r: &Tensor, w: &Tensor, beta: f32) -> Result<Tensor> {
     let d = kdims("ball_penalty", k, w)?;
-    ensure_shape!(o.shape() == w.shape() && r.shape() == [d.h], "ball_penalty", "o {:?} must be [{}, {}] and r {:?} [{}]", o.shape(), d.h, d.hd, r.shape(), d.h);
+    ensure_shape!(
+        o.shape() == w.shape() && r.shape() == [d.h],
+        "ball_penalty",
+        "o {:?} must be [{}, {}] and r {:?} [{}]",
+        o.shape(),
+        d.h,
+        d.hd,
+        r.shape(),
+        d.h
+    );
     let mut shape = k.shape()[..k.ndim() - 2].to_vec();
     shape.push(d.h);
     let mut kb = Tensor::zeros(&shape);
     let (kd, od, rd, wd) = (k.data(), o.data(), r.data(), w.data());
     kb.data_mut().par_chunks_mut(d.h).enumerate().for_each(|(n, row)| {
         for (hh, out) in row.iter_mut().enumerate() {
-            let dist = distance(&kd[(n * d.hkv + hh / (d.h / d.hkv)) * d.hd..][..d.hd], &od[hh * d.hd..][..d.hd], &wd[hh * d.hd..][..d.hd]);
+            let dist = distance(
+                &kd[(n * d.hkv + hh / (d.h / d.hkv)) * d.hd..][..d.hd],
+                &od[hh * d.hd..][..d.hd],
+                &wd[hh * d.hd..][..d.hd],
+            );
             *out = -beta * (dist - rd[hh]).max(0.0);
         }
     });
@@ -55,50 +80,76 @@ fn distance(x: &[f32], o: &[f32], w: &[f32]) -> f32 {
 }
 
 /// Gradients (dk, do, dr, dw) of ball_penalty_forward given dkb.
-pub fn ball_penalty_backward(k: &Tensor, o: &Tensor, r: &Tensor, w: &Tensor, beta: f32, dkb: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+pub fn ball_penalty_backward(
+    k: &Tensor,
+    o: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    beta: f32,
+    dkb: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let d = kdims("ball_penalty_backward", k, w)?;
-    ensure_shape!(o.shape() == w.shape() && r.shape() == [d.h] && dkb.numel() == d.n * d.h && dkb.last_dim() == d.h, "ball_penalty_backward",
-        "o {:?}, r {:?}, dkb {:?} do not fit keys {:?} with {} heads", o.shape(), r.shape(), dkb.shape(), k.shape(), d.h);
+    ensure_shape!(
+        o.shape() == w.shape() && r.shape() == [d.h] && dkb.numel() == d.n * d.h && dkb.last_dim() == d.h,
+        "ball_penalty_backward",
+        "o {:?}, r {:?}, dkb {:?} do not fit keys {:?} with {} heads",
+        o.shape(),
+        r.shape(),
+        dkb.shape(),
+        k.shape(),
+        d.h
+    );
     let (kd, od, rd, wd, gd) = (k.data(), o.data(), r.data(), w.data(), dkb.data());
     let mut dk = Tensor::zeros(k.shape());
     let group = d.h / d.hkv;
     // Partials [do (H·hd) | dw (H·hd) | dr (H)] per task of ROWS_PER_TASK keys, summed in order.
     let plen = 2 * d.h * d.hd + d.h;
-    let parts: Vec<Vec<f32>> = dk.data_mut().par_chunks_mut(d.hkv * d.hd * ROWS_PER_TASK).enumerate().map(|(task, chunk)| {
-        let mut part = vec![0.0f32; plen];
-        for (jr, dkrow) in chunk.chunks_mut(d.hkv * d.hd).enumerate() {
-            let n = task * ROWS_PER_TASK + jr;
-            for hh in 0..d.h {
-                let g = hh / group;
-                let (x, oh, wh) = (&kd[(n * d.hkv + g) * d.hd..][..d.hd], &od[hh * d.hd..][..d.hd], &wd[hh * d.hd..][..d.hd]);
-                let dist = distance(x, oh, wh);
-                if dist <= rd[hh] {
-                    continue;
-                }
-                // kb = -β (dist - r):  dkb/ddist = -β, dkb/dr = β
-                let gdist = -beta * gd[n * d.h + hh];
-                part[2 * d.h * d.hd + hh] -= gdist;
-                for c in 0..d.hd {
-                    let diff = x[c] - oh[c];
-                    let gx = gdist * wh[c] * diff / dist;
-                    dkrow[g * d.hd + c] += gx;
-                    part[hh * d.hd + c] -= gx;
-                    part[d.h * d.hd + hh * d.hd + c] += gdist * diff * diff / (2.0 * dist);
+    let parts: Vec<Vec<f32>> = dk
+        .data_mut()
+        .par_chunks_mut(d.hkv * d.hd * ROWS_PER_TASK)
+        .enumerate()
+        .map(|(task, chunk)| {
+            let mut part = vec![0.0f32; plen];
+            for (jr, dkrow) in chunk.chunks_mut(d.hkv * d.hd).enumerate() {
+                let n = task * ROWS_PER_TASK + jr;
+                for hh in 0..d.h {
+                    let g = hh / group;
+                    let (x, oh, wh) =
+                        (&kd[(n * d.hkv + g) * d.hd..][..d.hd], &od[hh * d.hd..][..d.hd], &wd[hh * d.hd..][..d.hd]);
+                    let dist = distance(x, oh, wh);
+                    if dist <= rd[hh] {
+                        continue;
+                    }
+                    // kb = -β (dist - r):  dkb/ddist = -β, dkb/dr = β
+                    let gdist = -beta * gd[n * d.h + hh];
+                    part[2 * d.h * d.hd + hh] -= gdist;
+                    for c in 0..d.hd {
+                        let diff = x[c] - oh[c];
+                        let gx = gdist * wh[c] * diff / dist;
+                        dkrow[g * d.hd + c] += gx;
+                        part[hh * d.hd + c] -= gx;
+                        part[d.h * d.hd + hh * d.hd + c] += gdist * diff * diff / (2.0 * dist);
+                    }
                 }
             }
-        }
-        part
-    }).collect();
+            part
+        })
+        .collect();
     let mut total = vec![0.0f32; plen];
     for p in &parts {
         cpu::axpy(1.0, p, &mut total);
     }
     let (hd2, h) = (d.h * d.hd, d.h);
-    Ok((dk, Tensor::from_slice(&[h, d.hd], &total[..hd2])?, Tensor::from_slice(&[h], &total[2 * hd2..])?, Tensor::from_slice(&[h, d.hd], &total[hd2..2 * hd2])?))
+    Ok((
+        dk,
+        Tensor::from_slice(&[h, d.hd], &total[..hd2])?,
+        Tensor::from_slice(&[h], &total[2 * hd2..])?,
+        Tensor::from_slice(&[h, d.hd], &total[hd2..2 * hd2])?,
+    ))
 }
 
 fn check_triples(op: &'static str, triples: &[u32], n: usize) -> Result<()> {
-    ensure_shape!(triples.len() % 3 == 0, op, "{} indices do not form triples", triples.len());
+    ensure_shape!(triples.len().is_multiple_of(3), op, "{} indices do not form triples", triples.len());
     if let Some(&x) = triples.iter().find(|&&x| x as usize >= n) {
         return Err(Error::value(op, format!("triple index {x} is out of range for {n} keys")));
     }
@@ -149,7 +200,13 @@ pub fn ti_loss_backward(k: &Tensor, w: &Tensor, triples: &[u32], lam: f32, dloss
                 continue;
             }
             // The longest side (first on ties) has coefficient +1, the other two -1.
-            let top = if s[0] >= s[1] && s[0] >= s[2] { 0 } else if s[1] >= s[2] { 1 } else { 2 };
+            let top = if s[0] >= s[1] && s[0] >= s[2] {
+                0
+            } else if s[1] >= s[2] {
+                1
+            } else {
+                2
+            };
             for (side, (x, y)) in [(a, b), (b, c), (a, c)].into_iter().enumerate() {
                 let coef = scale * if side == top { 1.0 } else { -1.0 };
                 for i in 0..d.hd {
@@ -187,7 +244,14 @@ mod tests {
     fn ball_penalty_hand_case() {
         // key (3, 4), origin 0, w = 1: distance ≈ 5; r = 2, β = 0.5 -> kb = -1.5
         let k = Tensor::from_slice(&[1, 1, 2], &[3.0, 4.0]).unwrap();
-        let kb = ball_penalty_forward(&k, &Tensor::zeros(&[1, 2]), &Tensor::full(&[1], 2.0), &Tensor::full(&[1, 2], 1.0), 0.5).unwrap();
+        let kb = ball_penalty_forward(
+            &k,
+            &Tensor::zeros(&[1, 2]),
+            &Tensor::full(&[1], 2.0),
+            &Tensor::full(&[1, 2], 1.0),
+            0.5,
+        )
+        .unwrap();
         assert!((kb.data()[0] + 1.5).abs() < 1e-5);
     }
 
@@ -203,8 +267,8 @@ mod tests {
             let (a, b, c, e) = ball_penalty_backward(&k, &o, &r, &w, 1.0, &dkb).unwrap();
             [a, b, c, e].map(|t| t.data().to_vec())
         });
-        for i in 0..4 {
-            assert!(same_bits(&outs[0][i], &outs[1][i]));
+        for (a, b) in outs[0].iter().zip(&outs[1]) {
+            assert!(same_bits(a, b));
         }
     }
 }

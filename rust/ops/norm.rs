@@ -4,14 +4,21 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
-use crate::par;
 use crate::tensor::Tensor;
+use crate::threads;
 
 const ROW_BLOCK: usize = 64;
 
 fn rows_dim(op: &'static str, x: &Tensor, w: &Tensor) -> Result<(usize, usize)> {
     let d = x.last_dim();
-    ensure_shape!(x.ndim() >= 1 && w.shape() == [d], op, "weight {:?} must be [{}] for input {:?}", w.shape(), d, x.shape());
+    ensure_shape!(
+        x.ndim() >= 1 && w.shape() == [d],
+        op,
+        "weight {:?} must be [{}] for input {:?}",
+        w.shape(),
+        d,
+        x.shape()
+    );
     Ok((x.numel() / d.max(1), d))
 }
 
@@ -36,7 +43,14 @@ pub fn rmsnorm_forward(x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tens
 /// dx = rstd * (w*dy - xhat * mean(w*dy*xhat)), dw = sum_rows dy * xhat.
 pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     let (n, d) = rows_dim("rmsnorm_backward", x, w)?;
-    ensure_shape!(dy.shape() == x.shape() && rstd.shape() == [n], "rmsnorm_backward", "x {:?}, dy {:?}, rstd {:?}", x.shape(), dy.shape(), rstd.shape());
+    ensure_shape!(
+        dy.shape() == x.shape() && rstd.shape() == [n],
+        "rmsnorm_backward",
+        "x {:?}, dy {:?}, rstd {:?}",
+        x.shape(),
+        dy.shape(),
+        rstd.shape()
+    );
     let (xd, wd, sd, dyd) = (x.data(), w.data(), rstd.data(), dy.data());
     let mut dx = Tensor::zeros(x.shape());
     let mut dummy = vec![0.0f32; n];
@@ -49,7 +63,7 @@ pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> R
             dxr[i] = s * (wdy[i] - c * s * xr[i]);
         }
     });
-    let dw = par::ordered_sum(n.div_ceil(ROW_BLOCK), d, |b| {
+    let dw = threads::ordered_sum(n.div_ceil(ROW_BLOCK), d, |b| {
         let mut acc = vec![0.0f32; d];
         let mut xhat = vec![0.0f32; d];
         for r in b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(n) {
@@ -96,10 +110,23 @@ pub fn layernorm_forward(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result
 }
 
 /// dx = rstd * (g - mean(g) - xhat * mean(g*xhat)), g = w*dy; dw = sum dy*xhat; db = sum dy.
-pub fn layernorm_backward(x: &Tensor, w: &Tensor, mean: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn layernorm_backward(
+    x: &Tensor,
+    w: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, d) = rows_dim("layernorm_backward", x, w)?;
-    ensure_shape!(dy.shape() == x.shape() && rstd.shape() == [n] && mean.shape() == [n], "layernorm_backward",
-        "x {:?}, dy {:?}, mean {:?}, rstd {:?}", x.shape(), dy.shape(), mean.shape(), rstd.shape());
+    ensure_shape!(
+        dy.shape() == x.shape() && rstd.shape() == [n] && mean.shape() == [n],
+        "layernorm_backward",
+        "x {:?}, dy {:?}, mean {:?}, rstd {:?}",
+        x.shape(),
+        dy.shape(),
+        mean.shape(),
+        rstd.shape()
+    );
     let (xd, wd, md, sd, dyd) = (x.data(), w.data(), mean.data(), rstd.data(), dy.data());
     let mut dx = Tensor::zeros(x.shape());
     let mut dummy = vec![0.0f32; n];
@@ -118,7 +145,7 @@ pub fn layernorm_backward(x: &Tensor, w: &Tensor, mean: &Tensor, rstd: &Tensor, 
             dxr[i] = s * (wd[i] * dyr[i] - g_mean - xhat * gx_mean);
         }
     });
-    let sums = par::ordered_sum(n.div_ceil(ROW_BLOCK), 2 * d, |b| {
+    let sums = threads::ordered_sum(n.div_ceil(ROW_BLOCK), 2 * d, |b| {
         let mut acc = vec![0.0f32; 2 * d];
         for r in b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(n) {
             let (xr, dyr) = (&xd[r * d..(r + 1) * d], &dyd[r * d..(r + 1) * d]);
@@ -138,7 +165,7 @@ where
     F: Fn(usize, &mut [f32], &mut f32) + Sync + Send,
 {
     use rayon::prelude::*;
-    let rpt = par::rows_per_task(d);
+    let rpt = threads::rows_per_task(d);
     out.par_chunks_mut(d * rpt).zip(stats.par_chunks_mut(rpt)).enumerate().for_each(|(t, (o, s))| {
         for (j, (row, st)) in o.chunks_mut(d).zip(s.iter_mut()).enumerate() {
             f(t * rpt + j, row, st);
@@ -176,8 +203,8 @@ mod tests {
             let (lx, lw, lb) = layernorm_backward(&x, &w, &mu, &rs, &dy).unwrap();
             [dx, dw, lx, lw, lb].map(|t| t.data().to_vec())
         });
-        for i in 0..5 {
-            assert!(same_bits(&outs[0][i], &outs[1][i]));
+        for (a, b) in outs[0].iter().zip(&outs[1]) {
+            assert!(same_bits(a, b));
         }
     }
 }

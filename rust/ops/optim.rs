@@ -8,10 +8,27 @@ use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
 
-#[allow(clippy::too_many_arguments)]
-pub fn adamw_step(p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, step: u64) -> Result<()> {
-    ensure_shape!(p.shape() == g.shape() && p.shape() == m.shape() && p.shape() == v.shape(), "adamw",
-        "param {:?}, grad {:?}, m {:?}, v {:?} must match", p.shape(), g.shape(), m.shape(), v.shape());
+pub fn adamw_step(
+    p: &mut Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    step: u64,
+) -> Result<()> {
+    ensure_shape!(
+        p.shape() == g.shape() && p.shape() == m.shape() && p.shape() == v.shape(),
+        "adamw",
+        "param {:?}, grad {:?}, m {:?}, v {:?} must match",
+        p.shape(),
+        g.shape(),
+        m.shape(),
+        v.shape()
+    );
     if step == 0 {
         return Err(crate::Error::value("adamw", "step counts from 1"));
     }

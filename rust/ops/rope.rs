@@ -2,8 +2,8 @@
 //! pairs with lane i + hd/2 and both rotate by pos * base^(-2i/hd). Backward rotates by -angle.
 
 use crate::error::{ensure_shape, Result};
-use crate::par;
 use crate::tensor::Tensor;
+use crate::threads;
 
 /// cos/sin tables [T, hd/2], computed in f32 like HF's `LlamaRotaryEmbedding`.
 fn tables(positions: &[u32], hd: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
@@ -23,12 +23,24 @@ fn tables(positions: &[u32], hd: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
 
 /// x: [B, T, H, hd]; positions: [T] (shared by the batch) or [B*T]. `sign` = 1 forward, -1 backward.
 fn rotate(op: &'static str, x: &Tensor, positions: Option<&[u32]>, base: f32, sign: f32) -> Result<Tensor> {
-    ensure_shape!(x.ndim() == 4 && x.shape()[3] % 2 == 0, op, "x must be [B, T, H, hd] with even hd, got {:?}", x.shape());
+    ensure_shape!(
+        x.ndim() == 4 && x.shape()[3].is_multiple_of(2),
+        op,
+        "x must be [B, T, H, hd] with even hd, got {:?}",
+        x.shape()
+    );
     let (b, t, h, hd) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
     let default: Vec<u32>;
     let pos = match positions {
         Some(p) => {
-            ensure_shape!(p.len() == t || p.len() == b * t, op, "positions has {} entries; need T={} or B*T={}", p.len(), t, b * t);
+            ensure_shape!(
+                p.len() == t || p.len() == b * t,
+                op,
+                "positions has {} entries; need T={} or B*T={}",
+                p.len(),
+                t,
+                b * t
+            );
             p
         }
         None => {
@@ -42,7 +54,7 @@ fn rotate(op: &'static str, x: &Tensor, positions: Option<&[u32]>, base: f32, si
     let mut y = Tensor::zeros(x.shape());
     let xd = x.data();
     let tok = h * hd;
-    par::for_row_chunks(y.data_mut(), tok, par::rows_per_task(tok), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), tok, threads::rows_per_task(tok), |r0, out| {
         for (j, yt) in out.chunks_mut(tok).enumerate() {
             let r = r0 + j; // token index b*T + t
             let pi = if per_row { r } else { r % t };

@@ -5,13 +5,25 @@
 //! Layouts: x [..., H, hd] seen as N rows of H·hd; ang [P, hd/2]; pos [N] with entries < P.
 
 use crate::error::{ensure_shape, Error, Result};
-use crate::par;
 use crate::tensor::Tensor;
+use crate::threads;
 
 fn dims(op: &'static str, x: &Tensor, ang: &Tensor, pos: &[u32]) -> Result<(usize, usize, usize)> {
-    ensure_shape!(x.ndim() >= 2 && ang.ndim() == 2, op, "need x [..., H, hd] and ang [P, hd/2], got {:?}, {:?}", x.shape(), ang.shape());
+    ensure_shape!(
+        x.ndim() >= 2 && ang.ndim() == 2,
+        op,
+        "need x [..., H, hd] and ang [P, hd/2], got {:?}, {:?}",
+        x.shape(),
+        ang.shape()
+    );
     let (h, hd) = (x.shape()[x.ndim() - 2], x.last_dim());
-    ensure_shape!(hd % 2 == 0 && ang.shape()[1] == hd / 2, op, "head size {} must be even and match ang {:?}", hd, ang.shape());
+    ensure_shape!(
+        hd % 2 == 0 && ang.shape()[1] == hd / 2,
+        op,
+        "head size {} must be even and match ang {:?}",
+        hd,
+        ang.shape()
+    );
     let n = x.numel() / (h * hd).max(1);
     ensure_shape!(pos.len() == n, op, "{} positions for {} rows of x {:?}", pos.len(), n, x.shape());
     if let Some(&p) = pos.iter().find(|&&p| p as usize >= ang.shape()[0]) {
@@ -35,7 +47,7 @@ pub fn rope_angles_forward(x: &Tensor, ang: &Tensor, pos: &[u32]) -> Result<Tens
     let (_, h, hd) = dims("rope_angles", x, ang, pos)?;
     let mut y = Tensor::zeros(x.shape());
     let (xd, ad, half) = (x.data(), ang.data(), hd / 2);
-    par::for_row_chunks(y.data_mut(), h * hd, par::rows_per_task(h * hd), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), h * hd, threads::rows_per_task(h * hd), |r0, out| {
         for (j, row) in out.chunks_mut(h * hd).enumerate() {
             let n = r0 + j;
             let a = &ad[pos[n] as usize * half..][..half];
@@ -55,7 +67,7 @@ pub fn rope_angles_backward(x: &Tensor, ang: &Tensor, pos: &[u32], dy: &Tensor) 
     ensure_shape!(dy.shape() == x.shape(), "rope_angles_backward", "dy {:?} vs x {:?}", dy.shape(), x.shape());
     let (xd, ad, dyd, half) = (x.data(), ang.data(), dy.data(), hd / 2);
     let mut dx = Tensor::zeros(x.shape());
-    par::for_row_chunks(dx.data_mut(), h * hd, par::rows_per_task(h * hd), |r0, out| {
+    threads::for_row_chunks(dx.data_mut(), h * hd, threads::rows_per_task(h * hd), |r0, out| {
         for (j, row) in out.chunks_mut(h * hd).enumerate() {
             let r = r0 + j;
             let a = &ad[pos[r] as usize * half..][..half];
@@ -66,7 +78,7 @@ pub fn rope_angles_backward(x: &Tensor, ang: &Tensor, pos: &[u32], dy: &Tensor) 
         }
     });
     let block = 256usize;
-    let dang = par::ordered_sum(n.div_ceil(block), ang.numel(), |bi| {
+    let dang = threads::ordered_sum(n.div_ceil(block), ang.numel(), |bi| {
         let mut part = vec![0.0f32; ang.numel()];
         let mut y = vec![0.0f32; hd];
         for (r, &p) in pos.iter().enumerate().take(((bi + 1) * block).min(n)).skip(bi * block) {
@@ -96,7 +108,9 @@ mod tests {
         // ang[t, f] = t · base^(-2f/hd) reproduces the RoPE op.
         let (b, t, h, hd) = (2, 9, 3, 8);
         let x = Tensor::from_slice(&[b, t, h, hd], &rand_vec(b * t * h * hd, 1)).unwrap();
-        let ang: Vec<f32> = (0..t).flat_map(|p| (0..hd / 2).map(move |f| p as f32 * 100f32.powf(-2.0 * f as f32 / hd as f32))).collect();
+        let ang: Vec<f32> = (0..t)
+            .flat_map(|p| (0..hd / 2).map(move |f| p as f32 * 100f32.powf(-2.0 * f as f32 / hd as f32)))
+            .collect();
         let ang = Tensor::from_slice(&[t, hd / 2], &ang).unwrap();
         let pos: Vec<u32> = (0..b * t).map(|r| (r % t) as u32).collect();
         let y = rope_angles_forward(&x, &ang, &pos).unwrap();

@@ -2,15 +2,15 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
-use crate::par;
 use crate::tensor::Tensor;
+use crate::threads;
 
 /// y = exp(x - max) / sum.  x: [..., D]
 pub fn softmax_forward(x: &Tensor) -> Tensor {
     let d = x.last_dim();
     let mut y = Tensor::zeros(x.shape());
     let xd = x.data();
-    par::for_row_chunks(y.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(y.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (j, yr) in out.chunks_mut(d).enumerate() {
             let xr = &xd[(r0 + j) * d..(r0 + j + 1) * d];
             let s = cpu::exp_shift_sum(xr, cpu::max(xr), yr);
@@ -29,7 +29,7 @@ pub fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let d = y.last_dim();
     let mut dx = Tensor::zeros(y.shape());
     let (yd, dyd) = (y.data(), dy.data());
-    par::for_row_chunks(dx.data_mut(), d, par::rows_per_task(d), |r0, out| {
+    threads::for_row_chunks(dx.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (j, dxr) in out.chunks_mut(d).enumerate() {
             let rg = (r0 + j) * d..(r0 + j + 1) * d;
             let (yr, dyr) = (&yd[rg.clone()], &dyd[rg]);

@@ -16,10 +16,7 @@ pub fn assert_close(got: &[f32], want: &[f32], rtol: f32, atol: f32, what: &str)
 
 /// Runs `f` in a 1-thread and a 2-thread pool; returns both results.
 pub fn run_threads<R: Send>(f: impl Fn() -> R + Sync + Send) -> Vec<R> {
-    [1, 2]
-        .iter()
-        .map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap().install(&f))
-        .collect()
+    [1, 2].iter().map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap().install(&f)).collect()
 }
 
 pub fn same_bits(a: &[f32], b: &[f32]) -> bool {

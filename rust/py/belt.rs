@@ -3,7 +3,9 @@
 //! array). States cross as plain dicts of ints and bools so they go straight into JSON.
 
 use super::convert::{ids_from_numpy, to_py};
-use crate::belt::{lock, Belt, BeltConfig, BeltState, Cursor, Header, Mixture, MixtureState, Shard, ShardWriter, SharedBelt};
+use crate::belt::{
+    lock, Belt, BeltConfig, BeltState, Cursor, Header, Mixture, MixtureState, Shard, ShardWriter, SharedBelt,
+};
 use crate::error::Error;
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
@@ -18,7 +20,9 @@ const STATE_VERSION: u64 = 1;
 type Arr<'py> = Bound<'py, PyArray2<i64>>;
 
 fn array<'py>(py: Python<'py>, v: Vec<i64>, b: usize, t: usize) -> PyResult<Arr<'py>> {
-    Array2::from_shape_vec((b, t), v).map(|a| a.into_pyarray(py)).map_err(|e| to_py(Error::shape("Belt", e.to_string())))
+    Array2::from_shape_vec((b, t), v)
+        .map(|a| a.into_pyarray(py))
+        .map_err(|e| to_py(Error::shape("Belt", e.to_string())))
 }
 
 /// One path (str or os.PathLike) or a sequence of them; a missing file is FileNotFoundError.
@@ -114,8 +118,10 @@ impl PyBelt {
 #[pymethods]
 impl PyBelt {
     #[new]
-    #[pyo3(signature = (paths, seq_len, batch_size, seed=0, rank=0, world=1, doc_mask=false, prefetch=2, shuffle=true, vocab_size=None, verify=true))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (
+        paths, seq_len, batch_size, seed=0, rank=0, world=1, doc_mask=false, prefetch=2, shuffle=true,
+        vocab_size=None, verify=true
+    ))]
     fn py_new(
         py: Python<'_>,
         paths: &Bound<'_, PyAny>,
@@ -131,9 +137,13 @@ impl PyBelt {
         verify: bool,
     ) -> PyResult<Self> {
         let paths = shard_paths(paths)?;
-        let cfg = BeltConfig { seq_len, batch_size, seed, rank, world, doc_mask, shuffle, prefetch, verify, vocab_size };
+        let cfg =
+            BeltConfig { seq_len, batch_size, seed, rank, world, doc_mask, shuffle, prefetch, verify, vocab_size };
         let belt = py.allow_threads(|| Belt::open(&paths, cfg)).map_err(to_py)?;
-        Ok(PyBelt { inner: Arc::new(Mutex::new(belt)), last: Last { doc_mask, shape: (batch_size, seq_len), masks: None } })
+        Ok(PyBelt {
+            inner: Arc::new(Mutex::new(belt)),
+            last: Last { doc_mask, shape: (batch_size, seq_len), masks: None },
+        })
     }
 
     /// (ids, targets): int64 arrays [B, T]; targets[b, t] = ids[b, t + 1] inside each row of T+1.
@@ -225,8 +235,16 @@ impl PyBelt {
         self.with(|b| {
             let c = b.config();
             format!(
-                "Belt(documents={}, tokens_per_epoch={}, seq_len={}, batch_size={}, rank={}/{}, epoch={}, vocab_size={})",
-                b.corpus().n_docs(), b.corpus().n_tokens(), c.seq_len, c.batch_size, c.rank, c.world, b.epoch(), b.corpus().vocab_size()
+                "Belt(documents={}, tokens_per_epoch={}, seq_len={}, batch_size={}, rank={}/{}, epoch={}, \
+                 vocab_size={})",
+                b.corpus().n_docs(),
+                b.corpus().n_tokens(),
+                c.seq_len,
+                c.batch_size,
+                c.rank,
+                c.world,
+                b.epoch(),
+                b.corpus().vocab_size()
             )
         })
     }
@@ -411,7 +429,13 @@ impl PyShardWriter {
     }
 
     #[pyo3(signature = (exc_type=None, _exc=None, _tb=None))]
-    fn __exit__(&mut self, py: Python<'_>, exc_type: Option<PyObject>, _exc: Option<PyObject>, _tb: Option<PyObject>) -> PyResult<bool> {
+    fn __exit__(
+        &mut self,
+        py: Python<'_>,
+        exc_type: Option<PyObject>,
+        _exc: Option<PyObject>,
+        _tb: Option<PyObject>,
+    ) -> PyResult<bool> {
         match exc_type {
             None if self.inner.is_some() => self.close(py).map(|_| false),
             _ => {

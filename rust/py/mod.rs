@@ -1,24 +1,27 @@
-//! The Python module `sos_rs._core`: the only code that names pyo3 or numpy. Each binding
-//! extracts its arguments, releases the GIL while the op runs on the sos_rs pool, and turns the
-//! core's `Error` into a typed exception from `sos_rs.errors`.
+//! The Python module `sos_rs._core`: the only code that names pyo3 or numpy. One file per part
+//! of the crate it binds: `tensor` (the `Tensor` class), `ops`, `moe`, `metric_attention`,
+//! `belt` and `runtime` (threads, instruction set, FMA peak); `convert` holds the conversions
+//! they share. Each binding extracts its arguments, releases the GIL while the op runs on the
+//! sos_rs pool, and turns the core's `Error` into a typed exception from `sos_rs.errors`.
 
 mod belt;
 mod convert;
-mod functions;
-mod sparse;
-mod speed;
+mod metric_attention;
+mod moe;
+mod ops;
+mod runtime;
+mod tensor;
 
 use pyo3::prelude::*;
 
-pub use convert::PyTensor;
-
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyTensor>()?;
-    functions::register(m)?;
+    tensor::register(m)?;
+    ops::register(m)?;
+    moe::register(m)?;
+    metric_attention::register(m)?;
     belt::register(m)?;
-    sparse::register(m)?;
-    speed::register(m)?;
+    runtime::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Topology parsing on sysfs trees built in a temporary directory.
 
 use super::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A fake `/sys/devices/system/cpu` with `n` CPUs; `l3(c)` and `sib(c)` give each CPU's lists
 /// (None leaves the file out).
@@ -50,7 +50,10 @@ fn two_ccds_of_four_cores_with_smt() {
     assert_eq!(t.cores(), 8);
     // An affinity mask keeps only the allowed CPUs (here a sibling stands in for core 5).
     let t = detect(&root, Some(&[0, 1, 13]));
-    assert_eq!(t.groups, vec![Group { cpus: vec![0, 1], cores: vec![0, 1] }, Group { cpus: vec![13], cores: vec![13] }]);
+    assert_eq!(
+        t.groups,
+        vec![Group { cpus: vec![0, 1], cores: vec![0, 1] }, Group { cpus: vec![13], cores: vec![13] }]
+    );
     std::fs::remove_dir_all(root).unwrap();
 }
 

@@ -36,7 +36,8 @@ impl GradOut {
     /// # Safety
     /// The rows belong to the calling task alone and lie inside the buffer.
     unsafe fn row<'a>(&self, i: usize, hd: usize) -> &'a mut [f32] {
-        self.ptr.slice(self.base + i * self.stride, hd)
+        // SAFETY: the caller's contract is the one `OutPtr::slice` asks for.
+        unsafe { self.ptr.slice(self.base + i * self.stride, hd) }
     }
 }
 
@@ -45,12 +46,16 @@ pub(super) fn head(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, 
     let (th, ht, bt, bh) = (tp * hd, hdn * tp, tb * tb, tb * hdn);
     // Scratch outside, body compiled for the plan's ISA inside (see forward::head).
     with_bufs([th, th, th, th, ht, ht, ht, tp * hdn, bt, bt, bh, bh, tb, tp, tp], |bufs| {
-        for_isa!(pl.isa, fn run(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut, bufs: [&mut [f32]; 15]) { body(pl, x, scale, dq, dk, dv, bufs) })
+        for_isa!(
+            pl.isa,
+            fn run(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut, bufs: [&mut [f32]; 15]) {
+                body(pl, x, scale, dq, dk, dv, bufs)
+            }
+        )
     })
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut, bufs: [&mut [f32]; 15]) {
     let Plan { mr, nr, tb, t, tp, hd, hdn, .. } = *pl;
     let [qa, doa, kb, vb, don, qn, kn, dqa, s, dp, dkj, dvj, shift, lse, delta] = bufs;
@@ -64,7 +69,11 @@ fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut
     let (qa, doa, kb, vb, don, qn, kn) = (&*qa, &*doa, &*kb, &*vb, &*don, &*qn, &*kn);
     // Padded queries get lse = +inf, so their P (and dS) is exactly 0.
     for (i, (l, d)) in lse.iter_mut().zip(delta.iter_mut()).enumerate() {
-        (*l, *d) = if i < t { (x.lse[x.l_base + i * x.l_stride], cpu::dot(x.dout.row(i), x.o.row(i))) } else { (f32::INFINITY, 0.0) };
+        (*l, *d) = if i < t {
+            (x.lse[x.l_base + i * x.l_stride], cpu::dot(x.dout.row(i), x.o.row(i)))
+        } else {
+            (f32::INFINITY, 0.0)
+        };
     }
     dqa.fill(0.0);
     for j0 in (0..t).step_by(tb) {
@@ -77,8 +86,32 @@ fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut
                     let b_off = (j0 / nr + kp) * hd * nr;
                     let c_off = qp * mr * tb + kp * nr;
                     // S, dP tiles (MR × NR) from packed panels; all offsets inside the buffers.
-                    pl.tile(hd, Tile { a: qa[a_off..].as_ptr(), rsa: 1, csa: mr, b: kb[b_off..].as_ptr(), ldb: nr, c: s[c_off..].as_mut_ptr(), ldc: tb }, false);
-                    pl.tile(hd, Tile { a: doa[a_off..].as_ptr(), rsa: 1, csa: mr, b: vb[b_off..].as_ptr(), ldb: nr, c: dp[c_off..].as_mut_ptr(), ldc: tb }, false);
+                    pl.tile(
+                        hd,
+                        Tile {
+                            a: qa[a_off..].as_ptr(),
+                            rsa: 1,
+                            csa: mr,
+                            b: kb[b_off..].as_ptr(),
+                            ldb: nr,
+                            c: s[c_off..].as_mut_ptr(),
+                            ldc: tb,
+                        },
+                        false,
+                    );
+                    pl.tile(
+                        hd,
+                        Tile {
+                            a: doa[a_off..].as_ptr(),
+                            rsa: 1,
+                            csa: mr,
+                            b: vb[b_off..].as_ptr(),
+                            ldb: nr,
+                            c: dp[c_off..].as_mut_ptr(),
+                            ldc: tb,
+                        },
+                        false,
+                    );
                 }
             }
             for (qi, (srow, dprow)) in s.chunks_exact_mut(tb).zip(dp.chunks_exact_mut(tb)).enumerate() {
@@ -98,8 +131,32 @@ fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut
                     let b_off = cp * tp * nr + i0 * nr;
                     let c_off = kp * mr * hdn + cp * nr;
                     // dV_j, dK_j tiles: A = Pᵀ / dSᵀ read in place (A(r, p) = P[p][kp·MR + r]).
-                    pl.tile(tb, Tile { a: s[kp * mr..].as_ptr(), rsa: 1, csa: tb, b: don[b_off..].as_ptr(), ldb: nr, c: dvj[c_off..].as_mut_ptr(), ldc: hdn }, true);
-                    pl.tile(tb, Tile { a: dp[kp * mr..].as_ptr(), rsa: 1, csa: tb, b: qn[b_off..].as_ptr(), ldb: nr, c: dkj[c_off..].as_mut_ptr(), ldc: hdn }, true);
+                    pl.tile(
+                        tb,
+                        Tile {
+                            a: s[kp * mr..].as_ptr(),
+                            rsa: 1,
+                            csa: tb,
+                            b: don[b_off..].as_ptr(),
+                            ldb: nr,
+                            c: dvj[c_off..].as_mut_ptr(),
+                            ldc: hdn,
+                        },
+                        true,
+                    );
+                    pl.tile(
+                        tb,
+                        Tile {
+                            a: dp[kp * mr..].as_ptr(),
+                            rsa: 1,
+                            csa: tb,
+                            b: qn[b_off..].as_ptr(),
+                            ldb: nr,
+                            c: dkj[c_off..].as_mut_ptr(),
+                            ldc: hdn,
+                        },
+                        true,
+                    );
                 }
             }
             for qp in 0..tb / mr {
@@ -107,7 +164,19 @@ fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut
                     let b_off = cp * tp * nr + j0 * nr;
                     let c_off = (i0 + qp * mr) * hdn + cp * nr;
                     // dQ_i tile: A = dS rows read in place (A(r, p) = dS[qp·MR + r][p]).
-                    pl.tile(tb, Tile { a: dp[qp * mr * tb..].as_ptr(), rsa: tb, csa: 1, b: kn[b_off..].as_ptr(), ldb: nr, c: dqa[c_off..].as_mut_ptr(), ldc: hdn }, true);
+                    pl.tile(
+                        tb,
+                        Tile {
+                            a: dp[qp * mr * tb..].as_ptr(),
+                            rsa: tb,
+                            csa: 1,
+                            b: kn[b_off..].as_ptr(),
+                            ldb: nr,
+                            c: dqa[c_off..].as_mut_ptr(),
+                            ldc: hdn,
+                        },
+                        true,
+                    );
                 }
             }
         }

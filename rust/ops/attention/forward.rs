@@ -32,7 +32,12 @@ pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadO
     // The scratch is taken outside and the body compiled for the plan's ISA inside, so the
     // elementwise loops of the body are vectorised for it.
     with_bufs([tp * hd, hdm * tp, hd * nr, tb * nr, hdm * nr, 4 * nr], |bufs| {
-        for_isa!(pl.isa, fn run(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, bufs: [&mut [f32]; 6]) { body(pl, q, k, v, scale, out, bufs) })
+        for_isa!(
+            pl.isa,
+            fn run(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, bufs: [&mut [f32]; 6]) {
+                body(pl, q, k, v, scale, out, bufs)
+            }
+        )
     })
 }
 
@@ -57,7 +62,11 @@ fn body(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, [ka, vt
             for kp in 0..rows / mr {
                 // Sᵀ rows kp·MR.. = K panel (MR keys × hd) · Qb (hd × NR); all inside ka/qb/st.
                 let a = ka[(j0 / mr + kp) * hd * mr..].as_ptr();
-                pl.tile(hd, Tile { a, rsa: 1, csa: mr, b: qb.as_ptr(), ldb: nr, c: st[kp * mr * nr..].as_mut_ptr(), ldc: nr }, false);
+                pl.tile(
+                    hd,
+                    Tile { a, rsa: 1, csa: mr, b: qb.as_ptr(), ldb: nr, c: st[kp * mr * nr..].as_mut_ptr(), ldc: nr },
+                    false,
+                );
             }
             let st = &mut st[..rows * nr];
             // Causal mask: key j0+p is hidden from queries i0+q < j0+p.
@@ -98,7 +107,11 @@ fn body(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, [ka, vt
             for cp in 0..hdm / mr {
                 // Oᵀ rows cp·MR.. += Vt panel (MR dims × keys j0..j0+rows) · Pᵀ (rows × NR).
                 let a = vt[cp * tp * mr + j0 * mr..].as_ptr();
-                pl.tile(rows, Tile { a, rsa: 1, csa: mr, b: st.as_ptr(), ldb: nr, c: ot[cp * mr * nr..].as_mut_ptr(), ldc: nr }, true);
+                pl.tile(
+                    rows,
+                    Tile { a, rsa: 1, csa: mr, b: st.as_ptr(), ldb: nr, c: ot[cp * mr * nr..].as_mut_ptr(), ldc: nr },
+                    true,
+                );
             }
         }
         for qi in 0..nr.min(t - i0) {
@@ -106,7 +119,9 @@ fn body(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, [ka, vt
             let i = i0 + qi;
             // SAFETY: row i of this task's head: hd values at o_base + i·o_stride and one lse
             // value, written by this task only.
-            let (orow, lse) = unsafe { (out.o.slice(out.o_base + i * out.o_stride, hd), out.lse.slice(out.l_base + i * out.l_stride, 1)) };
+            let (orow, lse) = unsafe {
+                (out.o.slice(out.o_base + i * out.o_stride, hd), out.lse.slice(out.l_base + i * out.l_stride, 1))
+            };
             for (c, o) in orow.iter_mut().enumerate() {
                 *o = ot[c * nr + qi] * inv;
             }

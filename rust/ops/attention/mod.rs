@@ -31,11 +31,22 @@ struct Dims {
 }
 
 fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Dims> {
-    ensure_shape!(q.ndim() == 4 && k.ndim() == 4 && v.shape() == k.shape(), op,
-        "need q [B,T,Hq,hd], k = v [B,T,Hkv,hd]; got q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape());
+    ensure_shape!(
+        q.ndim() == 4 && k.ndim() == 4 && v.shape() == k.shape(),
+        op,
+        "need q [B,T,Hq,hd], k = v [B,T,Hkv,hd]; got q {:?}, k {:?}, v {:?}",
+        q.shape(),
+        k.shape(),
+        v.shape()
+    );
     let (s, ks) = (q.shape(), k.shape());
-    ensure_shape!(s[0] == ks[0] && s[1] == ks[1] && s[3] == ks[3] && ks[2] > 0 && s[2] % ks[2] == 0, op,
-        "q {:?} and k {:?} must share B, T, hd, and Hq must be a multiple of Hkv", s, ks);
+    ensure_shape!(
+        s[0] == ks[0] && s[1] == ks[1] && s[3] == ks[3] && ks[2] > 0 && s[2] % ks[2] == 0,
+        op,
+        "q {:?} and k {:?} must share B, T, hd, and Hq must be a multiple of Hkv",
+        s,
+        ks
+    );
     Ok(Dims { b: s[0], t: s[1], hq: s[2], hkv: ks[2], hd: s[3] })
 }
 
@@ -80,25 +91,54 @@ pub fn forward_with(isa: cpu::Isa, q: &Tensor, k: &Tensor, v: &Tensor, scale: f3
     (0..d.b * d.hq).into_par_iter().for_each(|task| {
         let (b, h) = (task / d.hq, task % d.hq);
         let g = h / d.group();
-        let out = forward::HeadOut { o: op, o_base: d.q_at(b, 0, h), o_stride: d.hq * d.hd, lse: lp, l_base: b * d.t * d.hq + h, l_stride: d.hq };
+        let out = forward::HeadOut {
+            o: op,
+            o_base: d.q_at(b, 0, h),
+            o_stride: d.hq * d.hd,
+            lse: lp,
+            l_base: b * d.t * d.hq + h,
+            l_stride: d.hq,
+        };
         forward::head(&pl, d.q_rows(q.data(), b, h), d.kv_rows(k.data(), b, g), d.kv_rows(v.data(), b, g), scale, &out);
     });
     Ok((o, lse))
 }
 
 /// Gradients of attention_forward: (dq, dk, dv).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, dout: &Tensor, scale: f32) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
     backward_with(cpu::isa(), q, k, v, o, lse, dout, scale)
 }
 
 /// `attention_backward` on a given instruction set (which the host must support).
-#[allow(clippy::too_many_arguments)]
-pub fn backward_with(isa: cpu::Isa, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, dout: &Tensor, scale: f32) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn backward_with(
+    isa: cpu::Isa,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
     assert!(cpu::supports(isa), "attention: {} is not supported by this host", isa.name());
     let d = dims("attention_backward", q, k, v)?;
-    ensure_shape!(o.shape() == q.shape() && dout.shape() == q.shape() && lse.shape() == [d.b, d.t, d.hq], "attention_backward",
-        "o {:?}, dout {:?} must match q {:?}; lse {:?} must be [B,T,Hq]", o.shape(), dout.shape(), q.shape(), lse.shape());
+    ensure_shape!(
+        o.shape() == q.shape() && dout.shape() == q.shape() && lse.shape() == [d.b, d.t, d.hq],
+        "attention_backward",
+        "o {:?}, dout {:?} must match q {:?}; lse {:?} must be [B,T,Hq]",
+        o.shape(),
+        dout.shape(),
+        q.shape(),
+        lse.shape()
+    );
     let mut dq = Tensor::zeros(q.shape());
     let mut dk = Tensor::zeros(k.shape());
     let mut dv = Tensor::zeros(k.shape());
@@ -150,34 +190,6 @@ pub fn backward_with(isa: cpu::Isa, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tens
         }
     }
     Ok((dq, dk, dv))
-}
-
-/// Materialised reference (B·H·T·T), for tests only.
-pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f32> {
-    let d = dims("attention", q, k, v).unwrap();
-    let mut o = vec![0.0f32; q.numel()];
-    for b in 0..d.b {
-        for h in 0..d.hq {
-            let g = h / d.group();
-            for i in 0..d.t {
-                let qi = &q.data()[d.q_at(b, i, h)..][..d.hd];
-                let s: Vec<f64> = (0..=i).map(|j| {
-                    let kj = &k.data()[d.kv_at(b, j, g)..][..d.hd];
-                    qi.iter().zip(kj).map(|(a, c)| *a as f64 * *c as f64).sum::<f64>() * scale as f64
-                }).collect();
-                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
-                for (j, sj) in s.iter().enumerate() {
-                    let p = (sj - m).exp() / z;
-                    let vj = &v.data()[d.kv_at(b, j, g)..][..d.hd];
-                    for c in 0..d.hd {
-                        o[d.q_at(b, i, h) + c] += (p * vj[c] as f64) as f32;
-                    }
-                }
-            }
-        }
-    }
-    o
 }
 
 #[cfg(test)]

@@ -115,11 +115,17 @@ pub(super) fn pack_lanes(src: Rows, first: usize, rows: usize, w: usize, scale: 
     let c8 = hd / 8 * 8;
     for (pi, panel) in dst.chunks_exact_mut(hd * w).enumerate() {
         // Whole groups of 8 real rows: 8×8 register transposes, then the columns past c8.
-        let full = if w % 8 == 0 { w.min(src.n.saturating_sub(first + pi * w)) / 8 * 8 } else { 0 };
+        let full = if w.is_multiple_of(8) { w.min(src.n.saturating_sub(first + pi * w)) / 8 * 8 } else { 0 };
         for l0 in (0..full).step_by(8) {
             let i = first + pi * w + l0;
             for c0 in (0..c8).step_by(8) {
-                cpu::transpose8x8(&src.data[src.base + i * src.stride + c0..], src.stride, &mut panel[c0 * w + l0..], w, scale);
+                cpu::transpose8x8(
+                    &src.data[src.base + i * src.stride + c0..],
+                    src.stride,
+                    &mut panel[c0 * w + l0..],
+                    w,
+                    scale,
+                );
             }
             for l in l0..l0 + 8 {
                 for c in c8..hd {
@@ -166,6 +172,7 @@ impl OutPtr {
     /// # Safety
     /// `off + len` is within the buffer and no other task touches these elements.
     pub unsafe fn slice<'a>(self, off: usize, len: usize) -> &'a mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(off), len)
+        // SAFETY: the range lies inside the buffer and is this task's alone (the contract).
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(off), len) }
     }
 }

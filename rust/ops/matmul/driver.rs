@@ -16,7 +16,7 @@
 use super::pack::{pack_a, pack_b, View};
 use super::Epilogue;
 use crate::cpu::{self, cache, Isa, Tile};
-use crate::{par, scratch};
+use crate::{scratch, threads};
 use rayon::prelude::*;
 
 /// Below this many multiply-adds the problem stays on the calling thread.
@@ -71,7 +71,7 @@ pub(super) fn run(pr: &Problem, c: &mut [f32]) {
         return group_run(pr, cp, 0, pr.m, false);
     }
     let (mr, _) = cpu::gemm_shape(pr.isa);
-    par::for_groups(|g, shares| {
+    threads::for_groups(|g, shares| {
         // Rows split across core groups in proportion to their threads, in whole MR panels.
         let total: usize = shares.iter().sum();
         let before: usize = shares[..g].iter().sum();
@@ -175,7 +175,8 @@ fn block(pr: &Problem, cp: CPtr, bpack: &[f32], bl: Block) {
                     let bptr = bpack[(pb * bl.npan + jp) * kc * nr..].as_ptr();
                     // The next B micro-panel comes from L3 (the packed chunk outgrows L2): fetch
                     // it into L2 a slice at a time while this panel's row loop runs.
-                    let next = (jp + 1 < (s0 + sub).min(bl.pan.1)).then(|| &bpack[(pb * bl.npan + jp + 1) * kc * nr..][..kcur * nr]);
+                    let next = (jp + 1 < (s0 + sub).min(bl.pan.1))
+                        .then(|| &bpack[(pb * bl.npan + jp + 1) * kc * nr..][..kcur * nr]);
                     let (lines, nq) = (kcur * nr / 16, rows.div_ceil(mr));
                     for (q, r0) in (0..rows).step_by(mr).enumerate() {
                         if let Some(nb) = next {
@@ -195,7 +196,16 @@ fn block(pr: &Problem, cp: CPtr, bpack: &[f32], bl: Block) {
                         // SAFETY: C rows [i, i+rcur) × cols [j0, j0+cols) belong to this task
                         // alone; row i starts at i*n in the m×n buffer behind cp.
                         let cdst = unsafe { cp.0.add(i * pr.n + j0) };
-                        tile(pr, Tile { a, rsa, csa, b: bptr, ldb: nr, c: cdst, ldc: pr.n }, kcur, rcur, cols, acc, last, j0);
+                        tile(
+                            pr,
+                            Tile { a, rsa, csa, b: bptr, ldb: nr, c: cdst, ldc: pr.n },
+                            kcur,
+                            rcur,
+                            cols,
+                            acc,
+                            last,
+                            j0,
+                        );
                     }
                 }
             }
@@ -204,7 +214,6 @@ fn block(pr: &Problem, cp: CPtr, bpack: &[f32], bl: Block) {
 }
 
 /// One microkernel call; edge tiles go through a stack buffer. Applies the epilogue on `last`.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn tile(pr: &Problem, t: Tile, kc: usize, rows: usize, cols: usize, acc: bool, last: bool, j0: usize) {
     let (mr, nr) = cpu::gemm_shape(pr.isa);

@@ -2,8 +2,9 @@
 //! fused epilogue (bias, activation) applied to each tile while it is still in cache.
 //!
 //! `driver` holds the loop nest and the parallel split, `pack` the panel packing; the
-//! microkernels live in `cpu::{scalar,avx2,avx512}`. Results are bit-identical for any thread
-//! count (see `driver`). Not here: strided or batched C (callers flatten leading dims).
+//! microkernels are `cpu::gemm_tile` (the scalar specification and one SIMD body in `cpu::simd`,
+//! instantiated for AVX2 and AVX-512). Results are bit-identical for any thread count (see
+//! `driver`). Not here: strided or batched C (callers flatten leading dims).
 
 mod driver;
 mod pack;
@@ -12,7 +13,6 @@ use crate::cpu::{self, Isa};
 use crate::error::{ensure_shape, Result};
 use crate::tensor::Tensor;
 use pack::View;
-
 
 /// Elementwise function applied by the epilogue after the bias.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,7 +72,15 @@ impl Epilogue<'_> {
     }
 }
 
-fn views<'a>(m: usize, n: usize, k: usize, a: &'a [f32], trans_a: bool, b: &'a [f32], trans_b: bool) -> (View<'a>, View<'a>) {
+fn views<'a>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &'a [f32],
+    trans_a: bool,
+    b: &'a [f32],
+    trans_b: bool,
+) -> (View<'a>, View<'a>) {
     let av = if trans_a { View { data: a, rs: 1, cs: m } } else { View { data: a, rs: k, cs: 1 } };
     let bv = if trans_b { View { data: b, rs: 1, cs: k } } else { View { data: b, rs: n, cs: 1 } };
     (av, bv)
@@ -82,10 +90,21 @@ fn views<'a>(m: usize, n: usize, k: usize, a: &'a [f32], trans_a: bool, b: &'a [
 /// `a` is stored [m,k] (or [k,m] when `trans_a`); `b` is stored [k,n] (or [n,k] when `trans_b`);
 /// `epi.bias`, when given, has n values. Panics on slice lengths that do not match (callers with
 /// user input check shapes first, as `matmul` does).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_ex(isa: Isa, m: usize, n: usize, k: usize, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, c: &mut [f32], accumulate: bool, epi: &Epilogue) {
+pub fn gemm_ex(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    trans_a: bool,
+    b: &[f32],
+    trans_b: bool,
+    c: &mut [f32],
+    accumulate: bool,
+    epi: &Epilogue,
+) {
     assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n, "gemm: slice lengths do not match m, n, k");
-    assert!(epi.bias.map_or(true, |bias| bias.len() == n), "gemm: bias length must be n");
+    assert!(epi.bias.is_none_or(|bias| bias.len() == n), "gemm: bias length must be n");
     assert!(cpu::supports(isa), "gemm: {} is not supported by this host", isa.name());
     if m == 0 || n == 0 {
         return;
@@ -105,14 +124,33 @@ pub fn gemm_ex(isa: Isa, m: usize, n: usize, k: usize, a: &[f32], trans_a: bool,
 
 /// C[m×n] (row-major, contiguous) = op(A)·op(B), or += when `accumulate`.
 /// `a` is stored [m,k] (or [k,m] when `trans_a`); `b` is stored [k,n] (or [n,k] when `trans_b`).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_with(isa: Isa, m: usize, n: usize, k: usize, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, c: &mut [f32], accumulate: bool) {
+pub fn gemm_with(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    trans_a: bool,
+    b: &[f32],
+    trans_b: bool,
+    c: &mut [f32],
+    accumulate: bool,
+) {
     gemm_ex(isa, m, n, k, a, trans_a, b, trans_b, c, accumulate, &Epilogue::default())
 }
 
 /// `gemm_with` on the active instruction set.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, c: &mut [f32], accumulate: bool) {
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    trans_a: bool,
+    b: &[f32],
+    trans_b: bool,
+    c: &mut [f32],
+    accumulate: bool,
+) {
     gemm_with(cpu::isa(), m, n, k, a, trans_a, b, trans_b, c, accumulate)
 }
 
@@ -126,12 +164,26 @@ fn as_matrix(t: &Tensor) -> (usize, usize) {
 /// op(a) · op(b). Each operand is read as a matrix with its leading dims flattened into rows.
 /// Without `trans_a` the output keeps a's leading dims: [..., M] · [M, N] -> [..., N].
 pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
-    ensure_shape!(a.ndim() >= 2 && b.ndim() >= 2, "matmul", "operands must have at least 2 dims: a {:?}, b {:?}", a.shape(), b.shape());
+    ensure_shape!(
+        a.ndim() >= 2 && b.ndim() >= 2,
+        "matmul",
+        "operands must have at least 2 dims: a {:?}, b {:?}",
+        a.shape(),
+        b.shape()
+    );
     let (ar, ac) = as_matrix(a);
     let (br, bc) = as_matrix(b);
     let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
     let (k2, n) = if trans_b { (bc, br) } else { (br, bc) };
-    ensure_shape!(k == k2, "matmul", "inner dims differ: a {:?}{} · b {:?}{}", a.shape(), if trans_a { "ᵀ" } else { "" }, b.shape(), if trans_b { "ᵀ" } else { "" });
+    ensure_shape!(
+        k == k2,
+        "matmul",
+        "inner dims differ: a {:?}{} · b {:?}{}",
+        a.shape(),
+        if trans_a { "ᵀ" } else { "" },
+        b.shape(),
+        if trans_b { "ᵀ" } else { "" }
+    );
     let mut shape: Vec<usize> = if trans_a { vec![m] } else { a.shape()[..a.ndim() - 1].to_vec() };
     shape.push(n);
     let mut c = Tensor::for_overwrite(&shape);
@@ -142,7 +194,13 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Te
 /// x · wᵀ + bias, then `act`: a Linear layer (w [out, in] as in PyTorch) in one pass over the
 /// output. x is [..., in]; the result is [..., out].
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation) -> Result<Tensor> {
-    ensure_shape!(x.ndim() >= 1 && w.ndim() == 2 && x.last_dim() == w.shape()[1], "linear", "need x [..., in] and w [out, in]; got x {:?}, w {:?}", x.shape(), w.shape());
+    ensure_shape!(
+        x.ndim() >= 1 && w.ndim() == 2 && x.last_dim() == w.shape()[1],
+        "linear",
+        "need x [..., in] and w [out, in]; got x {:?}, w {:?}",
+        x.shape(),
+        w.shape()
+    );
     let (n, k) = (w.shape()[0], w.shape()[1]);
     if let Some(b) = bias {
         ensure_shape!(b.shape() == [n], "linear", "bias {:?} must be [out] = [{n}]", b.shape());
@@ -154,20 +212,6 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation) ->
     let epi = Epilogue { bias: bias.map(|b| b.data()), activation: act };
     gemm_ex(cpu::isa(), m, n, k, x.data(), false, w.data(), true, y.data_mut(), false, &epi);
     Ok(y)
-}
-
-/// Triple-loop reference, f64 accumulation: the specification `gemm` is tested against.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_reference(m: usize, n: usize, k: usize, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool) -> Vec<f32> {
-    let (av, bv) = views(m, n, k, a, trans_a, b, trans_b);
-    let mut c = vec![0.0f32; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            let s: f64 = (0..k).map(|p| av.at(i, p) as f64 * bv.at(p, j) as f64).sum();
-            c[i * n + j] = s as f32;
-        }
-    }
-    c
 }
 
 #[cfg(test)]

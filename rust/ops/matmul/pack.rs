@@ -10,8 +10,9 @@ pub(crate) struct View<'a> {
     pub cs: usize,
 }
 
+#[cfg(test)]
 impl View<'_> {
-    #[inline(always)]
+    /// Element (i, j): how the reference GEMM of the tests reads its operands.
     pub fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.rs + j * self.cs]
     }
@@ -19,8 +20,16 @@ impl View<'_> {
 
 /// Packs `lanes` (≤ width) lanes × `kc` steps into `dst[p*width + l]`, zeros for l ≥ lanes.
 /// Source element (lane l, step p) = `src[base + l*ls + p*ps]`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn pack_panel(src: &[f32], base: usize, ls: usize, ps: usize, lanes: usize, kc: usize, width: usize, dst: &mut [f32]) {
+pub(crate) fn pack_panel(
+    src: &[f32],
+    base: usize,
+    ls: usize,
+    ps: usize,
+    lanes: usize,
+    kc: usize,
+    width: usize,
+    dst: &mut [f32],
+) {
     let dst = &mut dst[..kc * width];
     if lanes == 0 || kc == 0 {
         dst.fill(0.0);
@@ -67,7 +76,6 @@ pub(crate) fn pack_a(a: View, i0: usize, rows: usize, p0: usize, kc: usize, mr: 
 }
 
 /// Packs one NR-column panel of B (view `b`: B(p, j)): steps [p0, p0+kc), columns [j0, j0+cols).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_b(b: View, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, dst: &mut [f32]) {
     pack_panel(b.data, p0 * b.rs + j0 * b.cs, b.cs, b.rs, cols, kc, nr, dst);
 }

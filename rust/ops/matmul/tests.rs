@@ -1,6 +1,19 @@
 use super::*;
 use crate::ops::testutil::{assert_close, rand_vec, run_threads, same_bits};
 
+/// Triple-loop reference, f64 accumulation: the specification `gemm` is tested against.
+fn gemm_reference(m: usize, n: usize, k: usize, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool) -> Vec<f32> {
+    let (av, bv) = views(m, n, k, a, trans_a, b, trans_b);
+    let mut c = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k).map(|p| av.at(i, p) as f64 * bv.at(p, j) as f64).sum();
+            c[i * n + j] = s as f32;
+        }
+    }
+    c
+}
+
 fn isas() -> Vec<Isa> {
     let mut v = vec![Isa::Scalar];
     for isa in [Isa::Avx2, Isa::Avx512] {
@@ -35,7 +48,9 @@ fn parity_every_dim_1_to_67_and_transposes() {
                 check(isa, d, 68 - d.min(67), (d * 7) % 67 + 1, ta, tb);
             }
         }
-        for &(m, n, k) in &[(0, 5, 3), (5, 0, 3), (5, 4, 0), (1, 1, 1), (300, 70, 513), (97, 1000, 33), (1, 333, 700), (250, 1, 300)] {
+        for &(m, n, k) in
+            &[(0, 5, 3), (5, 0, 3), (5, 4, 0), (1, 1, 1), (300, 70, 513), (97, 1000, 33), (1, 333, 700), (250, 1, 300)]
+        {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 check(isa, m, n, k, ta, tb);
             }
@@ -65,7 +80,10 @@ fn one_and_two_threads_same_bits() {
 fn two_core_groups_same_bits_as_one_thread() {
     // Two pools of one thread each (cpus 0 and 1 when present; pinning may be refused).
     let topo = crate::threads::Topology {
-        groups: vec![crate::threads::Group { cpus: vec![0], cores: vec![0] }, crate::threads::Group { cpus: vec![1], cores: vec![1] }],
+        groups: vec![
+            crate::threads::Group { cpus: vec![0], cores: vec![0] },
+            crate::threads::Group { cpus: vec![1], cores: vec![1] },
+        ],
         from_sysfs: false,
     };
     let pools = crate::threads::Pools::build(&topo, 2, false);
@@ -74,7 +92,11 @@ fn two_core_groups_same_bits_as_one_thread() {
     let a = rand_vec(m * k, 6);
     let b = rand_vec(k * n, 7);
     let mut want = vec![0.0; m * n];
-    rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| gemm(m, n, k, &a, false, &b, true, &mut want, false));
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| gemm(m, n, k, &a, false, &b, true, &mut want, false));
     let mut got = vec![0.0; m * n];
     pools.install(|| gemm(m, n, k, &a, false, &b, true, &mut got, false));
     assert!(same_bits(&want, &got));
@@ -98,7 +120,19 @@ fn epilogue_bias_and_activations() {
             for accumulate in [false, true] {
                 let c0 = rand_vec(m * n, 11);
                 let mut c = c0.clone();
-                gemm_ex(isa, m, n, k, &a, false, &b, true, &mut c, accumulate, &Epilogue { bias: Some(&bias), activation: f });
+                gemm_ex(
+                    isa,
+                    m,
+                    n,
+                    k,
+                    &a,
+                    false,
+                    &b,
+                    true,
+                    &mut c,
+                    accumulate,
+                    &Epilogue { bias: Some(&bias), activation: f },
+                );
                 let want: Vec<f32> = (0..m * n)
                     .map(|x| {
                         let pre = base[x] as f64 + bias[x % n] as f64 + if accumulate { c0[x] as f64 } else { 0.0 };

@@ -69,23 +69,57 @@ impl Dims {
 
 pub(super) fn dims(op: &'static str, a: &MetricInputs) -> Result<Dims> {
     let (q, k) = (a.q, a.k);
-    ensure_shape!(k.ndim() == 4 && a.v.shape() == k.shape() && k.shape()[2] > 0, op, "k {:?} and v {:?} must both be [B, T, Hkv, hd]", k.shape(), a.v.shape());
+    ensure_shape!(
+        k.ndim() == 4 && a.v.shape() == k.shape() && k.shape()[2] > 0,
+        op,
+        "k {:?} and v {:?} must both be [B, T, Hkv, hd]",
+        k.shape(),
+        a.v.shape()
+    );
     let (b, t, hkv, hd) = (k.shape()[0], k.shape()[1], k.shape()[2], k.shape()[3]);
     let (h, m) = match a.rows {
         None => {
-            ensure_shape!(q.ndim() == 4 && q.shape()[..2] == [b, t] && q.shape()[3] == hd, op, "q {:?} must be [{}, {}, H, {}]", q.shape(), b, t, hd);
+            ensure_shape!(
+                q.ndim() == 4 && q.shape()[..2] == [b, t] && q.shape()[3] == hd,
+                op,
+                "q {:?} must be [{}, {}, H, {}]",
+                q.shape(),
+                b,
+                t,
+                hd
+            );
             (q.shape()[2], b * t)
         }
         Some(rows) => {
-            ensure_shape!(q.ndim() == 3 && q.shape()[0] == rows.len() && q.shape()[2] == hd, op, "q {:?} must be [{}, H, {}] for {} rows", q.shape(), rows.len(), hd, rows.len());
+            ensure_shape!(
+                q.ndim() == 3 && q.shape()[0] == rows.len() && q.shape()[2] == hd,
+                op,
+                "q {:?} must be [{}, H, {}] for {} rows",
+                q.shape(),
+                rows.len(),
+                hd,
+                rows.len()
+            );
             if !rows.windows(2).all(|w| w[0] < w[1]) || rows.last().is_some_and(|&r| r as usize >= b * t) {
-                return Err(crate::Error::value(op, format!("rows must ascend strictly and lie below B·T = {}", b * t)));
+                return Err(crate::Error::value(
+                    op,
+                    format!("rows must ascend strictly and lie below B·T = {}", b * t),
+                ));
             }
             (q.shape()[1], rows.len())
         }
     };
     ensure_shape!(h > 0 && h % hkv == 0, op, "{} query heads are not a multiple of {} kv heads", h, hkv);
-    ensure_shape!(a.alpha.shape() == [h] && a.w.shape() == [h, hd], op, "alpha {:?} must be [{}], w {:?} must be [{}, {}]", a.alpha.shape(), h, a.w.shape(), h, hd);
+    ensure_shape!(
+        a.alpha.shape() == [h] && a.w.shape() == [h, hd],
+        op,
+        "alpha {:?} must be [{}], w {:?} must be [{}, {}]",
+        a.alpha.shape(),
+        h,
+        a.w.shape(),
+        h,
+        hd
+    );
     if let Some(kb) = a.kb {
         ensure_shape!(kb.shape() == [b, t, h], op, "kb {:?} must be [{}, {}, {}]", kb.shape(), b, t, h);
     }

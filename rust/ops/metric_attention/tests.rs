@@ -1,6 +1,6 @@
 //! Tests of metric attention: a materialised f64 reference, the tiled kernel against the direct
-//! one, routed rows against the dense call, hard pruning, and thread-count determinism. Central-difference gradient checks in f64 live in
-//! tests/test_gradcheck_sparse.py.
+//! one, routed rows against the dense call, hard pruning, and thread-count determinism.
+//! Central-difference gradient checks in f64 live in tests/test_gradcheck_sparse.py.
 
 use super::*;
 use crate::ops::testutil::{assert_close, rand_vec, run_threads, same_bits};
@@ -28,7 +28,16 @@ fn case(b: usize, t: usize, h: usize, hkv: usize, hd: usize) -> Case {
 
 impl Case {
     fn inputs(&self, kb: bool, hard: bool) -> MetricInputs<'_> {
-        MetricInputs { q: &self.q, k: &self.k, v: &self.v, alpha: &self.alpha, w: &self.w, kb: kb.then_some(&self.kb), rows: None, hard }
+        MetricInputs {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            alpha: &self.alpha,
+            w: &self.w,
+            kb: kb.then_some(&self.kb),
+            rows: None,
+            hard,
+        }
     }
 }
 
@@ -49,7 +58,8 @@ fn reference(c: &Case, kb: bool, hard: bool) -> Vec<f32> {
                     if hard && j != i && bias < 0.0 {
                         continue;
                     }
-                    let dist: f64 = (0..hd).map(|x| c.w.data()[hh * hd + x] as f64 * (qi[x] as f64 - kj[x] as f64).powi(2)).sum();
+                    let dist: f64 =
+                        (0..hd).map(|x| c.w.data()[hh * hd + x] as f64 * (qi[x] as f64 - kj[x] as f64).powi(2)).sum();
                     s.push((j, -(c.alpha.data()[hh] as f64) * dist + if kb && !hard { bias } else { 0.0 }));
                 }
                 let m = s.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
@@ -72,7 +82,13 @@ fn matches_materialised_reference() {
         let c = case(b, t, h, hkv, hd);
         for (kb, hard) in [(false, false), (true, false), (true, true)] {
             let (o, _) = metric_attention_forward(c.inputs(kb, hard)).unwrap();
-            assert_close(o.data(), &reference(&c, kb, hard), 1e-4, 1e-5, &format!("t={t} h={h} hkv={hkv} kb={kb} hard={hard}"));
+            assert_close(
+                o.data(),
+                &reference(&c, kb, hard),
+                1e-4,
+                1e-5,
+                &format!("t={t} h={h} hkv={hkv} kb={kb} hard={hard}"),
+            );
         }
     }
 }
@@ -83,7 +99,8 @@ fn routed_rows_equal_the_dense_rows() {
     let c = case(b, t, h, hkv, hd);
     let rows: Vec<u32> = (0..(b * t) as u32).filter(|r| r % 3 != 1).collect();
     let row = h * hd;
-    let qsel: Vec<f32> = rows.iter().flat_map(|&r| c.q.data()[r as usize * row..(r as usize + 1) * row].to_vec()).collect();
+    let qsel: Vec<f32> =
+        rows.iter().flat_map(|&r| c.q.data()[r as usize * row..(r as usize + 1) * row].to_vec()).collect();
     let qsel = Tensor::from_slice(&[rows.len(), h, hd], &qsel).unwrap();
     // dout is zero on unselected rows, so dense gradients of k, v, α, w, kb equal the routed ones.
     let mut dout = Tensor::from_slice(c.q.shape(), &rand_vec(c.q.numel(), 7)).unwrap();
@@ -92,7 +109,8 @@ fn routed_rows_equal_the_dense_rows() {
             dout.data_mut()[r * row..(r + 1) * row].fill(0.0);
         }
     }
-    let dsel: Vec<f32> = rows.iter().flat_map(|&r| dout.data()[r as usize * row..(r as usize + 1) * row].to_vec()).collect();
+    let dsel: Vec<f32> =
+        rows.iter().flat_map(|&r| dout.data()[r as usize * row..(r as usize + 1) * row].to_vec()).collect();
     let dsel = Tensor::from_slice(qsel.shape(), &dsel).unwrap();
     for hard in [false, true] {
         let dense = c.inputs(true, hard);
@@ -104,9 +122,16 @@ fn routed_rows_equal_the_dense_rows() {
         for (m, &r) in rows.iter().enumerate() {
             let r = r as usize;
             assert!(same_bits(&or.data()[m * row..(m + 1) * row], &od.data()[r * row..(r + 1) * row]), "o row {r}");
-            assert!(same_bits(&gr.dq.data()[m * row..(m + 1) * row], &gd.dq.data()[r * row..(r + 1) * row]), "dq row {r}");
+            assert!(
+                same_bits(&gr.dq.data()[m * row..(m + 1) * row], &gd.dq.data()[r * row..(r + 1) * row]),
+                "dq row {r}"
+            );
         }
-        for (name, x, y) in [("dk", &gr.dk, &gd.dk), ("dv", &gr.dv, &gd.dv), ("dkb", gr.dkb.as_ref().unwrap(), gd.dkb.as_ref().unwrap())] {
+        for (name, x, y) in [
+            ("dk", &gr.dk, &gd.dk),
+            ("dv", &gr.dv, &gd.dv),
+            ("dkb", gr.dkb.as_ref().unwrap(), gd.dkb.as_ref().unwrap()),
+        ] {
             assert!(same_bits(x.data(), y.data()), "{name} hard={hard}");
         }
         assert_close(gr.dalpha.data(), gd.dalpha.data(), 1e-5, 1e-6, "dalpha");
@@ -153,8 +178,8 @@ fn one_and_two_threads_same_bits() {
         let g = metric_attention_backward(c.inputs(true, false), &o, &l, &dout).unwrap();
         [o, g.dq, g.dk, g.dv, g.dalpha, g.dw, g.dkb.unwrap()].map(|t| t.data().to_vec())
     });
-    for i in 0..7 {
-        assert!(same_bits(&outs[0][i], &outs[1][i]), "output {i}");
+    for (i, (a, b)) in outs[0].iter().zip(&outs[1]).enumerate() {
+        assert!(same_bits(a, b), "output {i}");
     }
 }
 
@@ -163,7 +188,8 @@ fn tiled_matches_direct_forward_and_backward() {
     for &(b, t, h, hkv, hd, routed) in &[(2, 33, 2, 2, 8, false), (1, 70, 4, 1, 16, true), (2, 20, 4, 2, 6, true)] {
         let c = case(b, t, h, hkv, hd);
         let rows: Vec<u32> = (0..(b * t) as u32).filter(|r| r % 3 != 2).collect();
-        let qsel: Vec<f32> = rows.iter().flat_map(|&r| c.q.data()[r as usize * h * hd..(r as usize + 1) * h * hd].to_vec()).collect();
+        let qsel: Vec<f32> =
+            rows.iter().flat_map(|&r| c.q.data()[r as usize * h * hd..(r as usize + 1) * h * hd].to_vec()).collect();
         let qsel = Tensor::from_slice(&[rows.len(), h, hd], &qsel).unwrap();
         for kb in [false, true] {
             let mut a = c.inputs(kb, false);
@@ -178,11 +204,23 @@ fn tiled_matches_direct_forward_and_backward() {
             let dout = Tensor::from_slice(a.q.shape(), &rand_vec(a.q.numel(), 8)).unwrap();
             let g = metric_attention_backward(a, &o, &l, &dout).unwrap();
             let gd = metric_attention_backward_direct(a, &od, &ld, &dout).unwrap();
-            for (name, x, y) in [("dq", &g.dq, &gd.dq), ("dk", &g.dk, &gd.dk), ("dv", &g.dv, &gd.dv), ("dalpha", &g.dalpha, &gd.dalpha), ("dw", &g.dw, &gd.dw)] {
+            for (name, x, y) in [
+                ("dq", &g.dq, &gd.dq),
+                ("dk", &g.dk, &gd.dk),
+                ("dv", &g.dv, &gd.dv),
+                ("dalpha", &g.dalpha, &gd.dalpha),
+                ("dw", &g.dw, &gd.dw),
+            ] {
                 assert_close(x.data(), y.data(), 2e-3, 2e-4, &format!("{name} {what}"));
             }
             if kb {
-                assert_close(g.dkb.as_ref().unwrap().data(), gd.dkb.as_ref().unwrap().data(), 2e-3, 2e-4, &format!("dkb {what}"));
+                assert_close(
+                    g.dkb.as_ref().unwrap().data(),
+                    gd.dkb.as_ref().unwrap().data(),
+                    2e-3,
+                    2e-4,
+                    &format!("dkb {what}"),
+                );
             }
         }
     }

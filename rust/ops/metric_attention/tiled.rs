@@ -10,8 +10,8 @@
 use super::{dims, Dims, MetricGrads, MetricInputs};
 use crate::error::{ensure_shape, Result};
 use crate::ops::attention::{attention_backward, attention_forward};
-use crate::par;
 use crate::tensor::Tensor;
+use crate::threads;
 use rayon::prelude::*;
 
 const NONE: u32 = u32::MAX;
@@ -40,13 +40,19 @@ fn augment(a: &MetricInputs, d: &Dims) -> Aug {
     (0..d.m).for_each(|m| row_of[pos(a, m)] = m as u32);
     let (qd, kd, vd, wd, ald) = (a.q.data(), a.k.data(), a.v.data(), a.w.data(), a.alpha.data());
     let soft = a.kb.filter(|_| !a.hard).map(|t| t.data());
-    let (mut qt, mut kt, mut vt) = (Tensor::zeros(&[d.b, d.t, h, ha]), Tensor::zeros(&[d.b, d.t, h, ha]), Tensor::zeros(&[d.b, d.t, h, ha]));
+    let (mut qt, mut kt, mut vt) =
+        (Tensor::zeros(&[d.b, d.t, h, ha]), Tensor::zeros(&[d.b, d.t, h, ha]), Tensor::zeros(&[d.b, d.t, h, ha]));
     let mut kn = vec![0.0f32; n * h];
-    let rows = qt.data_mut().par_chunks_mut(h * ha).zip(kt.data_mut().par_chunks_mut(h * ha)).zip(vt.data_mut().par_chunks_mut(h * ha));
+    let rows = qt
+        .data_mut()
+        .par_chunks_mut(h * ha)
+        .zip(kt.data_mut().par_chunks_mut(h * ha))
+        .zip(vt.data_mut().par_chunks_mut(h * ha));
     rows.zip(kn.par_chunks_mut(h)).enumerate().for_each(|(p, (((qr, kr), vr), knr))| {
         for hh in 0..h {
             let (w, al, g) = (&wd[hh * hd..(hh + 1) * hd], ald[hh], hh / d.group());
-            let (qh, kh, vh) = (&mut qr[hh * ha..(hh + 1) * ha], &mut kr[hh * ha..(hh + 1) * ha], &mut vr[hh * ha..(hh + 1) * ha]);
+            let (qh, kh, vh) =
+                (&mut qr[hh * ha..(hh + 1) * ha], &mut kr[hh * ha..(hh + 1) * ha], &mut vr[hh * ha..(hh + 1) * ha]);
             if row_of[p] != NONE {
                 let q = &qd[d.q_at(row_of[p] as usize, hh)..][..hd];
                 (0..hd).for_each(|c| qh[c] = 2.0 * al * w[c] * q[c]);
@@ -73,21 +79,32 @@ pub fn forward(a: MetricInputs) -> Result<(Tensor, Tensor)> {
     let aug = augment(&a, &d);
     let (ot, lt) = attention_forward(&aug.qt, &aug.kt, &aug.vt, 1.0)?;
     let (otd, ltd) = (ot.data(), lt.data());
-    o.data_mut().par_chunks_mut(h * hd).zip(lse.data_mut().par_chunks_mut(h)).enumerate().for_each(|(m, (orow, lrow))| {
-        let p = pos(&a, m);
-        for hh in 0..h {
-            orow[hh * hd..(hh + 1) * hd].copy_from_slice(&otd[(p * h + hh) * ha..][..hd]);
-            lrow[hh] = ltd[p * h + hh];
-        }
-    });
+    o.data_mut().par_chunks_mut(h * hd).zip(lse.data_mut().par_chunks_mut(h)).enumerate().for_each(
+        |(m, (orow, lrow))| {
+            let p = pos(&a, m);
+            for hh in 0..h {
+                orow[hh * hd..(hh + 1) * hd].copy_from_slice(&otd[(p * h + hh) * ha..][..hd]);
+                lrow[hh] = ltd[p * h + hh];
+            }
+        },
+    );
     Ok((o, lse))
 }
 
 /// Gradients given forward's o, lse and dout (q's layout).
 pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Result<MetricGrads> {
     let d = dims("metric_attention_backward", &a)?;
-    ensure_shape!(o.shape() == a.q.shape() && dout.shape() == a.q.shape() && lse.shape() == [d.m, d.h], "metric_attention_backward",
-        "o {:?}, dout {:?} must match q {:?}; lse {:?} must be [{}, {}]", o.shape(), dout.shape(), a.q.shape(), lse.shape(), d.m, d.h);
+    ensure_shape!(
+        o.shape() == a.q.shape() && dout.shape() == a.q.shape() && lse.shape() == [d.m, d.h],
+        "metric_attention_backward",
+        "o {:?}, dout {:?} must match q {:?}; lse {:?} must be [{}, {}]",
+        o.shape(),
+        dout.shape(),
+        a.q.shape(),
+        lse.shape(),
+        d.m,
+        d.h
+    );
     let mut g = MetricGrads {
         dq: Tensor::zeros(a.q.shape()),
         dk: Tensor::zeros(a.k.shape()),
@@ -102,9 +119,14 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
     let (h, hd, ha, n) = (d.h, d.hd, d.hd + 1, d.b * d.t);
     let aug = augment(&a, &d);
     // Dense õ = [o, 0], lse and dõ = [dout, 0]; positions without a query row stay zero.
-    let (mut ot, mut lt, mut dot) = (Tensor::zeros(aug.qt.shape()), Tensor::zeros(&[d.b, d.t, h]), Tensor::zeros(aug.qt.shape()));
+    let (mut ot, mut lt, mut dot) =
+        (Tensor::zeros(aug.qt.shape()), Tensor::zeros(&[d.b, d.t, h]), Tensor::zeros(aug.qt.shape()));
     let (od, ld, dod) = (o.data(), lse.data(), dout.data());
-    let dense = ot.data_mut().par_chunks_mut(h * ha).zip(dot.data_mut().par_chunks_mut(h * ha)).zip(lt.data_mut().par_chunks_mut(h));
+    let dense = ot
+        .data_mut()
+        .par_chunks_mut(h * ha)
+        .zip(dot.data_mut().par_chunks_mut(h * ha))
+        .zip(lt.data_mut().par_chunks_mut(h));
     dense.enumerate().for_each(|(p, ((orow, drow), lrow))| {
         if aug.row_of[p] == NONE {
             return;
@@ -117,7 +139,8 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
         }
     });
     let (dqt, dkt, dvt) = attention_backward(&aug.qt, &aug.kt, &aug.vt, &ot, &lt, &dot, 1.0)?;
-    let (qd, kd, wd, ald, dqd, dkd, dvd) = (a.q.data(), a.k.data(), a.w.data(), a.alpha.data(), dqt.data(), dkt.data(), dvt.data());
+    let (qd, kd, wd, ald, dqd, dkd, dvd) =
+        (a.q.data(), a.k.data(), a.w.data(), a.alpha.data(), dqt.data(), dkt.data(), dvt.data());
     // dq = 2α w ⊙ dq̃[:hd]
     g.dq.data_mut().par_chunks_mut(h * hd).enumerate().for_each(|(m, row)| {
         let p = pos(&a, m);
@@ -128,21 +151,26 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
     });
     // dk = Σ_h (dk̃[:hd] - 2α w ⊙ k · db), dv = Σ_h dṽ[:hd], dkb = db, with db = dk̃[hd] (heads in order)
     let kvrow = d.hkv * hd;
-    g.dk.data_mut().par_chunks_mut(kvrow).zip(g.dv.data_mut().par_chunks_mut(kvrow)).enumerate().for_each(|(p, (dkr, dvr))| {
-        for hh in 0..h {
-            let (w, at, gk) = (&wd[hh * hd..(hh + 1) * hd], (p * h + hh) * ha, hh / d.group());
-            let (db, k) = (dkd[at + hd], &kd[(p * d.hkv + gk) * hd..][..hd]);
-            for c in 0..hd {
-                dkr[gk * hd + c] += dkd[at + c] - 2.0 * ald[hh] * w[c] * k[c] * db;
-                dvr[gk * hd + c] += dvd[at + c];
+    g.dk.data_mut().par_chunks_mut(kvrow).zip(g.dv.data_mut().par_chunks_mut(kvrow)).enumerate().for_each(
+        |(p, (dkr, dvr))| {
+            for hh in 0..h {
+                let (w, at, gk) = (&wd[hh * hd..(hh + 1) * hd], (p * h + hh) * ha, hh / d.group());
+                let (db, k) = (dkd[at + hd], &kd[(p * d.hkv + gk) * hd..][..hd]);
+                for c in 0..hd {
+                    dkr[gk * hd + c] += dkd[at + c] - 2.0 * ald[hh] * w[c] * k[c] * db;
+                    dvr[gk * hd + c] += dvd[at + c];
+                }
             }
-        }
-    });
+        },
+    );
     if let Some(dkb) = g.dkb.as_mut() {
-        dkb.data_mut().par_chunks_mut(h).enumerate().for_each(|(p, row)| (0..h).for_each(|hh| row[hh] = dkd[(p * h + hh) * ha + hd]));
+        dkb.data_mut()
+            .par_chunks_mut(h)
+            .enumerate()
+            .for_each(|(p, row)| (0..h).for_each(|hh| row[hh] = dkd[(p * h + hh) * ha + hd]));
     }
     // dα = Σ_q 2 (w⊙q)·dq̃ - Σ_k ‖k‖²_w db;  dw = Σ_q 2α q ⊙ dq̃ - Σ_k α k² db   (blocks in order)
-    let tot = par::ordered_sum(n.div_ceil(BLOCK), h + h * hd, |blk| {
+    let tot = threads::ordered_sum(n.div_ceil(BLOCK), h + h * hd, |blk| {
         let mut part = vec![0.0f32; h + h * hd];
         for p in blk * BLOCK..((blk + 1) * BLOCK).min(n) {
             for hh in 0..h {

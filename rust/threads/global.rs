@@ -1,10 +1,8 @@
-//! The thread pool every op runs in, and helpers for deterministic parallel work.
-//!
-//! Determinism rule: work is split into chunks whose size never depends on the thread count, and
-//! partial results are combined in chunk order, so 1 and N threads give the same bits.
+//! The process-wide pools every op runs in: built on first use for `SOS_NUM_THREADS` threads
+//! (default one per physical core), pinned unless `SOS_PIN=0`, resized by `set_num_threads`.
 
-use crate::threads::{self, Pools};
-use rayon::prelude::*;
+use super::pool::{current_multi, run_groups, Pools};
+use super::topology::{host_topology, Topology};
 use std::sync::{Arc, OnceLock, RwLock};
 
 fn slot() -> &'static RwLock<Option<Arc<Pools>>> {
@@ -12,9 +10,9 @@ fn slot() -> &'static RwLock<Option<Arc<Pools>>> {
     POOLS.get_or_init(|| RwLock::new(None))
 }
 
-fn topology() -> &'static threads::Topology {
-    static TOPO: OnceLock<threads::Topology> = OnceLock::new();
-    TOPO.get_or_init(threads::host_topology)
+fn topology() -> &'static Topology {
+    static TOPO: OnceLock<Topology> = OnceLock::new();
+    TOPO.get_or_init(host_topology)
 }
 
 /// Threads from `SOS_NUM_THREADS`, else one per physical core the process may use.
@@ -49,11 +47,6 @@ pub fn pools() -> Arc<Pools> {
     p
 }
 
-/// The first group's pool (the one `install` runs in).
-pub fn pool() -> Arc<rayon::ThreadPool> {
-    pools().pools[0].clone()
-}
-
 /// Replaces the pools with ones of `n` threads in all (n = 0 means the default).
 pub fn set_num_threads(n: usize) {
     let n = if n == 0 { default_threads() } else { n };
@@ -66,49 +59,15 @@ pub fn num_threads() -> usize {
 
 /// Runs `f` inside the sos_rs pool (the first core group's; see `for_groups`).
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    pool().install(f)
+    pools().install(f)
 }
 
 /// Runs `f(group, threads_per_group)` once per core group, each inside its own pool, when
 /// called from the first pool of a multi-group `Pools`; otherwise once as `f(0, [threads])` in
 /// the current Rayon context. Work split by `threads_per_group` must not change results.
 pub fn for_groups(f: impl Fn(usize, &[usize]) + Sync) {
-    match threads::current_multi() {
-        Some(p) => threads::run_groups(&p, &f),
+    match current_multi() {
+        Some(p) => run_groups(&p, &f),
         None => f(0, &[rayon::current_num_threads()]),
     }
-}
-
-/// Applies `f(first_row, rows)` to consecutive groups of `rows_per_task` rows of `out`
-/// (each row `row_len` long), in parallel. Each output row is written by exactly one task.
-pub fn for_row_chunks<F>(out: &mut [f32], row_len: usize, rows_per_task: usize, f: F)
-where
-    F: Fn(usize, &mut [f32]) + Sync + Send,
-{
-    if out.is_empty() || row_len == 0 {
-        return;
-    }
-    let step = row_len * rows_per_task.max(1);
-    out.par_chunks_mut(step).enumerate().for_each(|(i, chunk)| f(i * rows_per_task.max(1), chunk));
-}
-
-/// Sums `f(chunk)` over fixed chunks `0..n_chunks` into a vector of length `len`, combining the
-/// partials in chunk order (the reduction behind weight gradients of norms, for instance).
-pub fn ordered_sum<F>(n_chunks: usize, len: usize, f: F) -> Vec<f32>
-where
-    F: Fn(usize) -> Vec<f32> + Sync + Send,
-{
-    let partials: Vec<Vec<f32>> = (0..n_chunks).into_par_iter().map(f).collect();
-    let mut total = vec![0.0f32; len];
-    for p in &partials {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += v;
-        }
-    }
-    total
-}
-
-/// Rows per parallel task so that a task does at least ~32k elements of work.
-pub fn rows_per_task(row_len: usize) -> usize {
-    (32 * 1024 / row_len.max(1)).max(1)
 }
