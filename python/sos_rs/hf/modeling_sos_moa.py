@@ -11,14 +11,19 @@ Parameter names equal sos_rs's, so state dicts load without renaming.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 try:  # transformers is optional: without it the classes are plain torch modules.
-    from transformers import PretrainedConfig, PreTrainedModel
-    from transformers.modeling_outputs import CausalLMOutput
+    import transformers
+    import transformers.modeling_outputs
+
+    PretrainedConfig: Any = transformers.PretrainedConfig
+    PreTrainedModel: Any = transformers.PreTrainedModel
+    CausalLMOutput: Any = transformers.modeling_outputs.CausalLMOutput
 except ImportError:  # pragma: no cover - exercised where transformers is absent
     PretrainedConfig = object
     PreTrainedModel = nn.Module
@@ -343,4 +348,4 @@ class SosMoAForCausalLM(PreTrainedModel):
 
 
 class SosDiscoverLMForCausalLM(SosMoAForCausalLM):
-    config_class = SosDiscoverLMConfig
+    config_class: Any = SosDiscoverLMConfig
