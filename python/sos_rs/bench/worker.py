@@ -178,8 +178,8 @@ def train(spec: dict) -> dict:
 
 def _torch_steps(spec, model, data, triples, lr, clip, threads):
     """The same steps in PyTorch (eager, FP32) from the same weights: the dense twin of
-    tests/support/torch_reference.py (a source checkout), or the MoA/DiscoverLM reference
-    sos_rs/hf/modeling_sos_moa.py."""
+    tests/support/torch_reference.py (a source checkout), or the reference in
+    the family's remote-code modeling file in sos_rs/hf/."""
     import torch
 
     torch.set_num_threads(threads)
@@ -202,15 +202,11 @@ def _torch_steps(spec, model, data, triples, lr, clip, threads):
 
         params = list(tm.parameters())
     else:
-        from sos_rs.hf import modeling_sos_moa as R
+        from sos_rs.hf.remote_code import HF_CLASSES, reference_classes
 
-        classes = {
-            "moa": (R.SosMoAConfig, R.SosMoAForCausalLM),
-            "discoverlm": (R.SosDiscoverLMConfig, R.SosDiscoverLMForCausalLM),
-        }
-        if spec["family"] not in classes:
+        if model.hf_model_type not in HF_CLASSES:
             raise SystemExit(f"no PyTorch reference for family {spec['family']!r}")
-        hcfg, hcls = classes[spec["family"]]
+        hcfg, hcls = reference_classes(model.hf_model_type)
         ref = hcls(hcfg(**model.config.to_dict()))
         ref.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
         ref.train()

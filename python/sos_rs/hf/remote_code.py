@@ -80,3 +80,13 @@ def load_pretrained(path: Union[str, pathlib.Path]):
     model = model_cls(model_cls.config_class.from_dict(config))
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     return model
+
+
+def reference_classes(model_type: str):
+    """(config class, model class) of the PyTorch reference for `model_type`, imported from its
+    modeling file inside this package (needs torch). KeyError when the type has none."""
+    import importlib
+
+    cfg_cls, model_cls = HF_CLASSES[model_type]
+    module = importlib.import_module(f"{__package__}.{MODELING_FILES.get(model_type, MODELING).stem}")
+    return getattr(module, cfg_cls), getattr(module, model_cls)
