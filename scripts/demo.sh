@@ -28,4 +28,4 @@ $SOS train configs/demo.toml "$@"
 $SOS eval runs/demo
 $SOS plot runs/demo
 echo "== sample"
-$SOS sample runs/demo --prompt "ROMEO." --max-new-tokens 150
+$SOS sample runs/demo --prompt "ROMEO." --max-new-tokens 150 --ignore-eot
