@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import pathlib
 from typing import Optional
 
@@ -77,12 +78,16 @@ def build(arch: str, folder: pathlib.Path, seed: int = 0, config=None, dtype: Op
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or name.endswith("layernorm.weight") or name.endswith(".bias"):
                 p.copy_(torch.randn_like(p) * 0.3 + (0.0 if arch == "gemma3" or name.endswith(".bias") else 1.0))
-    if dtype == "bf16":
-        model = model.to(torch.bfloat16)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder), safe_serialization=True)
+    if dtype == "bf16":  # round the weights (not the rotary buffers) and save a bfloat16 copy
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.bfloat16().float())
+        copy.deepcopy(model).to(torch.bfloat16).save_pretrained(str(folder), safe_serialization=True)
+    else:
+        model.save_pretrained(str(folder), safe_serialization=True)
     word_tokenizer(folder / "tokenizer.json", [f"w{i}" for i in range(cfg.vocab_size - 2)])
-    return model.float().eval()
+    return model
 
 
 def torch_logits(model, ids: np.ndarray) -> np.ndarray:

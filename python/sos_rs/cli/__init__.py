@@ -17,7 +17,6 @@ SUBCOMMANDS = [
     "sample",
     "eval",
     "export",
-    "fuse",
     "plot",
     "info",
     "precision",

@@ -85,7 +85,7 @@ def gemma3_config(cfg: dict, extra_config: Optional[dict] = None) -> dict:
     out.update(
         {
             "hidden_activation": "gelu_pytorch_tanh",
-            "query_pre_attn_scalar": cfg["query_pre_attn_scalar"] or out["head_dim"],
+            "query_pre_attn_scalar": _int_if_whole(cfg["query_pre_attn_scalar"] or out["head_dim"]),
             "sliding_window": cfg["sliding_window"] or cfg["max_seq_len"],
             "layer_types": [f"{k}_attention" for k in kinds],
             "rope_parameters": {
@@ -101,6 +101,11 @@ def gemma3_config(cfg: dict, extra_config: Optional[dict] = None) -> dict:
     )
     out.update(extra_config or {})
     return out
+
+
+def _int_if_whole(v: float):
+    """transformers 5 types query_pre_attn_scalar as an int."""
+    return int(v) if float(v).is_integer() else v
 
 
 GEMMA3 = Architecture("Gemma3ForCausalLM", "gemma3_text", to_dense, gemma3_config, hf_to_ours, ours_to_hf, 1.0)

@@ -94,6 +94,7 @@ def read_tensors(files: List[pathlib.Path], use: Callable[[str, np.ndarray], Non
     """Calls use(name, float32 array) for every tensor, one at a time, through a memory map. An
     F32 array is a view of the mapped file, valid only during the call (`use` copies it); BF16
     and F16 are converted once."""
+    failed: Optional[HFImportError] = None
     for path in files:
         size = path.stat().st_size
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -116,12 +117,19 @@ def read_tensors(files: List[pathlib.Path], use: Callable[[str, np.ndarray], Non
                     arr = wide.view(np.float32)
                 else:
                     arr = raw.astype(np.float32, copy=False)
-                use(name, arr.reshape(shape))
+                try:
+                    use(name, arr.reshape(shape))
+                except HFImportError as e:
+                    failed = e.with_traceback(None)  # its frames would pin the mapped buffer
                 del raw, arr
+                if failed is not None:
+                    break
                 page = mmap.PAGESIZE
                 lo = (base + start) // page * page
                 if end > start and hasattr(mm, "madvise"):
                     mm.madvise(mmap.MADV_DONTNEED, lo, base + end - lo)  # drop this tensor's pages
+        if failed is not None:
+            raise failed
 
 
 # ---- building the model ----------------------------------------------------------------------
