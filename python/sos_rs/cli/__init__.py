@@ -17,6 +17,7 @@ SUBCOMMANDS = [
     "sample",
     "eval",
     "export",
+    "fuse",
     "plot",
     "info",
     "precision",
