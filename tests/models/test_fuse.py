@@ -152,7 +152,16 @@ def test_command_end_to_end(tmp_path):
     for i in range(20):
         (texts / f"d{i}.txt").write_text(" ".join(f"w{rng.randrange(58, 100)}" for _ in range(80)) + "\n")
     data = tmp_path / "data"
-    prep = ["prepare", str(texts), "--out", str(data), "--tokenizer", str(tmp_path / "host.json"), "--eot-token", "<eot>"]
+    prep = [
+        "prepare",
+        str(texts),
+        "--out",
+        str(data),
+        "--tokenizer",
+        str(tmp_path / "host.json"),
+        "--eot-token",
+        "<eot>",
+    ]
     assert subprocess.run(SOS + prep, capture_output=True).returncode == 0
     args = [str(tmp_path / "host"), str(tmp_path / "donor"), "--graft", "attention", "--out", str(tmp_path / "f")]
     args += ["--heal-steps", "6", "--heal-grafted-first", "2", "--data", str(data), "--seq-len", "16"]

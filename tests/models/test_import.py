@@ -181,7 +181,16 @@ def test_imported_run_trains_samples_evaluates(folders, tmp_path):
         (texts / f"d{i}.txt").write_text(" ".join(f"w{rng.randrange(12)}" for _ in range(60)) + "\n")
     text_file = texts / "d0.txt"
     data = tmp_path / "data"
-    prep = SOS + ["prepare", str(texts), "--out", str(data), "--tokenizer", str(folder / "tokenizer.json"), "--eot-token", "<eot>"]
+    prep = SOS + [
+        "prepare",
+        str(texts),
+        "--out",
+        str(data),
+        "--tokenizer",
+        str(folder / "tokenizer.json"),
+        "--eot-token",
+        "<eot>",
+    ]
     assert subprocess.run(prep, capture_output=True).returncode == 0
     before = json.loads(subprocess.run(SOS + ["eval", str(run), "--text", str(text_file)], capture_output=True).stdout)
     cfg = tmp_path / "ft.toml"

@@ -50,9 +50,7 @@ def hf_config(arch: str, **over):
     elif arch == "qwen3":
         cfg = T.Qwen3Config(**common, head_dim=16)
     elif arch == "gemma3":
-        cfg = T.Gemma3TextConfig(
-            **common, head_dim=16, query_pre_attn_scalar=12, sliding_window=64, layer_types=None
-        )
+        cfg = T.Gemma3TextConfig(**common, head_dim=16, query_pre_attn_scalar=12, sliding_window=64, layer_types=None)
         cfg.layer_types = ["sliding_attention", "sliding_attention", "full_attention"]
     else:
         raise ValueError(arch)

@@ -168,9 +168,7 @@ def run(args) -> int:
         hid, did = hid[hid < host.config.vocab_size], did[hid < host.config.vocab_size]
         keep = did < donor.config.vocab_size
         hid, did = hid[keep], did[keep]
-        al = align_embeddings(
-            host.model.embed_tokens.weight.numpy(), donor.model.embed_tokens.weight.numpy(), hid, did
-        )
+        al = align_embeddings(host.model.embed_tokens.weight.numpy(), donor.model.embed_tokens.weight.numpy(), hid, did)
         report["wall_s"]["align"] = round(time.perf_counter() - t0, 3)
         report["alignment"] = {
             "shared_tokens": al.shared,
@@ -183,7 +181,9 @@ def run(args) -> int:
         report["wall_s"]["graft"] = round(time.perf_counter() - t0, 3)
         report["graft"] = {"layers": gr.layers, "norm_scale": round(gr.scale, 6), "notes": gr.notes}
         fused_run = out / "fused" if args.heal_steps else out
-        write_run(fused, pathlib.Path(htok_path), fused_run, {"host": args.host, "donor": args.donor, **report["graft"]})
+        write_run(
+            fused, pathlib.Path(htok_path), fused_run, {"host": args.host, "donor": args.donor, **report["graft"]}
+        )
         text = held_out_text(args)
         if text is not None:
             t0 = time.perf_counter()

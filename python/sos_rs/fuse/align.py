@@ -44,9 +44,7 @@ def align_embeddings(host_emb: np.ndarray, donor_emb: np.ndarray, host_ids: np.n
     dd, dh = donor_emb.shape[1], host_emb.shape[1]
     n = len(host_ids)
     if n < max(dd, dh):
-        raise FuseError(
-            f"the vocabularies share {n} tokens; aligning widths {dd} -> {dh} needs at least {max(dd, dh)}"
-        )
+        raise FuseError(f"the vocabularies share {n} tokens; aligning widths {dd} -> {dh} needs at least {max(dd, dh)}")
     a = donor_emb[donor_ids].astype(np.float64)  # [n, D_d]
     b = host_emb[host_ids].astype(np.float64)  # [n, D_h]
     if not (np.isfinite(a).all() and np.isfinite(b).all()):

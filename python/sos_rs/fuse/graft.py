@@ -47,7 +47,7 @@ def layer_map(host_layers: int, donor_layers: int, spec: Optional[str] = None) -
     """Donor layer per host layer: proportional by depth (host l -> floor((l + 0.5)·L_d/L_h)), or
     `spec`, a comma list of one donor layer per host layer ("0,0,1,1")."""
     if spec is None:
-        return [min(donor_layers - 1, int((l + 0.5) * donor_layers / host_layers)) for l in range(host_layers)]
+        return [min(donor_layers - 1, int((i + 0.5) * donor_layers / host_layers)) for i in range(host_layers)]
     try:
         out = [int(x) for x in spec.split(",")]
     except ValueError:
@@ -122,18 +122,21 @@ def graft_attention(host, donor, w: np.ndarray, layers: List[int]):
     hstate, dstate = host.state_dict(), donor.state_dict()
     out = {k: v for k, v in hstate.items() if k in dict(fused.named_parameters())}
     w64 = w.astype(np.float64)
-    for l, m in enumerate(layers):
-        hp, dp = f"model.layers.{l}.", f"model.layers.{m}."
+    for layer, m in enumerate(layers):
+        hp, dp = f"model.layers.{layer}.", f"model.layers.{m}."
         g = dstate[dp + "input_layernorm.weight"].astype(np.float64)
         into = g[:, None] * w64  # diag(g_d) · W  [D_d, D_h]
 
-        def proj(name: str) -> np.ndarray:
+        def proj(name: str, dp: str = dp, into: np.ndarray = into) -> np.ndarray:
             return dstate[dp + f"self_attn.{name}.weight"].astype(np.float64) @ into  # [n·hd, D_h]
 
         q = _heads(proj("q_proj"), dc.n_heads, hd)[src]  # [Hh, hd, D_h]
         k = _heads(proj("k_proj"), dc.n_kv_heads, hd)
         v = _heads(proj("v_proj"), dc.n_kv_heads, hd)
-        kv = [np.mean([k[s] for s in ss], axis=0) for ss in kv_src], [np.mean([v[s] for s in ss], axis=0) for ss in kv_src]
+        kv = (
+            [np.mean([k[s] for s in ss], axis=0) for ss in kv_src],
+            [np.mean([v[s] for s in ss], axis=0) for ss in kv_src],
+        )
         o = (w64.T @ dstate[dp + "self_attn.o_proj.weight"].astype(np.float64)).reshape(hc.d_model, dc.n_heads, hd)
         o = o[:, src] * np.asarray(fac)[None, :, None]  # [D_h, Hh, hd]
         new = {

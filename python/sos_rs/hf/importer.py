@@ -276,7 +276,10 @@ def architecture_of(cfg) -> Architecture:
     gemma = (cfg.mlp_activation == "gelu_tanh", cfg.sandwich_norm, cfg.embed_scale, cfg.qk_norm)
     if any(gemma[:3]):
         if not all(gemma):
-            raise ExportError("no Hugging Face architecture has GeGLU, sandwich norms or scaled embeddings without all four of Gemma3's switches (with qk_norm)")
+            raise ExportError(
+                "no Hugging Face architecture has GeGLU, sandwich norms or scaled embeddings without all "
+                "four of Gemma3's switches (with qk_norm)"
+            )
         return GEMMA3
     if cfg.query_pre_attn_scalar is not None or cfg.rope_local_theta is not None:
         raise ExportError("query_pre_attn_scalar and rope_local_theta export only with Gemma3's switches")

@@ -27,8 +27,8 @@ class Architecture:
     """`model_type` written on export."""
     to_dense: Callable[[dict], dict]
     """config.json -> DenseConfig fields (raises HFImportError naming what is unsupported)."""
-    from_dense: Callable[[dict], dict]
-    """DenseConfig fields -> config.json (export)."""
+    from_dense: Callable[[dict, Optional[dict]], dict]
+    """(DenseConfig fields, extra config.json keys) -> config.json (export)."""
     hf_to_ours: Callable[[str], Optional[str]]
     """HF tensor name -> our parameter name; None for tensors that carry nothing (rotary caches)."""
     ours_to_hf: Callable[[str], str]

@@ -124,7 +124,9 @@ class Trainer:
             raise TrainingError(f"[model] init = {init!r}: {e}") from None
         family = self.cfg.model.get("family", state["model_family"])
         if family != state["model_family"]:
-            raise TrainingError(f"[model] family = {family!r} but init {folder} holds a {state['model_family']!r} model")
+            raise TrainingError(
+                f"[model] family = {family!r} but init {folder} holds a {state['model_family']!r} model"
+            )
         self.log(f"initialised from {folder}")
         return state["model_family"], dict(state["model_config"]), model.state_dict()
 
