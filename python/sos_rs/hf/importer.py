@@ -175,7 +175,7 @@ def load_dense(folder: pathlib.Path, max_seq_len: Optional[int] = None):
             raise HFImportError(f"{hf_name} has shape {list(arr.shape)}; {arch.name} config implies {list(p.shape)}")
         if arch.norm_offset and is_norm(name):
             arr = arr + np.float32(arch.norm_offset)
-        p.data.copy_(_core.Tensor(np.ascontiguousarray(arr)))
+        p.data = _core.Tensor(np.ascontiguousarray(arr))  # replaces untouched zero pages: one copy
         loaded.add(name)
 
     read_tensors(weight_files(folder), use)

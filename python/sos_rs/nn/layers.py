@@ -3,17 +3,20 @@ LayerNorm."""
 
 from __future__ import annotations
 
+from typing import Union
+
 import numpy as np
 
+from .. import _core
 from .. import functional as F
 from ..autograd import Tensor
 from .module import Module, Parameter
 
 
-def _normal(rng: np.random.Generator, std: float, shape: tuple) -> np.ndarray:
-    """N(0, std²) of `shape`; std 0 gives float32 zeros without drawing or a float64 temporary
+def _normal(rng: np.random.Generator, std: float, shape: tuple) -> Union[np.ndarray, "_core.Tensor"]:
+    """N(0, std²) of `shape`; std 0 gives a zero Rust tensor on untouched pages without drawing
     (how `sos import` builds a model it is about to fill, keeping its peak memory low)."""
-    return rng.normal(0.0, std, shape) if std > 0 else np.zeros(shape, np.float32)
+    return rng.normal(0.0, std, shape) if std > 0 else _core.Tensor.zeros(list(shape))
 
 
 class Linear(Module):
