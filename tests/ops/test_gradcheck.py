@@ -25,6 +25,13 @@ POS = np.array([4, 0, 2, 7, 1, 3])
 # name, sos op on Tensors, f64 reference on arrays, inputs (float32), which inputs to differentiate
 CASES = [
     ("linear", lambda x, w: F.linear(x, w), R.linear, [arr(2, 3, 5), arr(4, 5)], [0, 1]),
+    (
+        "linear_bias",
+        F.linear_bias,
+        lambda x, w, b: R.linear(x, w) + b,
+        [arr(2, 3, 5), arr(4, 5), arr(4)],
+        [0, 1, 2],
+    ),
     ("matmul", lambda a, b: F.matmul(a, b), lambda a, b: a @ b, [arr(3, 6), arr(6, 4)], [0, 1]),
     ("add", F.add, lambda a, b: a + b, [arr(4, 7), arr(4, 7)], [0, 1]),
     ("mul", F.mul, lambda a, b: a * b, [arr(4, 7), arr(4, 7)], [0, 1]),

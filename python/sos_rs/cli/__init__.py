@@ -8,8 +8,23 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-# Subcommand modules, in the order `sos --help` lists them.
-SUBCOMMANDS = ["prepare", "train", "sample", "eval", "export", "plot", "info", "precision", "bench", "audit"]
+# Subcommands, in the order `sos --help` lists them; each is the module of that name, except
+# where MODULES names another (`import` is a Python keyword).
+SUBCOMMANDS = [
+    "prepare",
+    "import",
+    "train",
+    "sample",
+    "eval",
+    "export",
+    "fuse",
+    "plot",
+    "info",
+    "precision",
+    "bench",
+    "audit",
+]
+MODULES = {"import": "import_hf"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sos {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+        importlib.import_module(f"{__name__}.{MODULES.get(name, name)}").add_parser(sub)
     return parser
 
 

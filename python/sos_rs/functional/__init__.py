@@ -10,7 +10,7 @@ from .activation import gelu, silu, softmax, swiglu
 from .attention import causal_attention
 from .elementwise import add, col_scale, mul, scale, sigmoid_range, softplus
 from .embedding import cross_entropy, embedding
-from .linear import linear, matmul
+from .linear import linear, linear_bias, matmul
 from .metric import ball_penalty, metric_attention, ti_loss
 from .norm import layernorm, rmsnorm
 from .positional import dwconv, rope, rope_angles
@@ -44,6 +44,7 @@ __all__ = [
     "gelu",
     "layernorm",
     "linear",
+    "linear_bias",
     "load_balance_loss",
     "matmul",
     "metric_attention",

@@ -18,6 +18,26 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     return record("linear", y, (x, weight), backward)
 
 
+def linear_bias(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """y = x · weightᵀ + bias (the bias added in the GEMM's epilogue).  x: [..., in],
+    weight: [out, in], bias: [out] -> [..., out]. The bias gradient is the column sum of dy,
+    taken as one GEMM with a ones vector so its summation order is fixed."""
+    y = _core.linear(x.data, weight.data, bias.data)
+    out = weight.shape[0]
+
+    def backward(dy):
+        dx = _core.matmul(dy, weight.data, False, False) if x.requires_grad else None
+        dw = _core.matmul(dy, x.data, True, False) if weight.requires_grad else None
+        db = None
+        if bias.requires_grad:
+            rows = dy.reshape([dy.numel() // out, out])  # [N, out]
+            ones = _core.Tensor.full([rows.shape[0], 1], 1.0)
+            db = _core.matmul(rows, ones, True, False).reshape([out])  # [out, 1] -> [out]
+        return dx, dw, db
+
+    return record("linear", y, (x, weight, bias), backward)
+
+
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """a · b for a: [..., k], b: [k, n]."""
     y = _core.matmul(a.data, b.data, False, False)

@@ -1,5 +1,11 @@
 """The dense baseline: a Llama-style decoder (pre-RMSNorm, RoPE, SwiGLU, no biases, optional
 tied embeddings). Parameter names match HF `LlamaForCausalLM`, so an export needs no renaming.
+
+A few switches, all off by default, cover the checkpoints `sos import --hf` reads (SPEC §6.5):
+a head size apart from the width, q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma3),
+GeGLU, sandwich norms, scaled embeddings and a set score scale (Gemma3), and sliding-window layers
+with their own RoPE base (Mistral, Gemma3). Sliding windows are honoured only where they do not
+bind: the attention kernel is causal, so a sliding layer needs max_seq_len <= sliding_window.
 """
 
 from __future__ import annotations
@@ -44,6 +50,34 @@ class DenseConfig:
     init_std / sqrt(2 * n_layers) so the residual stream's variance does not grow with depth."""
     seed: int = 0
     """Seed of the initialisation."""
+    head_dim: Optional[int] = None
+    """Size of one attention head; None means d_model / n_heads. Qwen3 and Gemma3 set it apart
+    from the width: q_proj is then [n_heads * head_dim, d_model]."""
+    qkv_bias: bool = False
+    """Biases on q_proj, k_proj and v_proj (Qwen2); o_proj and the MLP never have one."""
+    qk_norm: bool = False
+    """RMSNorm (weight of head_dim, eps norm_eps) on each head's query and key before RoPE
+    (Qwen3, Gemma3: self_attn.q_norm, self_attn.k_norm)."""
+    mlp_activation: str = "silu"
+    """Gate activation of the MLP: "silu" (SwiGLU, Llama) or "gelu_tanh" (GeGLU with the tanh
+    GELU, Gemma)."""
+    sandwich_norm: bool = False
+    """Also RMS-normalise each sublayer's output before the residual add (Gemma3's post-attention
+    and post-feedforward norms: attn_out_norm, mlp_out_norm here)."""
+    embed_scale: bool = False
+    """Multiply the token embeddings by sqrt(d_model) (Gemma); a tied output projection uses the
+    unscaled rows."""
+    query_pre_attn_scalar: Optional[float] = None
+    """Attention scores are q·k / sqrt(query_pre_attn_scalar) (Gemma3); None means head_dim."""
+    sliding_window: Optional[int] = None
+    """Keys a query sees in a sliding-window layer, itself included (Mistral, Gemma3); None means
+    no sliding layers. Must be >= max_seq_len: the window is then never binding (the attention
+    kernel is causal only; longer contexts are refused)."""
+    layer_types: Optional[List[str]] = None
+    """Per layer "full" or "sliding"; None means every layer is "sliding" when sliding_window is
+    set (Mistral) and "full" otherwise. Gemma3 alternates five sliding layers and one full."""
+    rope_local_theta: Optional[float] = None
+    """RoPE base of the sliding layers (Gemma3: 10000 while rope_theta is 1e6); None = rope_theta."""
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -57,42 +91,91 @@ class DenseConfig:
         ]
         if problems:
             raise ValueError("DenseConfig: " + "; ".join(problems))
-        if self.d_model % self.n_heads:
-            problems.append(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
-        elif (self.d_model // self.n_heads) % 2:
-            problems.append(f"head size {self.d_model // self.n_heads} must be even for RoPE")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            problems.append(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads} (or set head_dim)")
+        elif self.head_dim is not None and self.head_dim <= 0:
+            problems.append(f"head_dim={self.head_dim} must be positive")
+        elif self.resolved_head_dim() % 2:
+            problems.append(f"head size {self.resolved_head_dim()} must be even for RoPE")
         if self.n_heads % self.n_kv_heads:
             problems.append(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.mlp_activation not in ("silu", "gelu_tanh"):
+            problems.append(f"mlp_activation={self.mlp_activation!r} is not one of silu, gelu_tanh")
+        if self.query_pre_attn_scalar is not None and not self.query_pre_attn_scalar > 0:
+            problems.append(f"query_pre_attn_scalar={self.query_pre_attn_scalar} must be positive")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.n_layers:
+                problems.append(f"layer_types has {len(self.layer_types)} entries for n_layers={self.n_layers}")
+            bad = sorted({t for t in self.layer_types if t not in ("full", "sliding")})
+            if bad:
+                problems.append(f"layer_types holds {', '.join(map(repr, bad))}; each must be 'full' or 'sliding'")
+            if "sliding" in self.layer_types and self.sliding_window is None:
+                problems.append("layer_types names sliding layers but sliding_window is not set")
+        if self.sliding_window is not None and "sliding" in self.resolved_layer_types():
+            if self.sliding_window <= 0:
+                problems.append(f"sliding_window={self.sliding_window} must be positive")
+            elif self.sliding_window < self.max_seq_len:
+                problems.append(
+                    f"sliding_window={self.sliding_window} is shorter than max_seq_len={self.max_seq_len}: "
+                    "sliding-window attention is not implemented (the attention kernel is causal only); "
+                    f"set max_seq_len <= {self.sliding_window}"
+                )
         if problems:
             raise ValueError("DenseConfig: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    def resolved_layer_types(self) -> List[str]:
+        if self.layer_types is not None:
+            return list(self.layer_types)
+        return ["sliding" if self.sliding_window is not None else "full"] * self.n_layers
+
 
 class DecoderLayer(Module):
-    def __init__(self, cfg: DenseConfig, rng: np.random.Generator):
+    def __init__(self, cfg: DenseConfig, rng: np.random.Generator, sliding: bool = False):
         super().__init__()
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         # __post_init__ has resolved the None defaults of n_kv_heads and ffn_hidden.
         kv_heads, ffn = cfg.n_kv_heads or cfg.n_heads, cfg.ffn_hidden or 0
+        theta = cfg.rope_local_theta if sliding and cfg.rope_local_theta is not None else cfg.rope_theta
+        scale = None if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar**-0.5
         self.self_attn = CausalSelfAttention(
-            cfg.d_model, cfg.n_heads, kv_heads, cfg.rope_theta, rng, cfg.init_std, out_std
+            cfg.d_model,
+            cfg.n_heads,
+            kv_heads,
+            theta,
+            rng,
+            cfg.init_std,
+            out_std,
+            head_dim=cfg.resolved_head_dim(),
+            qkv_bias=cfg.qkv_bias,
+            qk_norm_eps=cfg.norm_eps if cfg.qk_norm else None,
+            scale=scale,
         )
-        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLUMLP(cfg.d_model, ffn, rng, cfg.init_std, out_std)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)  # before the MLP, as in Llama
+        self.mlp = SwiGLUMLP(cfg.d_model, ffn, rng, cfg.init_std, out_std, cfg.mlp_activation)
+        self.sandwich = cfg.sandwich_norm
+        if cfg.sandwich_norm:
+            self.attn_out_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.mlp_out_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
     def __call__(self, x: Tensor, cache=None) -> Tensor:
-        x = F.add(x, self.self_attn(self.input_layernorm(x), cache))
-        return F.add(x, self.mlp(self.post_attention_layernorm(x)))
+        a = self.self_attn(self.input_layernorm(x), cache)
+        x = F.add(x, self.attn_out_norm(a) if self.sandwich else a)
+        m = self.mlp(self.post_attention_layernorm(x))
+        return F.add(x, self.mlp_out_norm(m) if self.sandwich else m)
 
 
 class DenseBody(Module):
     def __init__(self, cfg: DenseConfig, rng: np.random.Generator):
         super().__init__()
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.d_model, rng, cfg.init_std)
-        self.layers = ModuleList(DecoderLayer(cfg, rng) for _ in range(cfg.n_layers))
+        self.layers = ModuleList(DecoderLayer(cfg, rng, kind == "sliding") for kind in cfg.resolved_layer_types())
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
 
@@ -116,6 +199,8 @@ class DenseLM(LanguageModel):
         cached sequence (sampling; run under `no_grad`)."""
         ids = self.check_ids(ids, 0 if cache is None else cache[0].length)
         x = self.model.embed_tokens(ids)  # [B, T, D]
+        if self.config.embed_scale:
+            x = F.scale(x, math.sqrt(self.config.d_model))
         for i, layer in enumerate(self.model.layers):
             x = layer(x, None if cache is None else cache[i])
         x = self.model.norm(x)
@@ -126,7 +211,7 @@ class DenseLM(LanguageModel):
         """One empty KV cache per layer, for up to max_seq_len positions."""
         c = self.config
         kv_heads = c.n_kv_heads or c.n_heads
-        return [LayerKVCache(batch, c.max_seq_len, kv_heads, c.d_model // c.n_heads) for _ in range(c.n_layers)]
+        return [LayerKVCache(batch, c.max_seq_len, kv_heads, c.resolved_head_dim()) for _ in range(c.n_layers)]
 
     def estimate_memory(self, batch: int, seq: int) -> MemoryEstimate:
         """Activation count per layer: residual, 2 norms, q/k/v/o, rope'd q/k, attention out+lse,
@@ -135,11 +220,13 @@ class DenseLM(LanguageModel):
         c = self.config
         tokens = batch * seq
         ffn = c.ffn_hidden or 0  # resolved in __post_init__
-        acts = tokens * (c.n_layers * (12 * c.d_model + 3 * ffn) + 3 * c.vocab_size) * BYTES_F32
+        attn_width = max(c.d_model, c.n_heads * c.resolved_head_dim())
+        acts = tokens * (c.n_layers * (12 * attn_width + 3 * ffn) + 3 * c.vocab_size) * BYTES_F32
         return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:
-        """A `LlamaForCausalLM` folder: the parameter names already are HF Llama's."""
-        from ..hf.llama import write_llama
+        """A `LlamaForCausalLM` folder (the parameter names already are HF Llama's), or, when a
+        switch of an imported architecture is on, that architecture's folder (`hf/importer.py`)."""
+        from ..hf.importer import write_dense
 
-        return write_llama(self, out, extra_config)
+        return write_dense(self, out, extra_config)

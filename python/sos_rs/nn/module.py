@@ -5,7 +5,7 @@ rollback snapshots carry a model's buffers without knowing its family."""
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Tuple, Union
 
 import numpy as np
 
@@ -19,8 +19,10 @@ class Parameter(Tensor):
 
     __slots__ = ("no_decay",)
 
-    def __init__(self, array: np.ndarray, no_decay: bool = False):
-        super().__init__(_core.Tensor(np.ascontiguousarray(array, dtype=np.float32)), requires_grad=True)
+    def __init__(self, array: Union[np.ndarray, _core.Tensor], no_decay: bool = False):
+        # a Rust tensor is taken as is (sos import builds with untouched zero pages, then fills)
+        data = array if isinstance(array, _core.Tensor) else _core.Tensor(np.ascontiguousarray(array, dtype=np.float32))
+        super().__init__(data, requires_grad=True)
         self.no_decay = no_decay
 
 

@@ -1,5 +1,7 @@
 """Attention and MLP blocks of a Llama-style decoder, with HF Llama parameter names
-(q_proj, k_proj, v_proj, o_proj; gate_proj, up_proj, down_proj)."""
+(q_proj, k_proj, v_proj, o_proj; gate_proj, up_proj, down_proj), and the switches imported
+checkpoints need: a head size apart from the width, q/k/v biases (Qwen2), per-head q/k RMSNorm
+(Qwen3, Gemma3: q_norm, k_norm), a set score scale (Gemma3) and a GELU-tanh gate (GeGLU)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,16 @@ import numpy as np
 from .. import _core
 from .. import functional as F
 from ..autograd import Tensor
-from .layers import Linear
+from .layers import Linear, RMSNorm
 from .module import Module
 
 
 class CausalSelfAttention(Module):
-    """Multi-head (n_kv_heads == n_heads) or grouped-query causal attention with RoPE."""
+    """Multi-head (n_kv_heads == n_heads) or grouped-query causal attention with RoPE.
+
+    `head_dim` defaults to d_model / n_heads; `qkv_bias` adds biases to q/k/v (not o);
+    `qk_norm_eps` (when set) RMS-normalises each head's query and key over head_dim, with a
+    weight of head_dim, before RoPE; `scale` multiplies the scores (default 1/sqrt(head_dim))."""
 
     def __init__(
         self,
@@ -27,15 +33,25 @@ class CausalSelfAttention(Module):
         rng: np.random.Generator,
         std: float,
         out_std: float,
+        head_dim: Optional[int] = None,
+        qkv_bias: bool = False,
+        qk_norm_eps: Optional[float] = None,
+        scale: Optional[float] = None,
     ):
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
-        self.head_dim = d_model // n_heads
+        self.head_dim = head_dim or d_model // n_heads
         self.rope_theta = rope_theta
-        self.q_proj = Linear(d_model, n_heads * self.head_dim, rng, std)
-        self.k_proj = Linear(d_model, n_kv_heads * self.head_dim, rng, std)
-        self.v_proj = Linear(d_model, n_kv_heads * self.head_dim, rng, std)
-        self.o_proj = Linear(n_heads * self.head_dim, d_model, rng, out_std)
+        self.scale = scale if scale is not None else 1.0 / math.sqrt(self.head_dim)
+        hd = self.head_dim
+        self.q_proj = Linear(d_model, n_heads * hd, rng, std, bias=qkv_bias)
+        self.k_proj = Linear(d_model, n_kv_heads * hd, rng, std, bias=qkv_bias)
+        self.v_proj = Linear(d_model, n_kv_heads * hd, rng, std, bias=qkv_bias)
+        self.o_proj = Linear(n_heads * hd, d_model, rng, out_std)
+        self.qk_norm = qk_norm_eps is not None
+        if qk_norm_eps is not None:
+            self.q_norm = RMSNorm(hd, qk_norm_eps)
+            self.k_norm = RMSNorm(hd, qk_norm_eps)
 
     def __call__(self, x: Tensor, cache: Optional["LayerKVCache"] = None) -> Tensor:
         """x: [B, T, D]. With `cache` (inference), x holds the tokens after those already cached:
@@ -45,14 +61,16 @@ class CausalSelfAttention(Module):
         q = F.reshape(self.q_proj(x), [b, t, self.n_heads, hd])  # [B, T, H, hd]
         k = F.reshape(self.k_proj(x), [b, t, self.n_kv_heads, hd])  # [B, T, Hkv, hd]
         v = F.reshape(self.v_proj(x), [b, t, self.n_kv_heads, hd])
+        if self.qk_norm:  # over the last axis (hd) of each head
+            q, k = self.q_norm(q), self.k_norm(k)
         positions = None if cache is None else np.arange(cache.length, cache.length + t)
         q = F.rope(q, self.rope_theta, positions)
         k = F.rope(k, self.rope_theta, positions)
         if cache is None:
-            o = F.causal_attention(q, k, v, 1.0 / math.sqrt(hd))  # [B, T, H, hd]
+            o = F.causal_attention(q, k, v, self.scale)  # [B, T, H, hd]
         else:
             kc, vc = cache.append(k.data, v.data)  # [B, len+T, Hkv, hd]
-            o = Tensor(_core.attention_with_cache(q.data, kc, vc, 1.0 / math.sqrt(hd)))
+            o = Tensor(_core.attention_with_cache(q.data, kc, vc, self.scale))
         return self.o_proj(F.reshape(o, [b, t, self.n_heads * hd]))
 
 
@@ -78,13 +96,23 @@ class LayerKVCache:
 
 
 class SwiGLUMLP(Module):
-    """down(silu(gate(x)) * up(x))"""
+    """down(silu(gate(x)) * up(x)); with activation="gelu_tanh", down(gelu_tanh(gate(x)) * up(x))
+    (GeGLU, Gemma's MLP)."""
 
-    def __init__(self, d_model: int, hidden: int, rng: np.random.Generator, std: float, out_std: float):
+    ACTIVATIONS = ("silu", "gelu_tanh")
+
+    def __init__(
+        self, d_model: int, hidden: int, rng: np.random.Generator, std: float, out_std: float, activation: str = "silu"
+    ):
         super().__init__()
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"MLP activation {activation!r} is not one of {', '.join(self.ACTIVATIONS)}")
+        self.activation = activation
         self.gate_proj = Linear(d_model, hidden, rng, std)
         self.up_proj = Linear(d_model, hidden, rng, std)
         self.down_proj = Linear(hidden, d_model, rng, out_std)
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.activation == "gelu_tanh":
+            return self.down_proj(F.mul(F.gelu(self.gate_proj(x)), self.up_proj(x)))
         return self.down_proj(F.swiglu(self.gate_proj(x), self.up_proj(x)))

@@ -328,6 +328,11 @@ def model_section(model: dict, seq_len: int) -> dict:
     family = model.pop("family", "dense")
     if not isinstance(family, str):
         raise ConfigError(f"model.family = {family!r}: expected a string")
+    # `init = "RUN"`: start from that run's (or checkpoint's) weights and model config, which the
+    # other [model] keys override; the trainer checks the family and vocabulary against it.
+    init = model.pop("init", None)
+    if init is not None and (not isinstance(init, str) or not init):
+        raise ConfigError(f"model.init = {init!r}: expected a run or checkpoint folder")
     try:
         cls = get_family(family).config_class
     except ValueError as e:
@@ -338,12 +343,14 @@ def model_section(model: dict, seq_len: int) -> dict:
         raise ConfigError(f"[model] unknown keys for family {family!r}: {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)
     out: Dict[str, Any] = {"family": family}
+    if init is not None:
+        out["init"] = init
     for key, value in model.items():
         if key == "vocab_size" and value in ("auto", None):
             out[key] = "auto"
             continue
         out[key] = coerce(f"model.{key}", value, hints[key])
-    trial = {k: v for k, v in out.items() if k != "family"}
+    trial = {k: v for k, v in out.items() if k not in ("family", "init")}
     if trial.get("vocab_size", "auto") == "auto":
         trial["vocab_size"] = 2  # stands in for the tokenizer's vocabulary
     trial.setdefault("max_seq_len", seq_len)

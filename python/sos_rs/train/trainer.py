@@ -40,8 +40,11 @@ class TrainingError(RuntimeError):
     """Training cannot start or continue; the message says why."""
 
 
-def model_config(cfg: TrainConfig, vocab_size: int) -> dict:
-    m = {k: v for k, v in cfg.model.items() if k != "family"}
+def model_config(cfg: TrainConfig, vocab_size: int, base: Optional[dict] = None) -> dict:
+    """[model] resolved against the data (and against `base`, the model config of the run that
+    `[model] init` names, which the other [model] keys override)."""
+    m = dict(base or {})
+    m.update({k: v for k, v in cfg.model.items() if k not in ("family", "init")})
     given = m.get("vocab_size", "auto")
     if given in ("auto", None):
         m["vocab_size"] = vocab_size
@@ -83,9 +86,12 @@ class Trainer:
         if cfg.run.threads:
             sos_rs.set_num_threads(cfg.run.threads)
         self.data = DataSetup(cfg)
-        mcfg = model_config(cfg, self.data.vocab_size)
-        self.family = cfg.model.get("family", "dense")
+        init = self._init_weights(cfg.model.get("init"))
+        mcfg = model_config(cfg, self.data.vocab_size, init[1] if init else None)
+        self.family = init[0] if init else cfg.model.get("family", "dense")
         self.model = build_model(self.family, mcfg)
+        if init:  # a checkpoint found by _resume replaces these
+            self.model.load_state_dict(init[2])
         self.model_cfg = dataclasses.asdict(self.model.config)
         self.names = [n for n, _ in self.model.named_parameters()]
         o = cfg.optim
@@ -106,6 +112,24 @@ class Trainer:
         self._resume(resume)
 
     # ---- set-up -------------------------------------------------------------------------------
+    def _init_weights(self, init: Optional[str]) -> Optional[tuple]:
+        """(family, model config, weights) of the run `[model] init` names (an imported one, say)."""
+        if not init:
+            return None
+        from .run_io import load_model
+
+        try:
+            model, state, folder = load_model(init, self.log)
+        except ckpt.CheckpointError as e:
+            raise TrainingError(f"[model] init = {init!r}: {e}") from None
+        family = self.cfg.model.get("family", state["model_family"])
+        if family != state["model_family"]:
+            raise TrainingError(
+                f"[model] family = {family!r} but init {folder} holds a {state['model_family']!r} model"
+            )
+        self.log(f"initialised from {folder}")
+        return state["model_family"], dict(state["model_config"]), model.state_dict()
+
     def _check_memory(self) -> None:
         n = self.model.num_parameters()
         est = self.model.estimate_memory(self.cfg.data.batch_size, self.cfg.data.seq_len).as_dict()
