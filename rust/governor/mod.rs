@@ -23,9 +23,9 @@ pub use kernel::{COLS, ROWS};
 /// Row blocks per parallel task: fixed, so the reduction order never depends on the threads.
 const BLOCKS_PER_TASK: usize = 4;
 
-/// Points of one call, transposed into column blocks of `COLS` points: `packed[jb·d·COLS + k·COLS
-/// + l]` = 1 − x_{jb·COLS+l, k}; points past N are padding with value 0, whose pair products are
-/// 0 (min(y, 0) = 0), so they add nothing.
+/// Points of one call, transposed into column blocks of `COLS` points:
+/// `data[jb·d·COLS + k·COLS + l]` = 1 − x_{jb·COLS+l, k}. Points past N are padding with value
+/// zero, whose pair products are zero (min(y, 0) = 0), so they add nothing.
 pub(crate) struct Packed {
     pub data: Vec<f64>,
     pub d: usize,
