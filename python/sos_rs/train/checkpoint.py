@@ -142,7 +142,11 @@ SCHEMA: Dict[str, Tuple[bool, Callable[[Any], bool], str]] = {
     "optimizer_step": (True, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "belt": (True, lambda v: isinstance(v, dict), "a table (the data cursor)"),
     "rng": (True, lambda v: isinstance(v, dict), "a table"),
-    "curriculum": (False, lambda v: _curriculum_ok(v), "null or the curriculum state (stage, history, plateau, grown, config)"),
+    "curriculum": (
+        False,
+        lambda v: _curriculum_ok(v),
+        "null or the curriculum state (stage, history, plateau, grown, config)",
+    ),
     "governor": (False, lambda v: _governor_ok(v), "null or the governor state (ema, last, tau, ..., readings)"),
     "val_loss": (True, lambda v: v is None or _is_num(v), "null or a number"),
     "best_val_loss": (True, lambda v: v is None or _is_num(v), "null or a number"),

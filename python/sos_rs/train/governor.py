@@ -228,7 +228,7 @@ class Governor:
         was = self.frozen
         if len(self.freeze_trace) >= c.freeze_window:
             tr = self.freeze_trace
-            self.frozen = (max(tr) - min(tr)) / max(np.mean(tr), 1e-12) < c.freeze_tol
+            self.frozen = bool((max(tr) - min(tr)) / max(float(np.mean(tr)), 1e-12) < c.freeze_tol)
         if self.frozen and not was:
             events.append(
                 {"event": "governor", "step": step, "action": "freeze", "act_T_ema_trace": list(self.freeze_trace)}

@@ -106,7 +106,9 @@ class StageHooks:
             return
         want = [s.grow_layers for s in cur.cfg.stages[1 : saved["stage"] + 1] if s.grow_layers]
         if cur.grown != cur.cfg.stages[0].grow_layers or sum(want) + cur.grown != saved["grown"]:
-            raise ckpt.CheckpointError(f"{folder}: its curriculum grew {saved['grown']} blocks; this run cannot match it")
+            raise ckpt.CheckpointError(
+                f"{folder}: its curriculum grew {saved['grown']} blocks; this run cannot match it"
+            )
         for n in want:
             self._grow(n)
 

@@ -287,7 +287,11 @@ class Trainer:
             self.rollback.take(self.step)
         try:
             while self.step < run.steps and not stop["flag"]:
-                lr = self.lr(self.step, self.elapsed_before + timer.elapsed()) * self.rollback.lr_factor * self.hooks.lr_factor
+                lr = (
+                    self.lr(self.step, self.elapsed_before + timer.elapsed())
+                    * self.rollback.lr_factor
+                    * self.hooks.lr_factor
+                )
                 loss_sum = 0.0
                 for _ in range(cfg.optim.grad_accum):
                     ids, targets, spike = self.rollback.next_batch()
