@@ -5,7 +5,7 @@ as random; T ≫ 1: collapsed or clustered.
 
 Two ways of turning a model's state into points, both per layer:
 - router probability vectors [N, E] are points of [0,1]^E as they are;
-- activations [N, D] are projected to `ACT_DIM` = 8 coordinates by a fixed random matrix,
+- activations [N, D] are projected to `ACT_DIM` = 8 coordinates by a fixed random orthonormal matrix,
   standardised per coordinate over the N tokens and mapped through the normal CDF (a Gaussian
   cloud becomes uniform; a collapsed one piles up at 0.5).
 The control law that acts on these readings lives in train/governor.py."""
@@ -70,8 +70,12 @@ def normal_cdf(z: np.ndarray) -> np.ndarray:
 
 
 def projection(width: int, seed: int) -> np.ndarray:
-    """The fixed random matrix [width, ACT_DIM] (N(0, 1/width) entries) of a layer's activations."""
-    return np.random.default_rng([seed, width, 0x50C]).normal(0.0, 1.0 / np.sqrt(width), (width, ACT_DIM))
+    """The fixed random projection [width, min(width, ACT_DIM)] of a layer's activations: the
+    orthonormal columns of a Gaussian matrix's QR factor, so i.i.d. Gaussian activations stay
+    i.i.d. (a plain Gaussian matrix would correlate the coordinates and read T > 1)."""
+    a = np.random.default_rng([seed, width, 0x50C]).standard_normal((width, min(width, ACT_DIM)))
+    q, r = np.linalg.qr(a)
+    return q * np.sign(np.diag(r))  # unique sign convention
 
 
 def activation_points(x: np.ndarray, proj: np.ndarray) -> np.ndarray:
