@@ -51,7 +51,7 @@ def eval_task(model, tok, eot_id, task: str, n: int) -> dict:
     if n < 1:
         raise ValueError(f"--n must be positive, got {n}")
     correct = 0
-    shown = []
+    shown: list = []
     for q, a in examples(task, n, EVAL_SEED):
         prompt = ([eot_id] if eot_id is not None else []) + tok.encode(q).ids
         budget = len(tok.encode(a).ids) + 4

@@ -88,6 +88,7 @@ class LanguageModel(Module):
     family: ClassVar[str]
     config_class: ClassVar[Type[Any]]
     config: Any
+    model: Any  # the family's body (embedding, `layers`, ...), set by each family
     hf_model_type: ClassVar[Optional[str]] = None
     """`model_type` in the config.json of this family's Hugging Face export."""
 

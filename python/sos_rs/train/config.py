@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .curriculum import CurriculumConfig, CurriculumError
+from .curriculum import CurriculumConfig, CurriculumError, max_seq_len
 from .curriculum import parse as parse_curriculum
 from .governor import GovernorConfig
 from .governor import validate as validate_governor
@@ -382,8 +382,6 @@ def from_dict(raw: dict) -> TrainConfig:
         curriculum = parse_curriculum(raw.get("curriculum"))
     except CurriculumError as e:
         raise ConfigError(str(e)) from None
-    from .curriculum import max_seq_len
-
     model = model_section(raw.get("model", {}), max_seq_len(curriculum, built["data"].seq_len))
     for ok, msg in validate_rollback(built["rollback"]) + validate_governor(built["governor"]):
         if not ok:

@@ -9,7 +9,8 @@ probability vectors (sos_rs/governor.py), keeps an EMA of each, and acts:
   τ·e^{±max_step} (T is U-shaped in τ: flat and one-hot routing are both clustered) — and
   clamped to [tau_min, tau_max] × the configured τ;
 - learning rate: after `patience` consecutive collapsed readings (a router T-EMA above
-  band_high, or a layer's activation T-EMA above act_high) the LR factor is multiplied by
+  band_high while its τ sits at a clamp, or a layer's activation T-EMA above act_high) the LR
+  factor is multiplied by
   lr_cut (down to lr_floor);
 - freeze signal: the mean activation T-EMA moved by less than freeze_tol (relative) over the
   last freeze_window readings: the state has settled, which a curriculum stage with
@@ -201,8 +202,17 @@ class Governor:
                         "tau_to": new,
                     }
                 )
-        # LR cut after sustained collapse.
-        worst_router = max((v for k, v in self.ema.items() if k.startswith("router.")), default=0.0)
+
+        # LR cut after sustained collapse: a layer's activations, or a router above the band whose
+        # τ is already at a clamp (its own knob is spent).
+        def pinned(name: str) -> bool:
+            tau, base = float(routers[name].temperature), self.base_tau[name]
+            return tau <= base * c.tau_min * (1 + 1e-9) or tau >= base * c.tau_max * (1 - 1e-9)
+
+        worst_router = max(
+            (v for k, v in self.ema.items() if k.startswith("router.") and k[7:] in routers and pinned(k[7:])),
+            default=0.0,
+        )
         worst_act = max((v for k, v in self.ema.items() if k.startswith("act.")), default=0.0)
         collapsed = worst_router > c.band_high or worst_act > c.act_high
         self.collapsed_run = self.collapsed_run + 1 if collapsed and acting else 0

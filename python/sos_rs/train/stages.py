@@ -183,8 +183,8 @@ class StageHooks:
         if self.governor is not None:
             g = self.governor.cfg
             metrics.info(
-                f"governor: every {g.every} steps on {g.tokens} tokens, router T band [{g.band_low:g}, {g.band_high:g}], "
-                f"{len(self.t.model.routers())} routers"
+                f"governor: every {g.every} steps on {g.tokens} tokens, "
+                f"router T band [{g.band_low:g}, {g.band_high:g}], {len(self.t.model.routers())} routers"
             )
 
 

@@ -104,7 +104,7 @@ class Trainer:
             self.hooks = StageHooks(self)
         except CurriculumError as e:
             raise TrainingError(str(e)) from None
-        self.train_belt = self.hooks.belt if self.hooks.curriculum else self.data.train_belt()
+        self.train_belt = self.hooks.belt if self.hooks.belt is not None else self.data.train_belt()
         self.rollback = Rollback(cfg.rollback, self.model, self.opt, self.names, self.train_belt)
         self._check_memory()
         self.lock = RunLock(self.out)
