@@ -152,7 +152,10 @@ class Trainer:
         """Takes over a loaded checkpoint. Everything is checked before anything is changed, so a
         refused checkpoint (CheckpointError) leaves the fresh model, optimizer and belt intact
         (except blocks a curriculum grew to match the checkpoint, see StageHooks.replay)."""
-        self.hooks.replay(folder, state)  # grows the model as the checkpoint's stages did
+        try:
+            self.hooks.replay(folder, state)  # grows the model as the checkpoint's stages did
+        except CurriculumError as e:
+            raise TrainingError(str(e)) from None
         if state["model_family"] != self.family or state["model_config"] != self.model_cfg:
             raise TrainingError(
                 f"{folder} was written for a different model "
