@@ -10,11 +10,13 @@
 //!   parallel loops.
 //! - `scratch`: reusable aligned per-thread buffers.
 //! - `belt`: token shards and the batch belt.
+//! - `governor`: the squared L2-star discrepancy behind the governor's temperature.
 //! - `py` (feature `python`): the `sos_rs._core` extension module, one file per part bound.
 
 pub mod belt;
 pub mod cpu;
 pub mod error;
+pub mod governor;
 pub mod moe;
 pub mod ops;
 pub mod scratch;

@@ -1,11 +1,12 @@
 //! The Python module `sos_rs._core`: the only code that names pyo3 or numpy. One file per part
 //! of the crate it binds: `tensor` (the `Tensor` class), `ops`, `moe`, `metric_attention`,
-//! `belt` and `runtime` (threads, instruction set, FMA peak); `convert` holds the conversions
+//! `belt`, `governor` and `runtime` (threads, instruction set, FMA peak); `convert` holds the conversions
 //! they share. Each binding extracts its arguments, releases the GIL while the op runs on the
 //! sos_rs pool, and turns the core's `Error` into a typed exception from `sos_rs.errors`.
 
 mod belt;
 mod convert;
+mod governor;
 mod metric_attention;
 mod moe;
 mod ops;
@@ -21,6 +22,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     moe::register(m)?;
     metric_attention::register(m)?;
     belt::register(m)?;
+    governor::register(m)?;
     runtime::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 # where MODULES names another (`import` is a Python keyword).
 SUBCOMMANDS = [
     "prepare",
+    "synth",
     "import",
     "train",
     "sample",

@@ -17,6 +17,9 @@ A family provides:
 | `train()` / `eval()` | training or inference mode (regularisers, hard masks) |
 | `estimate_memory(batch, seq)` | bytes a training step needs, checked before step 1 |
 | `export_hf(out, extra_config)` | weights and config.json of a Hugging Face folder |
+| `probe(ids)` | per-layer activations and router logits of a no-grad pass (the governor's points) |
+| `routers()` | the family's routers by name (the governor adjusts their temperatures) |
+| `grow(n, where)` | `n` more blocks computing the identity (curriculum depth stages), or GrowthError |
 
 Weights are `state_dict()`: parameters, then buffers (non-trainable state such as SAGI's agent
 states), so checkpoints, exports and rollback snapshots need no family-specific code.
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any, ClassVar, Dict, List, Optional, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Type
 
 import numpy as np
 
@@ -65,12 +68,27 @@ class ExportError(ValueError):
     """The model cannot be written in the requested format; the message says why."""
 
 
+class GrowthError(ValueError):
+    """The family cannot add blocks (or not where asked); the message says why."""
+
+
+@dataclasses.dataclass
+class Probe:
+    """What `LanguageModel.probe` saw in one no-grad pass over N = B·T tokens:
+    `activations` {layer name: [N, D] output of that block}, `router_logits` {router name:
+    [N, E] logits before the temperature} (names as in `routers()`)."""
+
+    activations: Dict[str, np.ndarray]
+    router_logits: Dict[str, np.ndarray]
+
+
 class LanguageModel(Module):
     """Base class of every model family: token ids [B, T] -> logits [B, T, vocab]."""
 
     family: ClassVar[str]
     config_class: ClassVar[Type[Any]]
     config: Any
+    model: Any  # the family's body (embedding, `layers`, ...), set by each family
     hf_model_type: ClassVar[Optional[str]] = None
     """`model_type` in the config.json of this family's Hugging Face export."""
 
@@ -133,6 +151,55 @@ class LanguageModel(Module):
         folder into `out`; returns the paths written. `extra_config` adds keys to config.json."""
         raise ExportError(f"the {self.family!r} family has no Hugging Face export")
 
+    # ---- the governor and the curriculum ----------------------------------------------------------
+    def probe(self, ids: np.ndarray) -> Probe:
+        """One inference-mode pass without gradients over ids [B, T], returning each block's
+        output and each router's logits (see `Probe`)."""
+        raise NotImplementedError(f"the {self.family!r} family has no probe")
+
+    def routers(self) -> Dict[str, Any]:
+        """Routers by name, each with a `temperature` attribute (τ of softmax(logits / τ)); empty
+        for families that route nothing."""
+        return {}
+
+    def grow(self, n: int, where: str = "top") -> None:
+        """Adds `n` blocks that compute the identity, so the network's function is unchanged and
+        the new blocks get gradient on the next step: at the top of the stack (`where="top"`) or
+        one after every block from the bottom (`"interleave"`). Updates `config.n_layers`.
+        Families that cannot grow raise GrowthError (the default)."""
+        raise GrowthError(f"the {self.family!r} family cannot grow (grow_layers is not supported for it)")
+
+    @staticmethod
+    def growth_slots(n_layers: int, n: int, where: str) -> List[int]:
+        """Indices (in the grown stack) the `n` new blocks take: the top, or one after each of
+        the first n existing blocks ("interleave"; the rest of them at the top when n > n_layers)."""
+        if n <= 0:
+            raise GrowthError(f"grow_layers must be positive, got {n}")
+        if where == "top":
+            return list(range(n_layers, n_layers + n))
+        if where == "interleave":
+            inner = min(n, n_layers)
+            return [2 * i + 1 for i in range(inner)] + list(range(n_layers + inner, n_layers + n))
+        raise GrowthError(f"grow_where = {where!r}: expected top | interleave")
+
+    def _grow_layers(self, n: int, where: str, make_block: Callable[[np.random.Generator], Module]) -> None:
+        """Shared body of `grow` for families whose blocks sit in `self.model.layers`: builds `n`
+        blocks with `make_block` (already set to the identity), from a generator seeded by
+        (seed, current depth) so a resumed run grows identical blocks, and inserts them."""
+        from ..nn import ModuleList
+
+        old = list(self.model.layers)
+        slots = self.growth_slots(len(old), n, where)
+        rng = np.random.default_rng([self.config.seed, len(old), 0x6120])
+        new = [make_block(rng) for _ in range(n)]
+        stack: List[Module] = []
+        fresh = iter(new)
+        rest = iter(old)
+        for i in range(len(old) + n):
+            stack.append(next(fresh) if i in slots else next(rest))
+        self.model.layers = ModuleList(stack)
+        self.config = dataclasses.replace(self.config, n_layers=len(stack))
+
     # ---- helpers for subclasses -----------------------------------------------------------------
     def check_ids(self, ids: np.ndarray, seen: int = 0) -> np.ndarray:
         """ids as a 2-D array that fits the context after `seen` cached positions."""
@@ -144,9 +211,16 @@ class LanguageModel(Module):
         return ids
 
 
+def zero_(p: Tensor) -> None:
+    """Sets a parameter to zeros in place (identity-initialised residual branches)."""
+    from .. import _core
+
+    p.data.copy_(_core.Tensor.zeros(list(p.shape)))
+
+
 def parameter_state_bytes(n_params: int) -> int:
     """Weights, gradients and the two AdamW moments, in f32."""
     return n_params * 4 * BYTES_F32
 
 
-__all__ = ["ExportError", "LanguageModel", "MemoryEstimate", "parameter_state_bytes"]
+__all__ = ["ExportError", "GrowthError", "LanguageModel", "MemoryEstimate", "Probe", "parameter_state_bytes", "zero_"]

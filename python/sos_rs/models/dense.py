@@ -13,14 +13,14 @@ from __future__ import annotations
 import math
 import pathlib
 from dataclasses import asdict, dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from .. import functional as F
-from ..autograd import Tensor
+from ..autograd import Tensor, no_grad
 from ..nn import CausalSelfAttention, Embedding, LayerKVCache, Linear, Module, ModuleList, RMSNorm, SwiGLUMLP
-from .base import BYTES_F32, LanguageModel, MemoryEstimate, parameter_state_bytes
+from .base import BYTES_F32, LanguageModel, MemoryEstimate, Probe, parameter_state_bytes, zero_
 
 
 @dataclass
@@ -206,6 +206,30 @@ class DenseLM(LanguageModel):
         x = self.model.norm(x)
         head = self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
         return F.linear(x, head)  # [B, T, V]
+
+    def probe(self, ids: np.ndarray) -> Probe:
+        """Each decoder block's output [B·T, D] (the dense family routes nothing)."""
+        ids = self.check_ids(ids)
+        acts: Dict[str, np.ndarray] = {}
+        with no_grad():
+            x = self.model.embed_tokens(ids)
+            for i, layer in enumerate(self.model.layers):
+                x = layer(x)
+                acts[f"layers.{i}"] = x.numpy().reshape(-1, x.shape[-1])
+        return Probe(acts, {})
+
+    def grow(self, n: int, where: str = "top") -> None:
+        """New decoder blocks with o_proj and down_proj at zero: both residual branches add 0,
+        so the logits are unchanged; those two matrices get gradient at once (their inputs are
+        not zero), the rest of the block from the step after."""
+
+        def block(rng: np.random.Generator) -> DecoderLayer:
+            layer = DecoderLayer(self.config, rng)
+            zero_(layer.self_attn.o_proj.weight)
+            zero_(layer.mlp.down_proj.weight)
+            return layer
+
+        self._grow_layers(n, where, block)
 
     def new_cache(self, batch: int) -> list:
         """One empty KV cache per layer, for up to max_seq_len positions."""

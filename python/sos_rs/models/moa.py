@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import pathlib
 from dataclasses import asdict, dataclass, field, fields
-from typing import ClassVar, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .. import functional as F
-from ..autograd import Tensor
+from ..autograd import Tensor, no_grad
 from ..nn import Embedding, Linear, Module, ModuleList
 from ..nn.moa import FFN_BRANCHES, MIXER_PATHS, MoABlock, MoAHead
 from ..nn.moe import Aux
-from .base import BYTES_F32, LanguageModel, MemoryEstimate, parameter_state_bytes
+from .base import BYTES_F32, LanguageModel, MemoryEstimate, Probe, parameter_state_bytes, zero_
 
 
 @dataclass
@@ -190,6 +190,43 @@ class MoALM(LanguageModel):
             if not bad.any():
                 return t
             t[bad] = self._triple_rng.integers(0, n_tokens, (int(bad.sum()), 3))
+
+    def routers(self) -> dict:
+        """The mixer and HyperFFN router of every block, named as in routing statistics."""
+        out = {}
+        for i, layer in enumerate(self.model.layers):
+            out[f"layers.{i}.mixer"] = layer.mixer.router
+            out[f"layers.{i}.ffn"] = layer.ffn.router
+        return out
+
+    def probe(self, ids: np.ndarray) -> Probe:
+        """Each block's output [B·T, D] and each router's logits [B·T, paths], in inference mode."""
+        was = self.training
+        self.eval()
+        try:
+            ids = self.check_ids(ids)
+            aux = Aux(training=False, keep_logits=True)
+            acts: Dict[str, np.ndarray] = {}
+            with no_grad():
+                x = self.model.embed_tokens(ids)
+                for i, layer in enumerate(self.model.layers):
+                    x = layer(x, aux, f"layers.{i}")
+                    acts[f"layers.{i}"] = x.numpy().reshape(-1, x.shape[-1])
+            return Probe(acts, dict(aux.logits))
+        finally:
+            self.train(was)
+
+    def grow(self, n: int, where: str = "top") -> None:
+        """New MoA blocks with both LayerScale vectors at zero (SPEC §7: identity through
+        LayerScale): the logits are unchanged, and the scales get gradient at once."""
+
+        def block(rng: np.random.Generator) -> MoABlock:
+            b = MoABlock(self.config, rng)
+            zero_(b.mixer_scale)
+            zero_(b.ffn_scale)
+            return b
+
+        self._grow_layers(n, where, block)
 
     def forward_with_aux(self, ids: np.ndarray, triples: Optional[np.ndarray] = None) -> Tuple[Tensor, Aux]:
         """Logits and the pass's auxiliary losses/statistics. `triples` fixes the regulariser's

@@ -44,6 +44,8 @@ class Aux:
     ti_violations: int = 0
     ti_checks: int = 0
     named: dict = field(default_factory=dict)
+    keep_logits: bool = False  # the governor's probe: keep each router's logits in `logits`
+    logits: dict = field(default_factory=dict)
 
     def add(self, name: str, loss: Tensor) -> None:
         self.losses.append(loss)
@@ -90,6 +92,8 @@ def routed_mixture(
     b, t, d = h.shape
     hf = F.reshape(h, [b * t, d])
     gates, idx, probs, logits = router(hf)
+    if aux.keep_logits:
+        aux.logits[name] = logits.data.numpy()
     plan = F.moe_plan(idx, len(paths), capacity_factor)
     if aux_coef:
         aux.add(f"{name}.load_balance", F.scale(F.load_balance_loss(probs, idx), aux_coef))

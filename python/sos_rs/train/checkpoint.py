@@ -118,6 +118,18 @@ def _train_config_ok(state: dict) -> Optional[str]:
     return None
 
 
+def _curriculum_ok(v: Any) -> bool:
+    from .curriculum import curriculum_state_ok
+
+    return curriculum_state_ok(v)
+
+
+def _governor_ok(v: Any) -> bool:
+    from .governor import governor_state_ok
+
+    return governor_state_ok(v)
+
+
 # key -> (required, check, what is expected)
 SCHEMA: Dict[str, Tuple[bool, Callable[[Any], bool], str]] = {
     "format_version": (True, lambda v: _is_int(v) and v in (FORMAT_VERSION, *LEGACY_FORMATS), "a known format"),
@@ -130,7 +142,12 @@ SCHEMA: Dict[str, Tuple[bool, Callable[[Any], bool], str]] = {
     "optimizer_step": (True, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "belt": (True, lambda v: isinstance(v, dict), "a table (the data cursor)"),
     "rng": (True, lambda v: isinstance(v, dict), "a table"),
-    "curriculum": (False, lambda v: v is None or isinstance(v, dict), "null or a table"),
+    "curriculum": (
+        False,
+        lambda v: _curriculum_ok(v),
+        "null or the curriculum state (stage, history, plateau, grown, config)",
+    ),
+    "governor": (False, lambda v: _governor_ok(v), "null or the governor state (ema, last, tau, ..., readings)"),
     "val_loss": (True, lambda v: v is None or _is_num(v), "null or a number"),
     "best_val_loss": (True, lambda v: v is None or _is_num(v), "null or a number"),
     "elapsed_s": (True, lambda v: _is_num(v) and math.isfinite(v) and v >= 0, "a number >= 0"),

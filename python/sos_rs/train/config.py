@@ -1,5 +1,6 @@
-"""Training configuration: TOML sections [model], [data], [optim], [schedule], [run], [rollback].
-Every field is documented here ([rollback] in train/rollback.py, beside the code it configures);
+"""Training configuration: TOML sections [model], [data], [optim], [schedule], [run], [rollback],
+[governor], [curriculum]. Every field is documented here ([rollback] in train/rollback.py,
+[governor] in train/governor.py, [curriculum] in train/curriculum.py, beside the code each configures);
 unknown keys and missing required keys are named in the error.
 Overrides from the command line use dotted keys (`--set optim.lr=1e-3`).
 
@@ -18,6 +19,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .curriculum import CurriculumConfig, CurriculumError, max_seq_len
+from .curriculum import parse as parse_curriculum
+from .governor import GovernorConfig
+from .governor import validate as validate_governor
 from .rollback import RollbackConfig
 from .rollback import validate as validate_rollback
 
@@ -119,6 +124,7 @@ SECTIONS = {
     "schedule": ScheduleConfig,
     "run": RunConfig,
     "rollback": RollbackConfig,
+    "governor": GovernorConfig,
 }
 
 
@@ -130,9 +136,14 @@ class TrainConfig:
     schedule: ScheduleConfig
     run: RunConfig
     rollback: RollbackConfig = field(default_factory=RollbackConfig)
+    governor: GovernorConfig = field(default_factory=GovernorConfig)
+    curriculum: Optional[CurriculumConfig] = None
 
     def to_dict(self) -> dict:
-        return {"model": dict(self.model), **{k: dataclasses.asdict(getattr(self, k)) for k in SECTIONS}}
+        out = {"model": dict(self.model), **{k: dataclasses.asdict(getattr(self, k)) for k in SECTIONS}}
+        if self.curriculum is not None:
+            out["curriculum"] = self.curriculum.to_dict()
+        return out
 
 
 def _parse_value(text: str) -> Any:
@@ -364,21 +375,27 @@ def model_section(model: dict, seq_len: int) -> dict:
 def from_dict(raw: dict) -> TrainConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"the configuration must be a table of sections, got {type(raw).__name__}")
-    unknown_sections = sorted(set(raw) - set(SECTIONS) - {"model"})
+    unknown_sections = sorted(set(raw) - set(SECTIONS) - {"model", "curriculum"})
     if unknown_sections:
-        raise ConfigError(f"unknown sections: {', '.join(unknown_sections)} (expected model, {', '.join(SECTIONS)})")
+        raise ConfigError(
+            f"unknown sections: {', '.join(unknown_sections)} (expected model, {', '.join(SECTIONS)}, curriculum)"
+        )
     for name in ("model", *SECTIONS):
         if not isinstance(raw.get(name, {}), dict):
             raise ConfigError(f"[{name}] must be a table, got {raw[name]!r}")
     built = {name: _section(name, cls, dict(raw.get(name, {}))) for name, cls in SECTIONS.items()}
     built["data"].mixture = _mixture(built["data"].mixture)
-    model = model_section(raw.get("model", {}), built["data"].seq_len)
-    for ok, msg in validate_rollback(built["rollback"]):
+    try:
+        curriculum = parse_curriculum(raw.get("curriculum"))
+    except CurriculumError as e:
+        raise ConfigError(str(e)) from None
+    model = model_section(raw.get("model", {}), max_seq_len(curriculum, built["data"].seq_len))
+    for ok, msg in validate_rollback(built["rollback"]) + validate_governor(built["governor"]):
         if not ok:
             raise ConfigError(msg)
     if built["schedule"].horizon == "time" and not built["run"].max_minutes:
         raise ConfigError('schedule.horizon = "time" needs a time budget: set run.max_minutes')
-    return TrainConfig(model=model, **built)
+    return TrainConfig(model=model, curriculum=curriculum, **built)
 
 
 def load(path: str, overrides: Optional[list] = None) -> TrainConfig:

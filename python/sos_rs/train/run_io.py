@@ -25,6 +25,10 @@ def load_model(path: str, log: Optional[Callable[[str], None]] = None):
         expected = {n: tuple(t.shape) for n, t in model.named_parameters()}
         ckpt.check_arrays(folder, "model.safetensors", model_arrays, expected)
         model.load_state_dict(model_arrays)
+        routers = model.routers()
+        for name, tau in ((state.get("governor") or {}).get("tau") or {}).items():
+            if name in routers:  # the governor's router temperatures are part of the trained model
+                routers[name].temperature = float(tau)
         return model, state, folder
 
     if os.path.lexists(p / "state.json"):

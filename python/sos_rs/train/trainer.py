@@ -26,6 +26,8 @@ from ..models import build_model
 from . import checkpoint as ckpt
 from .config import TrainConfig, dumps
 from .cost import CostMeter
+from .curriculum import CurriculumError
+from .curriculum import max_seq_len as curriculum_seq_len
 from .data_setup import DataSetup
 from .evaluate import evaluate
 from .memory import available_bytes, peak_rss_bytes, rss_bytes
@@ -34,6 +36,7 @@ from .rollback import SNAPSHOT_FILE, Rollback, all_finite
 from .run_io import portable_paths
 from .run_lock import RunLock, RunLockedError
 from .schedule import describe, lr_at
+from .stages import StageHooks
 
 
 class TrainingError(RuntimeError):
@@ -52,10 +55,12 @@ def model_config(cfg: TrainConfig, vocab_size: int, base: Optional[dict] = None)
         raise TrainingError(
             f"vocabulary mismatch: [model] vocab_size = {given} but the tokenizer and shards have {vocab_size}"
         )
-    m.setdefault("max_seq_len", cfg.data.seq_len)
-    if m["max_seq_len"] < cfg.data.seq_len:
+    longest = curriculum_seq_len(cfg.curriculum, cfg.data.seq_len)  # the longest row of any stage
+    m.setdefault("max_seq_len", longest)
+    if m["max_seq_len"] < longest:
         raise TrainingError(
-            f"[model] max_seq_len = {m['max_seq_len']} is shorter than data.seq_len = {cfg.data.seq_len}"
+            f"[model] max_seq_len = {m['max_seq_len']} is shorter than the longest row ({longest}: data.seq_len "
+            "or a curriculum stage's seq_len)"
         )
     m.setdefault("seed", cfg.run.seed)
     return m
@@ -101,7 +106,11 @@ class Trainer:
         self.elapsed_before = 0.0
         self.cpu_before = 0.0
         self.meter = CostMeter(cfg.run.price_per_hour)
-        self.train_belt = self.data.train_belt()
+        try:  # the curriculum and the governor (train/stages.py); refused here, before any step
+            self.hooks = StageHooks(self)
+        except CurriculumError as e:
+            raise TrainingError(str(e)) from None
+        self.train_belt = self.hooks.belt if self.hooks.belt is not None else self.data.train_belt()
         self.rollback = Rollback(cfg.rollback, self.model, self.opt, self.names, self.train_belt)
         self._check_memory()
         self.lock = RunLock(self.out)
@@ -165,7 +174,12 @@ class Trainer:
 
     def _restore(self, folder: pathlib.Path, model_arrays: dict, opt_arrays: dict, state: dict) -> pathlib.Path:
         """Takes over a loaded checkpoint. Everything is checked before anything is changed, so a
-        refused checkpoint (CheckpointError) leaves the fresh model, optimizer and belt intact."""
+        refused checkpoint (CheckpointError) leaves the fresh model, optimizer and belt intact
+        (except blocks a curriculum grew to match the checkpoint, see StageHooks.replay)."""
+        try:
+            self.hooks.replay(folder, state)  # grows the model as the checkpoint's stages did
+        except CurriculumError as e:
+            raise TrainingError(str(e)) from None
         if state["model_family"] != self.family or state["model_config"] != self.model_cfg:
             raise TrainingError(
                 f"{folder} was written for a different model "
@@ -191,6 +205,7 @@ class Trainer:
         self.elapsed_before = state.get("elapsed_s", 0.0)
         self.cpu_before = state.get("cpu_s", 0.0)
         self.rollback.load_state(state.get("rollback"), snapshot, self.step)
+        self.hooks.load_state(state)
         return folder
 
     def _truncate_metrics(self) -> None:
@@ -221,7 +236,8 @@ class Trainer:
                 "seed": self.cfg.run.seed,
                 "note": "sampling seeds derive from (seed, step); no other RNG is consumed",
             },
-            "curriculum": None,
+            "curriculum": self.hooks.curriculum.state() if self.hooks.curriculum else None,
+            "governor": self.hooks.governor.state() if self.hooks.governor else None,
             "val_loss": val_loss,
             "best_val_loss": self.best_val,
             "elapsed_s": elapsed,
@@ -287,9 +303,9 @@ class Trainer:
         timer = Timer(self.clock)
         sched = cfg.schedule
         metrics.info(describe(sched.kind, sched.horizon, run.steps, sched.warmup_steps, run.max_minutes))
+        self.hooks.describe(metrics)
         self.meter = CostMeter(run.price_per_hour, self.elapsed_before, self.cpu_before)
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.grad_accum
-        params = self.model.parameters()
         seed = _core.Tensor.full([], 1.0 / cfg.optim.grad_accum)
         last_val: Optional[float] = None
         window_t, window_steps = time.perf_counter(), 0
@@ -298,7 +314,11 @@ class Trainer:
             self.rollback.take(self.step)
         try:
             while self.step < run.steps and not stop["flag"]:
-                lr = self.lr(self.step, self.elapsed_before + timer.elapsed()) * self.rollback.lr_factor
+                lr = (
+                    self.lr(self.step, self.elapsed_before + timer.elapsed())
+                    * self.rollback.lr_factor
+                    * self.hooks.lr_factor
+                )
                 loss_sum = 0.0
                 for _ in range(cfg.optim.grad_accum):
                     ids, targets, spike = self.rollback.next_batch()
@@ -306,9 +326,9 @@ class Trainer:
                     loss.backward(seed if spike == 1.0 else _core.Tensor.full([], spike / cfg.optim.grad_accum))
                     loss_sum += loss.item() * spike
                 gnorm = (
-                    optim.clip_grad_norm(params, cfg.optim.grad_clip)
+                    optim.clip_grad_norm(self.opt.params, cfg.optim.grad_clip)  # self.opt: a curriculum may grow
                     if cfg.optim.grad_clip > 0
-                    else optim.grad_norm(params)
+                    else optim.grad_norm(self.opt.params)
                 )
                 anomaly = self.rollback.observe(self.step, loss_sum / cfg.optim.grad_accum, gnorm)
                 if anomaly is not None:
@@ -319,6 +339,7 @@ class Trainer:
                 self.opt.zero_grad()
                 self.step += 1
                 self.rollback.after_step(self.step)
+                self.hooks.after_step(ids, metrics)  # governor readings/actions, stage changes
                 window_steps += 1
                 elapsed = self.elapsed_before + timer.elapsed()
                 show = self.step % run.log_every == 0 or self.step == run.steps
@@ -335,7 +356,7 @@ class Trainer:
                         "elapsed_s": elapsed,
                         "eta_s": ms / 1000 * (run.steps - self.step),
                         "rss_mb": rss_bytes() / 2**20,
-                        "tokens_seen": self.step * tokens_per_step,
+                        "tokens_seen": self.hooks.tokens_seen(self.step, tokens_per_step),
                         **self.meter.fields(elapsed),
                     }
                     record.update(self.model.step_stats())  # the family's own numbers (routing, regularisers)
@@ -374,7 +395,7 @@ class Trainer:
             result.update(self.meter.fields(wall))
             result.update(
                 step=self.step,
-                tokens_seen=self.step * tokens_per_step,
+                tokens_seen=self.hooks.tokens_seen(self.step, tokens_per_step),
                 elapsed_s=wall,
                 peak_rss_mb=peak_rss_bytes() / 2**20,
                 checkpoint=str(folder),
