@@ -8,6 +8,7 @@ auxiliary losses) and leaves the step's statistics in `model.last_stats`.
 from __future__ import annotations
 
 import pathlib
+import zlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar, Dict, List, Optional, Tuple
 
@@ -180,16 +181,24 @@ class MoALM(LanguageModel):
     def _attention_modules(self) -> int:
         return self.config.n_layers * sum(p in ("mha", "mqa") for p in self.config.paths)
 
-    def sample_triples(self, n_tokens: int) -> np.ndarray:
-        """ti_triples rows of 3 distinct flattened positions < n_tokens."""
+    def sample_triples(self, n_tokens: int, key: Optional[np.ndarray] = None) -> np.ndarray:
+        """ti_triples rows of 3 distinct flattened positions < n_tokens. With `key` (the batch's
+        token ids, as training passes them) the draw is a function of (seed, key) alone, so a
+        resumed run draws exactly the triples of the uninterrupted one with no RNG state to
+        checkpoint; without it, the model's own stream is used (benchmarks, tests)."""
         if n_tokens < 3:
             return np.zeros((0, 3), np.int64)
-        t = self._triple_rng.integers(0, n_tokens, (self.config.ti_triples, 3))
+        if key is None:
+            rng = self._triple_rng
+        else:
+            digest = zlib.crc32(np.ascontiguousarray(key, dtype=np.int64).tobytes())
+            rng = np.random.default_rng([self.config.seed, 1, digest])
+        t = rng.integers(0, n_tokens, (self.config.ti_triples, 3))
         while True:  # redraw the (rare) rows that repeat a position
             bad = (t[:, 0] == t[:, 1]) | (t[:, 1] == t[:, 2]) | (t[:, 0] == t[:, 2])
             if not bad.any():
                 return t
-            t[bad] = self._triple_rng.integers(0, n_tokens, (int(bad.sum()), 3))
+            t[bad] = rng.integers(0, n_tokens, (int(bad.sum()), 3))
 
     def routers(self) -> dict:
         """The mixer and HyperFFN router of every block, named as in routing statistics."""
@@ -234,7 +243,7 @@ class MoALM(LanguageModel):
         cfg = self.config
         ids = self.check_ids(ids)
         if self.training and cfg.ti_lambda and triples is None:
-            triples = self.sample_triples(ids.size)
+            triples = self.sample_triples(ids.size, key=ids)
         aux = Aux(
             triples=triples,
             training=self.training,
