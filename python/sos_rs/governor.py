@@ -4,7 +4,11 @@ E[D²] = (2^−d − 3^−d) / N is its expectation for N i.i.d. uniform points.
 as random; T ≫ 1: collapsed or clustered.
 
 Two ways of turning a model's state into points, both per layer:
-- router probability vectors [N, E] are points of [0,1]^E as they are;
+- router probability vectors [N, E] are mapped to [0,1]^(E-1) by `router_points`, the
+  stick-breaking transform that sends the uniform distribution on the simplex (Dirichlet(1))
+  to the uniform cube: routing as varied as random reads T ≈ 1, routing that collapses to one
+  point (flat, as at initialisation) or to the corners (one-hot) reads T ≫ 1. The raw vectors
+  would not do: they live on a simplex, read T ≫ 1 whatever the routing, and not monotonically;
 - activations [N, D] are projected to `ACT_DIM` = 8 coordinates by a fixed random orthonormal matrix,
   standardised per coordinate over the N tokens and mapped through the normal CDF (a Gaussian
   cloud becomes uniform; a collapsed one piles up at 0.5).
@@ -69,6 +73,19 @@ def normal_cdf(z: np.ndarray) -> np.ndarray:
     return np.clip(np.where(z >= 0, 1.0 - 0.5 * erfc, 0.5 * erfc), 0.0, 1.0)
 
 
+def router_points(probs: np.ndarray) -> np.ndarray:
+    """Router probability vectors [N, E] (rows summing to 1) -> points [N, E-1] in [0,1]:
+    v_i = p_i / (1 − Σ_{j<i} p_j) is Beta(1, E−1−i) for Dirichlet(1) vectors, independently, and
+    its CDF u_i = 1 − (1 − v_i)^(E−1−i) is then uniform. E = 1 gives no coordinates (ShapeError
+    from `temperature`); an exhausted stick (no mass left) maps to 0."""
+    p = np.asarray(probs, dtype=np.float64)
+    n, e = p.shape
+    rem = 1.0 - np.concatenate([np.zeros((n, 1)), np.cumsum(p[:, :-2], axis=1)], axis=1) if e > 1 else p[:, :0]
+    v = np.divide(p[:, :-1], rem, out=np.zeros((n, max(e - 1, 0))), where=rem > 1e-12)
+    k = (e - 1 - np.arange(e - 1))[None, :]
+    return np.clip(1.0 - (1.0 - np.clip(v, 0.0, 1.0)) ** k, 0.0, 1.0)
+
+
 def projection(width: int, seed: int) -> np.ndarray:
     """The fixed random projection [width, min(width, ACT_DIM)] of a layer's activations: the
     orthonormal columns of a Gaussian matrix's QR factor, so i.i.d. Gaussian activations stay
@@ -88,4 +105,13 @@ def activation_points(x: np.ndarray, proj: np.ndarray) -> np.ndarray:
     return normal_cdf(y)
 
 
-__all__ = ["ACT_DIM", "activation_points", "expected_l2star_sq", "l2star_sq", "normal_cdf", "projection", "temperature"]
+__all__ = [
+    "ACT_DIM",
+    "activation_points",
+    "expected_l2star_sq",
+    "l2star_sq",
+    "normal_cdf",
+    "projection",
+    "router_points",
+    "temperature",
+]

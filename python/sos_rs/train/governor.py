@@ -40,11 +40,12 @@ class GovernorConfig:
     """Steps between readings."""
     tokens: int = 256
     """Tokens probed per reading: whole rows of the current batch, at least one row."""
-    band_low: float = 2.0
-    """Lower edge of the router T band (router probability vectors live on a simplex, so even
-    healthy routing reads T well above 1; see ARCHITECTURE.md)."""
-    band_high: float = 60.0
-    """Upper edge of the router T band; above it a router counts as collapsed."""
+    band_low: float = 0.5
+    """Lower edge of the router T band. Router T is read on the simplex-uniformised
+    probabilities (`governor.router_points`): ≈ 1 for routing as varied as random, ≈ 1.5–2.5
+    for softmax of unit-variance logits, ≫ 1 for flat (one point) or one-hot (corners) routing."""
+    band_high: float = 8.0
+    """Upper edge of the router T band; above it a router counts as collapsed (flat or one-hot)."""
     act_high: float = 50.0
     """A layer whose activation T-EMA exceeds this counts as collapsed (LR cut)."""
     gain: float = 0.5
@@ -111,8 +112,9 @@ def _softmax(logits: np.ndarray, tau: float) -> np.ndarray:
 
 
 def router_temperature(logits: np.ndarray, tau: float) -> float:
-    """T of a router's probability vectors softmax(logits / τ) [N, E]."""
-    return g.temperature(_softmax(logits, tau))
+    """T of a router's probability vectors softmax(logits / τ) [N, E], mapped to the cube by
+    `governor.router_points` (uniform routing over the simplex reads T ≈ 1)."""
+    return g.temperature(g.router_points(_softmax(logits, tau)))
 
 
 class Governor:
