@@ -101,6 +101,17 @@ class Single:
         return code
 
 
+def _span(cpus: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> 'cpu 0-2,5'."""
+    runs: List[List[int]] = []
+    for c in sorted(cpus):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return "cpu " + ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
+
+
 def _digest(*parts: Any) -> str:
     h = hashlib.blake2b(digest_size=16)
     for part in parts:
@@ -161,6 +172,9 @@ class Mpi:
         mine = cores.assign(masks, node.Get_rank())
         node.Free()
         cores.apply(mine)
+        everyone = self.comm.allgather((socket.gethostname(), mine))
+        if self.is_root:
+            log("cores per rank: " + " | ".join(f"{r}: {h} {_span(c)}" for r, (h, c) in enumerate(everyone)))
         return mine
 
     def agree(self, error: Optional[BaseException], what: str) -> None:
