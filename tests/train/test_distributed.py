@@ -64,7 +64,12 @@ def same_bits(a: dict, b: dict) -> bool:
             ("OpenMPI mpirun", 4, 3, 1),
         ),
         (
-            {"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_STEP_TASKS_PER_NODE": "4(x2)"},
+            {
+                "SLURM_STEP_NUM_TASKS": "8",
+                "SLURM_PROCID": "5",
+                "SLURM_LOCALID": "1",
+                "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+            },
             ("Slurm srun", 8, 5, 1),
         ),
         ({"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}, None),  # a batch script, not srun: one process
