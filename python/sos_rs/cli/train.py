@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..dist import DistError, active
     from ..train import checkpoint as ckpt
     from ..train.config import ConfigError, load
     from ..train.data_setup import DataError
@@ -48,12 +49,18 @@ def run(args) -> int:
         cfg = load(args.config, overrides)
         trainer = Trainer(cfg, resume=args.resume)
         result = trainer.train()
-        if not result.get("interrupted") and cfg.run.sample_tokens > 0:
+        if not result.get("interrupted") and cfg.run.sample_tokens > 0 and trainer.dist.is_root:
             text = trainer._write_sample_final()
             result["sample"] = text
-    except (ConfigError, DataError, TrainingError, ckpt.CheckpointError) as e:
-        print(f"sos train: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, DataError, TrainingError, ckpt.CheckpointError, DistError) as e:
+        group = active()
+        agreed = isinstance(e, DistError) and e.agreed
+        if group is None or group.is_root or not agreed:  # an agreed error is printed once, by rank 0
+            where = f" (rank {group.rank} of {group.world})" if group is not None and group.world > 1 else ""
+            print(f"sos train{where}: {e}", file=sys.stderr, flush=True)
+        return group.fail(2, e) if group is not None else 2
+    if not trainer.dist.is_root:  # rank 0 alone writes the summary
+        return 130 if result.get("interrupted") else 0
     keys = (
         "step",
         "val_loss",

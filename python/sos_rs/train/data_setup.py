@@ -14,10 +14,13 @@ class DataError(ValueError):
 
 
 class DataSetup:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, rank: int = 0, world: int = 1):
         from ..data import read_meta
 
         self.cfg = cfg
+        self.rank, self.world = rank, world
+        """Data-parallel rank: training belts hand out this rank's slice of each global batch of
+        world × batch_size rows; validation belts always read whole batches (rank 0 validates)."""
         self.dir = pathlib.Path(cfg.data.dir)
         if not (self.dir / "meta.json").exists():
             raise DataError(
@@ -64,14 +67,15 @@ class DataSetup:
         tokens, nbytes = split.get("tokens"), split.get("bytes")
         return nbytes / tokens if tokens and nbytes else 1.0
 
-    def _belt(self, paths, seed: int):
+    def _belt(self, paths, seed: int, sliced: bool = False):
         from ..data import Belt
 
         d = self.cfg.data
-        return Belt(paths, seq_len=d.seq_len, batch_size=d.batch_size, seed=seed)
+        rank, world = (self.rank, self.world) if sliced else (0, 1)
+        return Belt(paths, seq_len=d.seq_len, batch_size=d.batch_size, seed=seed, rank=rank, world=world)
 
     def train_belt(self):
-        belt = self._belt(self.train_paths, self.cfg.run.seed)
+        belt = self._belt(self.train_paths, self.cfg.run.seed, sliced=True)
         if not self.mixture:
             return belt
         from ..data import Mixture
@@ -80,7 +84,7 @@ class DataSetup:
         if rest <= 0:
             raise DataError("data.mixture weights must sum to less than 1 (data.dir takes the remainder)")
         parts = [(belt, rest)] + [
-            (self._belt(p, self.cfg.run.seed + i + 1), w) for i, (p, w) in enumerate(self.mixture)
+            (self._belt(p, self.cfg.run.seed + i + 1, sliced=True), w) for i, (p, w) in enumerate(self.mixture)
         ]
         return Mixture(parts, seed=self.cfg.run.seed)
 

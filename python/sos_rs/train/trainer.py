@@ -21,6 +21,7 @@ import numpy as np
 import sos_rs
 
 from .. import _core, optim
+from ..dist import setup as dist_setup
 from ..errors import SosError
 from ..models import build_model
 from . import checkpoint as ckpt
@@ -87,10 +88,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str = "auto", log=print):
         self.cfg = cfg
         self.out = pathlib.Path(cfg.run.out)
-        self.log = log
+        self.dist = dist_setup(log)  # first: an MPI rank takes its share of cores before the pool starts
+        self.log = log if self.dist.is_root else (lambda _msg: None)
         if cfg.run.threads:
             sos_rs.set_num_threads(cfg.run.threads)
-        self.data = DataSetup(cfg)
+        self.data = DataSetup(cfg, rank=self.dist.rank, world=self.dist.world)
         init = self._init_weights(cfg.model.get("init"))
         mcfg = model_config(cfg, self.data.vocab_size, init[1] if init else None)
         self.family = init[0] if init else cfg.model.get("family", "dense")
@@ -114,11 +116,14 @@ class Trainer:
         self.rollback = Rollback(cfg.rollback, self.model, self.opt, self.names, self.train_belt)
         self._check_memory()
         self.lock = RunLock(self.out)
+        self.dist.start(self, resume)  # MPI: rank 0 locks and picks the checkpoint, every rank loads it
+
+    def _lock_and_resume(self, resume: str) -> Optional[pathlib.Path]:
         try:
             self.lock.acquire(self.log)  # held until train() ends; before any checkpoint is read
         except RunLockedError as e:
             raise TrainingError(str(e)) from None
-        self._resume(resume)
+        return self._resume(resume)
 
     # ---- set-up -------------------------------------------------------------------------------
     def _init_weights(self, init: Optional[str]) -> Optional[tuple]:
@@ -155,22 +160,23 @@ class Trainer:
                 "reduce data.batch_size, data.seq_len or the model size"
             )
 
-    def _resume(self, resume: str) -> None:
+    def _resume(self, resume: str) -> Optional[pathlib.Path]:
         root = self.out / "checkpoints"
         if resume in ("none", "no", ""):
             if ckpt.list_steps(root):
                 raise TrainingError(
                     f"{root} already holds checkpoints; use --resume auto to continue or choose another run.out"
                 )
-            return
+            return None
         if resume == "auto":
             folder = ckpt.load_latest(root, self._restore, log=self.log)
         else:
             folder = self._restore(pathlib.Path(resume), *ckpt.load(pathlib.Path(resume), self.log))
         if folder is None:
-            return
+            return None
         self._truncate_metrics()
         self.log(f"resumed from {folder} at step {self.step}")
+        return folder
 
     def _restore(self, folder: pathlib.Path, model_arrays: dict, opt_arrays: dict, state: dict) -> pathlib.Path:
         """Takes over a loaded checkpoint. Everything is checked before anything is changed, so a
@@ -225,6 +231,8 @@ class Trainer:
                 f"refusing to write a checkpoint at step {self.step}: weights or AdamW moments are not finite; "
                 "the previous checkpoints are intact"
             )
+        if not self.dist.is_root:  # rank 0 alone writes checkpoints
+            return self.out / "checkpoints"
         rollback_state, snapshot = self.rollback.state(self.step)
         state = {
             "model_family": self.family,
@@ -247,6 +255,7 @@ class Trainer:
             "data_dirs": portable_paths(self.out, self.cfg.data.dir, self.cfg.data.mixture),
             "eot_id": self.data.eot_id,
             "rollback": rollback_state,
+            "ranks": self.dist.world,
         }
         folder = ckpt.save(
             self.out / "checkpoints",
@@ -274,7 +283,7 @@ class Trainer:
         time-planned schedule (its decay was planned over the whole budget)."""
         r = self.cfg.run
         used = timer.elapsed() + (self.elapsed_before if self.cfg.schedule.horizon == "time" else 0.0)
-        return bool(r.max_minutes) and used > r.max_minutes * 60
+        return bool(r.max_minutes) and self.dist.root_decides(used > r.max_minutes * 60)
 
     def validate(self) -> dict:
         belt = self.data.val_belt()
@@ -291,22 +300,24 @@ class Trainer:
 
     def train(self) -> dict:
         cfg, run = self.cfg, self.cfg.run
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(dumps(cfg))
-        shutil.copyfile(self.data.tokenizer_path, self.out / "tokenizer.json")
-        metrics = MetricsLog(self.out / "metrics.jsonl", run.steps, self.step)
+        if self.dist.is_root:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(dumps(cfg))
+            shutil.copyfile(self.data.tokenizer_path, self.out / "tokenizer.json")
+        metrics = self.dist.metrics_log(self.out / "metrics.jsonl", run.steps, self.step)
         metrics.info(f"threads {sos_rs.num_threads()} | SIMD {sos_rs.isa()} | {self.data.describe()}")
         if self.data.val_note() and run.eval_every:
             metrics.info(self.data.val_note())
         stop = {"flag": False}
-        prev = signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
+        prev = signal.signal(signal.SIGINT, lambda *_: stop.update({self.dist.stop_key: True}))
         timer = Timer(self.clock)
         sched = cfg.schedule
         metrics.info(describe(sched.kind, sched.horizon, run.steps, sched.warmup_steps, run.max_minutes))
         self.hooks.describe(metrics)
         self.meter = CostMeter(run.price_per_hour, self.elapsed_before, self.cpu_before)
-        tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.grad_accum
-        seed = _core.Tensor.full([], 1.0 / cfg.optim.grad_accum)
+        tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.grad_accum * self.dist.world
+        micro = cfg.optim.grad_accum * self.dist.world  # micro-batches per step, over all ranks
+        seed = _core.Tensor.full([], 1.0 / micro)
         last_val: Optional[float] = None
         window_t, window_steps = time.perf_counter(), 0
         result = {}
@@ -323,8 +334,9 @@ class Trainer:
                 for _ in range(cfg.optim.grad_accum):
                     ids, targets, spike = self.rollback.next_batch()
                     loss = self.model.loss(ids, targets)
-                    loss.backward(seed if spike == 1.0 else _core.Tensor.full([], spike / cfg.optim.grad_accum))
+                    loss.backward(seed if spike == 1.0 else _core.Tensor.full([], spike / micro))
                     loss_sum += loss.item() * spike
+                loss_sum = self.dist.exchange(self.opt.params, loss_sum, stop)  # MPI: rank-ordered sums over ranks
                 gnorm = (
                     optim.clip_grad_norm(self.opt.params, cfg.optim.grad_clip)  # self.opt: a curriculum may grow
                     if cfg.optim.grad_clip > 0
@@ -360,10 +372,12 @@ class Trainer:
                         **self.meter.fields(elapsed),
                     }
                     record.update(self.model.step_stats())  # the family's own numbers (routing, regularisers)
+                    record.update(self.dist.step_stats())  # MPI: the step's all-reduce time and bytes
                     metrics.step(record, show=True)
                     window_t, window_steps = time.perf_counter(), 0
                 paused = False
-                if run.eval_every and (self.step % run.eval_every == 0 or self.step == run.steps):
+                due = run.eval_every and (self.step % run.eval_every == 0 or self.step == run.steps)
+                if due and self.dist.is_root:
                     paused = True
                     v = self.validate()
                     last_val = v["val_loss"]
@@ -376,7 +390,7 @@ class Trainer:
                         f"step {self.step}: {label} loss {v['val_loss']:.4f} | {label} bits/byte {v['val_bpb']:.4f}"
                     )
                     result.update(v)
-                if run.sample_every and self.step % run.sample_every == 0:
+                if run.sample_every and self.step % run.sample_every == 0 and self.dist.is_root:
                     self._write_sample(metrics)
                     paused = True
                 if self._out_of_time(timer):
