@@ -213,3 +213,43 @@ def test_imported_run_trains_samples_evaluates(folders, tmp_path):
     # the fine-tuned run starts from the import: its step-0 weights are the imported ones
     model, state, _ = load_model(str(tmp_path / "ft"))
     assert state["model_config"]["d_model"] == 32 and state["train_config"]["model"]["init"] == str(run)
+
+
+MEMORY_PROBE = """
+import json, pathlib, sys
+import numpy, safetensors, tokenizers  # loaded before the baseline, as any import needs them
+import sos_rs
+from sos_rs.hf.importer import import_hf
+def hwm():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over exec)
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+base = hwm()
+summary = import_hf(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]))
+peak = hwm()
+print(json.dumps({"f32_bytes": summary["parameters"] * 4, "growth": peak - base}))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_import_peak_memory_stays_under_one_and_a_half_f32_models(tmp_path, dtype):
+    """The whole `sos import` (memory-mapped read, one f32 conversion, the checkpoint streamed
+    tensor by tensor) grows the process by less than 1.5x the model's f32 size."""
+    import torch
+
+    from tests.support.hf_tiny import word_tokenizer
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=4000, hidden_size=512, intermediate_size=1376, num_hidden_layers=6, num_attention_heads=8,
+        num_key_value_heads=8, max_position_embeddings=256, architectures=["LlamaForCausalLM"],
+    )  # fmt: skip
+    model = transformers.AutoModelForCausalLM.from_config(cfg).to(getattr(torch, dtype))
+    model.save_pretrained(str(tmp_path / "hf"))
+    word_tokenizer(tmp_path / "hf" / "tokenizer.json", [f"w{i}" for i in range(100)])
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "hf"), str(tmp_path / "run")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = r["growth"] / r["f32_bytes"]
+    print(f"\nimport of a {r['f32_bytes'] / 2**20:.0f} MiB (f32) {dtype} Llama: peak growth {ratio:.2f}x")
+    assert ratio < 1.5

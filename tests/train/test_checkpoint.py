@@ -79,14 +79,14 @@ def test_damaged_checkpoint_is_reported_and_skipped(tmp_path, damage):
 
 def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     ckpt.save(tmp_path, 1, arrays(1), {}, state())
-    real = ckpt.save_file
+    real = ckpt.write_safetensors
 
-    def full_disk(tensors, path, *a, **k):
-        if path.endswith("optimizer.safetensors"):
+    def full_disk(path, tensors):
+        if path.name == "optimizer.safetensors":
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tensors, path, *a, **k)
+        return real(path, tensors)
 
-    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    monkeypatch.setattr(ckpt, "write_safetensors", full_disk)
     with pytest.raises(ckpt.CheckpointError, match="No space left on device"):
         ckpt.save(tmp_path, 2, arrays(2), {"m": np.zeros(2, np.float32)}, state())
     assert [p.name for p in ckpt.list_steps(tmp_path)] == ["step-00000001"]
@@ -241,3 +241,23 @@ def test_save_refuses_a_state_outside_the_schema(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="missing keys"):
         ckpt.save(tmp_path, 1, arrays(1), {}, {"note": 1})
     assert not list(tmp_path.iterdir())
+
+
+def test_streamed_safetensors_read_back_by_the_safetensors_package(tmp_path):
+    """write_safetensors (one tensor at a time, lazily fetched) gives a file the safetensors
+    package reads back exactly, and fetches each lazy array once, when it is written."""
+    from safetensors.numpy import load_file
+
+    rng = np.random.default_rng(0)
+    arrays = {"b": rng.standard_normal((3, 5)).astype(np.float32), "a": rng.standard_normal(7).astype(np.float32)}
+    arrays["scalar"] = np.float32(2.5).reshape(())
+    fetched = []
+    lazy = ckpt.LazyArrays({k: v.shape for k, v in arrays.items()}, lambda k: fetched.append(k) or arrays[k])
+    assert fetched == []
+    ckpt.write_safetensors(tmp_path / "x.safetensors", lazy)
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert sorted(fetched) == sorted(arrays) and len(fetched) == len(arrays)
+    for k, v in arrays.items():
+        assert back[k].dtype == np.float32 and back[k].shape == v.shape and back[k].tobytes() == v.tobytes()
+    with pytest.raises(ckpt.CheckpointError, match="header says"):
+        ckpt.write_safetensors(tmp_path / "y.safetensors", ckpt.LazyArrays({"a": (2,)}, lambda k: arrays["a"]))

@@ -253,7 +253,7 @@ def import_hf(folder: pathlib.Path, out: pathlib.Path, max_seq_len: Optional[int
 
     def write(tmp: pathlib.Path) -> list:
         shutil.copyfile(tok_path, tmp / "tokenizer.json")
-        step = ckpt.save(tmp / "checkpoints", 0, model.state_dict(), {}, state)
+        step = ckpt.save(tmp / "checkpoints", 0, model.lazy_state_dict(), {}, state)
         return [tmp / "tokenizer.json", step]
 
     from ..cli.export import write_atomically

@@ -5,7 +5,7 @@ rollback snapshots carry a model's buffers without knowing its family."""
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, Tuple, Union
+from typing import Dict, Iterator, Mapping, Tuple, Union
 
 import numpy as np
 
@@ -100,6 +100,15 @@ class Module:
         out = {name: p.numpy() for name, p in self.named_parameters()}
         out.update((name, b.numpy()) for name, b in self.named_buffers())
         return out
+
+    def lazy_state_dict(self) -> Mapping[str, np.ndarray]:
+        """What `state_dict` holds, but each array is copied out of its Rust buffer only when read
+        (a checkpoint writes them one at a time instead of holding a second copy of the model)."""
+        from ..train.checkpoint import LazyArrays
+
+        own: Dict[str, Tensor] = dict(self.named_parameters())
+        own.update(self.named_buffers())
+        return LazyArrays({n: tuple(t.shape) for n, t in own.items()}, lambda n: own[n].numpy())
 
     def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True) -> None:
         """Copies arrays into the parameters and buffers by name; shapes must match exactly."""

@@ -25,11 +25,10 @@ import re
 import shutil
 import stat
 import sys
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 from safetensors.numpy import load as load_bytes
-from safetensors.numpy import save_file
 
 FORMAT_VERSION = 2
 LEGACY_FORMATS = (1,)
@@ -263,11 +262,64 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+class LazyArrays(Mapping[str, np.ndarray]):
+    """Arrays by name whose shapes are known up front and whose values are made only when read:
+    a checkpoint then holds one extra tensor in memory while it is written, not a copy of the
+    whole model (`Module.lazy_state_dict`)."""
+
+    def __init__(self, shapes: Dict[str, Tuple[int, ...]], fetch: Callable[[str], np.ndarray]):
+        self.shapes, self._fetch = dict(shapes), fetch
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.shapes:
+            raise KeyError(name)
+        return self._fetch(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+_ST_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "int64": "I64", "int32": "I32", "uint8": "U8"}
+
+
+def write_safetensors(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """`arrays` as a safetensors file, streamed one tensor at a time (the `safetensors` package
+    serialises the whole file in memory first). Lazy arrays are float32; a plain dict keeps each
+    array's dtype. The header follows the format: 8-byte little-endian length, JSON padded with
+    spaces to a multiple of 8, then the data in header order; `safetensors.numpy.load` reads it."""
+    if isinstance(arrays, LazyArrays):
+        specs = {k: (tuple(shape), np.dtype(np.float32)) for k, shape in arrays.shapes.items()}
+    else:
+        specs = {k: (tuple(np.shape(v)), np.asarray(v).dtype) for k, v in arrays.items()}
+    header: Dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, (shape, dtype) in specs.items():
+        if dtype.name not in _ST_DTYPES:
+            raise CheckpointError(f"{path.name}: {name} has dtype {dtype}, which this writer does not store")
+        size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": _ST_DTYPES[dtype.name], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for name, (shape, dtype) in specs.items():
+            arr = np.require(arrays[name], dtype=dtype.newbyteorder("<"), requirements="C")
+            if tuple(arr.shape) != shape:
+                raise CheckpointError(f"{path.name}: {name} has shape {arr.shape}, its header says {shape}")
+            f.write(arr.data)  # the contiguous buffer itself, no bytes copy
+            del arr
+
+
 def save(
     root: pathlib.Path,
     step: int,
-    model: Dict[str, np.ndarray],
-    optimizer: Dict[str, np.ndarray],
+    model: Mapping[str, np.ndarray],
+    optimizer: Mapping[str, np.ndarray],
     state: dict,
     extra: Optional[Dict[str, Dict[str, np.ndarray]]] = None,
 ) -> pathlib.Path:
@@ -285,10 +337,10 @@ def save(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        save_file(model, str(tmp / "model.safetensors"))
-        save_file(optimizer, str(tmp / "optimizer.safetensors"))
+        write_safetensors(tmp / "model.safetensors", model)
+        write_safetensors(tmp / "optimizer.safetensors", optimizer)
         for name, arrays in (extra or {}).items():
-            save_file(arrays, str(tmp / name))
+            write_safetensors(tmp / name, arrays)
         files = {}
         for name in (*WEIGHT_FILES, *(extra or {})):
             _fsync_file(tmp / name)

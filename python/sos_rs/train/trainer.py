@@ -67,12 +67,12 @@ def model_config(cfg: TrainConfig, vocab_size: int, base: Optional[dict] = None)
     return m
 
 
-def optimizer_arrays(opt: optim.AdamW, names: list) -> dict:
-    out = {}
+def optimizer_arrays(opt: optim.AdamW, names: list) -> ckpt.LazyArrays:
+    """AdamW's moments by `m.NAME` / `v.NAME`, each copied out only when the checkpoint writes it."""
+    tensors = {}
     for name, m, v in zip(names, opt.m, opt.v):
-        out[f"m.{name}"] = m.numpy()
-        out[f"v.{name}"] = v.numpy()
-    return out
+        tensors[f"m.{name}"], tensors[f"v.{name}"] = m, v
+    return ckpt.LazyArrays({k: tuple(t.shape) for k, t in tensors.items()}, lambda k: tensors[k].numpy())
 
 
 def load_optimizer(opt: optim.AdamW, names: list, arrays: dict, step_count: int) -> None:
@@ -260,7 +260,7 @@ class Trainer:
         folder = ckpt.save(
             self.out / "checkpoints",
             self.step,
-            self.model.state_dict(),
+            self.model.lazy_state_dict(),
             optimizer_arrays(self.opt, self.names),
             state,
             extra=None if snapshot is None else {SNAPSHOT_FILE: snapshot},
