@@ -26,3 +26,10 @@ echo "== Rust tests"
 cargo test --release -q
 echo "== Python tests"
 .venv/bin/python -m pytest -q -rs "$@"
+# Two "machines": mpirun across two network namespaces over TCP (needs root, iproute2, OpenMPI).
+if command -v mpirun >/dev/null && command -v ip >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "== MPI across two network namespaces"
+    PY="$PWD/.venv/bin/python" ./scripts/mpi_netns_check.sh
+else
+    echo "note: not root or no iproute2/OpenMPI; skipping scripts/mpi_netns_check.sh"
+fi
