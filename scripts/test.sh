@@ -8,13 +8,14 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "maturin>=1.5,<2" "pytest>=7" "safetensors>=0.4"
-# OpenMPI for the data-parallel tests (tests/train/test_distributed.py): installed only when
-# missing, and only where we may (root with apt-get, as in CI); elsewhere those tests skip.
+# OpenMPI (and iproute2, for the two-namespace check) for the data-parallel tests
+# (tests/train/test_distributed.py): installed only when missing, and only where we may (root with apt-get, as in CI); elsewhere those tests skip.
 EXTRAS=dev
-if ! command -v mpirun >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "== installing OpenMPI (openmpi-bin, libopenmpi-dev)"
+if { ! command -v mpirun >/dev/null || ! command -v ip >/dev/null; } && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing OpenMPI (openmpi-bin, libopenmpi-dev) and iproute2"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openmpi-bin libopenmpi-dev >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        openmpi-bin libopenmpi-dev iproute2 >/dev/null
 fi
 if command -v mpirun >/dev/null; then EXTRAS=dev,mpi; else echo "note: no mpirun; the MPI tests will skip"; fi
 echo "== building sos_rs (release)"
