@@ -9,7 +9,8 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "maturin>=1.5,<2" "pytest>=7" "safetensors>=0.4"
 # OpenMPI (and iproute2, for the two-namespace check) for the data-parallel tests
-# (tests/train/test_distributed.py): installed only when missing, and only where we may (root with apt-get, as in CI); elsewhere those tests skip.
+# (tests/train/test_distributed.py): installed only when missing, and only where we may (root
+# with apt-get, as in CI); elsewhere those tests skip.
 EXTRAS=dev
 if { ! command -v mpirun >/dev/null || ! command -v ip >/dev/null; } && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing OpenMPI (openmpi-bin, libopenmpi-dev) and iproute2"
