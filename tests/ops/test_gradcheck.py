@@ -70,6 +70,13 @@ CASES = [
         [arr(1, 6, 4, 4), arr(1, 6, 2, 4), arr(1, 6, 2, 4)],
         [0, 1, 2],
     ),
+    (
+        "attention_window",
+        lambda q, k, v: F.causal_attention(q, k, v, 0.4, window=3),
+        lambda q, k, v: R.attention(q, k, v, 0.4, window=3),
+        [arr(2, 7, 4, 4), arr(2, 7, 2, 4), arr(2, 7, 2, 4)],
+        [0, 1, 2],
+    ),
     ("embedding", lambda w: F.embedding(w, IDS), lambda w: R.embedding(w, IDS), [arr(6, 4)], [0]),
     (
         "cross_entropy",
