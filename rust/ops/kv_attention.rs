@@ -7,8 +7,8 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
-use crate::tensor::Tensor;
 use crate::ops::attention::window_len;
+use crate::tensor::Tensor;
 use crate::threads;
 
 pub fn attention_with_cache(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, window: Option<usize>) -> Result<Tensor> {

@@ -57,8 +57,9 @@ fn body(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, [ka, vt
         ot.fill(0.0);
         m.fill(f32::NEG_INFINITY);
         l.fill(0.0);
-        let kend = (i0 + nr).min(t); // keys past the tile's last query are all masked
-        // Keys before the first query's window are hidden from the whole tile: skip their blocks.
+        // Keys past the tile's last query are all masked; so, under a window, are the keys
+        // before its first query's window: skip their blocks.
+        let kend = (i0 + nr).min(t);
         let kstart = (i0 + 1).saturating_sub(window) / tb * tb;
         for j0 in (kstart..kend).step_by(tb) {
             let rows = (kend - j0).min(tb).div_ceil(mr) * mr;
@@ -91,7 +92,7 @@ fn body(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, [ka, vt
             // window a query may see no key of a block yet (m_new = -inf): its exponents are
             // taken against 0 instead, so corr and its P column are 0 (never -inf − -inf).
             // m keeps -inf until the query's first visible key.
-            let base: &[f32] = if window < t && m_new.iter().any(|x| *x == f32::NEG_INFINITY) {
+            let base: &[f32] = if window < t && m_new.contains(&f32::NEG_INFINITY) {
                 for (e, x) in m_exp.iter_mut().zip(m_new.iter()) {
                     *e = if *x == f32::NEG_INFINITY { 0.0 } else { *x };
                 }

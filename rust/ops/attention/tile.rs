@@ -39,7 +39,18 @@ impl Plan {
         let (mr, nr) = cpu::gemm_shape(isa);
         let l = mr / gcd(mr, nr) * nr;
         let tb = l * (64 / l).max(1);
-        Plan { isa, mr, nr, tb, t, tp: t.div_ceil(tb) * tb, hd, hdm: hd.div_ceil(mr) * mr, hdn: hd.div_ceil(nr) * nr, window }
+        Plan {
+            isa,
+            mr,
+            nr,
+            tb,
+            t,
+            tp: t.div_ceil(tb) * tb,
+            hd,
+            hdm: hd.div_ceil(mr) * mr,
+            hdn: hd.div_ceil(nr) * nr,
+            window,
+        }
     }
 
     /// One microkernel call: C (+)= A·B over `kc` steps.
