@@ -99,3 +99,14 @@ def test_gradient_accumulates_over_reuse():
     y = F.add(F.mul(x, x), x)
     y.backward(_core.Tensor(np.ones(3, np.float32)))
     np.testing.assert_allclose(x.grad.numpy(), [3.0, -3.0, 2.0])
+
+
+@pytest.mark.parametrize("window", [0, -2, 2.5, True])
+def test_attention_window_must_be_a_positive_int(window):
+    from sos_rs.errors import InvalidValueError
+
+    q = sos_rs.tensor(arr(1, 4, 2, 4))
+    with pytest.raises(InvalidValueError, match="window"):
+        F.causal_attention(q, q, q, window=window)
+    with pytest.raises(InvalidValueError, match="window must be at least 1"):
+        _core.attention_forward(q.data, q.data, q.data, 1.0, 0)
