@@ -60,8 +60,8 @@ fn attention_fwd_bwd(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("fwd_bwd", format!("{th}t")), |bch| {
                 bch.iter(|| {
                     sos_rs::threads::install(|| {
-                        let (o, l) = attention::attention_forward(&q, &k, &v, scale).unwrap();
-                        attention::attention_backward(&q, &k, &v, &o, &l, &dout, scale).unwrap()
+                        let (o, l) = attention::attention_forward(&q, &k, &v, scale, None).unwrap();
+                        attention::attention_backward(&q, &k, &v, &o, &l, &dout, scale, None).unwrap()
                     })
                 })
             });

@@ -57,8 +57,8 @@ fn attention_rows(reps: usize, json: bool) {
         let scale = 1.0 / (hd as f32).sqrt();
         let flops = 7.0 * (b * h * t * t * hd) as f64;
         let run = || {
-            let (o, l) = attention::attention_forward(&q, &k, &v, scale).unwrap();
-            attention::attention_backward(&q, &k, &v, &o, &l, &dout, scale).unwrap();
+            let (o, l) = attention::attention_forward(&q, &k, &v, scale, None).unwrap();
+            attention::attention_backward(&q, &k, &v, &o, &l, &dout, scale, None).unwrap();
         };
         for th in [1usize, 2] {
             // A fresh pool: its threads allocate their scratch during the first call, so the

@@ -176,13 +176,23 @@ fn rope_angles_backward(
     run(py, || rope_angles::rope_angles_backward(x, a, &p, d)).map(|(a, b)| (w(a), w(b)))
 }
 
+/// Causal attention; `window` = W keeps the last W keys of each query (itself included).
 #[pyfunction]
-fn attention_forward(py: Python<'_>, q: PyRef<T>, k: PyRef<T>, v: PyRef<T>, scale: f32) -> PyResult<(T, T)> {
+#[pyo3(signature = (q, k, v, scale, window=None))]
+fn attention_forward(
+    py: Python<'_>,
+    q: PyRef<T>,
+    k: PyRef<T>,
+    v: PyRef<T>,
+    scale: f32,
+    window: Option<usize>,
+) -> PyResult<(T, T)> {
     let (q, k, v) = (&q.inner, &k.inner, &v.inner);
-    run(py, || attention::attention_forward(q, k, v, scale)).map(|(o, l)| (w(o), w(l)))
+    run(py, || attention::attention_forward(q, k, v, scale, window)).map(|(o, l)| (w(o), w(l)))
 }
 
 #[pyfunction]
+#[pyo3(signature = (q, k, v, o, lse, dout, scale, window=None))]
 fn attention_backward(
     py: Python<'_>,
     q: PyRef<T>,
@@ -192,17 +202,26 @@ fn attention_backward(
     lse: PyRef<T>,
     dout: PyRef<T>,
     scale: f32,
+    window: Option<usize>,
 ) -> PyResult<(T, T, T)> {
     let (q, k, v, o, l, d) = (&q.inner, &k.inner, &v.inner, &o.inner, &lse.inner, &dout.inner);
-    run(py, || attention::attention_backward(q, k, v, o, l, d, scale)).map(|(a, b, c)| (w(a), w(b), w(c)))
+    run(py, || attention::attention_backward(q, k, v, o, l, d, scale, window)).map(|(a, b, c)| (w(a), w(b), w(c)))
 }
 
 /// Queries [B,Tq,Hq,hd] against a cache k/v [B,Tk,Hkv,hd] (Tk >= Tq); query i sees keys up to
-/// Tk - Tq + i. Forward only (sampling).
+/// Tk - Tq + i, the last `window` of them when given. Forward only (sampling).
 #[pyfunction]
-fn attention_with_cache(py: Python<'_>, q: PyRef<T>, k: PyRef<T>, v: PyRef<T>, scale: f32) -> PyResult<T> {
+#[pyo3(signature = (q, k, v, scale, window=None))]
+fn attention_with_cache(
+    py: Python<'_>,
+    q: PyRef<T>,
+    k: PyRef<T>,
+    v: PyRef<T>,
+    scale: f32,
+    window: Option<usize>,
+) -> PyResult<T> {
     let (q, k, v) = (&q.inner, &k.inner, &v.inner);
-    run(py, || kv_attention::attention_with_cache(q, k, v, scale)).map(w)
+    run(py, || kv_attention::attention_with_cache(q, k, v, scale, window)).map(w)
 }
 
 #[pyfunction]

@@ -70,6 +70,13 @@ CASES = [
         [arr(1, 6, 4, 4), arr(1, 6, 2, 4), arr(1, 6, 2, 4)],
         [0, 1, 2],
     ),
+    (
+        "attention_window",
+        lambda q, k, v: F.causal_attention(q, k, v, 0.4, window=3),
+        lambda q, k, v: R.attention(q, k, v, 0.4, window=3),
+        [arr(2, 7, 4, 4), arr(2, 7, 2, 4), arr(2, 7, 2, 4)],
+        [0, 1, 2],
+    ),
     ("embedding", lambda w: F.embedding(w, IDS), lambda w: R.embedding(w, IDS), [arr(6, 4)], [0]),
     (
         "cross_entropy",
@@ -92,3 +99,14 @@ def test_gradient_accumulates_over_reuse():
     y = F.add(F.mul(x, x), x)
     y.backward(_core.Tensor(np.ones(3, np.float32)))
     np.testing.assert_allclose(x.grad.numpy(), [3.0, -3.0, 2.0])
+
+
+@pytest.mark.parametrize("window", [0, -2, 2.5, True])
+def test_attention_window_must_be_a_positive_int(window):
+    from sos_rs.errors import InvalidValueError
+
+    q = sos_rs.tensor(arr(1, 4, 2, 4))
+    with pytest.raises(InvalidValueError, match="window"):
+        F.causal_attention(q, q, q, window=window)
+    with pytest.raises(InvalidValueError, match="window must be at least 1"):
+        _core.attention_forward(q.data, q.data, q.data, 1.0, 0)

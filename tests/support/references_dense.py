@@ -50,13 +50,16 @@ def rope(x, base, positions=None):
     return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
 
 
-def attention(q, k, v, scale):
+def attention(q, k, v, scale, window=None):
+    """Causal attention; with `window` = W query i sees keys i - W < j <= i."""
     b, t, hq, hd = q.shape
     rep = hq // k.shape[2]
     k = np.repeat(k, rep, axis=2)
     v = np.repeat(v, rep, axis=2)
     s = np.einsum("bihd,bjhd->bhij", q, k) * scale
-    s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    visible = (j <= i) if window is None else (j <= i) & (j > i - window)
+    s = np.where(visible, s, -np.inf)
     return np.einsum("bhij,bjhd->bihd", softmax(s), v)
 
 

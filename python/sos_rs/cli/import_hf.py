@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
         "--max-seq-len",
         type=int,
         metavar="N",
-        help="context of the imported model (default: max_position_embeddings, capped at the sliding window)",
+        help="context of the imported model (default: max_position_embeddings)",
     )
     p.set_defaults(func=run)
 

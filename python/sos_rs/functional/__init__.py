@@ -7,7 +7,7 @@ q [B, T, Hq, hd] and k, v [B, T, Hkv, hd] (no head transposes anywhere).
 """
 
 from .activation import gelu, silu, softmax, swiglu
-from .attention import causal_attention
+from .attention import causal_attention, check_window
 from .elementwise import add, col_scale, mul, scale, sigmoid_range, softplus
 from .embedding import cross_entropy, embedding
 from .linear import linear, linear_bias, matmul
@@ -31,6 +31,7 @@ __all__ = [
     "add",
     "ball_penalty",
     "causal_attention",
+    "check_window",
     "col_scale",
     "combine",
     "concat_rows",

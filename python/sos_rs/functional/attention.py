@@ -1,4 +1,5 @@
-"""Causal dot-product attention (memory-efficient: no [B, H, T, T] tensor)."""
+"""Causal dot-product attention (memory-efficient: no [B, H, T, T] tensor), optionally within a
+sliding window."""
 
 from __future__ import annotations
 
@@ -7,14 +8,30 @@ from typing import Optional
 
 from .. import _core
 from ..autograd import Tensor, record
+from ..errors import InvalidValueError
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None) -> Tensor:
+def check_window(window: Optional[int]) -> Optional[int]:
+    """`window` as the kernels take it: None (full causal) or a positive int."""
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise InvalidValueError(f"attention window={window!r} must be a positive int or None")
+    return window
+
+
+def causal_attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None, window: Optional[int] = None
+) -> Tensor:
     """softmax(q·kᵀ·scale + causal mask)·v with q [B,T,Hq,hd], k/v [B,T,Hkv,hd] (Hq % Hkv == 0).
-    Memory-efficient: no [B,H,T,T] tensor is formed."""
+    With `window` = W, query i sees only keys j with i - W < j <= i (the last W, itself included:
+    Mistral's and Gemma3's sliding window); None is full causal.
+    Memory-efficient: no [B,H,T,T] tensor is formed, and key blocks outside the window are skipped."""
+    window = check_window(window)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.ndim == 4 and q.shape[-1] > 0 else 1.0
-    o, lse = _core.attention_forward(q.data, k.data, v.data, scale)
+    o, lse = _core.attention_forward(q.data, k.data, v.data, scale, window)
     return record(
-        "attention", o, (q, k, v), lambda dy: _core.attention_backward(q.data, k.data, v.data, o, lse, dy, scale)
+        "attention",
+        o,
+        (q, k, v),
+        lambda dy: _core.attention_backward(q.data, k.data, v.data, o, lse, dy, scale, window),
     )

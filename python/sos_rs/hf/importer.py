@@ -134,16 +134,13 @@ def read_tensors(files: List[pathlib.Path], use: Callable[[str, np.ndarray], Non
 
 # ---- building the model ----------------------------------------------------------------------
 def dense_config(hf: dict, arch: Architecture, max_seq_len: Optional[int] = None):
-    """The DenseConfig of an HF config.json. The context defaults to max_position_embeddings,
-    capped at the sliding window where the model has sliding layers (the window never binds)."""
+    """The DenseConfig of an HF config.json. The context defaults to max_position_embeddings
+    (sliding layers keep their window within it)."""
     from ..models.dense import DenseConfig
 
     fields = arch.to_dense(hf)
-    window = fields.get("sliding_window")
     if max_seq_len is not None:
         fields["max_seq_len"] = int(max_seq_len)
-    elif window is not None:
-        fields["max_seq_len"] = min(fields["max_seq_len"], window)
     try:
         return DenseConfig(**fields)
     except (TypeError, ValueError) as e:

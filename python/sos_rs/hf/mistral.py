@@ -1,6 +1,6 @@
 """MistralForCausalLM <-> the dense family: Llama's layout with a sliding window on every layer
-(`sliding_window`, null for none). The window binds only past max_seq_len, which DenseConfig
-keeps within it (the attention kernel is causal only)."""
+(`sliding_window`, null for none): each query sees the last `sliding_window` positions, itself
+included, as in transformers."""
 
 from __future__ import annotations
 

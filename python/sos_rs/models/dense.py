@@ -4,8 +4,8 @@ tied embeddings). Parameter names match HF `LlamaForCausalLM`, so an export need
 A few switches, all off by default, cover the checkpoints `sos import --hf` reads (SPEC §6.5):
 a head size apart from the width, q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma3),
 GeGLU, sandwich norms, scaled embeddings and a set score scale (Gemma3), and sliding-window layers
-with their own RoPE base (Mistral, Gemma3). Sliding windows are honoured only where they do not
-bind: the attention kernel is causal, so a sliding layer needs max_seq_len <= sliding_window.
+with their own RoPE base (Mistral, Gemma3): a sliding layer's queries see only the last
+`sliding_window` positions (training and cached sampling alike).
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ class DenseConfig:
     """Attention scores are q·k / sqrt(query_pre_attn_scalar) (Gemma3); None means head_dim."""
     sliding_window: Optional[int] = None
     """Keys a query sees in a sliding-window layer, itself included (Mistral, Gemma3); None means
-    no sliding layers. Must be >= max_seq_len: the window is then never binding (the attention
-    kernel is causal only; longer contexts are refused)."""
+    no sliding layers. Any positive value: a query at position i sees keys i - sliding_window < j <= i
+    (it binds where max_seq_len > sliding_window; full layers stay causal over the whole context)."""
     layer_types: Optional[List[str]] = None
     """Per layer "full" or "sliding"; None means every layer is "sliding" when sliding_window is
     set (Mistral) and "full" otherwise. Gemma3 alternates five sliding layers and one full."""
@@ -112,14 +112,10 @@ class DenseConfig:
             if "sliding" in self.layer_types and self.sliding_window is None:
                 problems.append("layer_types names sliding layers but sliding_window is not set")
         if self.sliding_window is not None and "sliding" in self.resolved_layer_types():
-            if self.sliding_window <= 0:
+            if isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int):
+                problems.append(f"sliding_window={self.sliding_window!r} must be an int")
+            elif self.sliding_window <= 0:
                 problems.append(f"sliding_window={self.sliding_window} must be positive")
-            elif self.sliding_window < self.max_seq_len:
-                problems.append(
-                    f"sliding_window={self.sliding_window} is shorter than max_seq_len={self.max_seq_len}: "
-                    "sliding-window attention is not implemented (the attention kernel is causal only); "
-                    f"set max_seq_len <= {self.sliding_window}"
-                )
         if problems:
             raise ValueError("DenseConfig: " + "; ".join(problems))
 
@@ -156,6 +152,7 @@ class DecoderLayer(Module):
             qkv_bias=cfg.qkv_bias,
             qk_norm_eps=cfg.norm_eps if cfg.qk_norm else None,
             scale=scale,
+            window=cfg.sliding_window if sliding else None,
         )
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)  # before the MLP, as in Llama
         self.mlp = SwiGLUMLP(cfg.d_model, ffn, rng, cfg.init_std, out_std, cfg.mlp_activation)

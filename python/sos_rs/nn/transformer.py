@@ -1,7 +1,8 @@
 """Attention and MLP blocks of a Llama-style decoder, with HF Llama parameter names
 (q_proj, k_proj, v_proj, o_proj; gate_proj, up_proj, down_proj), and the switches imported
 checkpoints need: a head size apart from the width, q/k/v biases (Qwen2), per-head q/k RMSNorm
-(Qwen3, Gemma3: q_norm, k_norm), a set score scale (Gemma3) and a GELU-tanh gate (GeGLU)."""
+(Qwen3, Gemma3: q_norm, k_norm), a set score scale (Gemma3), a sliding attention window (Mistral,
+Gemma3) and a GELU-tanh gate (GeGLU)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ class CausalSelfAttention(Module):
 
     `head_dim` defaults to d_model / n_heads; `qkv_bias` adds biases to q/k/v (not o);
     `qk_norm_eps` (when set) RMS-normalises each head's query and key over head_dim, with a
-    weight of head_dim, before RoPE; `scale` multiplies the scores (default 1/sqrt(head_dim))."""
+    weight of head_dim, before RoPE; `scale` multiplies the scores (default 1/sqrt(head_dim));
+    `window` (when set) lets each query see only the last `window` positions, itself included."""
 
     def __init__(
         self,
@@ -37,9 +39,11 @@ class CausalSelfAttention(Module):
         qkv_bias: bool = False,
         qk_norm_eps: Optional[float] = None,
         scale: Optional[float] = None,
+        window: Optional[int] = None,
     ):
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.window = F.check_window(window)
         self.head_dim = head_dim or d_model // n_heads
         self.rope_theta = rope_theta
         self.scale = scale if scale is not None else 1.0 / math.sqrt(self.head_dim)
@@ -55,7 +59,8 @@ class CausalSelfAttention(Module):
 
     def __call__(self, x: Tensor, cache: Optional["LayerKVCache"] = None) -> Tensor:
         """x: [B, T, D]. With `cache` (inference), x holds the tokens after those already cached:
-        their keys and values are appended and each attends to everything before it."""
+        their keys and values are appended and each attends to everything before it (or to the
+        last `window` positions)."""
         b, t, _ = x.shape
         hd = self.head_dim
         q = F.reshape(self.q_proj(x), [b, t, self.n_heads, hd])  # [B, T, H, hd]
@@ -67,10 +72,10 @@ class CausalSelfAttention(Module):
         q = F.rope(q, self.rope_theta, positions)
         k = F.rope(k, self.rope_theta, positions)
         if cache is None:
-            o = F.causal_attention(q, k, v, self.scale)  # [B, T, H, hd]
+            o = F.causal_attention(q, k, v, self.scale, self.window)  # [B, T, H, hd]
         else:
             kc, vc = cache.append(k.data, v.data)  # [B, len+T, Hkv, hd]
-            o = Tensor(_core.attention_with_cache(q.data, kc, vc, self.scale))
+            o = Tensor(_core.attention_with_cache(q.data, kc, vc, self.scale, self.window))
         return self.o_proj(F.reshape(o, [b, t, self.n_heads * hd]))
 
 

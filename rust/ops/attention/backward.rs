@@ -1,6 +1,6 @@
 //! Causal attention backward for one (batch, query head), tiled for the GEMM microkernels
-//! (FlashAttention-2 order): for each key block, walk the query tiles at or below the diagonal,
-//! recompute P from the saved log-sum-exp, and accumulate dV, dK for the block and dQ for the
+//! (FlashAttention-2 order): for each key block, walk the query tiles at or below the diagonal
+//! (and, under a sliding window, no further than the last query that sees the block), recompute P from the saved log-sum-exp, and accumulate dV, dK for the block and dQ for the
 //! head. Five products per tile pair, no T×T buffer, no atomics:
 //! ```text
 //! S  = Qa·Kb   dP = dOa·Vb                   (TB × TB tiles; Q pre-scaled)
@@ -57,7 +57,7 @@ pub(super) fn head(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, 
 
 #[inline(always)]
 fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut, bufs: [&mut [f32]; 15]) {
-    let Plan { mr, nr, tb, t, tp, hd, hdn, .. } = *pl;
+    let Plan { mr, nr, tb, t, tp, hd, hdn, window, .. } = *pl;
     let [qa, doa, kb, vb, don, qn, kn, dqa, s, dp, dkj, dvj, shift, lse, delta] = bufs;
     pack_lanes(x.q, 0, tp, mr, scale, qa);
     pack_lanes(x.dout, 0, tp, mr, 1.0, doa);
@@ -79,7 +79,9 @@ fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut
     for j0 in (0..t).step_by(tb) {
         dkj.fill(0.0);
         dvj.fill(0.0);
-        for i0 in (j0..t).step_by(tb) {
+        // Query j0+tb-1+window-1 is the last to see a key of this block.
+        let iend = (j0 + tb - 1).saturating_add(window).min(t);
+        for i0 in (j0..iend).step_by(tb) {
             for qp in 0..tb / mr {
                 let a_off = (i0 / mr + qp) * hd * mr;
                 for kp in 0..tb / nr {
@@ -121,6 +123,8 @@ fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut
                 if i0 == j0 {
                     srow[qi + 1..].fill(0.0); // keys after query i
                 }
+                // Keys at or before i − window (outside the window).
+                srow[..(i + 1).saturating_sub(window).saturating_sub(j0).min(tb)].fill(0.0);
                 let d = delta[i];
                 for (g, p) in dprow.iter_mut().zip(srow.iter()) {
                     *g = p * (*g - d) * scale;

@@ -6,7 +6,7 @@
 //! the B panel of the next product Oᵀ += Vᵀ·Pᵀ:
 //! ```text
 //! for each query tile (NR queries):           Qb  = scale·Q tile as a B panel (hd × NR)
-//!   for each key block (TB keys, up to the diagonal):
+//!   for each key block (TB keys, from the window's start up to the diagonal):
 //!     Sᵀ  = Ka[block] · Qb                     Ka: K in A panels (keys × hd), packed once
 //!     online softmax down each column of Sᵀ   (max, rescale Oᵀ and l, exp in place)
 //!     Oᵀ += Vt[block] · Sᵀ                     Vt: V in A panels (hd × keys), packed once
@@ -31,7 +31,7 @@ pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadO
     let Plan { nr, tb, tp, hd, hdm, .. } = *pl;
     // The scratch is taken outside and the body compiled for the plan's ISA inside, so the
     // elementwise loops of the body are vectorised for it.
-    with_bufs([tp * hd, hdm * tp, hd * nr, tb * nr, hdm * nr, 4 * nr], |bufs| {
+    with_bufs([tp * hd, hdm * tp, hd * nr, tb * nr, hdm * nr, 5 * nr], |bufs| {
         for_isa!(
             pl.isa,
             fn run(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, bufs: [&mut [f32]; 6]) {
@@ -43,21 +43,25 @@ pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadO
 
 #[inline(always)]
 fn body(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, [ka, vt, qb, st, ot, lanes]: [&mut [f32]; 6]) {
-    let Plan { mr, nr, tb, t, tp, hd, hdm, .. } = *pl;
+    let Plan { mr, nr, tb, t, tp, hd, hdm, window, .. } = *pl;
     pack_lanes(k, 0, tp, mr, 1.0, ka);
     pack_steps(v, tp, hdm, mr, vt);
     let (ka, vt) = (&*ka, &*vt);
     let (m, rest) = lanes.split_at_mut(nr);
     let (l, rest) = rest.split_at_mut(nr);
-    let (m_new, corr) = rest.split_at_mut(nr);
+    let (m_new, rest) = rest.split_at_mut(nr);
+    let (corr, m_exp) = rest.split_at_mut(nr);
     for i0 in (0..t).step_by(nr) {
         pack_lanes(q, i0, nr, nr, scale, qb);
         let qb = &*qb;
         ot.fill(0.0);
         m.fill(f32::NEG_INFINITY);
         l.fill(0.0);
-        let kend = (i0 + nr).min(t); // keys past the tile's last query are all masked
-        for j0 in (0..kend).step_by(tb) {
+        // Keys past the tile's last query are all masked; so, under a window, are the keys
+        // before its first query's window: skip their blocks.
+        let kend = (i0 + nr).min(t);
+        let kstart = (i0 + 1).saturating_sub(window) / tb * tb;
+        for j0 in (kstart..kend).step_by(tb) {
             let rows = (kend - j0).min(tb).div_ceil(mr) * mr;
             for kp in 0..rows / mr {
                 // Sᵀ rows kp·MR.. = K panel (MR keys × hd) · Qb (hd × NR); all inside ka/qb/st.
@@ -69,10 +73,13 @@ fn body(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, [ka, vt
                 );
             }
             let st = &mut st[..rows * nr];
-            // Causal mask: key j0+p is hidden from queries i0+q < j0+p.
+            // Causal mask: key j0+p is hidden from queries i0+q < j0+p; window: and from
+            // queries i0+q ≥ j0+p+window.
             for (p, srow) in st.chunks_exact_mut(nr).enumerate() {
                 let hidden = (j0 + p).saturating_sub(i0).min(nr);
                 srow[..hidden].fill(f32::NEG_INFINITY);
+                let past = (j0 + p).saturating_add(window).saturating_sub(i0).min(nr);
+                srow[past..].fill(f32::NEG_INFINITY);
             }
             // Online softmax down the columns: new max, rescale factors, exp in place, sums.
             m_new.copy_from_slice(m);
@@ -81,12 +88,23 @@ fn body(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, [ka, vt
                     *mx = if *s > *mx { *s } else { *mx }; // vmaxps; no NaN reaches here
                 }
             }
-            // corr = exp(m − m_new): 0 on the first block (m = -inf), m_new is finite.
+            // corr = exp(m − m_new): 0 on a query's first visible block (m = -inf). Under a
+            // window a query may see no key of a block yet (m_new = -inf): its exponents are
+            // taken against 0 instead, so corr and its P column are 0 (never -inf − -inf).
+            // m keeps -inf until the query's first visible key.
+            let base: &[f32] = if window < t && m_new.contains(&f32::NEG_INFINITY) {
+                for (e, x) in m_exp.iter_mut().zip(m_new.iter()) {
+                    *e = if *x == f32::NEG_INFINITY { 0.0 } else { *x };
+                }
+                m_exp
+            } else {
+                m_new
+            };
             corr.copy_from_slice(m);
-            cpu::exp_sub(corr, m_new);
+            cpu::exp_sub(corr, base);
             let rescale = corr.iter().any(|c| *c != 1.0);
             for srow in st.chunks_exact_mut(nr) {
-                cpu::exp_sub(srow, m_new);
+                cpu::exp_sub(srow, base);
             }
             for (li, c) in l.iter_mut().zip(corr.iter()) {
                 *li *= c;

@@ -7,6 +7,10 @@
 //!   q: [B, T, Hq, hd]   k, v: [B, T, Hkv, hd]   o: [B, T, Hq, hd]   lse: [B, T, Hq]
 //! Query head h reads key/value head h / (Hq / Hkv).
 //!
+//! Sliding window: with `window = Some(W)` query i sees keys j with i − W < j ≤ i (the last W
+//! keys, itself included); `None` is full causal. Key blocks wholly outside the window are
+//! skipped (forward and backward), the partial ones masked.
+//!
 //! One parallel task per (batch, query head), each summing in a fixed order, so results are
 //! bit-identical for any thread count. Under GQA, each query head's dK, dV go to its own
 //! partial buffer and the group's heads are summed in head order afterwards.
@@ -16,7 +20,7 @@ mod forward;
 mod tile;
 
 use crate::cpu;
-use crate::error::{ensure_shape, Result};
+use crate::error::{ensure_shape, Error, Result};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use tile::{OutPtr, Plan, Rows};
@@ -50,6 +54,15 @@ fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Dims> {
     Ok(Dims { b: s[0], t: s[1], hq: s[2], hkv: ks[2], hd: s[3] })
 }
 
+/// The window as a key count (`usize::MAX` for full causal); W = 0 is an error.
+pub(crate) fn window_len(op: &'static str, window: Option<usize>) -> Result<usize> {
+    match window {
+        Some(0) => Err(Error::value(op, "window must be at least 1 (a query always sees itself)")),
+        Some(w) => Ok(w),
+        None => Ok(usize::MAX),
+    }
+}
+
 impl Dims {
     #[inline]
     fn q_at(&self, b: usize, t: usize, h: usize) -> usize {
@@ -72,21 +85,36 @@ impl Dims {
     }
 }
 
-/// softmax(q·kᵀ·scale, causal) · v.  Returns (o, lse).
-pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
-    forward_with(cpu::isa(), q, k, v, scale)
+/// softmax(q·kᵀ·scale, causal, optionally within a sliding window of `window` keys) · v.
+/// Returns (o, lse).
+pub fn attention_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    window: Option<usize>,
+) -> Result<(Tensor, Tensor)> {
+    forward_with(cpu::isa(), q, k, v, scale, window)
 }
 
 /// `attention_forward` on a given instruction set (which the host must support).
-pub fn forward_with(isa: cpu::Isa, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
+pub fn forward_with(
+    isa: cpu::Isa,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    window: Option<usize>,
+) -> Result<(Tensor, Tensor)> {
     assert!(cpu::supports(isa), "attention: {} is not supported by this host", isa.name());
     let d = dims("attention", q, k, v)?;
+    let wl = window_len("attention", window)?;
     let mut o = Tensor::zeros(q.shape());
     let mut lse = Tensor::zeros(&[d.b, d.t, d.hq]);
     if d.hq * d.hd == 0 || d.t == 0 || d.b == 0 {
         return Ok((o, lse));
     }
-    let pl = Plan::new(isa, d.t, d.hd);
+    let pl = Plan::new(isa, d.t, d.hd, wl);
     let (op, lp) = (OutPtr(o.data_mut().as_mut_ptr()), OutPtr(lse.data_mut().as_mut_ptr()));
     (0..d.b * d.hq).into_par_iter().for_each(|task| {
         let (b, h) = (task / d.hq, task % d.hq);
@@ -104,7 +132,7 @@ pub fn forward_with(isa: cpu::Isa, q: &Tensor, k: &Tensor, v: &Tensor, scale: f3
     Ok((o, lse))
 }
 
-/// Gradients of attention_forward: (dq, dk, dv).
+/// Gradients of attention_forward (same `window`): (dq, dk, dv).
 pub fn attention_backward(
     q: &Tensor,
     k: &Tensor,
@@ -113,8 +141,9 @@ pub fn attention_backward(
     lse: &Tensor,
     dout: &Tensor,
     scale: f32,
+    window: Option<usize>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    backward_with(cpu::isa(), q, k, v, o, lse, dout, scale)
+    backward_with(cpu::isa(), q, k, v, o, lse, dout, scale, window)
 }
 
 /// `attention_backward` on a given instruction set (which the host must support).
@@ -127,9 +156,11 @@ pub fn backward_with(
     lse: &Tensor,
     dout: &Tensor,
     scale: f32,
+    window: Option<usize>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     assert!(cpu::supports(isa), "attention: {} is not supported by this host", isa.name());
     let d = dims("attention_backward", q, k, v)?;
+    let wl = window_len("attention_backward", window)?;
     ensure_shape!(
         o.shape() == q.shape() && dout.shape() == q.shape() && lse.shape() == [d.b, d.t, d.hq],
         "attention_backward",
@@ -145,7 +176,7 @@ pub fn backward_with(
     if d.hq * d.hd == 0 || d.t == 0 || d.b == 0 {
         return Ok((dq, dk, dv));
     }
-    let pl = Plan::new(isa, d.t, d.hd);
+    let pl = Plan::new(isa, d.t, d.hd, wl);
     let grouped = d.group() > 1;
     // Under GQA: per-query-head partials [B, Hq, T, hd], summed over each group below.
     let part_len = if grouped { d.b * d.hq * d.t * d.hd } else { 0 };

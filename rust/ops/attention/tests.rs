@@ -2,8 +2,13 @@ use super::*;
 use crate::cpu::Isa;
 use crate::ops::testutil::{assert_close, rand_vec, run_threads, same_bits};
 
+/// First key query i sees under `window` (None = 0, full causal).
+fn first_key(i: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (i + 1).saturating_sub(w))
+}
+
 /// Materialised reference (B·H·T·T).
-fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f32> {
+fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, window: Option<usize>) -> Vec<f32> {
     let d = dims("attention", q, k, v).unwrap();
     let mut o = vec![0.0f32; q.numel()];
     for b in 0..d.b {
@@ -11,7 +16,8 @@ fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f3
             let g = h / d.group();
             for i in 0..d.t {
                 let qi = &q.data()[d.q_at(b, i, h)..][..d.hd];
-                let s: Vec<f64> = (0..=i)
+                let j1 = first_key(i, window);
+                let s: Vec<f64> = (j1..=i)
                     .map(|j| {
                         let kj = &k.data()[d.kv_at(b, j, g)..][..d.hd];
                         qi.iter().zip(kj).map(|(a, c)| *a as f64 * *c as f64).sum::<f64>() * scale as f64
@@ -19,7 +25,7 @@ fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f3
                     .collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
-                for (j, sj) in s.iter().enumerate() {
+                for (j, sj) in (j1..).zip(s.iter()) {
                     let p = (sj - m).exp() / z;
                     let vj = &v.data()[d.kv_at(b, j, g)..][..d.hd];
                     for c in 0..d.hd {
@@ -52,7 +58,14 @@ fn isas() -> Vec<Isa> {
 }
 
 /// Materialised f64 backward: P = softmax(S), dP = dO·Vᵀ, dS = P∘(dP − rowsum(P∘dP)).
-fn backward_reference(q: &Tensor, k: &Tensor, v: &Tensor, dout: &Tensor, scale: f32) -> [Vec<f32>; 3] {
+fn backward_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dout: &Tensor,
+    scale: f32,
+    window: Option<usize>,
+) -> [Vec<f32>; 3] {
     let d = dims("ref", q, k, v).unwrap();
     let (mut dq, mut dk, mut dv) = (vec![0.0f64; q.numel()], vec![0.0f64; k.numel()], vec![0.0f64; k.numel()]);
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
@@ -62,20 +75,21 @@ fn backward_reference(q: &Tensor, k: &Tensor, v: &Tensor, dout: &Tensor, scale: 
             for i in 0..d.t {
                 let qi = &q.data()[d.q_at(b, i, h)..][..d.hd];
                 let doi = &dout.data()[d.q_at(b, i, h)..][..d.hd];
+                let j1 = first_key(i, window);
                 let s: Vec<f64> =
-                    (0..=i).map(|j| dot(qi, &k.data()[d.kv_at(b, j, g)..][..d.hd]) * scale as f64).collect();
+                    (j1..=i).map(|j| dot(qi, &k.data()[d.kv_at(b, j, g)..][..d.hd]) * scale as f64).collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                 let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / z).collect();
-                let dp: Vec<f64> = (0..=i).map(|j| dot(doi, &v.data()[d.kv_at(b, j, g)..][..d.hd])).collect();
+                let dp: Vec<f64> = (j1..=i).map(|j| dot(doi, &v.data()[d.kv_at(b, j, g)..][..d.hd])).collect();
                 let delta: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
-                for j in 0..=i {
-                    let ds = p[j] * (dp[j] - delta) * scale as f64;
+                for j in j1..=i {
+                    let ds = p[j - j1] * (dp[j - j1] - delta) * scale as f64;
                     let (ko, qo) = (d.kv_at(b, j, g), d.q_at(b, i, h));
                     for c in 0..d.hd {
                         dq[qo + c] += ds * k.data()[ko + c] as f64;
                         dk[ko + c] += ds * q.data()[qo + c] as f64;
-                        dv[ko + c] += p[j] * dout.data()[qo + c] as f64;
+                        dv[ko + c] += p[j - j1] * dout.data()[qo + c] as f64;
                     }
                 }
             }
@@ -99,30 +113,71 @@ fn matches_materialised_reference_mha_and_gqa() {
         for &(b, t, hq, hkv, hd) in &cases {
             let (q, k, v) = inputs(b, t, hq, hkv, hd);
             let tag = format!("{} b={b} t={t} hq={hq} hkv={hkv} hd={hd}", isa.name());
-            let (o, lse) = forward_with(isa, &q, &k, &v, 0.3).unwrap();
-            assert_close(o.data(), &attention_reference(&q, &k, &v, 0.3), 1e-4, 1e-5, &format!("attention {tag}"));
-            let dout = Tensor::from_slice(q.shape(), &rand_vec(q.numel(), 4)).unwrap();
-            let (dq, dk, dv) = backward_with(isa, &q, &k, &v, &o, &lse, &dout, 0.3).unwrap();
-            let want = backward_reference(&q, &k, &v, &dout, 0.3);
-            for (name, got, want) in [("dq", &dq, &want[0]), ("dk", &dk, &want[1]), ("dv", &dv, &want[2])] {
-                assert_close(got.data(), want, 1e-3, 1e-4, &format!("{name} {tag}"));
-            }
+            check_against_reference(isa, &q, &k, &v, None, &tag);
         }
     }
     let (q, _, v) = inputs(1, 4, 3, 2, 8);
-    assert!(attention_forward(&q, &q, &v, 1.0).is_err());
+    assert!(attention_forward(&q, &q, &v, 1.0, None).is_err());
+}
+
+fn check_against_reference(isa: Isa, q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>, tag: &str) {
+    let (o, lse) = forward_with(isa, q, k, v, 0.3, window).unwrap();
+    assert_close(o.data(), &attention_reference(q, k, v, 0.3, window), 1e-4, 1e-5, &format!("attention {tag}"));
+    let dout = Tensor::from_slice(q.shape(), &rand_vec(q.numel(), 4)).unwrap();
+    let (dq, dk, dv) = backward_with(isa, q, k, v, &o, &lse, &dout, 0.3, window).unwrap();
+    let want = backward_reference(q, k, v, &dout, 0.3, window);
+    for (name, got, want) in [("dq", &dq, &want[0]), ("dk", &dk, &want[1]), ("dv", &dv, &want[2])] {
+        assert_close(got.data(), want, 1e-3, 1e-4, &format!("{name} {tag}"));
+    }
+}
+
+#[test]
+fn sliding_window_matches_materialised_reference() {
+    // W = 1 (only itself), W not a multiple of any tile (5, 23, 77), W = one tile (64), W ≥ T;
+    // T spans one to several key blocks, so whole blocks are skipped and partial ones masked.
+    let cases = [(2, 1, 2, 2, 8), (1, 70, 4, 2, 16), (1, 130, 2, 1, 8), (1, 200, 2, 2, 40), (2, 33, 3, 1, 12)];
+    for isa in isas() {
+        for &(b, t, hq, hkv, hd) in &cases {
+            let (q, k, v) = inputs(b, t, hq, hkv, hd);
+            for w in [1, 5, 23, 64, 77, t, t + 9] {
+                let tag = format!("{} b={b} t={t} hq={hq} hkv={hkv} hd={hd} window={w}", isa.name());
+                check_against_reference(isa, &q, &k, &v, Some(w), &tag);
+            }
+        }
+    }
+    let (q, k, v) = inputs(1, 4, 2, 2, 8);
+    assert!(attention_forward(&q, &k, &v, 1.0, Some(0)).is_err());
+    let (o, l) = attention_forward(&q, &k, &v, 1.0, None).unwrap();
+    assert!(attention_backward(&q, &k, &v, &o, &l, &o, 1.0, Some(0)).is_err());
+}
+
+#[test]
+fn window_at_least_t_is_full_causal_bit_for_bit() {
+    let (q, k, v) = inputs(1, 90, 2, 1, 16);
+    let dout = Tensor::from_slice(q.shape(), &rand_vec(q.numel(), 5)).unwrap();
+    let run = |w| {
+        let (o, l) = attention_forward(&q, &k, &v, 0.3, w).unwrap();
+        let (a, b, c) = attention_backward(&q, &k, &v, &o, &l, &dout, 0.3, w).unwrap();
+        [o, l, a, b, c].map(|t| t.data().to_vec())
+    };
+    let (full, wide) = (run(None), run(Some(90)));
+    for (i, (a, b)) in full.iter().zip(&wide).enumerate() {
+        assert!(same_bits(a, b), "output {i}");
+    }
 }
 
 #[test]
 fn one_and_two_threads_same_bits() {
     let (q, k, v) = inputs(2, 100, 4, 2, 16);
     let dout = Tensor::from_slice(q.shape(), &rand_vec(q.numel(), 9)).unwrap();
-    let outs = run_threads(|| {
-        let (o, l) = attention_forward(&q, &k, &v, 0.25).unwrap();
-        let (a, b, c) = attention_backward(&q, &k, &v, &o, &l, &dout, 0.25).unwrap();
-        [o, l, a, b, c].map(|t| t.data().to_vec())
-    });
-    for (i, (one, two)) in outs[0].iter().zip(&outs[1]).enumerate() {
-        assert!(same_bits(one, two), "output {i}");
+    for window in [None, Some(1), Some(37)] {
+        let outs = run_threads(|| {
+            let (o, l) = attention_forward(&q, &k, &v, 0.25, window).unwrap();
+            let (a, b, c) = attention_backward(&q, &k, &v, &o, &l, &dout, 0.25, window).unwrap();
+            [o, l, a, b, c].map(|t| t.data().to_vec())
+        });
+        for (i, (one, two)) in outs[0].iter().zip(&outs[1]).enumerate() {
+            assert!(same_bits(one, two), "output {i}, window {window:?}");
+        }
     }
 }

@@ -22,6 +22,8 @@ pub(super) struct Plan {
     /// hd padded to a multiple of MR / of NR.
     pub hdm: usize,
     pub hdn: usize,
+    /// Sliding window in keys (query i sees keys i − window < j ≤ i); `usize::MAX` = causal.
+    pub window: usize,
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -33,11 +35,22 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 impl Plan {
-    pub fn new(isa: Isa, t: usize, hd: usize) -> Plan {
+    pub fn new(isa: Isa, t: usize, hd: usize, window: usize) -> Plan {
         let (mr, nr) = cpu::gemm_shape(isa);
         let l = mr / gcd(mr, nr) * nr;
         let tb = l * (64 / l).max(1);
-        Plan { isa, mr, nr, tb, t, tp: t.div_ceil(tb) * tb, hd, hdm: hd.div_ceil(mr) * mr, hdn: hd.div_ceil(nr) * nr }
+        Plan {
+            isa,
+            mr,
+            nr,
+            tb,
+            t,
+            tp: t.div_ceil(tb) * tb,
+            hd,
+            hdm: hd.div_ceil(mr) * mr,
+            hdn: hd.div_ceil(nr) * nr,
+            window,
+        }
     }
 
     /// One microkernel call: C (+)= A·B over `kc` steps.

@@ -77,7 +77,7 @@ pub fn forward(a: MetricInputs) -> Result<(Tensor, Tensor)> {
     }
     let (h, hd, ha) = (d.h, d.hd, d.hd + 1);
     let aug = augment(&a, &d);
-    let (ot, lt) = attention_forward(&aug.qt, &aug.kt, &aug.vt, 1.0)?;
+    let (ot, lt) = attention_forward(&aug.qt, &aug.kt, &aug.vt, 1.0, None)?;
     let (otd, ltd) = (ot.data(), lt.data());
     o.data_mut().par_chunks_mut(h * hd).zip(lse.data_mut().par_chunks_mut(h)).enumerate().for_each(
         |(m, (orow, lrow))| {
@@ -138,7 +138,7 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
             lrow[hh] = ld[m * h + hh];
         }
     });
-    let (dqt, dkt, dvt) = attention_backward(&aug.qt, &aug.kt, &aug.vt, &ot, &lt, &dot, 1.0)?;
+    let (dqt, dkt, dvt) = attention_backward(&aug.qt, &aug.kt, &aug.vt, &ot, &lt, &dot, 1.0, None)?;
     let (qd, kd, wd, ald, dqd, dkd, dvd) =
         (a.q.data(), a.k.data(), a.w.data(), a.alpha.data(), dqt.data(), dkt.data(), dvt.data());
     // dq = 2α w ⊙ dq̃[:hd]
