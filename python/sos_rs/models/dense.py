@@ -14,7 +14,7 @@ import numpy as np
 from .. import functional as F
 from ..autograd import Tensor
 from ..nn import CausalSelfAttention, Embedding, LayerKVCache, Linear, Module, ModuleList, RMSNorm, SwiGLUMLP
-from .base import BYTES_F32, LanguageModel, MemoryEstimate, parameter_state_bytes
+from .base import BYTES_F32, RUNTIME_BYTES, LanguageModel, MemoryEstimate, parameter_state_bytes
 
 
 @dataclass
@@ -136,7 +136,7 @@ class DenseLM(LanguageModel):
         tokens = batch * seq
         ffn = c.ffn_hidden or 0  # resolved in __post_init__
         acts = tokens * (c.n_layers * (12 * c.d_model + 3 * ffn) + 3 * c.vocab_size) * BYTES_F32
-        return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts)
+        return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts, RUNTIME_BYTES)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:
         """A `LlamaForCausalLM` folder: the parameter names already are HF Llama's."""
