@@ -21,8 +21,9 @@ CASES = [(SMALL, 8, 128), (WIDE, 4, 256)]
 
 def probe(family, config, batch, seq, steps=3):
     env = dict(os.environ, SOS_QUIET="1", SOS_NUM_THREADS="2")
+    args = [family, json.dumps(config), str(batch), str(seq), str(steps)]
     out = subprocess.run(
-        [sys.executable, "-m", "tests.support.memory_probe", family, json.dumps(config), str(batch), str(seq), str(steps)],
+        [sys.executable, "-m", "tests.support.memory_probe", *args],
         capture_output=True,
         text=True,
         env=env,
