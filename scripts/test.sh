@@ -16,3 +16,5 @@ echo "== Rust tests"
 cargo test --release -q
 echo "== Python tests"
 .venv/bin/python -m pytest -q -rs "$@"
+echo "== wheel (fresh venv, no repository, no cargo)"
+./scripts/wheel_check.sh

@@ -9,7 +9,7 @@ import sys
 from typing import Optional, Sequence
 
 # Subcommand modules, in the order `sos --help` lists them.
-SUBCOMMANDS = ["prepare", "train", "sample", "eval", "export", "plot", "info", "precision", "bench", "audit"]
+SUBCOMMANDS = ["init", "prepare", "train", "sample", "eval", "export", "plot", "info", "precision", "bench", "audit"]
 
 
 def build_parser() -> argparse.ArgumentParser:
