@@ -31,6 +31,9 @@ fn cpu_lists() {
     assert_eq!(parse_cpu_list(""), Some(vec![]));
     assert_eq!(parse_cpu_list("3-1"), None);
     assert_eq!(parse_cpu_list("a-b"), None);
+    // Found by fuzzing: a huge range once expanded into gigabytes.
+    assert_eq!(parse_cpu_list("0-18446744073709551615"), None);
+    assert_eq!(parse_cpu_list("70000"), None);
 }
 
 #[test]
