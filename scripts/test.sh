@@ -18,3 +18,5 @@ echo "== Python tests"
 .venv/bin/python -m pytest -q -rs "$@"
 echo "== wheel (fresh venv, no repository, no cargo)"
 ./scripts/wheel_check.sh
+echo "== fuzz smoke (about 60 s; ./scripts/fuzz.sh for the full run)"
+./scripts/fuzz.sh --smoke

@@ -160,4 +160,11 @@ fn matmul_and_linear_shapes() {
     assert_close(y.data(), &want, 1e-6, 1e-6, "linear");
     assert!(linear(&a, &w, Some(&w), Activation::Relu).is_err());
     assert!(linear(&w, &a, None, Activation::Relu).is_err());
+    // Found by fuzzing: an empty inner dimension kept the rows of the leading dims.
+    let a = Tensor::zeros(&[5, 5, 0]);
+    let c = matmul(&a, &Tensor::zeros(&[0, 3]), false, false).unwrap();
+    assert_eq!(c.shape(), &[5, 5, 3]);
+    assert!(c.data().iter().all(|&x| x == 0.0));
+    let y = linear(&Tensor::zeros(&[2, 3, 0]), &Tensor::zeros(&[4, 0]), None, Activation::Identity).unwrap();
+    assert_eq!(y.shape(), &[2, 3, 4]);
 }
