@@ -15,6 +15,8 @@ mod pool;
 mod quota;
 mod topology;
 
+#[cfg(test)]
+pub(crate) use chunks::probe;
 pub use chunks::{for_row_chunks, ordered_sum, rows_per_task};
 pub use global::{for_groups, install, num_threads, pools, set_num_threads};
 pub use pool::Pools;
