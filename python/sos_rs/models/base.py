@@ -118,6 +118,15 @@ class LanguageModel(Module):
         the whole context for every new token."""
         return None
 
+    def rng_state(self) -> Optional[Dict[str, Any]]:
+        """The state of any random generator the family draws from while training (JSON-able),
+        saved in checkpoints so a resumed run continues the same draws; None when it has none."""
+        return None
+
+    def set_rng_state(self, state: Dict[str, Any]) -> None:
+        """Restores what `rng_state` returned; ValueError when `state` does not fit."""
+        raise ValueError(f"the {self.family!r} family keeps no random generator state")
+
     def step_stats(self) -> Dict[str, float]:
         """Numbers about the last `loss` call that the trainer logs (empty for the dense family)."""
         return {}

@@ -180,6 +180,19 @@ class MoALM(LanguageModel):
     def _attention_modules(self) -> int:
         return self.config.n_layers * sum(p in ("mha", "mqa") for p in self.config.paths)
 
+    def rng_state(self) -> Optional[dict]:
+        """The TI regulariser's triple sampler (checkpointed: a resumed run draws the same
+        triples as an uninterrupted one)."""
+        return {"ti_triples": self._triple_rng.bit_generator.state}
+
+    def set_rng_state(self, state: dict) -> None:
+        try:
+            rng = np.random.default_rng()
+            rng.bit_generator.state = state["ti_triples"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"bad model random state {str(state)[:120]}: {e}") from None
+        self._triple_rng = rng
+
     def sample_triples(self, n_tokens: int) -> np.ndarray:
         """ti_triples rows of 3 distinct flattened positions < n_tokens."""
         if n_tokens < 3:
