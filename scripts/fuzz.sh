@@ -17,7 +17,7 @@ MODE=${1:-full}
 if [ "$MODE" = "--smoke" ]; then
     RUST_RUNS=50000 RUST_SECONDS=4 PY_SCALE=0.03 PY_SECONDS=6
 else
-    RUST_RUNS=500000 RUST_SECONDS=45 PY_SCALE=1 PY_SECONDS=240
+    RUST_RUNS=500000 RUST_SECONDS=45 PY_SCALE=1 PY_SECONDS=150
 fi
 TARGETS="shard_header shard_open belt_state text_lists"
 status=0
