@@ -25,10 +25,16 @@ pub struct AlignedBuf {
 #[cfg(target_os = "linux")]
 const MAP_MIN_BYTES: usize = 1 << 20;
 
-/// Mapped buffers kept after drop for the next tensor of the same byte size. Training allocates
+/// Mapped buffers kept after drop for the next tensor of the same size class. Training allocates
 /// the same activation and gradient sizes every step; re-zeroing memory already resident costs a
 /// fraction of the page faults a fresh mapping takes on first touch (measured: a 2048×4096 output
 /// spent most of its GEMM time faulting pages in).
+///
+/// Mappings are sized in classes (`class`: eight steps per power of two, at most 12.5% slack) so
+/// that the routed families' token counts, which vary a little every step, reuse each other's
+/// buffers. A miss evicts (unmaps) the longest-idle pooled buffers of at least the size it maps,
+/// so pooled plus live mappings never exceed the largest demand seen: sizes that stopped being
+/// asked for do not pile up step after step.
 #[cfg(target_os = "linux")]
 mod recycle {
     use std::ptr::NonNull;
@@ -37,19 +43,46 @@ mod recycle {
     /// Bytes held for reuse at most; beyond it buffers go back to the kernel.
     const MAX_BYTES: usize = 1 << 30;
 
+    /// The mapping size for a request of `bytes` (>= 1 MiB): rounded up to a multiple of an
+    /// eighth of its power of two (so a multiple of 128 KiB, hence of the page size).
+    pub fn class(bytes: usize) -> usize {
+        let p = 1usize << (usize::BITS - 1 - bytes.leading_zeros());
+        let step = (p / 8).max(1);
+        bytes.div_ceil(step) * step
+    }
+
     struct Pool {
-        free: Vec<(usize, usize)>, // (address, bytes)
+        /// (address, bytes), oldest first.
+        free: Vec<(usize, usize)>,
         bytes: usize,
     }
 
     static POOL: Mutex<Pool> = Mutex::new(Pool { free: Vec::new(), bytes: 0 });
 
+    /// A pooled mapping of exactly `bytes` (a class size), most recently freed first. On a miss,
+    /// unmaps the oldest pooled mappings until `bytes` have been returned (or the pool is empty),
+    /// as the caller is about to map that much afresh.
     pub fn take(bytes: usize) -> Option<NonNull<f32>> {
         let mut p = POOL.lock().ok()?;
-        let i = p.free.iter().rposition(|&(_, b)| b == bytes)?;
-        let (addr, b) = p.free.swap_remove(i);
-        p.bytes -= b;
-        NonNull::new(addr as *mut f32)
+        if let Some(i) = p.free.iter().rposition(|&(_, b)| b == bytes) {
+            let (addr, b) = p.free.remove(i);
+            p.bytes -= b;
+            return NonNull::new(addr as *mut f32);
+        }
+        let mut freed = 0;
+        let mut n = 0;
+        while n < p.free.len() && freed < bytes {
+            freed += p.free[n].1;
+            n += 1;
+        }
+        let evicted: Vec<(usize, usize)> = p.free.drain(..n).collect();
+        p.bytes -= freed;
+        drop(p);
+        for (addr, b) in evicted {
+            // SAFETY: a mapping of `b` bytes made by `AlignedBuf::alloc`, owned by the pool alone.
+            unsafe { libc::munmap(addr as *mut libc::c_void, b) };
+        }
+        None
     }
 
     /// Keeps the mapping for reuse; false when the pool is full (the caller unmaps it).
@@ -61,6 +94,12 @@ mod recycle {
         p.bytes += bytes;
         p.free.push((ptr.as_ptr() as usize, bytes));
         true
+    }
+
+    /// Bytes pooled now (tests).
+    #[cfg(test)]
+    pub fn pooled() -> usize {
+        POOL.lock().map(|p| p.bytes).unwrap_or(0)
     }
 }
 
@@ -87,7 +126,8 @@ impl AlignedBuf {
         let layout = Self::layout(len);
         #[cfg(target_os = "linux")]
         if layout.size() >= MAP_MIN_BYTES {
-            if let Some(ptr) = recycle::take(layout.size()) {
+            let bytes = recycle::class(layout.size());
+            if let Some(ptr) = recycle::take(bytes) {
                 let mut b = AlignedBuf { ptr, len, mapped: true };
                 if zeroed {
                     use rayon::prelude::*;
@@ -95,12 +135,12 @@ impl AlignedBuf {
                 }
                 return b;
             }
-            // SAFETY: an anonymous private mapping of layout.size() bytes; the kernel returns
-            // zeroed, page-aligned (hence 64-byte aligned) memory or MAP_FAILED.
+            // SAFETY: an anonymous private mapping of `bytes` (>= layout.size()) bytes; the kernel
+            // returns zeroed, page-aligned (hence 64-byte aligned) memory or MAP_FAILED.
             let raw = unsafe {
                 libc::mmap(
                     std::ptr::null_mut(),
-                    layout.size(),
+                    bytes,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                     -1,
@@ -143,11 +183,12 @@ impl Drop for AlignedBuf {
         }
         #[cfg(target_os = "linux")]
         if self.mapped {
-            if recycle::give(self.ptr, Self::layout(self.len).size()) {
+            let bytes = recycle::class(Self::layout(self.len).size());
+            if recycle::give(self.ptr, bytes) {
                 return;
             }
-            // SAFETY: mapped in `zeros` with exactly this size; nothing borrows it any more.
-            unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, Self::layout(self.len).size()) };
+            // SAFETY: mapped in `alloc` with exactly this (class) size; nothing borrows it any more.
+            unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, bytes) };
             return;
         }
         // SAFETY: allocated in `zeros` with this exact layout.
@@ -257,6 +298,36 @@ mod tests {
         let mut t = Tensor::for_overwrite(&[n]);
         t.data_mut().fill(1.0);
         assert!(t.data().iter().all(|&x| x == 1.0));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn size_classes_are_within_an_eighth() {
+        for b in [1usize << 20, (1 << 20) + 1, 3 << 20, 5_000_000, 123_456_789] {
+            let c = recycle::class(b);
+            assert!(c >= b && (c - b) * 8 <= b, "{b} -> {c}");
+            assert_eq!(c % 4096, 0);
+            assert_eq!(recycle::class(c), c);
+        }
+        // Near sizes share a class: a routed path's buffer for 1000 or 1010 rows is the same.
+        assert_eq!(recycle::class(1000 * 1024 * 4), recycle::class(1010 * 1024 * 4));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pool_does_not_grow_with_changing_sizes() {
+        // Sizes that differ every "step" (as routed token counts do) must not pile up in the
+        // pool: pooled bytes stay within a few of the largest buffers, not step after step.
+        let mb = 1 << 18; // f32s per MiB
+        for step in 0..80usize {
+            let n = (3 + (step * 7) % 29) * mb + step * 4096;
+            let a = Tensor::zeros(&[n]);
+            let b = Tensor::for_overwrite(&[2 * n]);
+            drop((a, b));
+        }
+        // Generous for buffers other tests pool meanwhile; without eviction this reaches ~1 GiB.
+        let cap = 300 << 20;
+        assert!(recycle::pooled() <= cap, "pool holds {} MiB", recycle::pooled() >> 20);
     }
 
     #[test]

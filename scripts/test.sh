@@ -26,8 +26,17 @@ VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release -q --extras "$EXTRA
 ./scripts/check.sh
 echo "== Rust tests"
 cargo test --release -q
+# The SIMD parity tests skip the instruction sets this host lacks; say so rather than pass silently.
+.venv/bin/python -c "import sos_rs; d = sos_rs.detected_isa(); order = ['scalar', 'avx2', 'avx512']
+lacks = order[order.index(d) + 1:]
+print('SIMD parity checked for', ', '.join(order[1:order.index(d) + 1]) or 'no SIMD path',
+      '| SKIPPED (host lacks): ' + ', '.join(lacks) if lacks else '| no path skipped')"
 echo "== Python tests"
 .venv/bin/python -m pytest -q -rs "$@"
+echo "== wheel (fresh venv, no repository, no cargo)"
+./scripts/wheel_check.sh
+echo "== fuzz smoke (about 60 s; ./scripts/fuzz.sh for the full run)"
+./scripts/fuzz.sh --smoke
 # Two "machines": mpirun across two network namespaces over TCP (needs root, iproute2, OpenMPI).
 if command -v mpirun >/dev/null && command -v ip >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "== MPI across two network namespaces"

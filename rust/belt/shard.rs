@@ -86,6 +86,11 @@ impl Header {
                 format!("unsupported version {version} (this build reads version {VERSION})"),
             ));
         }
+        // Not covered by the checksum (computed over a re-encoded header), so checked here: a
+        // damaged reserved area once loaded silently (found by fuzzing).
+        if let Some(i) = b[44..HEADER_BYTES].iter().position(|&x| x != 0) {
+            return Err(Error::shard(path, format!("corrupt header: reserved byte {} is not zero", 44 + i)));
+        }
         let h = Header {
             dtype_bytes: u32_at(b, 12),
             vocab_size: u32_at(b, 16),

@@ -82,6 +82,8 @@ fn each_kind_of_damage_fails_clearly() {
         ("short", Box::new(|b: &mut Vec<u8>| b.truncate(10)), false, "shorter than the 64-byte header"),
         ("empty", Box::new(|b: &mut Vec<u8>| b.clear()), false, "truncated: 0 bytes"),
         ("huge_count", Box::new(put64(24, u64::MAX / 2)), false, "overflow"),
+        // Found by fuzzing: the checksum skips the reserved bytes, so they are checked as zero.
+        ("reserved", Box::new(|b: &mut Vec<u8>| b[50] = 7), false, "reserved byte 50 is not zero"),
         (
             "doc_table",
             Box::new(|b: &mut Vec<u8>| {

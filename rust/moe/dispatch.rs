@@ -212,7 +212,7 @@ pub fn combine_backward(ys: &Tensor, gates: &Tensor, plan: &Plan, dy: &Tensor) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testutil::{rand_vec, run_threads, same_bits};
+    use crate::ops::testutil::{rand_vec, run_threads_split, same_bits};
 
     fn random_idx(n: usize, k: usize, e: usize, seed: u64) -> Vec<u32> {
         let r = rand_vec(n * e, seed);
@@ -297,17 +297,19 @@ mod tests {
 
     #[test]
     fn one_and_two_threads_same_bits() {
-        let (n, k, e, d) = (300, 2, 8, 40);
+        // 4000 dispatched rows of 40: rows_per_task(40) = 819, so every loop splits.
+        let (n, k, e, d) = (2000, 2, 8, 40);
         let plan = build_plan(&random_idx(n, k, e, 7), n, k, e, capacity_for(n, k, e, 1.0)).unwrap();
         let x = Tensor::from_slice(&[n, d], &rand_vec(n * d, 8)).unwrap();
         let gates = Tensor::from_slice(&[n, k], &rand_vec(n * k, 9)).unwrap();
-        let outs = run_threads(|| {
+        let (outs, chunks) = run_threads_split(|| {
             let xs = dispatch_forward(&x, &plan).unwrap();
             let y = combine_forward(&xs, &gates, &plan).unwrap();
             let (dys, dg) = combine_backward(&xs, &gates, &plan, &y).unwrap();
             let dx = dispatch_backward(&dys, &plan).unwrap();
             [y, dg, dx].map(|t| t.data().to_vec())
         });
+        assert!(chunks >= 2, "the work must split to test anything: {chunks} chunk(s)");
         for (a, b) in outs[0].iter().zip(&outs[1]) {
             assert!(same_bits(a, b));
         }

@@ -132,7 +132,7 @@ pub fn dwconv_backward(x: &Tensor, w: &Tensor, rows: Option<&[u32]>, dy: &Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testutil::{rand_vec, run_threads, same_bits};
+    use crate::ops::testutil::{rand_vec, run_threads_split, same_bits};
 
     #[test]
     fn hand_case_and_causality() {
@@ -150,7 +150,8 @@ mod tests {
 
     #[test]
     fn routed_rows_equal_dense_rows_and_threads_agree() {
-        let (b, t, d, k) = (3, 40, 20, 5);
+        // 900 routed rows of 20 channels × 5 taps: rows_per_task(100) = 327, so the loops split.
+        let (b, t, d, k) = (3, 400, 20, 5);
         let x = Tensor::from_slice(&[b, t, d], &rand_vec(b * t * d, 1)).unwrap();
         let w = Tensor::from_slice(&[d, k], &rand_vec(d * k, 2)).unwrap();
         let rows: Vec<u32> = (0..(b * t) as u32).filter(|r| r % 4 != 0).collect();
@@ -159,10 +160,11 @@ mod tests {
         for (m, &r) in rows.iter().enumerate() {
             assert!(same_bits(&sel.data()[m * d..(m + 1) * d], &dense.data()[r as usize * d..(r as usize + 1) * d]));
         }
-        let outs = run_threads(|| {
+        let (outs, chunks) = run_threads_split(|| {
             let (a, c) = dwconv_backward(&x, &w, Some(&rows), &sel).unwrap();
             [a, c].map(|z| z.data().to_vec())
         });
+        assert!(chunks >= 2, "the work must split to test anything: {chunks} chunk(s)");
         assert!(same_bits(&outs[0][0], &outs[1][0]) && same_bits(&outs[0][1], &outs[1][1]));
     }
 }

@@ -187,7 +187,7 @@ pub fn split_rows(x: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testutil::{rand_vec, run_threads, same_bits};
+    use crate::ops::testutil::{rand_vec, run_threads_split, same_bits};
 
     #[test]
     fn softplus_is_stable_and_hand_checked() {
@@ -218,9 +218,11 @@ mod tests {
 
     #[test]
     fn col_scale_grad_one_and_two_threads_same_bits() {
-        let x = Tensor::from_slice(&[700, 33], &rand_vec(700 * 33, 3)).unwrap();
+        // 3000 rows of 33: rows_per_task(33) = 992, so the reduction splits into 4 chunks.
+        let x = Tensor::from_slice(&[3000, 33], &rand_vec(3000 * 33, 3)).unwrap();
         let s = Tensor::from_slice(&[33], &rand_vec(33, 4)).unwrap();
-        let outs = run_threads(|| col_scale_backward(&x, &s, &x).unwrap().1.data().to_vec());
+        let (outs, chunks) = run_threads_split(|| col_scale_backward(&x, &s, &x).unwrap().1.data().to_vec());
+        assert!(chunks >= 2, "the work must split to test anything: {chunks} chunk(s)");
         assert!(same_bits(&outs[0], &outs[1]));
     }
 }

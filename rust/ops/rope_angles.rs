@@ -101,7 +101,7 @@ pub fn rope_angles_backward(x: &Tensor, ang: &Tensor, pos: &[u32], dy: &Tensor) 
 mod tests {
     use super::*;
     use crate::ops::rope::rope_forward;
-    use crate::ops::testutil::{assert_close, rand_vec, run_threads, same_bits};
+    use crate::ops::testutil::{assert_close, rand_vec, run_threads_split, same_bits};
 
     #[test]
     fn standard_angles_match_rope() {
@@ -116,7 +116,21 @@ mod tests {
         let y = rope_angles_forward(&x, &ang, &pos).unwrap();
         assert_close(y.data(), rope_forward(&x, None, 100.0).unwrap().data(), 1e-5, 1e-5, "rope");
         assert!(rope_angles_forward(&x, &ang, &pos[1..]).is_err());
-        let outs = run_threads(|| rope_angles_backward(&x, &ang, &pos, &y).unwrap().1.data().to_vec());
-        assert!(same_bits(&outs[0], &outs[1]));
+    }
+
+    #[test]
+    fn one_and_two_threads_same_bits() {
+        // 2048 rows of 4 × 16: rows_per_task(64) = 512, so both halves split into 4 chunks.
+        let (b, t, h, hd) = (4, 512, 4, 16);
+        let x = Tensor::from_slice(&[b, t, h, hd], &rand_vec(b * t * h * hd, 3)).unwrap();
+        let ang = Tensor::from_slice(&[t, hd / 2], &rand_vec(t * hd / 2, 4)).unwrap();
+        let pos: Vec<u32> = (0..b * t).map(|r| (r % t) as u32).collect();
+        let y = rope_angles_forward(&x, &ang, &pos).unwrap();
+        let (outs, chunks) = run_threads_split(|| {
+            let (dx, dang) = rope_angles_backward(&x, &ang, &pos, &y).unwrap();
+            [dx, dang].map(|z| z.data().to_vec())
+        });
+        assert!(chunks >= 2, "the work must split to test anything: {chunks} chunk(s)");
+        assert!(same_bits(&outs[0][0], &outs[1][0]) && same_bits(&outs[0][1], &outs[1][1]));
     }
 }

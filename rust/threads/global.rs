@@ -1,7 +1,9 @@
 //! The process-wide pools every op runs in: built on first use for `SOS_NUM_THREADS` threads
-//! (default one per physical core), pinned unless `SOS_PIN=0`, resized by `set_num_threads`.
+//! (default one per physical core in the affinity mask, capped by the cgroup CPU quota), pinned
+//! unless `SOS_PIN=0`, resized by `set_num_threads`.
 
 use super::pool::{current_multi, run_groups, Pools};
+use super::quota::{cpu_quota, limit_threads};
 use super::topology::{host_topology, Topology};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -15,13 +17,24 @@ fn topology() -> &'static Topology {
     TOPO.get_or_init(host_topology)
 }
 
-/// Threads from `SOS_NUM_THREADS`, else one per physical core the process may use.
-fn default_threads() -> usize {
-    std::env::var("SOS_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| topology().cores().max(1))
+/// Threads from `SOS_NUM_THREADS`, else one per physical core the process may use, capped at
+/// ceil(the cgroup CPU quota); with a note when the quota is what capped it.
+fn default_threads() -> (usize, Option<String>) {
+    if let Some(n) = std::env::var("SOS_NUM_THREADS").ok().and_then(|s| s.trim().parse::<usize>().ok()) {
+        if n > 0 {
+            return (n, None);
+        }
+    }
+    let quota = cpu_quota();
+    let (n, limited) = limit_threads(topology().cores(), quota);
+    let note = limited.then(|| {
+        format!(
+            "limited to {n} by the CPU quota ({:.2} CPUs; {} cores usable)",
+            quota.unwrap_or(0.0),
+            topology().cores()
+        )
+    });
+    (n, note)
 }
 
 fn build(n: usize) -> Arc<Pools> {
@@ -39,9 +52,13 @@ pub fn pools() -> Arc<Pools> {
     if let Some(p) = w.as_ref() {
         return p.clone();
     }
-    let p = build(default_threads());
+    let (n, note) = default_threads();
+    let p = build(n);
     if std::env::var("SOS_QUIET").map_or(true, |v| v.trim() != "1") {
-        eprintln!("sos_rs: {}", p.describe());
+        match note {
+            Some(note) => eprintln!("sos_rs: {}; {note}", p.describe()),
+            None => eprintln!("sos_rs: {}", p.describe()),
+        }
     }
     *w = Some(p.clone());
     p
@@ -49,7 +66,7 @@ pub fn pools() -> Arc<Pools> {
 
 /// Replaces the pools with ones of `n` threads in all (n = 0 means the default).
 pub fn set_num_threads(n: usize) {
-    let n = if n == 0 { default_threads() } else { n };
+    let n = if n == 0 { default_threads().0 } else { n };
     *slot().write().unwrap_or_else(|e| e.into_inner()) = Some(build(n));
 }
 

@@ -28,6 +28,10 @@ impl Topology {
     }
 }
 
+/// CPU numbers at or above this are malformed (Linux's NR_CPUS tops out at 8192); keeps a
+/// corrupt list such as "0-18446744073709551615" from expanding into memory (found by fuzzing).
+pub const MAX_CPU: usize = 1 << 16;
+
 /// Parses a kernel CPU list such as "0-3,8-11" or "5". None on malformed input.
 pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
     let mut out = BTreeSet::new();
@@ -35,13 +39,13 @@ pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?);
-                if a > b {
+                if a > b || b >= MAX_CPU {
                     return None;
                 }
                 out.extend(a..=b);
             }
             None => {
-                out.insert(part.parse::<usize>().ok()?);
+                out.insert(part.parse::<usize>().ok().filter(|&c| c < MAX_CPU)?);
             }
         }
     }

@@ -60,27 +60,33 @@ def test_dense_matches_torch(name: str, source: str) -> None:
     loss = model.loss(ids, targets)
     loss.backward()
     report = {"logits": float(d_logits), "loss": abs(loss.item() - float(ref["loss"]))}
+    # Per tensor, relative to its largest reference entry (gradients here are 1e-4..1e-1, so an
+    # absolute tolerance would pass a tensor of zeros); measured ~6e-7.
     for pname, p in model.named_parameters():
-        report[pname] = float(np.abs(p.grad.numpy() - ref[f"grad/{pname}"]).max())
-    print(f"\n[{name}/{source}] max |Δ|: " + ", ".join(f"{k}={v:.2e}" for k, v in report.items()))
+        want = ref[f"grad/{pname}"]
+        scale = float(np.abs(want).max())
+        assert scale > 0, f"{pname}: the reference gradient is all zeros"
+        report[pname] = float(np.abs(p.grad.numpy() - want).max()) / scale
+    print(f"\n[{name}/{source}] max |Δ| (gradients: relative): " + ", ".join(f"{k}={v:.2e}" for k, v in report.items()))
     assert d_logits <= 1e-4
     assert report["loss"] <= 1e-5
     for pname, _ in model.named_parameters():
-        assert report[pname] <= 1e-3, pname
+        assert report[pname] <= 1e-4, pname
 
     model.zero_grad()
     opt = optim.AdamW(
         model.parameters(), lr=OPTIM["lr"], betas=OPTIM["betas"], eps=OPTIM["eps"], weight_decay=OPTIM["weight_decay"]
     )
-    losses = []
+    losses, norms = [], []
     for _ in range(STEPS):
         opt.zero_grad()
         loss = model.loss(ids, targets)
         loss.backward()
-        optim.clip_grad_norm(model.parameters(), OPTIM["clip"])
+        norms.append(optim.clip_grad_norm(model.parameters(), OPTIM["clip"]))
         opt.step()
         losses.append(loss.item())
     d_steps = np.abs(np.array(losses) - ref["step_losses"])
     print(f"[{name}/{source}] AdamW step losses max |Δ| = {d_steps.max():.2e} (final loss {losses[-1]:.4f})")
     assert d_steps.max() <= 1e-4, d_steps
+    assert min(norms) > OPTIM["clip"], f"the clip must act in every step to be tested: norms {norms}"
     assert losses[-1] < losses[0]

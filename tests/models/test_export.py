@@ -3,6 +3,7 @@ where transformers is installed it loads as LlamaForCausalLM with the same logit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -51,11 +52,13 @@ def test_export_round_trip(tmp_path, tied):
     ]
     weights = load_file(str(out / "model.safetensors"))
     assert ("lm_head.weight" in weights) == (not tied)
-    back = DenseLM(cfg)
-    back.load_state_dict(weights)
+    # Loaded into a differently seeded model, so a loader that did nothing could not pass.
+    back = DenseLM(dataclasses.replace(cfg, seed=cfg.seed + 1))
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16))
     with no_grad():
         ours = model(ids).numpy()
+        assert not np.allclose(back(ids).numpy(), ours), "the two seeds must give different models"
+        back.load_state_dict(weights)
         np.testing.assert_array_equal(back(ids).numpy(), ours)
     hf_cfg = json.loads((out / "config.json").read_text())
     assert hf_cfg["architectures"] == ["LlamaForCausalLM"] and hf_cfg["tie_word_embeddings"] == tied

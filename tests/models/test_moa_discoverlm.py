@@ -98,11 +98,12 @@ def run_isa(isa: str, family: str, path) -> dict:
         return {k: z[k] for k in z.files}
 
 
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
 @pytest.mark.parametrize("family", ["moa", "discoverlm"])
-def test_scalar_and_simd_paths_agree(family, tmp_path):
-    isa = sos_rs.detected_isa()
-    if isa == "scalar":
-        pytest.skip("this CPU has no SIMD path to compare")
+def test_scalar_and_simd_paths_agree(family, isa, tmp_path):
+    order = ["scalar", "avx2", "avx512"]
+    if order.index(sos_rs.detected_isa()) < order.index(isa):
+        pytest.skip(f"this CPU lacks {isa} (detected {sos_rs.detected_isa()}): that path is not compared here")
     simd, scalar = run_isa(isa, family, tmp_path / "simd.npz"), run_isa("scalar", family, tmp_path / "scalar.npz")
     assert (str(simd["isa"]), str(scalar["isa"])) == (isa, "scalar")
     assert abs(float(simd["loss"]) - float(scalar["loss"])) <= 1e-5
@@ -147,6 +148,35 @@ def test_eval_mode_uses_the_hard_ball_mask_and_no_regulariser():
     assert np.abs(eval_logits - train_logits).max() > 0
     model.train()
     assert model.loss(ids, targets) is not None and model.last_stats["ti_violation_rate"] is not None
+
+
+@pytest.mark.parametrize("family", ["moa", "discoverlm"])
+def test_keys_inside_the_ball_are_kept_and_outside_pruned(family):
+    """A ball that holds every key changes nothing (no penalty, no mask, training or eval); a
+    small one prunes in eval mode. Same seed, so the models share every other weight; LayerScale
+    1.0 so the attention paths move the logits by far more than the tolerance."""
+    ids, _ = batch()
+    plain = make(family, ball_pruning=False, layer_scale_init=1.0)
+    inside = make(family, ball_pruning=True, ball_radius_init=1e6, layer_scale_init=1.0)
+    shared = plain.state_dict()
+    assert all(np.array_equal(v, inside.state_dict()[k]) for k, v in shared.items())
+    assert set(inside.state_dict()) - set(shared), "the ball adds its origin and radius"
+    for mode in ("train", "eval"):
+        getattr(plain, mode)()
+        getattr(inside, mode)()
+        np.testing.assert_allclose(inside(ids).numpy(), plain(ids).numpy(), rtol=1e-5, atol=1e-6, err_msg=mode)
+    small = make(family, ball_pruning=True, ball_radius_init=0.05, layer_scale_init=1.0).eval()
+    assert np.abs(small(ids).numpy() - plain(ids).numpy()).max() > 1e-2, "keys outside the ball must be pruned"
+    # Radius 0.6: some keys inside, some outside. The hard eval mask is binary, so the penalty's
+    # slope β cannot matter there; the soft training penalty scales with it.
+    soft, steep = (
+        make(family, ball_pruning=True, ball_radius_init=0.6, ball_beta=b, layer_scale_init=1.0) for b in (1, 5)
+    )
+    assert np.abs(soft(ids).numpy() - steep(ids).numpy()).max() > 1e-3, "training: the soft penalty scales with beta"
+    soft.eval()
+    steep.eval()
+    np.testing.assert_allclose(soft(ids).numpy(), steep(ids).numpy(), rtol=1e-5, atol=1e-6, err_msg="eval: hard mask")
+    assert np.abs(soft(ids).numpy() - plain(ids).numpy()).max() > 1e-2, "eval: part of the keys pruned"
 
 
 def test_moe_layer_counts_drops_and_dropped_tokens_pass_as_zero():

@@ -122,5 +122,7 @@ def test_export_round_trips_with_agent_states(tmp_path) -> None:
     assert type(back) is SAGILM and back.config == model.config
     want, got = model.state_dict(), back.state_dict()
     assert list(want) == list(got) and any(k.endswith("agent_state") for k in want)
+    fresh = SAGILM(model.config).state_dict()  # differs from the case's perturbed weights
+    assert any(fresh[k].tobytes() != want[k].tobytes() for k in want if k.endswith("agent_state"))
     for k in want:
         assert want[k].tobytes() == got[k].tobytes(), k

@@ -51,7 +51,13 @@ def test_linear_errors(args, err):
 def test_thread_info_and_peak_probe():
     info = sos_rs.thread_info()
     assert f"{sos_rs.num_threads()} threads in" in info and "core group" in info
-    assert _core.fma_peak("avx2" if sos_rs.detected_isa() != "scalar" else "scalar", 1, 1, 5) > 0
+    scalar = _core.fma_peak("scalar", 1, 1, 5)
+    # GFLOP/s of one thread: a scalar FMA loop does at least 0.05 and no CPU core reaches 1000.
+    assert 0.05 < scalar < 1000, scalar
+    if sos_rs.detected_isa() != "scalar":
+        simd = _core.fma_peak("avx2", 1, 1, 5)
+        # 8 lanes per FMA (and two FMA units on most cores): far above the scalar loop, below 1000.
+        assert 4 * scalar < simd < 1000, (simd, scalar)
     with pytest.raises(sos_rs.InvalidValueError):
         _core.fma_peak("sse9")
 

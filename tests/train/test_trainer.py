@@ -98,16 +98,25 @@ def test_train_writes_run_folder_and_samples(corpus, tmp_path):
     assert (run / "samples.txt").read_text().strip()
     state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text())
     assert state["step"] == 12 and "belt" in state and state["optimizer_step"] == 12
-    # the other commands work on the run folder
-    for cmd in (
-        ["sample", str(run), "--max-new-tokens", "5"],
-        ["eval", str(run), "--batches", "2"],
-        ["plot", str(run)],
-        ["export", str(run), "--hf", str(tmp_path / "hf")],
-    ):
-        subprocess.run(SOS + cmd, check=True, capture_output=True, text=True)
-    assert (run / "plot.png").stat().st_size > 1000
-    assert (tmp_path / "hf" / "config.json").exists()
+
+    # the other commands work on the run folder, and say what they should
+    def sos(*cmd):
+        return subprocess.run(SOS + list(cmd), check=True, capture_output=True, text=True).stdout
+
+    a, b = (sos("sample", str(run), "--prompt", "the ", "--max-new-tokens", "5", "--seed", "3") for _ in range(2))
+    assert a.startswith("the ") and len(a.strip()) > len("the") and a == b, (a, b)  # seeded: the same text
+    # eval scores the newest checkpoint on the run's validation split as training's last pass did.
+    ev = json.loads(sos("eval", str(run), "--batches", "2").strip().splitlines()[-1])
+    assert ev["checkpoint"].endswith("step-00000012")
+    assert ev["val_loss"] == pytest.approx(vals[-1]["val_loss"], rel=1e-5)
+    assert ev["val_bpb"] == pytest.approx(vals[-1]["val_bpb"], rel=1e-5)
+    sos("plot", str(run))
+    import matplotlib.image
+
+    png = matplotlib.image.imread(str(run / "plot.png"))
+    assert png.ndim == 3 and png.shape[0] > 200 and png.shape[1] > 200 and png[..., :3].std() > 0.01  # drawn, not blank
+    sos("export", str(run), "--hf", str(tmp_path / "hf"))
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
 
 
 def run_until_killed(cmd, metrics: pathlib.Path, kill_after_step: int, timeout=120) -> None:

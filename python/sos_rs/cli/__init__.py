@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 # Subcommands, in the order `sos --help` lists them; each is the module of that name, except
 # where MODULES names another (`import` is a Python keyword).
 SUBCOMMANDS = [
+    "init",
     "prepare",
     "synth",
     "import",

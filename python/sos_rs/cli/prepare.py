@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "prepare",
         help="turn text files into a tokenizer and token shards",
-        description="Inputs are files or directories (.txt/.md, .jsonl/.ndjson, .csv/.tsv, .parquet); "
+        description="Inputs are files or directories (.txt/.md, .jsonl/.ndjson, .csv/.tsv, .parquet; "
+        "extension-less UTF-8 files are read as text, and --format txt reads every file as text); "
         "LABEL=PATH names a source, kept in its own shards for curriculum mixing. Writes DIR/tokenizer.json, "
         "DIR/train-NNNNN.sos, DIR/val-NNNNN.sos and DIR/meta.json.",
     )
@@ -33,6 +34,19 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--text-column", default=d.text_column, help="text column of jsonl/csv/parquet inputs (default 'text')"
+    )
+    p.add_argument(
+        "--format",
+        choices=["auto", "txt"],
+        default=d.format,
+        help="auto (default): by extension, extension-less UTF-8 files read as text; txt: read every file as "
+        "plain text whatever its extension",
+    )
+    p.add_argument(
+        "--split-on",
+        metavar="REGEX",
+        default=d.split_on,
+        help="a line matching REGEX separates documents and is dropped (e.g. '^%%$' for fortune files)",
     )
     p.add_argument(
         "--split-blank-lines",
@@ -86,6 +100,8 @@ def run(args) -> int:
         val_fraction=args.val_fraction,
         text_column=args.text_column,
         split_blank_lines=args.split_blank_lines,
+        format=args.format,
+        split_on=args.split_on,
         min_chars=args.min_chars,
         max_chars=args.max_chars,
         decode_errors=args.decode_errors,

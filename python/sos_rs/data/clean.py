@@ -7,6 +7,7 @@ Deliberately conservative: runs of spaces inside a line are kept (code and verse
 from __future__ import annotations
 
 import hashlib
+from typing import Optional
 
 import polars as pl
 
@@ -52,11 +53,32 @@ def stable_hash(s: pl.Series) -> pl.Series:
     return pl.Series(s.name, out, dtype=pl.UInt64)
 
 
-def clean(lf: pl.LazyFrame, *, split_blank_lines: bool, min_chars: int, max_chars: int) -> pl.LazyFrame:
+def separator_pattern(split_on: str) -> str:
+    """The Polars (Rust regex) pattern that removes a whole separator line: a line in which
+    `split_on` matches (anchor it with ^...$ to match the whole line, e.g. `^%$` for fortune
+    files), with its newline. Raises ValueError naming the problem when `split_on` is not a valid
+    regular expression."""
+    pattern = rf"(?m)^[^\n]*?(?:{split_on})[^\n]*(?:\n|$)"
+    try:
+        pl.Series([""]).str.contains(pattern)
+    except Exception as e:  # Polars raises ComputeError for a bad regex
+        raise ValueError(f"--split-on {split_on!r} is not a valid regular expression: {str(e).strip()[:200]}") from e
+    if pl.Series([""]).str.contains(rf"^(?:{split_on})$").item():
+        raise ValueError(f"--split-on {split_on!r} matches an empty line; give a pattern for the separator line")
+    return pattern
+
+
+def clean(
+    lf: pl.LazyFrame, *, split_blank_lines: bool, min_chars: int, max_chars: int, split_on: Optional[str] = None
+) -> pl.LazyFrame:
     """text (raw, may be null) -> text (clean; null unless kept), raw_bytes, status, hash.
     Every input row stays a row (or several, when splitting) so that each stage can be
-    counted afterwards from the status column."""
+    counted afterwards from the status column. `split_on` (a regex) makes each line it matches
+    a document separator (the line itself is dropped); applied before `split_blank_lines`."""
     lf = lf.select(normalize_lines(pl.col("text").fill_null("")))
+    if split_on:
+        sep = separator_pattern(split_on)
+        lf = lf.select(pl.col("text").str.replace_all(sep, _SEP).str.split(_SEP)).explode("text")
     if split_blank_lines:
         lf = lf.select(pl.col("text").str.replace_all(_BLANK_LINE, _SEP).str.split(_SEP)).explode("text")
     lf = lf.with_columns(

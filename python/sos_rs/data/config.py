@@ -15,6 +15,8 @@ class PrepareConfig:
     vocab_size: int = 8192  # BPE vocabulary, end-of-text included (a small corpus may end with fewer)
     val_fraction: float = 0.01  # share of documents held out for validation, chosen by content hash
     text_column: str = "text"  # the text column of jsonl / csv / parquet inputs
+    format: str = "auto"  # "auto": by extension, extension-less UTF-8 files sniffed as text; "txt": every file is text
+    split_on: Optional[str] = None  # regex: a line it matches separates documents (dropped), e.g. "^%$" for fortunes
     split_blank_lines: bool = False  # txt: a blank line separates documents (default: one file, one document)
     min_chars: int = 1  # drop documents shorter than this after cleaning
     max_chars: int = 0  # drop documents longer than this after cleaning (0: no limit)
@@ -33,6 +35,10 @@ class PrepareConfig:
     def check(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.format not in ("auto", "txt"):
+            raise ValueError(f"format must be 'auto' or 'txt', got {self.format!r}")
+        if self.split_on is not None and not self.split_on:
+            raise ValueError("split_on must be a non-empty regular expression")
         if self.decode_errors not in ("skip", "replace"):
             raise ValueError(f"decode_errors must be 'skip' or 'replace', got {self.decode_errors!r}")
         if self.tokenizer is None and self.vocab_size < MIN_VOCAB:

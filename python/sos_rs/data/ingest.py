@@ -2,7 +2,9 @@
 optionally labelled `LABEL=PATH` to name its source for curriculum mixing. Every file becomes a
 Polars LazyFrame with one raw `text` column: .txt/.md are read here (one document per file, or
 split on blank lines later), .jsonl/.ndjson, .csv/.tsv and .parquet are scanned lazily by
-Polars. A file that cannot be used is returned as a `Skipped` record with the reason, never
+Polars. Extension-less files (`README`, Debian's fortune files) are read as text when their
+start is UTF-8 without NUL bytes (sniffed); with `--format txt` every file is read as text,
+whatever its extension. A file that cannot be used is returned as a `Skipped` record with the reason, never
 raised, so one bad file never stops the rest of a corpus.
 """
 
@@ -48,10 +50,32 @@ def parse_input(arg: str) -> Source:
     return Source(DEFAULT_LABEL, Path(arg))
 
 
-def discover(source: Source) -> Tuple[List[Path], List[Skipped]]:
+SNIFF_BYTES = 8192
+
+
+def looks_like_text(path: Path) -> bool:
+    """True when the file's first 8 KiB are UTF-8 (a multi-byte character cut at the end is
+    allowed) without NUL bytes: how an extension-less file is recognised as plain text."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError:
+        return False
+    if not head or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return len(head) == SNIFF_BYTES and e.start >= len(head) - 3 and e.reason == "unexpected end of data"
+    return True
+
+
+def discover(source: Source, fmt: str = "auto") -> Tuple[List[Path], List[Skipped]]:
     """Files of a source in sorted order (so output never depends on directory listing order).
-    Hidden files are ignored; other files with unknown extensions are reported as skipped. A
-    single file named explicitly is read as text whatever its extension."""
+    Hidden files are ignored. With fmt "auto", files with a known extension are kept, and
+    extension-less files when they look like UTF-8 text; other files are reported as skipped.
+    With fmt "txt" every file is kept (and read as text). A single file named explicitly is read
+    as text whatever its extension."""
     p = source.path
     if p.is_file():
         return [p], []
@@ -61,13 +85,16 @@ def discover(source: Source) -> Tuple[List[Path], List[Skipped]]:
     for f in sorted(p.rglob("*")):
         if not f.is_file() or any(part.startswith(".") for part in f.relative_to(p).parts):
             continue
-        if f.suffix.lower() in KNOWN:
+        if fmt == "txt" or f.suffix.lower() in KNOWN or (not f.suffix and looks_like_text(f)):
             files.append(f)
+        elif not f.suffix:
+            skipped.append(Skipped(str(f), "no extension and not UTF-8 text (binary?)"))
         else:
             skipped.append(
                 Skipped(
                     str(f),
-                    f"unsupported extension {f.suffix or '(none)'!r} (txt, md, jsonl, ndjson, csv, tsv, parquet)",
+                    f"unsupported extension {f.suffix!r} (txt, md, jsonl, ndjson, csv, tsv, parquet; "
+                    "--format txt reads every file as text)",
                 )
             )
     if not files and not skipped:
@@ -75,7 +102,10 @@ def discover(source: Source) -> Tuple[List[Path], List[Skipped]]:
     return files, skipped
 
 
-def kind(path: Path) -> str:
+def kind(path: Path, fmt: str = "auto") -> str:
+    """How a file is read: "txt", "jsonl", "csv" or "parquet" (always "txt" with fmt "txt")."""
+    if fmt == "txt":
+        return "txt"
     s = path.suffix.lower()
     for name, exts in (("jsonl", JSONL), ("csv", CSV), ("parquet", PARQUET)):
         if s in exts:

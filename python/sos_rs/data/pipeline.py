@@ -24,7 +24,7 @@ import polars as pl
 
 from .. import _core
 from . import bpe
-from .clean import EMPTY, KEPT, LONG, SHORT, clean, val_threshold
+from .clean import EMPTY, KEPT, LONG, SHORT, clean, separator_pattern, val_threshold
 from .config import PrepareConfig
 from .ingest import Skipped, discover, first_line, kind, parse_input, scan_structured, text_batches
 from .meta import META_NAME, write_meta
@@ -72,9 +72,13 @@ def _clear_outputs(out: Path, overwrite: bool) -> None:
 
 
 def _sink(lf: pl.LazyFrame, label: str, path: Path, files: int, file_bytes: int, cfg: PrepareConfig) -> Part:
-    clean(lf, split_blank_lines=cfg.split_blank_lines, min_chars=cfg.min_chars, max_chars=cfg.max_chars).sink_parquet(
-        path
-    )
+    clean(
+        lf,
+        split_blank_lines=cfg.split_blank_lines,
+        min_chars=cfg.min_chars,
+        max_chars=cfg.max_chars,
+        split_on=cfg.split_on,
+    ).sink_parquet(path)
     part = Part(label, path, files, file_bytes)
     part.stats = {
         k: int(v or 0) for k, v in pl.scan_parquet(path).select(**_PART_STATS).collect().row(0, named=True).items()
@@ -88,7 +92,7 @@ def read_and_clean(
     parts: List[Part] = []
     skipped: List[Skipped] = []
     sources = [parse_input(str(x)) for x in inputs]
-    found = [(s, *discover(s)) for s in sources]
+    found = [(s, *discover(s, cfg.format)) for s in sources]
     total = sum(f.stat().st_size for _, files, _ in found for f in files)
     prog.stage("read + clean", total / MB)
     done = 0
@@ -99,7 +103,7 @@ def read_and_clean(
     for src, files, sk in found:
         first_skip = len(skipped)
         skipped += sk
-        txt = [f for f in files if kind(f) == "txt"]
+        txt = [f for f in files if kind(f, cfg.format) == "txt"]
         for used, texts, sk2, size in text_batches(txt, cfg.decode_errors, int(4 * cfg.batch_mb * MB)):
             skipped += sk2
             if used:
@@ -108,7 +112,7 @@ def read_and_clean(
             done += size + sum(Path(s.file).stat().st_size for s in sk2 if Path(s.file).is_file())
             prog.update(done / MB, f"{src.label}: {len(parts)} parts")
         for f in files:
-            if kind(f) == "txt":
+            if kind(f, cfg.format) == "txt":
                 continue
             size = f.stat().st_size
             scanned = scan_structured(f, cfg.text_column, cfg.decode_errors)
@@ -258,6 +262,8 @@ def prepare(
 
     cfg = config or PrepareConfig(**options)
     cfg.check()
+    if cfg.split_on:
+        separator_pattern(cfg.split_on)  # a bad regex is reported before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out, cfg.overwrite)

@@ -42,24 +42,32 @@ from ..errors import ShapeError
 from ..nn import Module
 
 BYTES_F32 = 4
+# Peak RSS a training step adds beyond weights, optimizer state and activations, whatever the model
+# size: thread-pool stacks and per-thread scratch, allocator slack (measured at 2 threads: 5-10 MiB).
+RUNTIME_BYTES = 8 << 20
 
 
 @dataclasses.dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes a training step needs: parameters with their gradients and AdamW moments, and the
-    activations the tape keeps until backward (plus logits and their gradient)."""
+    """Bytes a training step needs: parameters with their gradients and AdamW moments, the
+    activations the tape keeps until backward (plus logits and their gradient), and the runtime's
+    fixed share (thread pools and their scratch, allocator slack: `RUNTIME_BYTES`). Each family's
+    formula is calibrated against the peak RSS growth `tests/support/memory_probe.py` measures,
+    to within ±25% (tests/models/test_memory_estimate.py)."""
 
     weights_and_optimizer: int
     activations: int
+    runtime: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights_and_optimizer + self.activations
+        return self.weights_and_optimizer + self.activations + self.runtime
 
     def as_dict(self) -> Dict[str, int]:
         return {
             "weights_and_optimizer": self.weights_and_optimizer,
             "activations": self.activations,
+            "runtime": self.runtime,
             "total": self.total,
         }
 
@@ -127,6 +135,15 @@ class LanguageModel(Module):
         """A KV cache for `batch` sequences, or None: the family has none and sampling re-reads
         the whole context for every new token."""
         return None
+
+    def rng_state(self) -> Optional[Dict[str, Any]]:
+        """The state of any random generator the family draws from while training (JSON-able),
+        saved in checkpoints so a resumed run continues the same draws; None when it has none."""
+        return None
+
+    def set_rng_state(self, state: Dict[str, Any]) -> None:
+        """Restores what `rng_state` returned; ValueError when `state` does not fit."""
+        raise ValueError(f"the {self.family!r} family keeps no random generator state")
 
     def step_stats(self) -> Dict[str, float]:
         """Numbers about the last `loss` call that the trainer logs (empty for the dense family)."""
@@ -223,4 +240,13 @@ def parameter_state_bytes(n_params: int) -> int:
     return n_params * 4 * BYTES_F32
 
 
-__all__ = ["ExportError", "GrowthError", "LanguageModel", "MemoryEstimate", "Probe", "parameter_state_bytes", "zero_"]
+__all__ = [
+    "ExportError",
+    "GrowthError",
+    "LanguageModel",
+    "MemoryEstimate",
+    "Probe",
+    "RUNTIME_BYTES",
+    "parameter_state_bytes",
+    "zero_",
+]

@@ -20,7 +20,7 @@ import numpy as np
 from .. import functional as F
 from ..autograd import Tensor, no_grad
 from ..nn import CausalSelfAttention, Embedding, LayerKVCache, Linear, Module, ModuleList, RMSNorm, SwiGLUMLP
-from .base import BYTES_F32, LanguageModel, MemoryEstimate, Probe, parameter_state_bytes, zero_
+from .base import BYTES_F32, RUNTIME_BYTES, LanguageModel, MemoryEstimate, Probe, parameter_state_bytes, zero_
 
 
 @dataclass
@@ -243,7 +243,7 @@ class DenseLM(LanguageModel):
         ffn = c.ffn_hidden or 0  # resolved in __post_init__
         attn_width = max(c.d_model, c.n_heads * c.resolved_head_dim())
         acts = tokens * (c.n_layers * (12 * attn_width + 3 * ffn) + 3 * c.vocab_size) * BYTES_F32
-        return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts)
+        return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts, RUNTIME_BYTES)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:
         """A `LlamaForCausalLM` folder (the parameter names already are HF Llama's), or, when a

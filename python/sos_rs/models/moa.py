@@ -19,7 +19,7 @@ from ..autograd import Tensor, no_grad
 from ..nn import Embedding, Linear, Module, ModuleList
 from ..nn.moa import FFN_BRANCHES, MIXER_PATHS, MoABlock, MoAHead
 from ..nn.moe import Aux
-from .base import BYTES_F32, LanguageModel, MemoryEstimate, Probe, parameter_state_bytes, zero_
+from .base import BYTES_F32, RUNTIME_BYTES, LanguageModel, MemoryEstimate, Probe, parameter_state_bytes, zero_
 
 
 @dataclass
@@ -181,6 +181,19 @@ class MoALM(LanguageModel):
     def _attention_modules(self) -> int:
         return self.config.n_layers * sum(p in ("mha", "mqa") for p in self.config.paths)
 
+    def rng_state(self) -> Optional[dict]:
+        """The model's own triple stream (checkpointed). Training draws from (seed, batch ids)
+        instead, which needs no state; this stream serves calls without a batch key."""
+        return {"ti_triples": self._triple_rng.bit_generator.state}
+
+    def set_rng_state(self, state: dict) -> None:
+        try:
+            rng = np.random.default_rng()
+            rng.bit_generator.state = state["ti_triples"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"bad model random state {str(state)[:120]}: {e}") from None
+        self._triple_rng = rng
+
     def sample_triples(self, n_tokens: int, key: Optional[np.ndarray] = None) -> np.ndarray:
         """ti_triples rows of 3 distinct flattened positions < n_tokens. With `key` (the batch's
         token ids, as training passes them) the draw is a function of (seed, key) alone, so a
@@ -319,8 +332,10 @@ class MoALM(LanguageModel):
         ffn = ffn_share * (4 * ffn_hidden + 3 * c.d_model + 3 * c.d_model + 4 * c.ffn_rank + 3 * c.d_model)
         per_layer = 8 * c.d_model + mixer + ffn + 2 * c.d_model * (c.router_top_k + c.ffn_top_k)
         head = 6 * c.d_model + 4 * c.ffn_rank + 3 * c.vocab_size
-        acts = int(tokens * (c.n_layers * per_layer + head)) * BYTES_F32
-        return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts)
+        # Calibrated: the tape frees some of these before the peak (measured peaks are 0.8-0.9 of
+        # the count; tests/models/test_memory_estimate.py).
+        acts = int(0.9 * tokens * (c.n_layers * per_layer + head)) * BYTES_F32
+        return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts, RUNTIME_BYTES)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:
         """model.safetensors, config.json and modeling_sos_moa.py: the folder loads with

@@ -151,7 +151,7 @@ class Trainer:
         self.log(
             f"model: {self.family}, {n / 1e6:.2f}M parameters | estimated memory {est['total'] / 2**20:.0f} MiB "
             f"(weights+optimizer {est['weights_and_optimizer'] / 2**20:.0f} MiB, "
-            f"activations {est['activations'] / 2**20:.0f} MiB), "
+            f"activations {est['activations'] / 2**20:.0f} MiB, runtime {est['runtime'] / 2**20:.0f} MiB), "
             f"available {avail / 2**20:.0f} MiB"
         )
         if est["total"] > avail:
@@ -204,6 +204,12 @@ class Trainer:
             raise TrainingError(
                 f"{folder}: its data cursor does not fit {self.data.dir} (was the run trained on other data?): {e}"
             ) from None
+        rng = state["rng"].get("model")
+        if rng is not None:
+            try:
+                self.model.set_rng_state(rng)
+            except ValueError as e:
+                raise ckpt.CheckpointError(f"{folder}: {e}") from None
         self.model.load_state_dict(model_arrays)
         load_optimizer(self.opt, self.names, opt_arrays, state["optimizer_step"])
         self.step = state["step"]
@@ -242,7 +248,8 @@ class Trainer:
             "belt": self.train_belt.state(),
             "rng": {
                 "seed": self.cfg.run.seed,
-                "note": "sampling seeds derive from (seed, step); no other RNG is consumed",
+                "note": "sampling seeds derive from (seed, step); `model` is the family's own generator",
+                **({"model": rs} if (rs := self.model.rng_state()) is not None else {}),
             },
             "curriculum": self.hooks.curriculum.state() if self.hooks.curriculum else None,
             "governor": self.hooks.governor.state() if self.hooks.governor else None,

@@ -78,10 +78,17 @@ pub(super) fn run(pr: &Problem, c: &mut [f32]) {
         let cut = |t: usize| if t == total { pr.m } else { (pr.m * t / total) / mr * mr };
         let (r0, r1) = (cut(before), cut(before + shares[g]));
         if r1 > r0 {
+            #[cfg(test)]
+            GROUP_SPLITS.fetch_add(usize::from(g > 0), std::sync::atomic::Ordering::Relaxed);
             group_run(pr, cp, r0, r1, true);
         }
     });
 }
+
+/// Tests: how many times a core group other than the first ran a share of a GEMM's rows (only
+/// the multi-group split does that).
+#[cfg(test)]
+pub(super) static GROUP_SPLITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Rows [r0, r1) of C, inside one core group (its pool is the current Rayon pool).
 fn group_run(pr: &Problem, cp: CPtr, r0: usize, r1: usize, parallel: bool) {

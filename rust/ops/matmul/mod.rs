@@ -157,7 +157,9 @@ pub fn gemm(
 /// Rows and columns of a tensor seen as a matrix: leading dims flattened into rows.
 fn as_matrix(t: &Tensor) -> (usize, usize) {
     let cols = t.last_dim();
-    let rows = if t.ndim() == 0 { 1 } else { t.numel() / cols.max(1) };
+    // The product of the leading dims, not numel / cols: with cols = 0 that quotient lost the
+    // rows (a [5, 5, 0] operand read as 0 rows), and the GEMM panicked (found by fuzzing).
+    let rows = t.shape()[..t.ndim().saturating_sub(1)].iter().product();
     (rows, cols)
 }
 
@@ -205,7 +207,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, act: Activation) ->
     if let Some(b) = bias {
         ensure_shape!(b.shape() == [n], "linear", "bias {:?} must be [out] = [{n}]", b.shape());
     }
-    let m = x.numel() / k.max(1);
+    let m = as_matrix(x).0; // the leading dims' product, also when k = 0
     let mut shape = x.shape()[..x.ndim() - 1].to_vec();
     shape.push(n);
     let mut y = Tensor::zeros(&shape);

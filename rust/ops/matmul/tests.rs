@@ -78,16 +78,17 @@ fn one_and_two_threads_same_bits() {
 
 #[test]
 fn two_core_groups_same_bits_as_one_thread() {
-    // Two pools of one thread each (cpus 0 and 1 when present; pinning may be refused).
+    // Two pools of two threads each (unpinned), so the GEMM takes its parallel path and splits
+    // its rows across the groups (`threads::for_groups`); a pool of one thread would run serially.
     let topo = crate::threads::Topology {
         groups: vec![
-            crate::threads::Group { cpus: vec![0], cores: vec![0] },
-            crate::threads::Group { cpus: vec![1], cores: vec![1] },
+            crate::threads::Group { cpus: vec![0, 2], cores: vec![0, 2] },
+            crate::threads::Group { cpus: vec![1, 3], cores: vec![1, 3] },
         ],
         from_sysfs: false,
     };
-    let pools = crate::threads::Pools::build(&topo, 2, false);
-    assert_eq!(pools.pools.len(), 2);
+    let pools = crate::threads::Pools::build(&topo, 4, false);
+    assert_eq!(pools.cpus.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2]);
     let (m, n, k) = (301, 150, 400);
     let a = rand_vec(m * k, 6);
     let b = rand_vec(k * n, 7);
@@ -98,7 +99,12 @@ fn two_core_groups_same_bits_as_one_thread() {
         .unwrap()
         .install(|| gemm(m, n, k, &a, false, &b, true, &mut want, false));
     let mut got = vec![0.0; m * n];
+    let splits = super::driver::GROUP_SPLITS.load(std::sync::atomic::Ordering::Relaxed);
     pools.install(|| gemm(m, n, k, &a, false, &b, true, &mut got, false));
+    assert!(
+        super::driver::GROUP_SPLITS.load(std::sync::atomic::Ordering::Relaxed) > splits,
+        "the second core group ran no rows: the multi-group split did not happen"
+    );
     assert!(same_bits(&want, &got));
 }
 
@@ -160,4 +166,11 @@ fn matmul_and_linear_shapes() {
     assert_close(y.data(), &want, 1e-6, 1e-6, "linear");
     assert!(linear(&a, &w, Some(&w), Activation::Relu).is_err());
     assert!(linear(&w, &a, None, Activation::Relu).is_err());
+    // Found by fuzzing: an empty inner dimension kept the rows of the leading dims.
+    let a = Tensor::zeros(&[5, 5, 0]);
+    let c = matmul(&a, &Tensor::zeros(&[0, 3]), false, false).unwrap();
+    assert_eq!(c.shape(), &[5, 5, 3]);
+    assert!(c.data().iter().all(|&x| x == 0.0));
+    let y = linear(&Tensor::zeros(&[2, 3, 0]), &Tensor::zeros(&[4, 0]), None, Activation::Identity).unwrap();
+    assert_eq!(y.shape(), &[2, 3, 4]);
 }
