@@ -98,6 +98,7 @@ def test_train_writes_run_folder_and_samples(corpus, tmp_path):
     assert (run / "samples.txt").read_text().strip()
     state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text())
     assert state["step"] == 12 and "belt" in state and state["optimizer_step"] == 12
+
     # the other commands work on the run folder, and say what they should
     def sos(*cmd):
         return subprocess.run(SOS + list(cmd), check=True, capture_output=True, text=True).stdout
