@@ -99,10 +99,10 @@ fn two_core_groups_same_bits_as_one_thread() {
         .unwrap()
         .install(|| gemm(m, n, k, &a, false, &b, true, &mut want, false));
     let mut got = vec![0.0; m * n];
-    let splits = super::driver::GROUP_SPLITS.load(std::sync::atomic::Ordering::Relaxed);
+    let splits = driver::GROUP_SPLITS.load(std::sync::atomic::Ordering::Relaxed);
     pools.install(|| gemm(m, n, k, &a, false, &b, true, &mut got, false));
     assert!(
-        super::driver::GROUP_SPLITS.load(std::sync::atomic::Ordering::Relaxed) > splits,
+        driver::GROUP_SPLITS.load(std::sync::atomic::Ordering::Relaxed) > splits,
         "the second core group ran no rows: the multi-group split did not happen"
     );
     assert!(same_bits(&want, &got));
