@@ -1,20 +1,23 @@
 """Measures a family's training peak memory in a fresh process, for the memory-estimate tests:
 `python -m tests.support.memory_probe FAMILY CONFIG_JSON BATCH SEQ [STEPS]` prints one JSON object
-with `measured` (growth of the peak resident set size, ru_maxrss, from just before the model is
+with `measured` (growth of the peak resident set size, VmHWM, from just before the model is
 built to after STEPS training steps with AdamW, gradient clipping and zero_grad, as the trainer
 runs them) and `estimate` (the family's `estimate_memory(BATCH, SEQ)`), both in bytes."""
 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 
 import numpy as np
 
 
 def peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over from the parent
+    through fork and exec, so under a large pytest process the growth would read as zero."""
+    with open("/proc/self/status") as f:
+        line = next(x for x in f if x.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 def main(argv) -> None:

@@ -25,7 +25,8 @@ def test_init_copies_and_keeps(tmp_path, capsys):
     (out / "demo.toml").write_text("# mine\n")
     assert main(["init", str(out)]) == 0
     assert (out / "demo.toml").read_text() == "# mine\n"
-    assert "kept existing demo.toml" in capsys.readouterr().out
+    kept = capsys.readouterr().out.split("kept existing ", 1)[1].split(" (--force", 1)[0].split(", ")
+    assert "demo.toml" in kept
     assert main(["init", str(out), "--force"]) == 0
     assert (out / "demo.toml").read_bytes() == (config_dir() / "demo.toml").read_bytes()
 
