@@ -54,5 +54,6 @@ def run(args) -> int:
         print(f"wrote {dst}")
     if kept:
         print(f"kept existing {', '.join(kept)} (--force overwrites)")
-    print(f"next: sos prepare ... --out runs/data/NAME, then sos train {out / sources[0].name} --set data.dir=...")
+    first = next((src.name for src in sources if src.name == "demo.toml"), sources[0].name)
+    print(f"next: sos prepare ... --out runs/data/NAME, then sos train {out / first} --set data.dir=...")
     return 0
