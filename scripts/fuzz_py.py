@@ -518,7 +518,7 @@ def run_target(t: Target, n: int, seconds: float, failures: List[str]) -> collec
     i = [0]
 
     @settings(
-        max_examples=BATCH,
+        max_examples=min(BATCH, n),  # a small budget (the smoke run) is one short run
         deadline=None,
         database=None,
         phases=[Phase.generate],
