@@ -8,9 +8,20 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "maturin>=1.5,<2" "pytest>=7" "safetensors>=0.4"
+EXTRAS=dev
+if [ "${SOS_SKIP_TORCH:-0}" != 1 ]; then
+    # PyTorch and transformers run the live comparisons (dense, routed families, SAGI) and the
+    # LlamaForCausalLM export check. CPU wheels from the PyTorch index when it answers (~200 MB),
+    # else PyPI's build (~5 GB with its CUDA libraries, about 2 minutes). SOS_SKIP_TORCH=1 skips.
+    echo "== installing torch + transformers (SOS_SKIP_TORCH=1 skips)"
+    .venv/bin/python -m pip install -q --retries 0 --timeout 20 "torch>=2.1" \
+        --index-url https://download.pytorch.org/whl/cpu 2>/dev/null || .venv/bin/python -m pip install -q "torch>=2.1"
+    EXTRAS=dev,hf
+fi
 echo "== building sos_rs (release)"
-# maturin develop also installs the runtime dependencies and the `dev` extra (ruff, mypy, pytest)
-VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release -q --extras dev
+# maturin develop also installs the runtime dependencies and the extras: `dev` (ruff, mypy,
+# pytest, hypothesis) and `hf` (transformers; torch is already there)
+VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release -q --extras "$EXTRAS"
 ./scripts/check.sh
 echo "== Rust tests"
 cargo test --release -q
