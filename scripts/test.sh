@@ -18,10 +18,20 @@ if { ! command -v mpirun >/dev/null || ! command -v ip >/dev/null; } && [ "$(id 
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         openmpi-bin libopenmpi-dev iproute2 >/dev/null
 fi
-if command -v mpirun >/dev/null; then EXTRAS=dev,mpi; else echo "note: no mpirun; the MPI tests will skip"; fi
+if [ "${SOS_SKIP_TORCH:-0}" != 1 ]; then
+    # PyTorch and transformers run the live comparisons (dense, routed families, SAGI) and the
+    # LlamaForCausalLM export check. CPU wheels from the PyTorch index when it answers (~200 MB),
+    # else PyPI's build (~5 GB with its CUDA libraries, about 2 minutes). SOS_SKIP_TORCH=1 skips.
+    echo "== installing torch + transformers (SOS_SKIP_TORCH=1 skips)"
+    .venv/bin/python -m pip install -q --retries 0 --timeout 20 "torch>=2.1" \
+        --index-url https://download.pytorch.org/whl/cpu 2>/dev/null || .venv/bin/python -m pip install -q "torch>=2.1"
+    EXTRAS=$EXTRAS,hf
+fi
+if command -v mpirun >/dev/null; then EXTRAS=$EXTRAS,mpi; else echo "note: no mpirun; the MPI tests will skip"; fi
 echo "== building sos_rs (release)"
-# maturin develop also installs the runtime dependencies and the extras: dev (ruff, mypy, pytest)
-# and, with MPI present, mpi (mpi4py)
+# maturin develop also installs the runtime dependencies and the extras: `dev` (ruff, mypy,
+# pytest, hypothesis, scipy), `hf` (transformers; torch is already there) and, with MPI
+# present, `mpi` (mpi4py)
 VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release -q --extras "$EXTRAS"
 ./scripts/check.sh
 echo "== Rust tests"

@@ -46,7 +46,8 @@ def test_estimate_within_25_percent_of_measured_peak(family, case):
 
 
 def test_routed_family_memory_does_not_grow_with_steps():
-    # The pool settles within a few steps; before the fix 6 -> 20 steps grew the peak by ~60%.
-    few = probe("moa", SMALL, 16, 128, steps=6)["measured"]
-    many = probe("moa", SMALL, 16, 128, steps=20)["measured"]
-    assert many <= 1.15 * few, f"peak grew from {few / 2**20:.0f} MiB (6 steps) to {many / 2**20:.0f} MiB (20 steps)"
+    # The pool settles within a few steps (a step that routes more tokens to one path can still
+    # raise the peak a little); before the fix 10 -> 30 steps grew it by ~80%.
+    few = probe("moa", SMALL, 16, 128, steps=10)["measured"]
+    many = probe("moa", SMALL, 16, 128, steps=30)["measured"]
+    assert many <= 1.3 * few, f"peak grew from {few / 2**20:.0f} MiB (10 steps) to {many / 2**20:.0f} MiB (30 steps)"

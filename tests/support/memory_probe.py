@@ -1,23 +1,38 @@
 """Measures a family's training peak memory in a fresh process, for the memory-estimate tests:
 `python -m tests.support.memory_probe FAMILY CONFIG_JSON BATCH SEQ [STEPS]` prints one JSON object
-with `measured` (growth of the peak resident set size, VmHWM, from just before the model is
-built to after STEPS training steps with AdamW, gradient clipping and zero_grad, as the trainer
+with `measured` (growth of the peak resident set size from just before the model is built to
+after STEPS training steps with AdamW, gradient clipping and zero_grad, as the trainer
 runs them) and `estimate` (the family's `estimate_memory(BATCH, SEQ)`), both in bytes."""
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 
 import numpy as np
 
 
+def reset_peak() -> None:
+    """Lowers the kernel's peak RSS mark (VmHWM) to the current RSS (Linux), so an earlier peak
+    (imports, say: torch where it is installed) cannot hide the growth measured after it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak() -> int:
-    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over from the parent
-    through fork and exec, so under a large pytest process the growth would read as zero."""
-    with open("/proc/self/status") as f:
-        line = next(x for x in f if x.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
+    """Peak RSS in bytes: VmHWM (resettable) where /proc has it, else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def main(argv) -> None:
@@ -29,6 +44,7 @@ def main(argv) -> None:
     rng = np.random.default_rng(0)
     data = [rng.integers(0, config["vocab_size"], (batch, seq + 1)) for _ in range(steps)]
     seed = _core.Tensor.full([], 1.0)
+    reset_peak()
     before = peak()
     model = build_model(family, config)
     opt = optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
