@@ -32,6 +32,10 @@ def run(args) -> int:
     if args.threads < 0 or args.steps < 0 or args.repeats < 0:
         print("sos bench: --threads, --steps and --repeats must not be negative", file=sys.stderr)
         return 2
+    if args.json and not pathlib.Path(args.json).resolve().parent.is_dir():
+        # checked before the minutes of measuring, not after
+        print(f"sos bench: cannot write {args.json}: its folder does not exist", file=sys.stderr)
+        return 2
     cfg = BenchConfig(
         quick=args.quick,
         vs_torch=args.vs_torch,
@@ -48,7 +52,11 @@ def run(args) -> int:
         return 2
     print(format_report(res))
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(res, indent=1))
+        try:
+            pathlib.Path(args.json).write_text(json.dumps(res, indent=1))
+        except OSError as e:
+            print(f"sos bench: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
+            return 2
         print(f"wrote {args.json}")
     failed = [r for r in res["train"] if "error" in r["sos"]] or ("error" in res["machine"])
     return 1 if failed else 0

@@ -58,6 +58,10 @@ def _config(args):
 def run(args) -> int:
     from ..precision.study import format_report, plot, run_study
 
+    for out in (args.json, args.plot):  # checked before the minutes of measuring, not after
+        if out and not pathlib.Path(out).resolve().parent.is_dir():
+            print(f"sos precision: cannot write {out}: its folder does not exist", file=sys.stderr)
+            return 2
     try:
         cfg = _config(args)
     except ValueError as e:
