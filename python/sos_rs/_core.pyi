@@ -53,6 +53,8 @@ __all__ = [
     "layernorm_backward",
     "layernorm_forward",
     "linear",
+    "linear_cross_entropy",
+    "linear_cross_entropy_chunk",
     "load_balance_backward",
     "load_balance_forward",
     "matmul",
@@ -349,3 +351,7 @@ def dwconv_backward(
 ) -> tuple[Tensor, Tensor]: ...
 def rope_angles_forward(x: Tensor, ang: Tensor, pos: npt.NDArray[np.integer]) -> Tensor: ...
 def rope_angles_backward(x: Tensor, ang: Tensor, pos: npt.NDArray[np.integer], dy: Tensor) -> tuple[Tensor, Tensor]: ...
+def linear_cross_entropy(
+    x: Tensor, w: Tensor, targets: npt.NDArray[np.integer], chunk: int = 0, grad: bool = False
+) -> tuple[float, Optional[tuple[Tensor, Tensor]]]: ...
+def linear_cross_entropy_chunk(rows: int, vocab: int) -> int: ...

@@ -5,6 +5,14 @@ its inputs and a closure that maps the output gradient to input gradients with t
 `Tensor.backward()` walks the nodes in reverse topological order. The tape lives in Python so
 that Ctrl-C, debugging and new model code stay in Python, while every op call does a whole
 batch of work in Rust with the GIL released (ARCHITECTURE.md gives the full reasoning).
+
+Memory: backward frees the graph as it goes. Once a node's backward has run, its inputs and its
+closure (the saved activations) are dropped and the walk lets go of the tensor, so each
+activation is freed as soon as the last op that needs it has been differentiated, and the loss
+tensor a caller still holds keeps nothing alive (a second backward through the same graph raises
+`GraphFreedError`, as PyTorch does without retain_graph). A leaf's first gradient is adopted
+without a copy; later ones (grad accumulation, a parameter used twice) are added into that
+buffer in place.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from . import _core
+from .errors import SosError
 
 _grad_enabled = True
 
@@ -34,6 +43,20 @@ def grad_enabled() -> bool:
     return _grad_enabled
 
 
+@contextlib.contextmanager
+def _enable_grad() -> Iterator[None]:
+    global _grad_enabled
+    prev, _grad_enabled = _grad_enabled, True
+    try:
+        yield
+    finally:
+        _grad_enabled = prev
+
+
+class GraphFreedError(SosError, RuntimeError):
+    """backward reached a node whose saved tensors an earlier backward already freed."""
+
+
 class Node:
     """One recorded op: its inputs and the function from output grad to input grads."""
 
@@ -43,6 +66,17 @@ class Node:
         self.name = name
         self.inputs = tuple(inputs)
         self.backward = backward
+
+    def release(self) -> None:
+        """Drops the inputs and the closure (with every tensor it saved) once backward has used them."""
+        self.inputs = ()
+        self.backward = self._freed
+
+    def _freed(self, _grad):
+        raise GraphFreedError(
+            f"backward through {self.name!r} a second time: the first backward freed its saved tensors "
+            "(compute the loss again for another backward)"
+        )
 
 
 class Tensor:
@@ -87,29 +121,40 @@ class Tensor:
 
                 raise ShapeError(f"backward: implicit gradient needs a one-element tensor, got shape {self.shape}")
             grad = _core.Tensor.full(list(self.shape), 1.0)
+        # Root last: popping from the end walks consumers before producers, and lets go of each
+        # tensor as soon as it is processed (with its node released, nothing else holds it).
         order = _topological(self)
         grads: dict[int, _core.Tensor] = {id(self): grad}
-        for t in order:
+        while order:
+            t = order.pop()
             g = grads.pop(id(t), None)
+            node = t._node
             if g is None:
+                if node is not None:
+                    node.release()
                 continue
-            if t._node is None:
+            if node is None:
                 if t.requires_grad:
                     if t.grad is None:
-                        t.grad = g
+                        # A handle of its own (sharing the buffer, copy-on-write): a backward may
+                        # hand the same object to several inputs, so the in-place add below must
+                        # not write through an alias.
+                        t.grad = g.reshape(list(g.shape))
                     else:
-                        t.grad = _core.add(t.grad, g)
+                        _core.add_(t.grad, g)
                 continue
-            in_grads = t._node.backward(g)
-            for inp, ig in zip(t._node.inputs, in_grads):
+            in_grads = node.backward(g)
+            for inp, ig in zip(node.inputs, in_grads):
                 if ig is None or not inp.requires_grad:
                     continue
                 prev = grads.get(id(inp))
                 grads[id(inp)] = ig if prev is None else _core.add(prev, ig)
+            del in_grads, g
+            node.release()
 
 
 def _topological(root: Tensor) -> list:
-    """Tensors reachable from root, each after every tensor that consumes it (root first)."""
+    """Tensors reachable from root, each before every tensor that consumes it (root last)."""
     seen: set[int] = set()
     post: list = []
     stack = [(root, False)]
@@ -126,7 +171,6 @@ def _topological(root: Tensor) -> list:
             for inp in t._node.inputs:
                 if inp.requires_grad and id(inp) not in seen:
                     stack.append((inp, False))
-    post.reverse()
     return post
 
 
@@ -146,3 +190,25 @@ def tensor(array, requires_grad: bool = False) -> Tensor:
     elif isinstance(array, np.ndarray) and array.dtype == np.float64:
         array = array.astype(np.float32)
     return Tensor(_core.Tensor(array), requires_grad=requires_grad)
+
+
+def checkpoint(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """fn(x) without keeping fn's inner activations (activation recomputation): the forward runs
+    unrecorded, and backward runs fn(x) again, recorded, and differentiates that copy. The same
+    ops on the same inputs give the same bits, so gradients equal those of a plain fn(x) exactly
+    (for a deterministic fn: no random draws). The parameters fn uses receive their gradients
+    during that inner backward; only x is saved."""
+    if not _grad_enabled:
+        return fn(x)
+    with no_grad():
+        y = fn(x)
+
+    def backward(dy):
+        xi = Tensor(x.data, requires_grad=x.requires_grad)  # a leaf standing in for x
+        with _enable_grad():
+            yi = fn(xi)
+        yi.backward(dy)
+        return (xi.grad,)
+
+    # Recorded even when x needs no gradient: fn's parameters do.
+    return Tensor(y.data, requires_grad=True, _node=Node("checkpoint", (x,), backward))

@@ -9,6 +9,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod gating;
 pub mod kv_attention;
+pub mod linear_ce;
 pub mod matmul;
 pub mod metric_attention;
 pub mod metric_reg;

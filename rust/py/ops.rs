@@ -9,7 +9,7 @@ use crate::ops::matmul::{self as mm, Activation};
 use crate::ops::{
     activation, attention, cross_entropy, dwconv, elementwise, embedding, gating, kv_attention, norm, optim, rope,
 };
-use crate::ops::{rope_angles, softmax};
+use crate::ops::{linear_ce, rope_angles, softmax};
 use pyo3::prelude::*;
 
 #[pyfunction]
@@ -428,5 +428,34 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_rows, m)?)?;
     m.add_function(wrap_pyfunction!(dwconv_forward, m)?)?;
     m.add_function(wrap_pyfunction!(dwconv_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(linear_cross_entropy, m)?)?;
+    m.add_function(wrap_pyfunction!(linear_cross_entropy_chunk, m)?)?;
     Ok(())
+}
+
+/// Mean cross-entropy of x · wᵀ (x [..., D], w [V, D]) against one target per row, over
+/// vocabulary chunks of `chunk` rows of w (0: `linear_cross_entropy_chunk`), never holding all
+/// logits. Returns (loss, None) or, with `grad`, (loss, (dx, dw)) for dloss = 1.
+#[pyfunction]
+#[pyo3(signature = (x, w, targets, chunk=0, grad=false))]
+fn linear_cross_entropy(
+    py: Python<'_>,
+    x: PyRef<T>,
+    w: PyRef<T>,
+    targets: &Bound<'_, PyAny>,
+    chunk: usize,
+    grad: bool,
+) -> PyResult<(f32, Option<(T, T)>)> {
+    let (t, _) = ids_from_numpy(py, targets, "targets")?;
+    let (x, wt) = (&x.inner, &w.inner);
+    let chunk =
+        if chunk == 0 { linear_ce::vocab_chunk(t.len(), wt.shape().first().copied().unwrap_or(0)) } else { chunk };
+    run(py, || linear_ce::linear_cross_entropy(x, wt, &t, chunk, grad))
+        .map(|o| (o.loss, o.grads.map(|(a, b)| (self::w(a), self::w(b)))))
+}
+
+/// Vocabulary rows per chunk `linear_cross_entropy` uses for `rows` rows and `vocab` entries.
+#[pyfunction]
+fn linear_cross_entropy_chunk(rows: usize, vocab: usize) -> usize {
+    linear_ce::vocab_chunk(rows, vocab)
 }

@@ -1,5 +1,9 @@
 """Model sizes `sos bench` trains: a small and a medium preset per family, with the batch.
-A family registered without an entry here is benched at its `tiny()` config (small only)."""
+A family registered without an entry here is benched at its `tiny()` config (small only).
+
+`large` (dense only) is the 100M-class model of issue 14: d 768, 12 layers, 12 heads, SwiGLU
+2048, vocabulary 32768 with an untied lm_head (135M parameters; 110M tied), T 1024, B 2. A step takes tens
+of seconds, so it runs only when asked for (`--presets large`), never by default."""
 
 from __future__ import annotations
 
@@ -10,6 +14,10 @@ PRESETS: Dict[str, Dict[str, Tuple[dict, int]]] = {
     "dense": {
         "small": (dict(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, max_seq_len=128), 16),
         "medium": (dict(vocab_size=8192, d_model=384, n_layers=6, n_heads=6, max_seq_len=256), 8),
+        "large": (
+            dict(vocab_size=32768, d_model=768, n_layers=12, n_heads=12, ffn_hidden=2048, max_seq_len=1024),
+            2,
+        ),
     },
     "moa": {
         "small": (dict(vocab_size=4096, d_model=128, n_layers=2, n_heads=4, max_seq_len=128), 8),
@@ -25,6 +33,11 @@ PRESETS: Dict[str, Dict[str, Tuple[dict, int]]] = {
         "medium": (dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=8, ffn_hidden=768, max_seq_len=256), 8),
     },
 }
+
+
+DEFAULT_PRESETS = ("small", "medium")
+"""Presets run when none is named (`--quick`: small only)."""
+ALL_PRESETS = ("small", "medium", "large")
 
 
 def preset(family: str, name: str) -> Optional[Tuple[dict, int]]:

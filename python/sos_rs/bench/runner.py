@@ -32,7 +32,7 @@ class BenchConfig:
     families: List[str] = field(default_factory=list)
     """Families to train (empty: every registered family)."""
     presets: List[str] = field(default_factory=list)
-    """Presets (empty: small, plus medium unless quick)."""
+    """Presets (empty: small, plus medium unless quick; large, dense only, only when named)."""
     steps: int = 0
     """Timed training steps per worker (0: 3 quick, 8 otherwise)."""
     warmup: int = 0
@@ -95,17 +95,17 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _m: Non
     import sos_rs
     from sos_rs.models import FAMILIES
 
-    from .presets import preset
+    from .presets import ALL_PRESETS, DEFAULT_PRESETS, preset
 
     threads = cfg.threads or sos_rs.num_threads()
     families = cfg.families or list(FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise BenchError(f"unknown families {unknown}; registered: {', '.join(FAMILIES)}")
-    presets = cfg.presets or (["small"] if cfg.quick else ["small", "medium"])
-    bad = [p for p in presets if p not in ("small", "medium")]
+    presets = cfg.presets or (["small"] if cfg.quick else list(DEFAULT_PRESETS))
+    bad = [p for p in presets if p not in ALL_PRESETS]
     if bad:
-        raise BenchError(f"unknown presets {bad}; choose from small, medium")
+        raise BenchError(f"unknown presets {bad}; choose from {', '.join(ALL_PRESETS)}")
     steps = cfg.steps or (3 if cfg.quick else 8)
     warmup = cfg.warmup or (1 if cfg.quick else 2)
     repeats = cfg.repeats or (1 if cfg.quick else 2)

@@ -28,6 +28,17 @@ GEMM_SHAPES = [
 QUICK_GEMM = ("qkv_proj", "mlp_down", "lm_head")
 
 
+def reset_peak_rss() -> None:
+    """Lowers the kernel's peak RSS mark (VmHWM) to the current RSS (Linux), so a worker's peak
+    is its training steps' and not a setup transient (the PyTorch worker briefly holds the
+    sos_rs model, its numpy copy and the PyTorch copy at once)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over from the
     parent across fork + exec, so a worker would report its parent's size when larger."""
@@ -135,8 +146,10 @@ def train(spec: dict) -> dict:
     triples = [model.sample_triples(batch * seq) for _ in data] if has_triples else [None] * len(data)
     times, losses, fractions = [], [], []
     lr, clip = 1e-3, 1.0
+    params = model.num_parameters()
     if spec["framework"] == "sos":
         opt = optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+        reset_peak_rss()
         for (ids, targets), tr in zip(data, triples):
             t0 = time.perf_counter()
             opt.zero_grad()
@@ -147,21 +160,24 @@ def train(spec: dict) -> dict:
             losses.append(loss.item())
             times.append(time.perf_counter() - t0)
             fractions.append(float(model.step_stats().get("active_param_fraction", 1.0)))
+        measured = "active_param_fraction" in model.step_stats()
+        frac = statistics.median(fractions)
+        flops = train_step_flops(model, batch, seq, frac if measured else 1.0, measured)
     else:
-        times, losses, fractions = _torch_steps(spec, model, data, triples, lr, clip, threads)
+        # The PyTorch copy is made from the sos_rs weights, then the sos_rs model is let go: its
+        # weights must not count in PyTorch's peak RSS.
+        box = [model]
+        del model
+        times, losses, fractions = _torch_steps(spec, box, data, triples, lr, clip, threads)
+        frac, flops = None, None  # PyTorch rows take the FLOPs of the matching sos_rs row
     timed = times[warmup:] or times
     step_s = statistics.median(timed)
-    flops = None
-    frac = statistics.median(fractions) if fractions else None
-    if spec["framework"] == "sos":  # PyTorch rows take the FLOPs of the matching sos_rs row
-        measured = "active_param_fraction" in model.step_stats()
-        flops = train_step_flops(model, batch, seq, frac if frac is not None and measured else 1.0, measured)
     return {
         "kind": "train",
         "framework": spec["framework"],
         "family": spec["family"],
         "preset": spec["preset"],
-        "params": model.num_parameters(),
+        "params": params,
         "batch": batch,
         "seq": seq,
         "active_param_fraction": frac,
@@ -176,13 +192,16 @@ def train(spec: dict) -> dict:
     }
 
 
-def _torch_steps(spec, model, data, triples, lr, clip, threads):
-    """The same steps in PyTorch (eager, FP32) from the same weights: the dense twin of
-    tests/support/torch_reference.py (a source checkout), or the reference in
-    the family's remote-code modeling file in sos_rs/hf/."""
+def _torch_steps(spec, box, data, triples, lr, clip, threads):
+    """The same steps in PyTorch (eager, FP32) from the same weights (`box` holds the sos_rs
+    model, released once they are copied): the dense twin of tests/support/torch_reference.py
+    (a source checkout), or the reference in the family's remote-code modeling file in sos_rs/hf/."""
+    import gc
+
     import torch
 
     torch.set_num_threads(threads)
+    model = box.pop()
     state = model.state_dict()
     if spec["family"] == "dense":
         import importlib
@@ -216,7 +235,9 @@ def _torch_steps(spec, model, data, triples, lr, clip, threads):
             return ref(ids, labels=targets, triples=tr, return_aux=True)[1]
 
         params = list(ref.parameters())
-    del state
+    del state, model
+    gc.collect()
+    reset_peak_rss()
     times, losses = [], []
     for (ids, targets), tr in zip(data, triples):
         tids, ttargets = torch.from_numpy(ids), torch.from_numpy(targets)

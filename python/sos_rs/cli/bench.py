@@ -19,7 +19,13 @@ def add_parser(sub) -> None:
     p.add_argument("--vs-torch", action="store_true", help="also run each model in PyTorch, side by side")
     p.add_argument("--threads", type=int, default=0, help="threads of both libraries (default: one per core)")
     p.add_argument("--families", nargs="+", default=[], metavar="FAMILY", help="families to train (default: all)")
-    p.add_argument("--presets", nargs="+", default=[], metavar="PRESET", help="small and/or medium")
+    p.add_argument(
+        "--presets",
+        nargs="+",
+        default=[],
+        metavar="PRESET",
+        help="small, medium (the default) and/or large (dense 135M, T 1024: minutes)",
+    )
     p.add_argument("--steps", type=int, default=0, help="timed steps per worker (default 3 quick, 8 otherwise)")
     p.add_argument("--repeats", type=int, default=0, help="workers per model and library (default 1 quick, 2)")
     p.add_argument("--json", metavar="FILE", help="write every measurement as JSON")

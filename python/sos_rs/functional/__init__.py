@@ -9,7 +9,7 @@ q [B, T, Hq, hd] and k, v [B, T, Hkv, hd] (no head transposes anywhere).
 from .activation import gelu, silu, softmax, swiglu
 from .attention import causal_attention, check_window
 from .elementwise import add, col_scale, mul, scale, sigmoid_range, softplus
-from .embedding import cross_entropy, embedding
+from .embedding import cross_entropy, embedding, linear_cross_entropy
 from .linear import linear, linear_bias, matmul
 from .metric import ball_penalty, metric_attention, ti_loss
 from .norm import layernorm, rmsnorm
@@ -46,6 +46,7 @@ __all__ = [
     "layernorm",
     "linear",
     "linear_bias",
+    "linear_cross_entropy",
     "load_balance_loss",
     "matmul",
     "metric_attention",

@@ -1,4 +1,5 @@
-"""Token embedding lookup and the fused cross-entropy over the vocabulary."""
+"""Token embedding lookup, the fused cross-entropy over the vocabulary, and the output projection
+fused with it."""
 
 from __future__ import annotations
 
@@ -31,3 +32,24 @@ def cross_entropy(logits: Tensor, targets: np.ndarray) -> Tensor:
         return (dlogits if g == 1.0 else _core.scale(dlogits, g),)
 
     return record("cross_entropy", _core.Tensor.full([], loss), (logits,), backward)
+
+
+def linear_cross_entropy(x: Tensor, weight: Tensor, targets: np.ndarray, chunk: int = 0) -> Tensor:
+    """Mean cross-entropy of the logits x · weightᵀ (x [..., D], weight [V, D]) against integer
+    targets (one per row of x), a 0-d Tensor, computed over vocabulary chunks without holding the
+    [N, V] logits (rust/ops/linear_ce.rs). chunk: rows of weight per chunk (0: logit chunks of at
+    most 64 MiB). Training takes dx and dweight for dloss = 1 in the same call (with one chunk,
+    bit-identical to F.cross_entropy(F.linear(x, weight), targets); with several, within 1e-6);
+    backward scales them by the upstream gradient."""
+    targets = _as_ids(targets).reshape(-1)
+    need = grad_enabled() and (x.requires_grad or weight.requires_grad)
+    loss, grads = _core.linear_cross_entropy(x.data, weight.data, targets, chunk, need)
+    if grads is None:
+        return Tensor(_core.Tensor.full([], loss))
+    dx, dw = grads
+
+    def backward(dy):
+        g = dy.item()
+        return (dx, dw) if g == 1.0 else (_core.scale(dx, g), _core.scale(dw, g))
+
+    return record("linear_cross_entropy", _core.Tensor.full([], loss), (x, weight), backward)

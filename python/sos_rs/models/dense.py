@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .. import functional as F
-from ..autograd import Tensor, no_grad
+from ..autograd import Tensor, checkpoint, no_grad
 from ..nn import CausalSelfAttention, Embedding, LayerKVCache, Linear, Module, ModuleList, RMSNorm, SwiGLUMLP
 from .base import BYTES_F32, RUNTIME_BYTES, LanguageModel, MemoryEstimate, Probe, parameter_state_bytes, zero_
 
@@ -78,6 +78,11 @@ class DenseConfig:
     set (Mistral) and "full" otherwise. Gemma3 alternates five sliding layers and one full."""
     rope_local_theta: Optional[float] = None
     """RoPE base of the sliding layers (Gemma3: 10000 while rope_theta is 1e6); None = rope_theta."""
+    recompute: bool = False
+    """Activation recomputation per decoder block: training keeps only each block's input and
+    runs the block's forward again during backward (about a third more block FLOPs for a
+    fraction of the activation memory). Gradients and weights are bit-identical to
+    recompute = false. Not part of the architecture: exports and imports ignore it."""
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -194,15 +199,38 @@ class DenseLM(LanguageModel):
     def forward(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
         """ids [B, T] -> logits [B, T, V]. With `cache` (from `new_cache`), ids continue the
         cached sequence (sampling; run under `no_grad`)."""
+        return F.linear(self.hidden(ids, cache), self.head())  # [B, T, V]
+
+    def hidden(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
+        """ids [B, T] -> the final normed hidden states [B, T, D] the output projection reads."""
         ids = self.check_ids(ids, 0 if cache is None else cache[0].length)
         x = self.model.embed_tokens(ids)  # [B, T, D]
         if self.config.embed_scale:
             x = F.scale(x, math.sqrt(self.config.d_model))
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, None if cache is None else cache[i])
-        x = self.model.norm(x)
-        head = self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
-        return F.linear(x, head)  # [B, T, V]
+            if self.config.recompute and cache is None:
+                x = checkpoint(layer, x)
+            else:
+                x = layer(x, None if cache is None else cache[i])
+        return self.model.norm(x)
+
+    def head(self) -> Tensor:
+        """The output projection [V, D]: lm_head, or the token embedding when tied."""
+        return self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
+
+    def loss(self, ids: np.ndarray, targets: np.ndarray) -> Tensor:
+        """Mean next-token cross-entropy, with the output projection fused into the loss over
+        vocabulary chunks (`F.linear_cross_entropy`): the [B, T, V] logits never exist at once."""
+        return F.linear_cross_entropy(self.hidden(ids), self.head(), targets)
+
+    def eval_loss(self, ids: np.ndarray, targets: np.ndarray) -> float:
+        was = self.training
+        self.eval()
+        try:
+            with no_grad():
+                return self.loss(ids, targets).item()
+        finally:
+            self.train(was)
 
     def probe(self, ids: np.ndarray) -> Probe:
         """Each decoder block's output [B·T, D] (the dense family routes nothing)."""
