@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .. import _core
 from .. import functional as F
 from ..autograd import Tensor, checkpoint, no_grad
 from ..nn import CausalSelfAttention, Embedding, LayerKVCache, Linear, Module, ModuleList, RMSNorm, SwiGLUMLP
@@ -106,6 +107,8 @@ class DenseConfig:
             problems.append(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.mlp_activation not in ("silu", "gelu_tanh"):
             problems.append(f"mlp_activation={self.mlp_activation!r} is not one of silu, gelu_tanh")
+        if not isinstance(self.recompute, bool):
+            problems.append(f"recompute={self.recompute!r} must be true or false")
         if self.query_pre_attn_scalar is not None and not self.query_pre_attn_scalar > 0:
             problems.append(f"query_pre_attn_scalar={self.query_pre_attn_scalar} must be positive")
         if self.layer_types is not None:
@@ -264,13 +267,17 @@ class DenseLM(LanguageModel):
 
     def estimate_memory(self, batch: int, seq: int) -> MemoryEstimate:
         """Activation count per layer: residual, 2 norms, q/k/v/o, rope'd q/k, attention out+lse,
-        gate/up/act, MLP out (~12 d-wide + 3 ffn-wide values per token); plus logits and their
-        gradient (2 × vocab per token, and one more for the fused loss's gradient)."""
+        gate/up/act, MLP out (~12 d-wide + 3 ffn-wide values per token); with `recompute`, one
+        d-wide block input per layer and a single block's activations. Plus one vocabulary chunk
+        of logits (the fused loss's, at most 64 MiB: `F.linear_cross_entropy`)."""
         c = self.config
         tokens = batch * seq
         ffn = c.ffn_hidden or 0  # resolved in __post_init__
         attn_width = max(c.d_model, c.n_heads * c.resolved_head_dim())
-        acts = tokens * (c.n_layers * (12 * attn_width + 3 * ffn) + 3 * c.vocab_size) * BYTES_F32
+        block = 12 * attn_width + 3 * ffn
+        per_token = c.n_layers * c.d_model + block if c.recompute else c.n_layers * block
+        chunk = _core.linear_cross_entropy_chunk(tokens, c.vocab_size)
+        acts = tokens * (per_token + chunk) * BYTES_F32
         return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts, RUNTIME_BYTES)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:
