@@ -38,6 +38,22 @@ def test_every_family_has_presets():
     assert set(PRESETS) >= set(FAMILIES)
 
 
+def test_large_preset_is_the_issue_14_model_and_opt_in():
+    from sos_rs.bench.presets import DEFAULT_PRESETS
+    from sos_rs.bench.runner import BenchConfig, BenchError, run_bench
+
+    cfg, batch = preset("dense", "large")
+    model = DenseLM(DenseConfig(**cfg))  # untied lm_head: 135M parameters
+    c = model.config
+    shape = (c.d_model, c.n_layers, c.n_heads, c.ffn_hidden, c.vocab_size, c.max_seq_len, batch)
+    assert shape == (768, 12, 12, 2048, 32768, 1024, 2) and not c.tie_embeddings
+    assert 134e6 < model.num_parameters() < 136e6
+    assert "large" not in DEFAULT_PRESETS
+    assert preset("moa", "large") is None and preset("sagi", "large") is None
+    with pytest.raises(BenchError, match="small, medium, large"):
+        run_bench(BenchConfig(families=["dense"], presets=["huge"]))
+
+
 FRAMEWORKS = ["sos"]
 try:
     import torch  # noqa: F401
