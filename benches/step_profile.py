@@ -7,7 +7,8 @@ The profiler wraps, for the length of the run only, every function of `sos_rs._c
 timer, the public ops of `sos_rs.functional` with a label (forward), and each recorded node's
 backward closure with the node's name (backward); nothing in the package changes and a run
 without this script pays nothing. Rows are (phase, op, Rust call, shape); "python" is a phase's
-wall time less its Rust calls (the per-op overhead of the tape, wrappers and numpy). GFLOP/s is
+wall time less its Rust calls (the per-op overhead of the tape, wrappers and numpy). Every figure
+is the median over the profiled steps, so a load spike in one step moves none. GFLOP/s is
 given where the FLOPs are known (GEMMs, attention); the whole-step figure uses the FLOP count of
 `sos bench` (sos_rs.bench.flops) against the FMA peak measured in the same run.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import time
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -31,6 +33,7 @@ from sos_rs.bench.worker import _batches
 from sos_rs.models import build_model
 
 Key = Tuple[str, str, str, str]  # phase, op, Rust call, shape
+PHASES = ["zero_grad", "forward", "backward", "clip", "optimizer", "clip+adamw", "loss.item"]
 
 
 def _shape(x: Any) -> Tuple[int, ...]:
@@ -69,7 +72,7 @@ def _info(name: str, args: tuple) -> Tuple[str, Optional[float]]:
         return _linear_info(args)
     if name in ("attention_forward", "attention_backward"):
         return _attention_info(args, name == "attention_backward")
-    if name in ("adamw_step", "clip_grad_norm", "global_norm"):
+    if name in ("adamw_step", "adamw_multi", "clip_grad_norm", "global_norm"):
         return "", None
     return "x".join(map(str, _shape(args[0]))) if args else "", None
 
@@ -80,8 +83,10 @@ class StepProfiler:
     def __init__(self) -> None:
         self.phase = "setup"
         self.label: Optional[str] = None
-        self.rows: Dict[Key, List[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # seconds, calls, flops
-        self.phase_wall: Dict[str, float] = defaultdict(float)
+        self.step = 0
+        # (row, step) -> [seconds, calls, flops]
+        self.cells: Dict[Tuple[Key, int], List[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        self.phase_wall: Dict[Tuple[str, int], float] = defaultdict(float)
         self.recording = False
         self._undo: List[Tuple[Any, str, Any]] = []
 
@@ -132,7 +137,7 @@ class StepProfiler:
             dt = time.perf_counter() - t0
             shape, flops = _info(name, args)
             label = prof.label or ("(tape)" if prof.phase == "backward" else "-")
-            row = prof.rows[(prof.phase, label, name, shape)]
+            row = prof.cells[((prof.phase, label, name, shape), prof.step)]
             row[0] += dt
             row[1] += 1
             row[2] += flops or 0.0
@@ -160,7 +165,8 @@ class StepProfiler:
         self.phase = phase
         t0 = time.perf_counter()
         out = fn()
-        self.phase_wall[phase] += time.perf_counter() - t0
+        if self.recording:
+            self.phase_wall[(phase, self.step)] += time.perf_counter() - t0
         return out
 
 
@@ -175,69 +181,82 @@ def profile_preset(preset: str, steps: int, warmup: int, threads: int, peak: flo
     step_times: List[float] = []
     try:
         for i, (ids, targets) in enumerate(data):
-            prof.recording = i >= warmup
-            if i == warmup:
-                prof.phase_wall.clear()
+            prof.recording, prof.step = i >= warmup, i - warmup
             t0 = time.perf_counter()
             prof.run("zero_grad", opt.zero_grad)
             loss = prof.run("forward", lambda: model.loss(ids, targets))
             prof.run("backward", loss.backward)
-            prof.run("clip", lambda: optim.clip_grad_norm(model.parameters(), 1.0))
-            prof.run("optimizer", opt.step)
+            if hasattr(opt, "clip_and_step"):  # one fused call (what `sos bench` runs)
+                prof.run("clip+adamw", lambda: opt.clip_and_step(1.0))
+            else:  # a tree from before the fusion (A/B runs)
+                prof.run("clip", lambda: optim.clip_grad_norm(model.parameters(), 1.0))
+                prof.run("optimizer", opt.step)
             prof.run("loss.item", loss.item)
             if prof.recording:
                 step_times.append(time.perf_counter() - t0)
     finally:
         prof.uninstall()
-    step = float(np.mean(step_times))
+    report(model, batch, seq, threads, steps, peak, top, preset, prof, step_times)
+    return {"step_s": float(np.median(step_times))}
+
+
+def report(model, batch, seq, threads, steps, peak, top, preset, prof, step_times) -> None:
+    """Medians over the profiled steps (a load spike in one step moves none of them)."""
+    med = statistics.median
+    step = med(step_times)
+    keys = sorted({k for k, _ in prof.cells})
+    rows: Dict[Key, List[float]] = {}
+    for k in keys:
+        cells = [prof.cells.get((k, s), [0.0, 0.0, 0.0]) for s in range(steps)]
+        rows[k] = [med(c[0] for c in cells), cells[0][1], cells[0][2]]
+    phases = sorted({p for p, _ in prof.phase_wall}, key=lambda p: PHASES.index(p) if p in PHASES else 99)
+    phase_rows = {}
+    for phase in phases:
+        walls = [prof.phase_wall[(phase, s)] for s in range(steps)]
+        rust = [sum(v[0] for (k, st), v in prof.cells.items() if k[0] == phase and st == s) for s in range(steps)]
+        phase_rows[phase] = (med(walls), med(rust), med(w - r for w, r in zip(walls, rust)))
     flops = train_step_flops(model, batch, seq, 1.0, False)
-    rust_total = sum(r[0] for r in prof.rows.values()) / steps
+    rust_total = sum(r for _, r, _ in phase_rows.values())
+    python_total = sum(p for _, _, p in phase_rows.values())
     print(
         f"\n== dense {preset}: d{model.config.d_model} L{model.config.n_layers} T{seq} B{batch} "
-        f"V{model.config.vocab_size}, {threads} threads, {steps} steps (profiled) =="
+        f"V{model.config.vocab_size}, {threads} threads, median of {steps} profiled steps =="
     )
     print(
         f"step {step * 1e3:.2f} ms (profiled), {batch * seq / step:,.0f} tok/s, "
         f"{flops / step / 1e9:.1f} GFLOP/s = {100 * flops / step / 1e9 / peak:.1f}% of the FMA peak {peak:.0f}"
     )
-    print(f"Rust calls {rust_total * 1e3:.2f} ms, Python between them {(step - rust_total) * 1e3:.2f} ms per step")
+    print(f"Rust calls {rust_total * 1e3:.2f} ms, Python between them {python_total * 1e3:.2f} ms per step")
     print("\nper phase (ms/step): wall, Rust, Python")
-    for phase, wall in prof.phase_wall.items():
-        r = sum(v[0] for k, v in prof.rows.items() if k[0] == phase)
-        print(f"  {phase:10s} {wall / steps * 1e3:8.2f} {r / steps * 1e3:8.2f} {(wall - r) / steps * 1e3:8.2f}")
-    rows = [(k, v) for k, v in prof.rows.items()]
-    for phase, wall in prof.phase_wall.items():
-        r = sum(v[0] for k, v in prof.rows.items() if k[0] == phase)
-        rows.append(((phase, "(python)", "", ""), [wall - r, 0.0, 0.0]))
-    rows.sort(key=lambda kv: -kv[1][0])
+    for phase, (wall, r, py) in phase_rows.items():
+        print(f"  {phase:10s} {wall * 1e3:8.2f} {r * 1e3:8.2f} {py * 1e3:8.2f}")
+    table = list(rows.items()) + [((ph, "(python)", "", ""), [py, 0.0, 0.0]) for ph, (_, _, py) in phase_rows.items()]
+    table.sort(key=lambda kv: -kv[1][0])
     print(
         f"\n{'ms/step':>8} {'%step':>6} {'calls':>5} {'GFLOP/s':>8} {'%peak':>6}  phase      op               call"
-        "                  shape"
+        "                   shape"
     )
-    for (phase, op, call, shape), (sec, calls, fl) in rows[:top]:
-        ms = sec / steps * 1e3
+    for (phase, op, call, shape), (sec, calls, fl) in table[:top]:
         gf = f"{fl / sec / 1e9:8.1f}" if fl and sec else f"{'':8}"
         pk = f"{100 * fl / sec / 1e9 / peak:6.1f}" if fl and sec else f"{'':6}"
         print(
-            f"{ms:8.3f} {100 * sec / steps / step:6.1f} {calls / steps:5.0f} {gf} {pk}  "
-            f"{phase:10s} {op:16s} {call:21s} {shape}"
+            f"{sec * 1e3:8.3f} {100 * sec / step:6.1f} {calls:5.0f} {gf} {pk}  {phase:10s} {op:16s} {call:22s} {shape}"
         )
-    by_op: Dict[str, List[float]] = defaultdict(lambda: [0.0, 0.0])
-    for (phase, op, call, _), (sec, _, fl) in rows:
+    by_kind: Dict[str, List[float]] = defaultdict(lambda: [0.0, 0.0])
+    for (_phase, op, call, _), (sec, _, fl) in table:
         kind = "gemm" if call in ("matmul", "linear") else "attention" if call.startswith("attention") else op
-        by_op[kind][0] += sec
-        by_op[kind][1] += fl
+        by_kind[kind][0] += sec
+        by_kind[kind][1] += fl
     print("\nby kind (ms/step, %step, GFLOP/s):")
-    for kind, (sec, fl) in sorted(by_op.items(), key=lambda kv: -kv[1][0]):
+    for kind, (sec, fl) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
         gf = f"{fl / sec / 1e9:7.1f}" if fl and sec > 0 else ""
-        print(f"  {kind:18s} {sec / steps * 1e3:8.2f} {100 * sec / steps / step:6.1f} {gf}")
-    return {"step_s": step, "rust_s": rust_total}
+        print(f"  {kind:18s} {sec * 1e3:8.2f} {100 * sec / step:6.1f} {gf}")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="+", default=["small", "medium"], choices=sorted(PRESETS["dense"]))
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=40, help="rows of the table")

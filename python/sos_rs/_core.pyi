@@ -16,6 +16,7 @@ __all__ = [
     "ShardWriter",
     "Tensor",
     "__version__",
+    "adamw_multi",
     "adamw_step",
     "add",
     "add_",
@@ -61,6 +62,8 @@ __all__ = [
     "moe_plan",
     "mul",
     "num_threads",
+    "qkv_rope_merge",
+    "qkv_rope_split",
     "rmsnorm_backward",
     "rmsnorm_forward",
     "rope_angles_backward",
@@ -83,6 +86,8 @@ __all__ = [
     "split_rows",
     "swiglu_backward",
     "swiglu_forward",
+    "swiglu_packed_backward",
+    "swiglu_packed_forward",
     "thread_info",
     "ti_loss_backward",
     "ti_loss_forward",
@@ -349,3 +354,29 @@ def dwconv_backward(
 ) -> tuple[Tensor, Tensor]: ...
 def rope_angles_forward(x: Tensor, ang: Tensor, pos: npt.NDArray[np.integer]) -> Tensor: ...
 def rope_angles_backward(x: Tensor, ang: Tensor, pos: npt.NDArray[np.integer], dy: Tensor) -> tuple[Tensor, Tensor]: ...
+def swiglu_packed_forward(gu: Tensor) -> Tensor: ...
+def swiglu_packed_backward(gu: Tensor, dy: Tensor) -> Tensor: ...
+def qkv_rope_split(
+    qkv: Tensor,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    base: float,
+    positions: Optional[npt.NDArray[np.integer]] = None,
+) -> tuple[Tensor, Tensor, Tensor]: ...
+def qkv_rope_merge(
+    dq: Tensor, dk: Tensor, dv: Tensor, base: float, positions: Optional[npt.NDArray[np.integer]] = None
+) -> Tensor: ...
+def adamw_multi(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    m: Sequence[Tensor],
+    v: Sequence[Tensor],
+    weight_decay: Sequence[float],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+    max_norm: Optional[float] = None,
+) -> float: ...

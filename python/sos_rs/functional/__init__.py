@@ -6,8 +6,8 @@ Shapes follow PyTorch conventions: a Linear weight is [out, in]; attention takes
 q [B, T, Hq, hd] and k, v [B, T, Hkv, hd] (no head transposes anywhere).
 """
 
-from .activation import gelu, silu, softmax, swiglu
-from .attention import causal_attention, check_window
+from .activation import gelu, silu, softmax, swiglu, swiglu_packed
+from .attention import causal_attention, check_window, qkv_attention
 from .elementwise import add, col_scale, mul, scale, sigmoid_range, softplus
 from .embedding import cross_entropy, embedding
 from .linear import linear, linear_bias, matmul
@@ -51,6 +51,7 @@ __all__ = [
     "metric_attention",
     "moe_plan",
     "mul",
+    "qkv_attention",
     "reshape",
     "rmsnorm",
     "rope",
@@ -64,6 +65,7 @@ __all__ = [
     "softmax",
     "softplus",
     "swiglu",
+    "swiglu_packed",
     "ti_loss",
     "topk_gates",
 ]
