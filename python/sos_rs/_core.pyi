@@ -20,6 +20,7 @@ __all__ = [
     "adamw_step",
     "add",
     "add_",
+    "add_rmsnorm_forward",
     "attention_backward",
     "attention_forward",
     "attention_with_cache",
@@ -380,3 +381,4 @@ def adamw_multi(
     step: int,
     max_norm: Optional[float] = None,
 ) -> float: ...
+def add_rmsnorm_forward(x: Tensor, a: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]: ...

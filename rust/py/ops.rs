@@ -456,6 +456,13 @@ fn adamw_multi(
     run(py, || optim::adamw_multi(&mut ps, &mut gs, &mut ms, &mut vs, &weight_decay, hp, max_norm))
 }
 
+/// s = x + a and y = rmsnorm(s) in one pass -> (s, y, rstd).
+#[pyfunction]
+fn add_rmsnorm_forward(py: Python<'_>, x: PyRef<T>, a: PyRef<T>, weight: PyRef<T>, eps: f32) -> PyResult<(T, T, T)> {
+    let (x, a, wt) = (&x.inner, &a.inner, &weight.inner);
+    run(py, || norm::add_rmsnorm_forward(x, a, wt, eps)).map(|(s, y, r)| (w(s), w(y), w(r)))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(matmul, m)?)?;
     m.add_function(wrap_pyfunction!(linear, m)?)?;
@@ -507,5 +514,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(qkv_rope_split, m)?)?;
     m.add_function(wrap_pyfunction!(qkv_rope_merge, m)?)?;
     m.add_function(wrap_pyfunction!(adamw_multi, m)?)?;
+    m.add_function(wrap_pyfunction!(add_rmsnorm_forward, m)?)?;
     Ok(())
 }

@@ -54,6 +54,20 @@ CASES = [
         [0, 1],
     ),
     (
+        "add_rmsnorm",  # both outputs: the residual sum and its norm
+        lambda x, a, w: F.add(*F.add_rmsnorm(x, a, w, 1e-5)),
+        lambda x, a, w: (x + a) + R.rmsnorm(x + a, w, 1e-5),
+        [arr(3, 2, 10), arr(3, 2, 10), arr(10)],
+        [0, 1, 2],
+    ),
+    (
+        "add_rmsnorm_norm",
+        lambda x, a, w: F.add_rmsnorm(x, a, w, 1e-5)[1],
+        lambda x, a, w: R.rmsnorm(x + a, w, 1e-5),
+        [arr(4, 9), arr(4, 9), arr(9)],
+        [0, 1, 2],
+    ),
+    (
         "layernorm",
         lambda x, w, b: F.layernorm(x, w, b, 1e-5),
         lambda x, w, b: R.layernorm(x, w, b, 1e-5),

@@ -12,7 +12,7 @@ from .elementwise import add, col_scale, mul, scale, sigmoid_range, softplus
 from .embedding import cross_entropy, embedding
 from .linear import linear, linear_bias, matmul
 from .metric import ball_penalty, metric_attention, ti_loss
-from .norm import layernorm, rmsnorm
+from .norm import add_rmsnorm, layernorm, rmsnorm
 from .positional import dwconv, rope, rope_angles
 from .routing import (
     combine,
@@ -29,6 +29,7 @@ from .shape import concat_rows, gather_rows, reshape, scatter_add_rows
 
 __all__ = [
     "add",
+    "add_rmsnorm",
     "ball_penalty",
     "causal_attention",
     "check_window",
