@@ -16,9 +16,11 @@ __all__ = [
     "ShardWriter",
     "Tensor",
     "__version__",
+    "adamw_multi",
     "adamw_step",
     "add",
     "add_",
+    "add_rmsnorm_forward",
     "attention_backward",
     "attention_forward",
     "attention_with_cache",
@@ -63,6 +65,8 @@ __all__ = [
     "moe_plan",
     "mul",
     "num_threads",
+    "qkv_rope_merge",
+    "qkv_rope_split",
     "rmsnorm_backward",
     "rmsnorm_forward",
     "rope_angles_backward",
@@ -85,6 +89,8 @@ __all__ = [
     "split_rows",
     "swiglu_backward",
     "swiglu_forward",
+    "swiglu_packed_backward",
+    "swiglu_packed_forward",
     "thread_info",
     "ti_loss_backward",
     "ti_loss_forward",
@@ -355,3 +361,30 @@ def linear_cross_entropy(
     x: Tensor, w: Tensor, targets: npt.NDArray[np.integer], chunk: int = 0, grad: bool = False
 ) -> tuple[float, Optional[tuple[Tensor, Tensor]]]: ...
 def linear_cross_entropy_chunk(rows: int, vocab: int) -> int: ...
+def swiglu_packed_forward(gu: Tensor) -> Tensor: ...
+def swiglu_packed_backward(gu: Tensor, dy: Tensor) -> Tensor: ...
+def qkv_rope_split(
+    qkv: Tensor,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    base: float,
+    positions: Optional[npt.NDArray[np.integer]] = None,
+) -> tuple[Tensor, Tensor, Tensor]: ...
+def qkv_rope_merge(
+    dq: Tensor, dk: Tensor, dv: Tensor, base: float, positions: Optional[npt.NDArray[np.integer]] = None
+) -> Tensor: ...
+def adamw_multi(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    m: Sequence[Tensor],
+    v: Sequence[Tensor],
+    weight_decay: Sequence[float],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+    max_norm: Optional[float] = None,
+) -> float: ...
+def add_rmsnorm_forward(x: Tensor, a: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]: ...

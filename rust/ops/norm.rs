@@ -41,7 +41,10 @@ pub fn rmsnorm_forward(x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tens
 }
 
 /// dx = rstd * (w*dy - xhat * mean(w*dy*xhat)), dw = sum_rows dy * xhat.
+/// One pass: each block of ROW_BLOCK rows writes its dx rows and its dw partial, and the
+/// partials are summed in block order (thread-count independent).
 pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    use rayon::prelude::*;
     let (n, d) = rows_dim("rmsnorm_backward", x, w)?;
     ensure_shape!(
         dy.shape() == x.shape() && rstd.shape() == [n],
@@ -52,30 +55,72 @@ pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> R
         rstd.shape()
     );
     let (xd, wd, sd, dyd) = (x.data(), w.data(), rstd.data(), dy.data());
-    let mut dx = Tensor::zeros(x.shape());
-    let mut dummy = vec![0.0f32; n];
-    for_rows(dx.data_mut(), &mut dummy, d, |r, dxr, _| {
-        let (xr, dyr, s) = (&xd[r * d..(r + 1) * d], &dyd[r * d..(r + 1) * d], sd[r]);
-        let mut wdy = vec![0.0; d];
-        cpu::mul(wd, dyr, &mut wdy);
-        let c = s * cpu::dot(&wdy, xr) / d as f32; // mean(wdy * xhat), xhat = s*x
-        for i in 0..d {
-            dxr[i] = s * (wdy[i] - c * s * xr[i]);
-        }
-    });
-    let dw = threads::ordered_sum(n.div_ceil(ROW_BLOCK), d, |b| {
-        let mut acc = vec![0.0f32; d];
-        let mut xhat = vec![0.0f32; d];
-        for r in b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(n) {
-            cpu::scale(sd[r], &xd[r * d..(r + 1) * d], &mut xhat);
-            let dyr = &dyd[r * d..(r + 1) * d];
-            for i in 0..d {
-                acc[i] += dyr[i] * xhat[i];
+    let mut dx = Tensor::for_overwrite(x.shape());
+    if n == 0 || d == 0 {
+        return Ok((dx, Tensor::zeros(&[d])));
+    }
+    let partials: Vec<Vec<f32>> = dx
+        .data_mut()
+        .par_chunks_mut(ROW_BLOCK * d)
+        .enumerate()
+        .map(|(b, dxb)| {
+            let mut acc = vec![0.0f32; d];
+            let mut wdy = vec![0.0f32; d];
+            let mut xhat = vec![0.0f32; d];
+            for (j, dxr) in dxb.chunks_mut(d).enumerate() {
+                let r = b * ROW_BLOCK + j;
+                let (xr, dyr, s) = (&xd[r * d..(r + 1) * d], &dyd[r * d..(r + 1) * d], sd[r]);
+                cpu::mul(wd, dyr, &mut wdy);
+                let c = s * cpu::dot(&wdy, xr) / d as f32; // mean(wdy * xhat), xhat = s*x
+                for i in 0..d {
+                    dxr[i] = s * (wdy[i] - c * s * xr[i]);
+                }
+                cpu::scale(s, xr, &mut xhat);
+                for i in 0..d {
+                    acc[i] += dyr[i] * xhat[i];
+                }
             }
+            acc
+        })
+        .collect();
+    let mut dw = vec![0.0f32; d];
+    for p in &partials {
+        for (t, v) in dw.iter_mut().zip(p) {
+            *t += v;
         }
-        acc
-    });
+    }
     Ok((dx, Tensor::from_slice(&[d], &dw)?))
+}
+
+/// The residual add fused with the RMSNorm after it: s = x + a, y = rmsnorm(s) (the bits of
+/// `add` then `rmsnorm_forward`) in one pass. -> (s, y, rstd [rows])
+pub fn add_rmsnorm_forward(x: &Tensor, a: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, d) = rows_dim("add_rmsnorm", x, w)?;
+    ensure_shape!(x.shape() == a.shape(), "add_rmsnorm", "x {:?} vs residual branch {:?}", x.shape(), a.shape());
+    use rayon::prelude::*;
+    let mut sum = Tensor::for_overwrite(x.shape());
+    let mut y = Tensor::for_overwrite(x.shape());
+    let mut rstd = Tensor::for_overwrite(&[n]);
+    if n == 0 || d == 0 {
+        return Ok((sum, y, rstd));
+    }
+    let (xd, ad, wd) = (x.data(), a.data(), w.data());
+    let rpt = threads::rows_per_task(d);
+    sum.data_mut()
+        .par_chunks_mut(rpt * d)
+        .zip(y.data_mut().par_chunks_mut(rpt * d))
+        .zip(rstd.data_mut().par_chunks_mut(rpt))
+        .enumerate()
+        .for_each(|(t, ((sc, yc), rc))| {
+            for (j, ((sr, yr), rs)) in sc.chunks_mut(d).zip(yc.chunks_mut(d)).zip(rc.iter_mut()).enumerate() {
+                let r = t * rpt + j;
+                cpu::add(&xd[r * d..(r + 1) * d], &ad[r * d..(r + 1) * d], sr);
+                let s = 1.0 / (cpu::sumsq(sr) / d as f32 + eps).sqrt();
+                *rs = s;
+                cpu::scale_mul(s, sr, wd, yr);
+            }
+        });
+    Ok((sum, y, rstd))
 }
 
 /// y = (x - mean) * rstd * w + b.  -> (y, mean [rows], rstd [rows])
@@ -206,5 +251,49 @@ mod tests {
         for (a, b) in outs[0].iter().zip(&outs[1]) {
             assert!(same_bits(a, b));
         }
+    }
+
+    /// Scalar twin of the fused residual add + RMSNorm: the bits of `add` then
+    /// `rmsnorm_forward`, for 1 and 2 threads; and the one-pass backward against an f64
+    /// reference of dx and dw.
+    #[test]
+    fn add_rmsnorm_is_add_then_rmsnorm_and_backward_matches_f64() {
+        for &(n, d) in &[(1usize, 1usize), (5, 7), (300, 128), (1030, 48)] {
+            let x = Tensor::from_slice(&[n, d], &rand_vec(n * d, 11)).unwrap();
+            let a = Tensor::from_slice(&[n, d], &rand_vec(n * d, 12)).unwrap();
+            let w = Tensor::from_slice(&[d], &rand_vec(d, 13)).unwrap();
+            let dy = Tensor::from_slice(&[n, d], &rand_vec(n * d, 14)).unwrap();
+            let s0 = crate::ops::elementwise::add(&x, &a).unwrap();
+            let (y0, r0) = rmsnorm_forward(&s0, &w, 1e-5).unwrap();
+            // (1030, 48): 2 tasks of rows forward, 17 row blocks backward
+            let outs = run_threads(|| {
+                let (s, y, r) = add_rmsnorm_forward(&x, &a, &w, 1e-5).unwrap();
+                let (dx, dw) = rmsnorm_backward(&s, &w, &r, &dy).unwrap();
+                [s, y, r, dx, dw].map(|t| t.data().to_vec())
+            });
+            for o in &outs {
+                assert!(same_bits(&o[0], s0.data()) && same_bits(&o[1], y0.data()) && same_bits(&o[2], r0.data()));
+                assert!(outs[0].iter().zip(o).all(|(p, q)| same_bits(p, q)));
+            }
+            // f64 reference of the backward
+            let (sd, wd, dyd) = (s0.data(), w.data(), dy.data());
+            let mut wdx = vec![0.0f32; n * d];
+            let mut wdw = vec![0.0f64; d];
+            for r in 0..n {
+                let row: Vec<f64> = sd[r * d..(r + 1) * d].iter().map(|&v| v as f64).collect();
+                let rs = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / d as f64 + 1e-5).sqrt();
+                let g: Vec<f64> = (0..d).map(|i| dyd[r * d + i] as f64 * wd[i] as f64).collect();
+                let c = (0..d).map(|i| g[i] * row[i] * rs).sum::<f64>() / d as f64;
+                for i in 0..d {
+                    wdx[r * d + i] = (rs * (g[i] - c * rs * row[i])) as f32;
+                    wdw[i] += dyd[r * d + i] as f64 * row[i] * rs;
+                }
+            }
+            assert_close(&outs[0][3], &wdx, 1e-4, 1e-5, "rmsnorm dx");
+            assert_close(&outs[0][4], &wdw.iter().map(|&v| v as f32).collect::<Vec<_>>(), 1e-4, 1e-4, "rmsnorm dw");
+        }
+        assert!(
+            add_rmsnorm_forward(&Tensor::zeros(&[2, 3]), &Tensor::zeros(&[3, 2]), &Tensor::zeros(&[3]), 1e-5).is_err()
+        );
     }
 }

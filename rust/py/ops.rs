@@ -382,6 +382,87 @@ fn dwconv_backward(
     run(py, || dwconv::dwconv_backward(x, wt, rows.as_deref(), d)).map(|(a, b)| (self::w(a), self::w(b)))
 }
 
+/// silu(g) * u over gu [..., 2H] (gate columns, then up columns) -> [..., H].
+#[pyfunction]
+fn swiglu_packed_forward(py: Python<'_>, gu: PyRef<T>) -> PyResult<T> {
+    let gu = &gu.inner;
+    run(py, || activation::swiglu_packed_forward(gu)).map(w)
+}
+
+#[pyfunction]
+fn swiglu_packed_backward(py: Python<'_>, gu: PyRef<T>, dy: PyRef<T>) -> PyResult<T> {
+    let (gu, dy) = (&gu.inner, &dy.inner);
+    run(py, || activation::swiglu_packed_backward(gu, dy)).map(w)
+}
+
+/// qkv [B, T, (H + 2·Hkv)·hd] -> (q, k roped; v), each [B, T, heads, hd].
+#[pyfunction]
+#[pyo3(signature = (qkv, heads, kv_heads, head_dim, base, positions=None))]
+fn qkv_rope_split(
+    py: Python<'_>,
+    qkv: PyRef<T>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    base: f32,
+    positions: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(T, T, T)> {
+    let pos = optional_ids(py, positions, "positions")?;
+    let x = &qkv.inner;
+    run(py, || rope::qkv_rope_split(x, heads, kv_heads, head_dim, pos.as_deref(), base))
+        .map(|(a, b, c)| (w(a), w(b), w(c)))
+}
+
+/// (dq, dk, dv) -> dqkv [B, T, (H + 2·Hkv)·hd], dq and dk rotated back.
+#[pyfunction]
+#[pyo3(signature = (dq, dk, dv, base, positions=None))]
+fn qkv_rope_merge(
+    py: Python<'_>,
+    dq: PyRef<T>,
+    dk: PyRef<T>,
+    dv: PyRef<T>,
+    base: f32,
+    positions: Option<&Bound<'_, PyAny>>,
+) -> PyResult<T> {
+    let pos = optional_ids(py, positions, "positions")?;
+    let (q, k, v) = (&dq.inner, &dk.inner, &dv.inner);
+    run(py, || rope::qkv_rope_merge(q, k, v, pos.as_deref(), base)).map(w)
+}
+
+/// AdamW over all parameters in one call, the global-norm clip fused in (max_norm > 0); the
+/// gradients are scaled in place when clipped. Returns the norm before clipping (0 without clip).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (params, grads, m, v, weight_decay, lr, beta1, beta2, eps, step, max_norm=None))]
+fn adamw_multi(
+    py: Python<'_>,
+    mut params: Vec<PyRefMut<T>>,
+    mut grads: Vec<PyRefMut<T>>,
+    mut m: Vec<PyRefMut<T>>,
+    mut v: Vec<PyRefMut<T>>,
+    weight_decay: Vec<f32>,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    step: u64,
+    max_norm: Option<f32>,
+) -> PyResult<f32> {
+    let mut ps: Vec<&mut crate::Tensor> = params.iter_mut().map(|t| &mut t.inner).collect();
+    let mut gs: Vec<&mut crate::Tensor> = grads.iter_mut().map(|t| &mut t.inner).collect();
+    let mut ms: Vec<&mut crate::Tensor> = m.iter_mut().map(|t| &mut t.inner).collect();
+    let mut vs: Vec<&mut crate::Tensor> = v.iter_mut().map(|t| &mut t.inner).collect();
+    let hp = optim::AdamHyper { lr, beta1, beta2, eps, step };
+    run(py, || optim::adamw_multi(&mut ps, &mut gs, &mut ms, &mut vs, &weight_decay, hp, max_norm))
+}
+
+/// s = x + a and y = rmsnorm(s) in one pass -> (s, y, rstd).
+#[pyfunction]
+fn add_rmsnorm_forward(py: Python<'_>, x: PyRef<T>, a: PyRef<T>, weight: PyRef<T>, eps: f32) -> PyResult<(T, T, T)> {
+    let (x, a, wt) = (&x.inner, &a.inner, &weight.inner);
+    run(py, || norm::add_rmsnorm_forward(x, a, wt, eps)).map(|(s, y, r)| (w(s), w(y), w(r)))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(matmul, m)?)?;
     m.add_function(wrap_pyfunction!(linear, m)?)?;
@@ -430,6 +511,12 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dwconv_backward, m)?)?;
     m.add_function(wrap_pyfunction!(linear_cross_entropy, m)?)?;
     m.add_function(wrap_pyfunction!(linear_cross_entropy_chunk, m)?)?;
+    m.add_function(wrap_pyfunction!(swiglu_packed_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(swiglu_packed_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(qkv_rope_split, m)?)?;
+    m.add_function(wrap_pyfunction!(qkv_rope_merge, m)?)?;
+    m.add_function(wrap_pyfunction!(adamw_multi, m)?)?;
+    m.add_function(wrap_pyfunction!(add_rmsnorm_forward, m)?)?;
     Ok(())
 }
 

@@ -19,6 +19,16 @@ def arr(*shape, lo=-1.0, hi=1.0):
     return rng.uniform(lo, hi, shape).astype(np.float32)
 
 
+def _qkv_attention_ref(qkv, h, hkv, hd, base, scale, window=None):
+    """Split the stacked projection output into heads, RoPE q and k, attend (float64)."""
+    b, t, _ = qkv.shape
+    q = qkv[..., : h * hd].reshape(b, t, h, hd)
+    k = qkv[..., h * hd : (h + hkv) * hd].reshape(b, t, hkv, hd)
+    v = qkv[..., (h + hkv) * hd :].reshape(b, t, hkv, hd)
+    o = R.attention(R.rope(q, base), R.rope(k, base), v, scale, window)
+    return o.reshape(b, t, h * hd)
+
+
 IDS = np.array([[3, 0, 5], [5, 5, 1]])
 POS = np.array([4, 0, 2, 7, 1, 3])
 
@@ -44,6 +54,20 @@ CASES = [
         [0, 1],
     ),
     (
+        "add_rmsnorm",  # both outputs: the residual sum and its norm
+        lambda x, a, w: F.add(*F.add_rmsnorm(x, a, w, 1e-5)),
+        lambda x, a, w: (x + a) + R.rmsnorm(x + a, w, 1e-5),
+        [arr(3, 2, 10), arr(3, 2, 10), arr(10)],
+        [0, 1, 2],
+    ),
+    (
+        "add_rmsnorm_norm",
+        lambda x, a, w: F.add_rmsnorm(x, a, w, 1e-5)[1],
+        lambda x, a, w: R.rmsnorm(x + a, w, 1e-5),
+        [arr(4, 9), arr(4, 9), arr(9)],
+        [0, 1, 2],
+    ),
+    (
         "layernorm",
         lambda x, w, b: F.layernorm(x, w, b, 1e-5),
         lambda x, w, b: R.layernorm(x, w, b, 1e-5),
@@ -53,6 +77,13 @@ CASES = [
     ("silu", F.silu, R.silu, [arr(4, 19, lo=-4, hi=4)], [0]),
     ("gelu", F.gelu, R.gelu, [arr(4, 19, lo=-4, hi=4)], [0]),
     ("swiglu", F.swiglu, R.swiglu, [arr(3, 17, lo=-3, hi=3), arr(3, 17)], [0, 1]),
+    (
+        "swiglu_packed",
+        F.swiglu_packed,
+        lambda gu: R.swiglu(gu[..., :7], gu[..., 7:]),
+        [arr(2, 3, 14, lo=-3, hi=3)],
+        [0],
+    ),
     ("softmax", F.softmax, R.softmax, [arr(3, 11, lo=-3, hi=3)], [0]),
     ("rope", lambda x: F.rope(x, 100.0), lambda x: R.rope(x, 100.0), [arr(2, 3, 2, 6)], [0]),
     ("rope_positions", lambda x: F.rope(x, 100.0, POS), lambda x: R.rope(x, 100.0, POS), [arr(2, 3, 2, 6)], [0]),
@@ -76,6 +107,20 @@ CASES = [
         lambda q, k, v: R.attention(q, k, v, 0.4, window=3),
         [arr(2, 7, 4, 4), arr(2, 7, 2, 4), arr(2, 7, 2, 4)],
         [0, 1, 2],
+    ),
+    (
+        "qkv_attention_gqa",
+        lambda qkv: F.qkv_attention(qkv, 4, 2, 4, 100.0, 0.4),
+        lambda qkv: _qkv_attention_ref(qkv, 4, 2, 4, 100.0, 0.4),
+        [arr(2, 5, 32)],
+        [0],
+    ),
+    (
+        "qkv_attention_window",
+        lambda qkv: F.qkv_attention(qkv, 2, 2, 6, 100.0, None, window=2),
+        lambda qkv: _qkv_attention_ref(qkv, 2, 2, 6, 100.0, 6**-0.5, window=2),
+        [arr(1, 6, 36)],
+        [0],
     ),
     ("embedding", lambda w: F.embedding(w, IDS), lambda w: R.embedding(w, IDS), [arr(6, 4)], [0]),
     (

@@ -155,8 +155,7 @@ def train(spec: dict) -> dict:
             opt.zero_grad()
             loss = model.loss(ids, targets, tr) if has_triples else model.loss(ids, targets)
             loss.backward()
-            optim.clip_grad_norm(model.parameters(), clip)
-            opt.step()
+            opt.clip_and_step(clip)  # clip_grad_norm + step, one pass over the gradients
             losses.append(loss.item())
             times.append(time.perf_counter() - t0)
             fractions.append(float(model.step_stats().get("active_param_fraction", 1.0)))

@@ -6,13 +6,13 @@ Shapes follow PyTorch conventions: a Linear weight is [out, in]; attention takes
 q [B, T, Hq, hd] and k, v [B, T, Hkv, hd] (no head transposes anywhere).
 """
 
-from .activation import gelu, silu, softmax, swiglu
-from .attention import causal_attention, check_window
+from .activation import gelu, silu, softmax, swiglu, swiglu_packed
+from .attention import causal_attention, check_window, qkv_attention
 from .elementwise import add, col_scale, mul, scale, sigmoid_range, softplus
 from .embedding import cross_entropy, embedding, linear_cross_entropy
 from .linear import linear, linear_bias, matmul
 from .metric import ball_penalty, metric_attention, ti_loss
-from .norm import layernorm, rmsnorm
+from .norm import add_rmsnorm, layernorm, rmsnorm
 from .positional import dwconv, rope, rope_angles
 from .routing import (
     combine,
@@ -29,6 +29,7 @@ from .shape import concat_rows, gather_rows, reshape, scatter_add_rows
 
 __all__ = [
     "add",
+    "add_rmsnorm",
     "ball_penalty",
     "causal_attention",
     "check_window",
@@ -52,6 +53,7 @@ __all__ = [
     "metric_attention",
     "moe_plan",
     "mul",
+    "qkv_attention",
     "reshape",
     "rmsnorm",
     "rope",
@@ -65,6 +67,7 @@ __all__ = [
     "softmax",
     "softplus",
     "swiglu",
+    "swiglu_packed",
     "ti_loss",
     "topk_gates",
 ]

@@ -21,6 +21,13 @@ def swiglu(gate: Tensor, up: Tensor) -> Tensor:
     return record("swiglu", y, (gate, up), lambda dy: _core.swiglu_backward(gate.data, up.data, dy))
 
 
+def swiglu_packed(gu: Tensor) -> Tensor:
+    """silu(g) * u where gu [..., 2H] holds g then u per row (one GEMM against the gate and up
+    weights stacked); -> [..., H]. Its gradient is one [..., 2H] buffer."""
+    y = _core.swiglu_packed_forward(gu.data)
+    return record("swiglu_packed", y, (gu,), lambda dy: (_core.swiglu_packed_backward(gu.data, dy),))
+
+
 def softmax(x: Tensor) -> Tensor:
     """Softmax over the last dimension."""
     y = _core.softmax_forward(x.data)

@@ -171,8 +171,8 @@ class DecoderLayer(Module):
 
     def __call__(self, x: Tensor, cache=None) -> Tensor:
         a = self.self_attn(self.input_layernorm(x), cache)
-        x = F.add(x, self.attn_out_norm(a) if self.sandwich else a)
-        m = self.mlp(self.post_attention_layernorm(x))
+        x, h = self.post_attention_layernorm.residual(x, self.attn_out_norm(a) if self.sandwich else a)
+        m = self.mlp(h)
         return F.add(x, self.mlp_out_norm(m) if self.sandwich else m)
 
 

@@ -3,7 +3,7 @@ LayerNorm."""
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Tuple, Union
 
 import numpy as np
 
@@ -50,6 +50,10 @@ class RMSNorm(Module):
 
     def __call__(self, x: Tensor) -> Tensor:
         return F.rmsnorm(x, self.weight, self.eps)
+
+    def residual(self, x: Tensor, a: Tensor) -> Tuple[Tensor, Tensor]:
+        """(x + a, this norm of x + a) in one pass: a residual add and the pre-norm after it."""
+        return F.add_rmsnorm(x, a, self.weight, self.eps)
 
 
 class LayerNorm(Module):

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _core
 from .. import functional as F
-from ..autograd import Tensor
+from ..autograd import Tensor, grad_enabled
 from .layers import Linear, RMSNorm
 from .module import Module
 
@@ -24,7 +24,11 @@ class CausalSelfAttention(Module):
     `head_dim` defaults to d_model / n_heads; `qkv_bias` adds biases to q/k/v (not o);
     `qk_norm_eps` (when set) RMS-normalises each head's query and key over head_dim, with a
     weight of head_dim, before RoPE; `scale` multiplies the scores (default 1/sqrt(head_dim));
-    `window` (when set) lets each query see only the last `window` positions, itself included."""
+    `window` (when set) lets each query see only the last `window` positions, itself included.
+
+    Without a cache, q_norm or biases, q/k/v are one GEMM against the three weights stacked and
+    `F.qkv_attention` splits the heads and applies RoPE in one pass (one node, one gradient
+    buffer for the three projections)."""
 
     def __init__(
         self,
@@ -63,6 +67,13 @@ class CausalSelfAttention(Module):
         last `window` positions)."""
         b, t, _ = x.shape
         hd = self.head_dim
+        if cache is None and not self.qk_norm and not self.q_proj.has_bias:
+            # Fused: one GEMM against the stacked q/k/v weights, then split + RoPE in one pass
+            # inside the attention node (the same values; see F.qkv_attention).
+            w = F.concat_rows([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+            qkv = F.linear(x, w)  # [B, T, (H + 2·Hkv)·hd]
+            o = F.qkv_attention(qkv, self.n_heads, self.n_kv_heads, hd, self.rope_theta, self.scale, self.window)
+            return self.o_proj(o)
         q = F.reshape(self.q_proj(x), [b, t, self.n_heads, hd])  # [B, T, H, hd]
         k = F.reshape(self.k_proj(x), [b, t, self.n_kv_heads, hd])  # [B, T, Hkv, hd]
         v = F.reshape(self.v_proj(x), [b, t, self.n_kv_heads, hd])
@@ -102,7 +113,10 @@ class LayerKVCache:
 
 class SwiGLUMLP(Module):
     """down(silu(gate(x)) * up(x)); with activation="gelu_tanh", down(gelu_tanh(gate(x)) * up(x))
-    (GeGLU, Gemma's MLP)."""
+    (GeGLU, Gemma's MLP). While training (gradients on), the SiLU form runs gate and up as one
+    GEMM against the two weights stacked, with the activation reading its output in one pass and
+    its backward giving one [.., 2·hidden] gradient (one GEMM per operand instead of two and a
+    sum); without gradients (sampling a token at a time) it keeps two GEMMs and skips stacking."""
 
     ACTIVATIONS = ("silu", "gelu_tanh")
 
@@ -120,4 +134,7 @@ class SwiGLUMLP(Module):
     def __call__(self, x: Tensor) -> Tensor:
         if self.activation == "gelu_tanh":
             return self.down_proj(F.mul(F.gelu(self.gate_proj(x)), self.up_proj(x)))
+        if grad_enabled():
+            w = F.concat_rows([self.gate_proj.weight, self.up_proj.weight])
+            return self.down_proj(F.swiglu_packed(F.linear(x, w)))
         return self.down_proj(F.swiglu(self.gate_proj(x), self.up_proj(x)))
