@@ -21,6 +21,8 @@ def arr(*shape, lo=-1.0, hi=1.0):
 
 IDS = np.array([[3, 0, 5], [5, 5, 1]])
 POS = np.array([4, 0, 2, 7, 1, 3])
+# Documents packed into rows of 7: a 1-token document, a document cut by the row's end.
+SEG = np.array([[0, 0, 1, 2, 2, 2, 2], [0, 1, 1, 1, 1, 1, 2]])
 
 # name, sos op on Tensors, f64 reference on arrays, inputs (float32), which inputs to differentiate
 CASES = [
@@ -75,6 +77,20 @@ CASES = [
         lambda q, k, v: F.causal_attention(q, k, v, 0.4, window=3),
         lambda q, k, v: R.attention(q, k, v, 0.4, window=3),
         [arr(2, 7, 4, 4), arr(2, 7, 2, 4), arr(2, 7, 2, 4)],
+        [0, 1, 2],
+    ),
+    (
+        "attention_segments",
+        lambda q, k, v: F.causal_attention(q, k, v, 0.4, segments=SEG),
+        lambda q, k, v: R.attention(q, k, v, 0.4, segments=SEG),
+        [arr(2, 7, 4, 4), arr(2, 7, 2, 4), arr(2, 7, 2, 4)],
+        [0, 1, 2],
+    ),
+    (
+        "attention_segments_window",
+        lambda q, k, v: F.causal_attention(q, k, v, 0.4, window=3, segments=SEG),
+        lambda q, k, v: R.attention(q, k, v, 0.4, window=3, segments=SEG),
+        [arr(2, 7, 2, 4), arr(2, 7, 2, 4), arr(2, 7, 2, 4)],
         [0, 1, 2],
     ),
     ("embedding", lambda w: F.embedding(w, IDS), lambda w: R.embedding(w, IDS), [arr(6, 4)], [0]),

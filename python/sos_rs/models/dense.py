@@ -161,8 +161,8 @@ class DecoderLayer(Module):
             self.attn_out_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
             self.mlp_out_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
-    def __call__(self, x: Tensor, cache=None) -> Tensor:
-        a = self.self_attn(self.input_layernorm(x), cache)
+    def __call__(self, x: Tensor, cache=None, positions=None, segments=None) -> Tensor:
+        a = self.self_attn(self.input_layernorm(x), cache, positions, segments)
         x = F.add(x, self.attn_out_norm(a) if self.sandwich else a)
         m = self.mlp(self.post_attention_layernorm(x))
         return F.add(x, self.mlp_out_norm(m) if self.sandwich else m)
@@ -180,6 +180,7 @@ class DenseLM(LanguageModel):
     """Token ids [B, T] -> logits [B, T, vocab]."""
 
     family = "dense"
+    supports_doc_mask = True
     config: DenseConfig
     config_class = DenseConfig
     hf_model_type = "llama"
@@ -191,18 +192,33 @@ class DenseLM(LanguageModel):
         if not cfg.tie_embeddings:
             self.lm_head = Linear(cfg.d_model, cfg.vocab_size, rng, cfg.init_std)
 
-    def forward(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
+    def forward(
+        self,
+        ids: np.ndarray,
+        cache: Optional[list] = None,
+        *,
+        positions: Optional[np.ndarray] = None,
+        segments: Optional[np.ndarray] = None,
+    ) -> Tensor:
         """ids [B, T] -> logits [B, T, V]. With `cache` (from `new_cache`), ids continue the
-        cached sequence (sampling; run under `no_grad`)."""
+        cached sequence (sampling; run under `no_grad`). `positions`/`segments` ([B, T], the
+        belt's with data.doc_mask): RoPE positions restart and attention stays within each
+        document (see `LanguageModel.loss`)."""
         ids = self.check_ids(ids, 0 if cache is None else cache[0].length)
+        positions, segments = self.check_doc_masks(ids, positions, segments)
         x = self.model.embed_tokens(ids)  # [B, T, D]
         if self.config.embed_scale:
             x = F.scale(x, math.sqrt(self.config.d_model))
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, None if cache is None else cache[i])
+            x = layer(x, None if cache is None else cache[i], positions, segments)
         x = self.model.norm(x)
         head = self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
         return F.linear(x, head)  # [B, T, V]
+
+    def forward_docs(
+        self, ids: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]
+    ) -> Tensor:
+        return self.forward(ids, positions=positions, segments=segments)
 
     def probe(self, ids: np.ndarray) -> Probe:
         """Each decoder block's output [B·T, D] (the dense family routes nothing)."""
