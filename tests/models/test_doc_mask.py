@@ -89,6 +89,10 @@ def test_a_document_does_not_see_its_neighbours() -> None:
     diff = np.abs(moved - base).max(-1)  # [B, T]
     assert diff[changed].min() > 1e-4
     assert diff[~changed].max() == 0.0, "a document's logits moved with another document's tokens"
+    # RoPE takes the given positions: restarting them is invisible within a document (scores
+    # depend on i - j only), stretching them is not.
+    stretched = model.forward(ids, positions=pos * 3, segments=seg).numpy()
+    assert np.abs(stretched - base).max() > 1e-3
     # A document alone in a row (positions from 0) gives the logits it gets packed after others.
     row, start, n = 0, 26, 38  # the last document of row 0
     alone = model.forward(ids[row : row + 1, start:], positions=pos[row : row + 1, start:], segments=seg[:1, :n] * 0)

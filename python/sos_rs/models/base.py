@@ -10,9 +10,10 @@ A family provides:
 | `config_class` | its config dataclass; every field documented, validated in `__post_init__` |
 | `hf_model_type` | `model_type` of its Hugging Face export (`llama` for dense) |
 | `forward(ids, cache=None)` | token ids [B, T] -> logits [B, T, V]; with a cache, ids continue it |
-| `loss(ids, targets, *, positions=None, segments=None)` | the training objective (cross-entropy plus the family's regularisers); `positions`/`segments` ([B, T], the belt's with `data.doc_mask`) keep packed documents apart |
-| `eval_loss(ids, targets, *, positions=None, segments=None)` | mean cross-entropy in inference mode, as a float (validation) |
-| `supports_doc_mask` | whether `loss` takes document masks (`data.doc_mask = true` is refused otherwise) |
+| `loss(ids, targets, *, positions, segments)` | the training objective (cross-entropy plus regularisers) |
+| `eval_loss(ids, targets, *, positions, segments)` | mean cross-entropy in inference mode, as a float |
+| `forward_docs(ids, positions, segments)` | `forward` keeping packed documents apart (masks optional) |
+| `supports_doc_mask` | whether `loss` takes the belt's positions/segments ([B, T], `data.doc_mask`) |
 | `new_cache(batch)` | a KV cache for sampling, or None when the family re-reads the context |
 | `step_stats()` | numbers describing the last `loss` call, logged to metrics.jsonl |
 | `train()` / `eval()` | training or inference mode (regularisers, hard masks) |
@@ -154,9 +155,7 @@ class LanguageModel(Module):
         finally:
             self.train(was)
 
-    def forward_docs(
-        self, ids: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]
-    ) -> Tensor:
+    def forward_docs(self, ids: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]) -> Tensor:
         """`forward` with optional document masks (see `loss`); families with
         `supports_doc_mask` override it, the others refuse masks."""
         self.check_doc_masks(np.asarray(ids), positions, segments)

@@ -215,9 +215,7 @@ class DenseLM(LanguageModel):
         head = self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
         return F.linear(x, head)  # [B, T, V]
 
-    def forward_docs(
-        self, ids: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]
-    ) -> Tensor:
+    def forward_docs(self, ids: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]) -> Tensor:
         return self.forward(ids, positions=positions, segments=segments)
 
     def probe(self, ids: np.ndarray) -> Probe:

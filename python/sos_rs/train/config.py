@@ -404,7 +404,7 @@ def from_dict(raw: dict) -> TrainConfig:
                 "(the dense family does); set data.doc_mask = false"
             )
         if curriculum is not None:
-            raise ConfigError("data.doc_mask = true does not combine with a [curriculum] (its stage belts carry no masks)")
+            raise ConfigError("data.doc_mask = true does not combine with a [curriculum] (its belts carry no masks)")
     for ok, msg in validate_rollback(built["rollback"]) + validate_governor(built["governor"]):
         if not ok:
             raise ConfigError(msg)
