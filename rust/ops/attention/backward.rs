@@ -1,6 +1,7 @@
 //! Causal attention backward for one (batch, query head), tiled for the GEMM microkernels
 //! (FlashAttention-2 order): for each key block, walk the query tiles at or below the diagonal
-//! (and, under a sliding window, no further than the last query that sees the block), recompute P from the saved log-sum-exp, and accumulate dV, dK for the block and dQ for the
+//! (no further than the last query that sees the block under a window or document mask),
+//! recompute P from the saved log-sum-exp, and accumulate dV, dK for the block and dQ for the
 //! head. Five products per tile pair, no T×T buffer, no atomics:
 //! ```text
 //! S  = Qa·Kb   dP = dOa·Vb                   (TB × TB tiles; Q pre-scaled)
@@ -56,7 +57,7 @@ pub(super) fn head(pl: &Plan, x: &HeadIn, first: &[usize], scale: f32, dq: GradO
                 dq: GradOut,
                 dk: GradOut,
                 dv: GradOut,
-                bufs: [&mut [f32]; 14]
+                bufs: [&mut [f32]; 14],
             ) {
                 body(pl, x, first, scale, dq, dk, dv, bufs)
             }

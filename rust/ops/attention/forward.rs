@@ -6,7 +6,7 @@
 //! the B panel of the next product Oᵀ += Vᵀ·Pᵀ:
 //! ```text
 //! for each query tile (NR queries):           Qb  = scale·Q tile as a B panel (hd × NR)
-//!   for each key block (TB keys, from the window's start up to the diagonal):
+//!   for each key block (TB keys, from the tile's first visible key (window, document) to the diagonal):
 //!     Sᵀ  = Ka[block] · Qb                     Ka: K in A panels (keys × hd), packed once
 //!     online softmax down each column of Sᵀ   (max, rescale Oᵀ and l, exp in place)
 //!     Oᵀ += Vt[block] · Sᵀ                     Vt: V in A panels (hd × keys), packed once
@@ -34,7 +34,16 @@ pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, first: &[usize], scale:
     with_bufs([tp * hd, hdm * tp, hd * nr, tb * nr, hdm * nr, 3 * nr], |bufs| {
         for_isa!(
             pl.isa,
-            fn run(pl: &Plan, q: Rows, k: Rows, v: Rows, first: &[usize], scale: f32, out: &HeadOut, bufs: [&mut [f32]; 6]) {
+            fn run(
+                pl: &Plan,
+                q: Rows,
+                k: Rows,
+                v: Rows,
+                first: &[usize],
+                scale: f32,
+                out: &HeadOut,
+                bufs: [&mut [f32]; 6],
+            ) {
                 body(pl, q, k, v, first, scale, out, bufs)
             }
         )

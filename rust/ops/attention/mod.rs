@@ -95,7 +95,14 @@ impl Dims {
 /// the last query's): max(start of the query's segment, i + 1 − window).
 fn first_keys(op: &'static str, d: &Dims, tp: usize, wl: usize, segments: Option<&[i64]>) -> Result<Vec<usize>> {
     if let Some(seg) = segments {
-        ensure_shape!(seg.len() == d.b * d.t, op, "segments must be [B, T] = [{}, {}]; got {} ids", d.b, d.t, seg.len());
+        ensure_shape!(
+            seg.len() == d.b * d.t,
+            op,
+            "segments must be [B, T] = [{}, {}]; got {} ids",
+            d.b,
+            d.t,
+            seg.len()
+        );
     }
     let mut first = vec![0usize; d.b * tp];
     for (b, row) in first.chunks_exact_mut(tp).enumerate() {

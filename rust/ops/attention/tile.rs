@@ -37,17 +37,7 @@ impl Plan {
         let (mr, nr) = cpu::gemm_shape(isa);
         let l = mr / gcd(mr, nr) * nr;
         let tb = l * (64 / l).max(1);
-        Plan {
-            isa,
-            mr,
-            nr,
-            tb,
-            t,
-            tp: t.div_ceil(tb) * tb,
-            hd,
-            hdm: hd.div_ceil(mr) * mr,
-            hdn: hd.div_ceil(nr) * nr,
-        }
+        Plan { isa, mr, nr, tb, t, tp: t.div_ceil(tb) * tb, hd, hdm: hd.div_ceil(mr) * mr, hdn: hd.div_ceil(nr) * nr }
     }
 
     /// One microkernel call: C (+)= A·B over `kc` steps.
@@ -108,7 +98,7 @@ pub(super) fn with_bufs<R, const N: usize>(lens: [usize; N], f: impl FnOnce([&mu
 /// Runs `$body` (an expression) compiled for the plan's instruction set, so the elementwise
 /// loops around the microkernel calls are vectorised for it too.
 macro_rules! for_isa {
-    ($isa:expr, fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {{
+    ($isa:expr, fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {{
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f,avx2,fma")]
         unsafe fn avx512($($arg: $ty),*) $body
