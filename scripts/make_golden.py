@@ -21,6 +21,7 @@ import numpy as np
 
 from tests.support.golden_cases import (
     DENSE_CASES,
+    DOC_MASK_CASES,
     OPTIM,
     SAGI_CASES,
     SPARSE_CASES,
@@ -28,6 +29,7 @@ from tests.support.golden_cases import (
     build_sagi,
     build_sparse,
     dense_batch,
+    doc_mask_batch,
     sagi_batch,
     sparse_batch,
 )
@@ -66,6 +68,28 @@ def run_dense(cfg: dict, ids: np.ndarray, targets: np.ndarray) -> dict:
     out["step_losses"] = np.array(losses, dtype=np.float64)
     out["ids"], out["targets"] = ids, targets
     out["config"] = np.array(json.dumps(cfg))
+    return out
+
+
+def run_doc_mask(cfg: dict, ids, targets, positions, segments) -> dict:
+    """A dense case on packed documents: logits, loss and every gradient of the PyTorch twin with
+    RoPE positions restarting per document and a boolean block-diagonal causal mask."""
+    import torch
+
+    from tests.support.torch_reference import TorchDense
+
+    torch.manual_seed(0)
+    model = TorchDense(cfg)
+    out = {f"param/{n}": model.get(n).detach().numpy().copy() for n in model.names}
+    logits = model(torch.from_numpy(ids), torch.from_numpy(positions), torch.from_numpy(segments))
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, cfg["vocab_size"]), torch.from_numpy(targets).reshape(-1)
+    )
+    loss.backward()
+    out["logits"], out["loss"] = logits.detach().numpy(), np.float32(loss.item())
+    for n in model.names:
+        out[f"grad/{n}"] = model.get(n).grad.numpy().copy()
+    out.update(ids=ids, targets=targets, positions=positions, segments=segments, config=np.array(json.dumps(cfg)))
     return out
 
 
@@ -119,6 +143,9 @@ def run_case(name: str) -> dict:
     if name in DENSE_CASES:
         cfg = DENSE_CASES[name]
         return run_dense(cfg, *dense_batch(cfg))
+    if name in DOC_MASK_CASES:
+        cfg, lens = DOC_MASK_CASES[name]
+        return run_doc_mask(cfg, *doc_mask_batch(cfg, lens))
     if name in SAGI_CASES:
         cfg = SAGI_CASES[name]
         return run_sagi(cfg, build_sagi(name).state_dict(), *sagi_batch(cfg))
@@ -127,7 +154,7 @@ def run_case(name: str) -> dict:
 
 
 def main() -> None:
-    names = [*DENSE_CASES, *SPARSE_CASES, *SAGI_CASES]
+    names = [*DENSE_CASES, *DOC_MASK_CASES, *SPARSE_CASES, *SAGI_CASES]
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )

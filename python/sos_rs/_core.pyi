@@ -142,10 +142,23 @@ def softmax_backward(y: Tensor, dy: Tensor) -> Tensor: ...
 def rope_forward(x: Tensor, base: float, positions: Optional[npt.NDArray[np.integer]] = None) -> Tensor: ...
 def rope_backward(dy: Tensor, base: float, positions: Optional[npt.NDArray[np.integer]] = None) -> Tensor: ...
 def attention_forward(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, window: int | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float,
+    window: int | None = None,
+    segments: npt.NDArray[np.integer] | None = None,
 ) -> tuple[Tensor, Tensor]: ...
 def attention_backward(
-    q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, dout: Tensor, scale: float, window: int | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    dout: Tensor,
+    scale: float,
+    window: int | None = None,
+    segments: npt.NDArray[np.integer] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]: ...
 def attention_with_cache(q: Tensor, k: Tensor, v: Tensor, scale: float, window: int | None = None) -> Tensor: ...
 def embedding_forward(weight: Tensor, ids: npt.NDArray[np.integer]) -> Tensor: ...

@@ -216,3 +216,25 @@ pub unsafe fn gemm_tile(kc: usize, t: &Tile, accumulate: bool) {
         }
     }
 }
+
+/// See `simd::softmax_step`.
+///
+/// # Safety
+/// The host supports this module's instruction set (`cpu::isa()` checks).
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn softmax_step(st: &mut [f32], nr: usize, m: &mut [f32], l: &mut [f32], corr: &mut [f32]) {
+    assert!(nr.is_multiple_of(W) && st.len().is_multiple_of(nr) && m.len().min(l.len()).min(corr.len()) >= nr);
+    // SAFETY: the shapes are checked above; the set is available (this function's contract).
+    unsafe { simd::softmax_step::<__m512>(st, nr, m, l, corr) }
+}
+
+/// See `simd::attn_ds_row`.
+///
+/// # Safety
+/// The host supports this module's instruction set (`cpu::isa()` checks).
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn attn_ds_row(s: &mut [f32], dp: &mut [f32], lse: f32, delta: f32, scale: f32) {
+    assert!(s.len() == dp.len() && s.len().is_multiple_of(W));
+    // SAFETY: the lengths are checked above; the set is available (this function's contract).
+    unsafe { simd::attn_ds_row::<__m512>(s, dp, lse, delta, scale) }
+}

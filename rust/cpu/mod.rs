@@ -191,5 +191,43 @@ pub struct AdamParams {
     pub bias2_sqrt: f32,
 }
 
+/// One online-softmax step of tiled attention on `isa` (see `simd::softmax_step`; the scalar
+/// path is its specification).
+///
+/// # Safety
+/// The host supports `isa`.
+#[inline]
+pub unsafe fn softmax_step(isa: Isa, st: &mut [f32], nr: usize, m: &mut [f32], l: &mut [f32], corr: &mut [f32]) {
+    // SAFETY: the host supports `isa` (this function's contract).
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::softmax_step(st, nr, m, l, corr),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::softmax_step(st, nr, m, l, corr),
+            _ => scalar::softmax_step(st, nr, m, l, corr),
+        }
+    }
+}
+
+/// One row of the attention backward on `isa`: s = P = exp(s − lse), dp = P·(dp − delta)·scale
+/// (see `simd::attn_ds_row`).
+///
+/// # Safety
+/// The host supports `isa`.
+#[inline]
+pub unsafe fn attn_ds_row(isa: Isa, s: &mut [f32], dp: &mut [f32], lse: f32, delta: f32, scale: f32) {
+    // SAFETY: the host supports `isa` (this function's contract).
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::attn_ds_row(s, dp, lse, delta, scale),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::attn_ds_row(s, dp, lse, delta, scale),
+            _ => scalar::attn_ds_row(s, dp, lse, delta, scale),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

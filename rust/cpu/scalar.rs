@@ -183,3 +183,27 @@ pub unsafe fn gemm_tile(kc: usize, t: &Tile, accumulate: bool) {
         }
     }
 }
+
+/// The specification of `simd::softmax_step` (one online-softmax step over a block of scores,
+/// one column per query), with libm's exp.
+pub fn softmax_step(st: &mut [f32], nr: usize, m: &mut [f32], l: &mut [f32], corr: &mut [f32]) {
+    for c in 0..nr {
+        let mx = st.chunks_exact(nr).fold(m[c], |a, row| if row[c] > a { row[c] } else { a });
+        let base = mx.max(f32::MIN);
+        corr[c] = (m[c] - base).exp();
+        let mut sum = l[c] * corr[c];
+        for row in st.chunks_exact_mut(nr) {
+            row[c] = (row[c] - base).exp();
+            sum += row[c];
+        }
+        (l[c], m[c]) = (sum, mx);
+    }
+}
+
+/// The specification of `simd::attn_ds_row`: s = P = exp(s − lse), dp = P·(dp − delta)·scale.
+pub fn attn_ds_row(s: &mut [f32], dp: &mut [f32], lse: f32, delta: f32, scale: f32) {
+    for (p, g) in s.iter_mut().zip(dp.iter_mut()) {
+        *p = (*p - lse).exp();
+        *g = *p * (*g - delta) * scale;
+    }
+}

@@ -132,3 +132,58 @@ pub(crate) unsafe fn gemm_tile<V: Lanes, const MR: usize>(
         }
     }
 }
+
+/// One online-softmax step of tiled attention over a block of scores `st` (rows × `nr`, one
+/// column per query): per column, m' = max(m, column max), corr = exp(m − m'),
+/// st = exp(st − m'), l = l·corr + Σ_rows st (in row order), m = m'. A column with no visible
+/// score yet (all −∞) is shifted by f32::MIN instead of −∞, so its corr and entries are 0.
+///
+/// # Safety
+/// The host supports `V`'s instruction set; `nr` is a multiple of `V::W`, `st.len()` a multiple
+/// of `nr`, and `m`, `l`, `corr` hold at least `nr` floats each.
+#[inline(always)]
+pub(crate) unsafe fn softmax_step<V: Lanes>(st: &mut [f32], nr: usize, m: &mut [f32], l: &mut [f32], corr: &mut [f32]) {
+    let rows = st.len() / nr;
+    // SAFETY: every address is st[r·nr + c0 .. + W] (r < rows, c0 + W ≤ nr) or m/l/corr[c0 ..
+    // + W] with c0 + W ≤ nr (this function's contract); V's set is available.
+    unsafe {
+        let (floor, one) = (V::splat(f32::MIN), V::splat(1.0));
+        for c0 in (0..nr).step_by(V::W) {
+            let p = st.as_mut_ptr().add(c0);
+            let m_old = V::load(m.as_ptr().add(c0));
+            let mut mx = m_old;
+            for r in 0..rows {
+                mx = V::load(p.add(r * nr)).max(mx);
+            }
+            let base = mx.max(floor);
+            let c = exp(one.fnmadd(base, m_old)); // m − m', exact as a subtraction
+            let mut sum = V::load(l.as_ptr().add(c0)).mul(c);
+            for r in 0..rows {
+                let e = exp(one.fnmadd(base, V::load(p.add(r * nr))));
+                V::store(p.add(r * nr), e);
+                sum = sum.add(e);
+            }
+            V::store(corr.as_mut_ptr().add(c0), c);
+            V::store(l.as_mut_ptr().add(c0), sum);
+            V::store(m.as_mut_ptr().add(c0), mx);
+        }
+    }
+}
+
+/// One row of the attention backward, in place: s = P = exp(s − lse), dp = dS = P·(dp − delta)·scale.
+///
+/// # Safety
+/// The host supports `V`'s instruction set; `s.len() == dp.len()` is a multiple of `V::W`.
+#[inline(always)]
+pub(crate) unsafe fn attn_ds_row<V: Lanes>(s: &mut [f32], dp: &mut [f32], lse: f32, delta: f32, scale: f32) {
+    // SAFETY: i + W ≤ len for both slices (this function's contract); V's set is available.
+    unsafe {
+        let (one, vl, vd, vs) = (V::splat(1.0), V::splat(lse), V::splat(delta), V::splat(scale));
+        for i in (0..s.len()).step_by(V::W) {
+            let p = exp(one.fnmadd(vl, V::load(s.as_ptr().add(i))));
+            V::store(s.as_mut_ptr().add(i), p);
+            let g = one.fnmadd(vd, V::load(dp.as_ptr().add(i)));
+            V::store(dp.as_mut_ptr().add(i), p.mul(g).mul(vs));
+        }
+    }
+}

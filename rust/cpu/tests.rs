@@ -166,3 +166,43 @@ fn exp_kernel_limits() {
     assert_eq!(o[0], 0.0);
     assert!(o[1] < 1e-37 && (o[2] - 1.0).abs() < 1e-6 && o[3].is_finite());
 }
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn attention_softmax_step_and_ds_row_match_scalar() {
+    for isa in paths() {
+        let nr = gemm_shape(isa).1;
+        for rows in [1, 3, 8] {
+            // Scores with −∞ (masked) entries, one column wholly masked, and running m, l.
+            let mut st: Vec<f32> = rand_vec(rows * nr, 5).iter().map(|v| v * 8.0).collect();
+            for (i, x) in st.iter_mut().enumerate() {
+                if i % nr == 1 || i % 7 == 0 {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+            let mut m: Vec<f32> = rand_vec(nr, 6).iter().map(|v| v * 4.0).collect();
+            m[1] = f32::NEG_INFINITY;
+            let l0: Vec<f32> = rand_vec(nr, 7).iter().map(|v| v.abs() * 3.0).collect();
+            let (mut st2, mut m2, mut l, mut l2) = (st.clone(), m.clone(), l0.clone(), l0.clone());
+            let (mut c, mut c2) = (vec![0.0; nr], vec![0.0; nr]);
+            // SAFETY: `paths()` only yields instruction sets the host supports.
+            unsafe { softmax_step(isa, &mut st, nr, &mut m, &mut l, &mut c) };
+            scalar::softmax_step(&mut st2, nr, &mut m2, &mut l2, &mut c2);
+            let tag = format!("softmax_step {} rows={rows}", isa.name());
+            assert_close(&st, &st2, 1e-6, 0.0, &tag);
+            assert_close(&c, &c2, 1e-6, 0.0, &tag);
+            assert_close(&l, &l2, 1e-5, 0.0, &tag);
+            assert_eq!(m, m2, "{tag}");
+            assert!(c[1] == 0.0 && st.chunks_exact(nr).all(|r| r[1] == 0.0), "{tag}: a masked column stays 0");
+        }
+        let n = 4 * nr;
+        let s0: Vec<f32> = rand_vec(n, 8).iter().map(|v| v * 6.0).collect();
+        let dp0 = rand_vec(n, 9);
+        let (mut s, mut dp, mut s2, mut dp2) = (s0.clone(), dp0.clone(), s0.clone(), dp0.clone());
+        // SAFETY: as above.
+        unsafe { attn_ds_row(isa, &mut s, &mut dp, 1.5, 0.25, 0.125) };
+        scalar::attn_ds_row(&mut s2, &mut dp2, 1.5, 0.25, 0.125);
+        assert_close(&s, &s2, 1e-6, 0.0, &format!("attn_ds_row P {}", isa.name()));
+        assert_close(&dp, &dp2, 1e-6, 1e-7, &format!("attn_ds_row dS {}", isa.name()));
+    }
+}

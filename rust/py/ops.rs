@@ -176,9 +176,15 @@ fn rope_angles_backward(
     run(py, || rope_angles::rope_angles_backward(x, a, &p, d)).map(|(a, b)| (w(a), w(b)))
 }
 
-/// Causal attention; `window` = W keeps the last W keys of each query (itself included).
+/// Segment ids [B, T] (non-negative ints) as the attention kernels take them.
+fn segment_ids(py: Python<'_>, segments: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<i64>>> {
+    Ok(optional_ids(py, segments, "segments")?.map(|v| v.into_iter().map(i64::from).collect()))
+}
+
+/// Causal attention; `window` = W keeps the last W keys of each query (itself included);
+/// `segments` [B, T] (non-decreasing along each row) keeps each query within its document.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, scale, window=None))]
+#[pyo3(signature = (q, k, v, scale, window=None, segments=None))]
 fn attention_forward(
     py: Python<'_>,
     q: PyRef<T>,
@@ -186,13 +192,15 @@ fn attention_forward(
     v: PyRef<T>,
     scale: f32,
     window: Option<usize>,
+    segments: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<(T, T)> {
+    let seg = segment_ids(py, segments)?;
     let (q, k, v) = (&q.inner, &k.inner, &v.inner);
-    run(py, || attention::attention_forward(q, k, v, scale, window)).map(|(o, l)| (w(o), w(l)))
+    run(py, || attention::attention_forward_segments(q, k, v, scale, window, seg.as_deref())).map(|(o, l)| (w(o), w(l)))
 }
 
 #[pyfunction]
-#[pyo3(signature = (q, k, v, o, lse, dout, scale, window=None))]
+#[pyo3(signature = (q, k, v, o, lse, dout, scale, window=None, segments=None))]
 fn attention_backward(
     py: Python<'_>,
     q: PyRef<T>,
@@ -203,9 +211,12 @@ fn attention_backward(
     dout: PyRef<T>,
     scale: f32,
     window: Option<usize>,
+    segments: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<(T, T, T)> {
+    let seg = segment_ids(py, segments)?;
     let (q, k, v, o, l, d) = (&q.inner, &k.inner, &v.inner, &o.inner, &lse.inner, &dout.inner);
-    run(py, || attention::attention_backward(q, k, v, o, l, d, scale, window)).map(|(a, b, c)| (w(a), w(b), w(c)))
+    run(py, || attention::attention_backward_segments(q, k, v, o, l, d, scale, window, seg.as_deref()))
+        .map(|(a, b, c)| (w(a), w(b), w(c)))
 }
 
 /// Queries [B,Tq,Hq,hd] against a cache k/v [B,Tk,Hkv,hd] (Tk >= Tq); query i sees keys up to

@@ -31,6 +31,8 @@ def _qkv_attention_ref(qkv, h, hkv, hd, base, scale, window=None):
 
 IDS = np.array([[3, 0, 5], [5, 5, 1]])
 POS = np.array([4, 0, 2, 7, 1, 3])
+# Documents packed into rows of 7: a 1-token document, a document cut by the row's end.
+SEG = np.array([[0, 0, 1, 2, 2, 2, 2], [0, 1, 1, 1, 1, 1, 2]])
 
 # name, sos op on Tensors, f64 reference on arrays, inputs (float32), which inputs to differentiate
 CASES = [
@@ -121,6 +123,18 @@ CASES = [
         lambda qkv: _qkv_attention_ref(qkv, 2, 2, 6, 100.0, 6**-0.5, window=2),
         [arr(1, 6, 36)],
         [0],
+        "attention_segments",
+        lambda q, k, v: F.causal_attention(q, k, v, 0.4, segments=SEG),
+        lambda q, k, v: R.attention(q, k, v, 0.4, segments=SEG),
+        [arr(2, 7, 4, 4), arr(2, 7, 2, 4), arr(2, 7, 2, 4)],
+        [0, 1, 2],
+    ),
+    (
+        "attention_segments_window",
+        lambda q, k, v: F.causal_attention(q, k, v, 0.4, window=3, segments=SEG),
+        lambda q, k, v: R.attention(q, k, v, 0.4, window=3, segments=SEG),
+        [arr(2, 7, 2, 4), arr(2, 7, 2, 4), arr(2, 7, 2, 4)],
+        [0, 1, 2],
     ),
     ("embedding", lambda w: F.embedding(w, IDS), lambda w: R.embedding(w, IDS), [arr(6, 4)], [0]),
     (

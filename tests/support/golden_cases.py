@@ -32,6 +32,11 @@ DENSE_CASES = {
     ).to_dict(),
 }
 
+# Documents packed into rows (data.doc_mask): the dense GQA case with RoPE positions restarting
+# and a block-diagonal causal mask; the doc lengths per row include 1-token documents, one longer
+# than a 64-key tile's worth of the row, and a row that is one whole document.
+DOC_MASK_CASES = {"dense_doc_mask": (DENSE_CASES["dense_gqa_untied"], [[1, 20, 5, 38], [64], [30, 30, 4], [2, 1, 61]])}
+
 SPARSE_CASES = {
     # untied head, capacity 1.0 (tokens are dropped), z-loss on, ball pruning with a small radius
     "moa_tiny": (
@@ -101,3 +106,13 @@ def build_sagi(name: str) -> SAGILM:
 def sagi_batch(cfg: dict):
     seq = np.random.default_rng(2468).integers(0, cfg["vocab_size"], (B, T + 1))
     return seq[:, :-1].copy(), seq[:, 1:].copy()
+
+
+def doc_mask_batch(cfg: dict, lens: list):
+    """ids, targets, positions, segments [B, T] of a doc-mask case: rows of `dense_batch`, with
+    documents of the given lengths per row (segments numbered from 0, positions restarting)."""
+    ids, targets = dense_batch(cfg)
+    seg = np.array([np.repeat(np.arange(len(row)), row) for row in lens], dtype=np.int64)
+    pos = np.array([np.concatenate([np.arange(n) for n in row]) for row in lens], dtype=np.int64)
+    assert seg.shape == ids.shape and pos.shape == ids.shape
+    return ids, targets, pos, seg

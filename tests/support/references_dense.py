@@ -50,8 +50,9 @@ def rope(x, base, positions=None):
     return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
 
 
-def attention(q, k, v, scale, window=None):
-    """Causal attention; with `window` = W query i sees keys i - W < j <= i."""
+def attention(q, k, v, scale, window=None, segments=None):
+    """Causal attention; with `window` = W query i sees keys i - W < j <= i; with `segments`
+    [B, T] only keys of its own segment (a block-diagonal causal mask)."""
     b, t, hq, hd = q.shape
     rep = hq // k.shape[2]
     k = np.repeat(k, rep, axis=2)
@@ -59,6 +60,10 @@ def attention(q, k, v, scale, window=None):
     s = np.einsum("bihd,bjhd->bhij", q, k) * scale
     i, j = np.arange(t)[:, None], np.arange(t)[None, :]
     visible = (j <= i) if window is None else (j <= i) & (j > i - window)
+    if segments is not None:
+        seg = np.asarray(segments)
+        visible = visible[None] & (seg[:, :, None] == seg[:, None, :])  # [B, T, T]
+        visible = visible[:, None]  # [B, 1, T, T]
     s = np.where(visible, s, -np.inf)
     return np.einsum("bhij,bjhd->bihd", softmax(s), v)
 

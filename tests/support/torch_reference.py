@@ -15,13 +15,14 @@ def rms_norm(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def rope(x, theta):
-    # x: [B, T, H, hd], rotate_half layout as HF Llama
+def rope(x, theta, positions=None):
+    # x: [B, T, H, hd], rotate_half layout as HF Llama; positions [B, T] (default 0..T-1 per row)
     b, t, h, hd = x.shape
     inv = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
-    ang = torch.arange(t, dtype=torch.float32)[:, None] * inv[None, :]
-    cos = torch.cat([ang.cos(), ang.cos()], -1)[None, :, None, :]
-    sin = torch.cat([ang.sin(), ang.sin()], -1)[None, :, None, :]
+    pos = torch.arange(t)[None, :].expand(b, t) if positions is None else positions
+    ang = pos.to(torch.float32)[..., None] * inv  # [B, T, hd/2]
+    cos = torch.cat([ang.cos(), ang.cos()], -1)[:, :, None, :]
+    sin = torch.cat([ang.sin(), ang.sin()], -1)[:, :, None, :]
     x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
     return x * cos + torch.cat([-x2, x1], -1) * sin
 
@@ -65,9 +66,15 @@ class TorchDense(nn.Module):
     def get(self, name):
         return self.params[name.replace(".", "__")]
 
-    def forward(self, ids):
+    def forward(self, ids, positions=None, segments=None):
+        """Logits of ids [B, T]. Packed documents (`positions`, `segments` [B, T]): RoPE at the
+        given positions and an explicit boolean block-diagonal causal mask."""
         c = self.cfg
         b, t = ids.shape
+        mask = None
+        if segments is not None:
+            causal = torch.ones(t, t, dtype=torch.bool).tril()
+            mask = ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]  # [B, 1, T, T]
         hd = c["d_model"] // c["n_heads"]
         x = self.get("model.embed_tokens.weight")[ids]
         for i in range(c["n_layers"]):
@@ -76,11 +83,15 @@ class TorchDense(nn.Module):
             q = (h @ self.get(pre + "self_attn.q_proj.weight").T).view(b, t, c["n_heads"], hd)
             k = (h @ self.get(pre + "self_attn.k_proj.weight").T).view(b, t, c["n_kv_heads"], hd)
             v = (h @ self.get(pre + "self_attn.v_proj.weight").T).view(b, t, c["n_kv_heads"], hd)
-            q, k = rope(q, c["rope_theta"]), rope(k, c["rope_theta"])
+            q, k = rope(q, c["rope_theta"], positions), rope(k, c["rope_theta"], positions)
             rep = c["n_heads"] // c["n_kv_heads"]
             k = k.repeat_interleave(rep, dim=2)
             v = v.repeat_interleave(rep, dim=2)
-            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+            qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            if mask is None:
+                o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+            else:
+                o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)
             o = o.transpose(1, 2).reshape(b, t, c["n_heads"] * hd)
             x = x + o @ self.get(pre + "self_attn.o_proj.weight").T
             h = rms_norm(x, self.get(pre + "post_attention_layernorm.weight"), c["norm_eps"])

@@ -1,10 +1,12 @@
 """Causal dot-product attention (memory-efficient: no [B, H, T, T] tensor), optionally within a
-sliding window."""
+sliding window and within documents (segment ids)."""
 
 from __future__ import annotations
 
 import math
 from typing import Optional
+
+import numpy as np
 
 from .. import _core
 from ..autograd import Tensor, record
@@ -19,21 +21,30 @@ def check_window(window: Optional[int]) -> Optional[int]:
 
 
 def causal_attention(
-    q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None, window: Optional[int] = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: Optional[float] = None,
+    window: Optional[int] = None,
+    segments: Optional[np.ndarray] = None,
 ) -> Tensor:
     """softmax(q·kᵀ·scale + causal mask)·v with q [B,T,Hq,hd], k/v [B,T,Hkv,hd] (Hq % Hkv == 0).
     With `window` = W, query i sees only keys j with i - W < j <= i (the last W, itself included:
-    Mistral's and Gemma3's sliding window); None is full causal.
-    Memory-efficient: no [B,H,T,T] tensor is formed, and key blocks outside the window are skipped."""
+    Mistral's and Gemma3's sliding window); None is full causal. With `segments` (int [B, T],
+    non-decreasing along each row, e.g. the belt's `last_segments()`), query i also sees only keys
+    of its own segment: documents packed into one row stay apart (a block-diagonal causal mask).
+    Memory-efficient: no [B,H,T,T] tensor is formed, and key blocks outside the window or the
+    document are skipped."""
     window = check_window(window)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.ndim == 4 and q.shape[-1] > 0 else 1.0
-    o, lse = _core.attention_forward(q.data, k.data, v.data, scale, window)
+    seg = None if segments is None else np.ascontiguousarray(segments).reshape(-1)
+    o, lse = _core.attention_forward(q.data, k.data, v.data, scale, window, seg)
     return record(
         "attention",
         o,
         (q, k, v),
-        lambda dy: _core.attention_backward(q.data, k.data, v.data, o, lse, dy, scale, window),
+        lambda dy: _core.attention_backward(q.data, k.data, v.data, o, lse, dy, scale, window, seg),
     )
 
 
@@ -45,22 +56,29 @@ def qkv_attention(
     base: float,
     scale: Optional[float] = None,
     window: Optional[int] = None,
+    positions: Optional[np.ndarray] = None,
+    segments: Optional[np.ndarray] = None,
 ) -> Tensor:
     """Causal attention straight from the output of one GEMM against the stacked q, k and v
     projections: qkv [B, T, (n_heads + 2·n_kv_heads)·head_dim] is split into heads with RoPE (base
     `base`, positions 0..T-1) applied to q and k in one pass, attended as `causal_attention`
     does, and returned as [B, T, n_heads·head_dim]. One node: its backward runs the attention
     backward and rotates dq, dk back into one dqkv buffer, so the projection's backward is one
-    GEMM per operand and the input gradient needs no sum of three."""
+    GEMM per operand and the input gradient needs no sum of three. `positions` ([T] or [B, T])
+    replace 0..T-1 for RoPE and `segments` ([B, T]) keep queries within their document, as in
+    `causal_attention`."""
     window = check_window(window)
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim)
     b, t, _ = qkv.shape
-    q, k, v = _core.qkv_rope_split(qkv.data, n_heads, n_kv_heads, head_dim, base)
-    o, lse = _core.attention_forward(q, k, v, scale, window)
+    pos = None if positions is None else np.ascontiguousarray(positions).reshape(-1)
+    seg = None if segments is None else np.ascontiguousarray(segments).reshape(-1)
+    q, k, v = _core.qkv_rope_split(qkv.data, n_heads, n_kv_heads, head_dim, base, pos)
+    o, lse = _core.attention_forward(q, k, v, scale, window, seg)
 
     def backward(dy):
-        dq, dk, dv = _core.attention_backward(q, k, v, o, lse, dy.reshape([b, t, n_heads, head_dim]), scale, window)
-        return (_core.qkv_rope_merge(dq, dk, dv, base),)
+        dy = dy.reshape([b, t, n_heads, head_dim])
+        dq, dk, dv = _core.attention_backward(q, k, v, o, lse, dy, scale, window, seg)
+        return (_core.qkv_rope_merge(dq, dk, dv, base, pos),)
 
     return record("qkv_attention", o.reshape([b, t, n_heads * head_dim]), (qkv,), backward)

@@ -10,8 +10,10 @@ A family provides:
 | `config_class` | its config dataclass; every field documented, validated in `__post_init__` |
 | `hf_model_type` | `model_type` of its Hugging Face export (`llama` for dense) |
 | `forward(ids, cache=None)` | token ids [B, T] -> logits [B, T, V]; with a cache, ids continue it |
-| `loss(ids, targets)` | the training objective (cross-entropy plus the family's regularisers) |
-| `eval_loss(ids, targets)` | mean cross-entropy in inference mode, as a float (validation) |
+| `loss(ids, targets, *, positions, segments)` | the training objective (cross-entropy plus regularisers) |
+| `eval_loss(ids, targets, *, positions, segments)` | mean cross-entropy in inference mode, as a float |
+| `forward_docs(ids, positions, segments)` | `forward` keeping packed documents apart (masks optional) |
+| `supports_doc_mask` | whether `loss` takes the belt's positions/segments ([B, T], `data.doc_mask`) |
 | `new_cache(batch)` | a KV cache for sampling, or None when the family re-reads the context |
 | `step_stats()` | numbers describing the last `loss` call, logged to metrics.jsonl |
 | `train()` / `eval()` | training or inference mode (regularisers, hard masks) |
@@ -38,7 +40,7 @@ import numpy as np
 
 from .. import functional as F
 from ..autograd import Tensor, no_grad
-from ..errors import ShapeError
+from ..errors import InvalidValueError, ShapeError
 from ..nn import Module
 
 BYTES_F32 = 4
@@ -99,6 +101,10 @@ class LanguageModel(Module):
     model: Any  # the family's body (embedding, `layers`, ...), set by each family
     hf_model_type: ClassVar[Optional[str]] = None
     """`model_type` in the config.json of this family's Hugging Face export."""
+    supports_doc_mask: ClassVar[bool] = False
+    """Whether `loss`/`eval_loss` take the belt's positions and segments (documents kept apart:
+    RoPE positions restart, attention stays within a document); `data.doc_mask = true` is a
+    configuration error for a family without it."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -117,19 +123,67 @@ class LanguageModel(Module):
     def __call__(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
         return self.forward(ids, cache)
 
-    def loss(self, ids: np.ndarray, targets: np.ndarray) -> Tensor:
-        """The training objective; the default is the mean next-token cross-entropy."""
-        return F.cross_entropy(self.forward(ids), targets)
+    def loss(
+        self,
+        ids: np.ndarray,
+        targets: np.ndarray,
+        *,
+        positions: Optional[np.ndarray] = None,
+        segments: Optional[np.ndarray] = None,
+    ) -> Tensor:
+        """The training objective; the default is the mean next-token cross-entropy. With
+        `positions` and `segments` (int [B, T] each, the belt's `last_positions()` and
+        `last_segments()` under `data.doc_mask`), documents packed into a row stay apart: RoPE
+        positions restart at each document and no query attends across a document boundary.
+        Families without `supports_doc_mask` raise InvalidValueError when given them."""
+        return F.cross_entropy(self.forward_docs(ids, positions, segments), targets)
 
-    def eval_loss(self, ids: np.ndarray, targets: np.ndarray) -> float:
+    def eval_loss(
+        self,
+        ids: np.ndarray,
+        targets: np.ndarray,
+        *,
+        positions: Optional[np.ndarray] = None,
+        segments: Optional[np.ndarray] = None,
+    ) -> float:
         """Mean cross-entropy in inference mode, without gradients: what validation reports."""
         was = self.training
         self.eval()
         try:
             with no_grad():
-                return F.cross_entropy(self.forward(ids), targets).item()
+                return F.cross_entropy(self.forward_docs(ids, positions, segments), targets).item()
         finally:
             self.train(was)
+
+    def forward_docs(self, ids: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]) -> Tensor:
+        """`forward` with optional document masks (see `loss`); families with
+        `supports_doc_mask` override it, the others refuse masks."""
+        self.check_doc_masks(np.asarray(ids), positions, segments)
+        return self.forward(ids)
+
+    def check_doc_masks(
+        self, ids: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]
+    ) -> tuple:
+        """(positions, segments) as int64 [B, T] arrays matching ids (or None): both or neither,
+        and only for families with `supports_doc_mask`. Raises InvalidValueError / ShapeError."""
+        if positions is None and segments is None:
+            return None, None
+        if not self.supports_doc_mask:
+            raise InvalidValueError(
+                f"the {self.family!r} family does not take document masks (positions/segments); "
+                "set data.doc_mask = false"
+            )
+        if positions is None or segments is None:
+            raise InvalidValueError("document masks need both positions and segments (or neither)")
+        out = []
+        for name, a in (("positions", positions), ("segments", segments)):
+            a = np.asarray(a)
+            if a.shape != ids.shape:
+                raise ShapeError(f"{name} must match the token ids' shape {ids.shape}, got {a.shape}")
+            if a.dtype.kind not in "iu":
+                raise InvalidValueError(f"{name} must be an integer array, got dtype {a.dtype}")
+            out.append(np.ascontiguousarray(a, dtype=np.int64))
+        return out[0], out[1]
 
     def new_cache(self, batch: int) -> Optional[list]:
         """A KV cache for `batch` sequences, or None: the family has none and sampling re-reads

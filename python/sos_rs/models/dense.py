@@ -169,8 +169,8 @@ class DecoderLayer(Module):
             self.attn_out_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
             self.mlp_out_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
-    def __call__(self, x: Tensor, cache=None) -> Tensor:
-        a = self.self_attn(self.input_layernorm(x), cache)
+    def __call__(self, x: Tensor, cache=None, positions=None, segments=None) -> Tensor:
+        a = self.self_attn(self.input_layernorm(x), cache, positions, segments)
         x, h = self.post_attention_layernorm.residual(x, self.attn_out_norm(a) if self.sandwich else a)
         m = self.mlp(h)
         return F.add(x, self.mlp_out_norm(m) if self.sandwich else m)
@@ -188,6 +188,7 @@ class DenseLM(LanguageModel):
     """Token ids [B, T] -> logits [B, T, vocab]."""
 
     family = "dense"
+    supports_doc_mask = True
     config: DenseConfig
     config_class = DenseConfig
     hf_model_type = "llama"
@@ -199,41 +200,75 @@ class DenseLM(LanguageModel):
         if not cfg.tie_embeddings:
             self.lm_head = Linear(cfg.d_model, cfg.vocab_size, rng, cfg.init_std)
 
-    def forward(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
+    def forward(
+        self,
+        ids: np.ndarray,
+        cache: Optional[list] = None,
+        *,
+        positions: Optional[np.ndarray] = None,
+        segments: Optional[np.ndarray] = None,
+    ) -> Tensor:
         """ids [B, T] -> logits [B, T, V]. With `cache` (from `new_cache`), ids continue the
-        cached sequence (sampling; run under `no_grad`)."""
-        return F.linear(self.hidden(ids, cache), self.head())  # [B, T, V]
+        cached sequence (sampling; run under `no_grad`). `positions`/`segments` ([B, T], the
+        belt's with data.doc_mask): RoPE positions restart and attention stays within each
+        document (see `LanguageModel.loss`)."""
+        return F.linear(self.hidden(ids, cache, positions, segments), self.head())  # [B, T, V]
 
-    def hidden(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
+    def hidden(
+        self,
+        ids: np.ndarray,
+        cache: Optional[list] = None,
+        positions: Optional[np.ndarray] = None,
+        segments: Optional[np.ndarray] = None,
+    ) -> Tensor:
         """ids [B, T] -> the final normed hidden states [B, T, D] the output projection reads."""
         ids = self.check_ids(ids, 0 if cache is None else cache[0].length)
+        positions, segments = self.check_doc_masks(ids, positions, segments)
         x = self.model.embed_tokens(ids)  # [B, T, D]
         if self.config.embed_scale:
             x = F.scale(x, math.sqrt(self.config.d_model))
         for i, layer in enumerate(self.model.layers):
             if self.config.recompute and cache is None:
-                x = checkpoint(layer, x)
+                x = checkpoint(lambda h, layer=layer: layer(h, None, positions, segments), x)
             else:
-                x = layer(x, None if cache is None else cache[i])
+                x = layer(x, None if cache is None else cache[i], positions, segments)
         return self.model.norm(x)
 
     def head(self) -> Tensor:
         """The output projection [V, D]: lm_head, or the token embedding when tied."""
         return self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
 
-    def loss(self, ids: np.ndarray, targets: np.ndarray) -> Tensor:
+    def loss(
+        self,
+        ids: np.ndarray,
+        targets: np.ndarray,
+        *,
+        positions: Optional[np.ndarray] = None,
+        segments: Optional[np.ndarray] = None,
+    ) -> Tensor:
         """Mean next-token cross-entropy, with the output projection fused into the loss over
-        vocabulary chunks (`F.linear_cross_entropy`): the [B, T, V] logits never exist at once."""
-        return F.linear_cross_entropy(self.hidden(ids), self.head(), targets)
+        vocabulary chunks (`F.linear_cross_entropy`): the [B, T, V] logits never exist at once.
+        `positions`/`segments`: documents kept apart (see `LanguageModel.loss`)."""
+        return F.linear_cross_entropy(self.hidden(ids, None, positions, segments), self.head(), targets)
 
-    def eval_loss(self, ids: np.ndarray, targets: np.ndarray) -> float:
+    def eval_loss(
+        self,
+        ids: np.ndarray,
+        targets: np.ndarray,
+        *,
+        positions: Optional[np.ndarray] = None,
+        segments: Optional[np.ndarray] = None,
+    ) -> float:
         was = self.training
         self.eval()
         try:
             with no_grad():
-                return self.loss(ids, targets).item()
+                return self.loss(ids, targets, positions=positions, segments=segments).item()
         finally:
             self.train(was)
+
+    def forward_docs(self, ids: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]) -> Tensor:
+        return self.forward(ids, positions=positions, segments=segments)
 
     def probe(self, ids: np.ndarray) -> Probe:
         """Each decoder block's output [B·T, D] (the dense family routes nothing)."""

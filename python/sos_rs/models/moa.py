@@ -278,9 +278,18 @@ class MoALM(LanguageModel):
         self.last_stats = self.stats(aux, np.asarray(ids).size)
         return logits
 
-    def loss(self, ids: np.ndarray, targets: np.ndarray, triples: Optional[np.ndarray] = None) -> Tensor:
+    def loss(
+        self,
+        ids: np.ndarray,
+        targets: np.ndarray,
+        triples: Optional[np.ndarray] = None,
+        *,
+        positions: Optional[np.ndarray] = None,
+        segments: Optional[np.ndarray] = None,
+    ) -> Tensor:
         """Mean next-token cross-entropy plus the weighted auxiliary losses (load balance, z-loss,
-        triangle inequality); the parts are in `last_stats`."""
+        triangle inequality); the parts are in `last_stats`. Document masks are refused."""
+        self.check_doc_masks(np.asarray(ids), positions, segments)
         logits, aux = self.forward_with_aux(ids, triples)
         ce = F.cross_entropy(logits, targets)
         extra = aux.total()

@@ -237,9 +237,18 @@ class SAGILM(LanguageModel):
         self.last_stats = self.stats(ctx)
         return logits
 
-    def loss(self, ids: np.ndarray, targets: np.ndarray) -> Tensor:
+    def loss(
+        self,
+        ids: np.ndarray,
+        targets: np.ndarray,
+        *,
+        positions: Optional[np.ndarray] = None,
+        segments: Optional[np.ndarray] = None,
+    ) -> Tensor:
         """Cross-entropy plus the weighted load-balance losses; in training mode the agent-state
-        EMAs move (after the pass, so this step's keys are the previous states)."""
+        EMAs move (after the pass, so this step's keys are the previous states). Document masks
+        are refused."""
+        self.check_doc_masks(np.asarray(ids), positions, segments)
         logits, ctx = self.forward_with_aux(ids, update_state=self.training)
         ce = F.cross_entropy(logits, targets)
         self.last_stats = self.stats(ctx)

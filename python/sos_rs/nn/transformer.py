@@ -61,29 +61,44 @@ class CausalSelfAttention(Module):
             self.q_norm = RMSNorm(hd, qk_norm_eps)
             self.k_norm = RMSNorm(hd, qk_norm_eps)
 
-    def __call__(self, x: Tensor, cache: Optional["LayerKVCache"] = None) -> Tensor:
+    def __call__(
+        self,
+        x: Tensor,
+        cache: Optional["LayerKVCache"] = None,
+        positions: Optional[np.ndarray] = None,
+        segments: Optional[np.ndarray] = None,
+    ) -> Tensor:
         """x: [B, T, D]. With `cache` (inference), x holds the tokens after those already cached:
         their keys and values are appended and each attends to everything before it (or to the
-        last `window` positions)."""
+        last `window` positions). Training on packed documents: `positions` (int [B, T]) are the
+        RoPE positions (restarting at each document) and `segments` (int [B, T], non-decreasing
+        along a row) keep each query within its own document; neither goes with a cache."""
         b, t, _ = x.shape
+        if cache is not None and (positions is not None or segments is not None):
+            raise ValueError("positions/segments (document masks) are for training passes, not with a KV cache")
         hd = self.head_dim
         if cache is None and not self.qk_norm and not self.q_proj.has_bias:
             # Fused: one GEMM against the stacked q/k/v weights, then split + RoPE in one pass
             # inside the attention node (the same values; see F.qkv_attention).
             w = F.concat_rows([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
             qkv = F.linear(x, w)  # [B, T, (H + 2·Hkv)·hd]
-            o = F.qkv_attention(qkv, self.n_heads, self.n_kv_heads, hd, self.rope_theta, self.scale, self.window)
+            o = F.qkv_attention(
+                qkv, self.n_heads, self.n_kv_heads, hd, self.rope_theta, self.scale, self.window, positions, segments
+            )
             return self.o_proj(o)
         q = F.reshape(self.q_proj(x), [b, t, self.n_heads, hd])  # [B, T, H, hd]
         k = F.reshape(self.k_proj(x), [b, t, self.n_kv_heads, hd])  # [B, T, Hkv, hd]
         v = F.reshape(self.v_proj(x), [b, t, self.n_kv_heads, hd])
         if self.qk_norm:  # over the last axis (hd) of each head
             q, k = self.q_norm(q), self.k_norm(k)
-        positions = None if cache is None else np.arange(cache.length, cache.length + t)
+        if cache is not None:
+            positions = np.arange(cache.length, cache.length + t)
+        elif positions is not None:
+            positions = np.ascontiguousarray(positions).reshape(-1)  # [B·T]: per row
         q = F.rope(q, self.rope_theta, positions)
         k = F.rope(k, self.rope_theta, positions)
         if cache is None:
-            o = F.causal_attention(q, k, v, self.scale, self.window)  # [B, T, H, hd]
+            o = F.causal_attention(q, k, v, self.scale, self.window, segments)  # [B, T, H, hd]
         else:
             kc, vc = cache.append(k.data, v.data)  # [B, len+T, Hkv, hd]
             o = Tensor(_core.attention_with_cache(q.data, kc, vc, self.scale, self.window))

@@ -49,6 +49,11 @@ class DataConfig:
     """Tokens per training row (T); rows are packed from documents with no padding."""
     batch_size: int = 16
     """Rows per micro-batch (B)."""
+    doc_mask: bool = False
+    """Keep the documents packed into a row apart: RoPE positions restart at each document and
+    attention never crosses a document boundary (the belt's positions and segments; fully masked
+    tiles are skipped, so a step costs no more). Training and validation alike; dense family only,
+    not with a [curriculum]."""
 
 
 @dataclass
@@ -390,6 +395,16 @@ def from_dict(raw: dict) -> TrainConfig:
     except CurriculumError as e:
         raise ConfigError(str(e)) from None
     model = model_section(raw.get("model", {}), max_seq_len(curriculum, built["data"].seq_len))
+    if built["data"].doc_mask:
+        from ..models import get_family
+
+        if not get_family(model["family"]).supports_doc_mask:
+            raise ConfigError(
+                f"data.doc_mask = true: the {model['family']!r} family does not take document masks "
+                "(the dense family does); set data.doc_mask = false"
+            )
+        if curriculum is not None:
+            raise ConfigError("data.doc_mask = true does not combine with a [curriculum] (its belts carry no masks)")
     for ok, msg in validate_rollback(built["rollback"]) + validate_governor(built["governor"]):
         if not ok:
             raise ConfigError(msg)

@@ -72,7 +72,9 @@ class DataSetup:
 
         d = self.cfg.data
         rank, world = (self.rank, self.world) if sliced else (0, 1)
-        return Belt(paths, seq_len=d.seq_len, batch_size=d.batch_size, seed=seed, rank=rank, world=world)
+        return Belt(
+            paths, seq_len=d.seq_len, batch_size=d.batch_size, seed=seed, rank=rank, world=world, doc_mask=d.doc_mask
+        )
 
     def train_belt(self):
         belt = self._belt(self.train_paths, self.cfg.run.seed, sliced=True)

@@ -8,8 +8,16 @@ from __future__ import annotations
 import math
 
 
+def doc_masks(belt, on: bool) -> dict:
+    """The last batch's positions and segments as `loss`/`eval_loss` keywords when `on`
+    (data.doc_mask), else no keywords."""
+    return {"positions": belt.last_positions(), "segments": belt.last_segments()} if on else {}
+
+
 def evaluate(model, belt, batches: int, bytes_per_token: float) -> dict:
-    """Mean loss over `batches` batches of `belt` (0 = one whole epoch of it)."""
+    """Mean loss over `batches` batches of `belt` (0 = one whole epoch of it); a belt made with
+    doc_mask=True keeps its documents apart (data.doc_mask)."""
+    masked = bool(getattr(belt, "doc_mask", False))
     if batches <= 0:
         per_batch = belt.batch_size * belt.seq_len if hasattr(belt, "seq_len") else None
         batches = max(1, belt.tokens_per_epoch // per_batch) if per_batch else 1
@@ -17,7 +25,7 @@ def evaluate(model, belt, batches: int, bytes_per_token: float) -> dict:
     # Cross-entropy alone, in inference mode: a family's loss() may add regularisers.
     for _ in range(batches):
         ids, targets = belt.next_batch()
-        loss = model.eval_loss(ids, targets)
+        loss = model.eval_loss(ids, targets, **doc_masks(belt, masked))
         total += loss * targets.size
         count += targets.size
     loss = total / count

@@ -30,7 +30,7 @@ from .cost import CostMeter
 from .curriculum import CurriculumError
 from .curriculum import max_seq_len as curriculum_seq_len
 from .data_setup import DataSetup
-from .evaluate import evaluate
+from .evaluate import doc_masks, evaluate
 from .memory import available_bytes, peak_rss_bytes, rss_bytes
 from .metrics import MetricsLog, Timer, read_metrics
 from .rollback import SNAPSHOT_FILE, Rollback, all_finite
@@ -340,7 +340,7 @@ class Trainer:
                 loss_sum = 0.0
                 for _ in range(cfg.optim.grad_accum):
                     ids, targets, spike = self.rollback.next_batch()
-                    loss = self.model.loss(ids, targets)
+                    loss = self.model.loss(ids, targets, **doc_masks(self.rollback.belt, cfg.data.doc_mask))
                     loss.backward(seed if spike == 1.0 else _core.Tensor.full([], spike / micro))
                     loss_sum += loss.item() * spike
                 loss_sum = self.dist.exchange(self.opt.params, loss_sum, stop)  # MPI: rank-ordered sums over ranks

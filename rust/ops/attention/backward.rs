@@ -1,6 +1,7 @@
 //! Causal attention backward for one (batch, query head), tiled for the GEMM microkernels
 //! (FlashAttention-2 order): for each key block, walk the query tiles at or below the diagonal
-//! (and, under a sliding window, no further than the last query that sees the block), recompute P from the saved log-sum-exp, and accumulate dV, dK for the block and dQ for the
+//! (no further than the last query that sees the block under a window or document mask),
+//! recompute P from the saved log-sum-exp, and accumulate dV, dK for the block and dQ for the
 //! head. Five products per tile pair, no T×T buffer, no atomics:
 //! ```text
 //! S  = Qa·Kb   dP = dOa·Vb                   (TB × TB tiles; Q pre-scaled)
@@ -41,24 +42,43 @@ impl GradOut {
     }
 }
 
-pub(super) fn head(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) {
+pub(super) fn head(pl: &Plan, x: &HeadIn, first: &[usize], scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) {
     let Plan { tb, tp, hd, hdn, .. } = *pl;
     let (th, ht, bt, bh) = (tp * hd, hdn * tp, tb * tb, tb * hdn);
     // Scratch outside, body compiled for the plan's ISA inside (see forward::head).
-    with_bufs([th, th, th, th, ht, ht, ht, tp * hdn, bt, bt, bh, bh, tb, tp, tp], |bufs| {
+    with_bufs([th, th, th, th, ht, ht, ht, tp * hdn, bt, bt, bh, bh, tp, tp], |bufs| {
         for_isa!(
             pl.isa,
-            fn run(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut, bufs: [&mut [f32]; 15]) {
-                body(pl, x, scale, dq, dk, dv, bufs)
+            fn run(
+                pl: &Plan,
+                x: &HeadIn,
+                first: &[usize],
+                scale: f32,
+                dq: GradOut,
+                dk: GradOut,
+                dv: GradOut,
+                bufs: [&mut [f32]; 14],
+            ) {
+                body(pl, x, first, scale, dq, dk, dv, bufs)
             }
         )
     })
 }
 
+/// `first` as in `forward::body`: first[i] is the first key query i sees.
 #[inline(always)]
-fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut, bufs: [&mut [f32]; 15]) {
-    let Plan { mr, nr, tb, t, tp, hd, hdn, window, .. } = *pl;
-    let [qa, doa, kb, vb, don, qn, kn, dqa, s, dp, dkj, dvj, shift, lse, delta] = bufs;
+fn body(
+    pl: &Plan,
+    x: &HeadIn,
+    first: &[usize],
+    scale: f32,
+    dq: GradOut,
+    dk: GradOut,
+    dv: GradOut,
+    bufs: [&mut [f32]; 14],
+) {
+    let Plan { mr, nr, tb, t, tp, hd, hdn, .. } = *pl;
+    let [qa, doa, kb, vb, don, qn, kn, dqa, s, dp, dkj, dvj, lse, delta] = bufs;
     pack_lanes(x.q, 0, tp, mr, scale, qa);
     pack_lanes(x.dout, 0, tp, mr, 1.0, doa);
     pack_lanes(x.k, 0, tp, nr, 1.0, kb);
@@ -79,12 +99,20 @@ fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut
     for j0 in (0..t).step_by(tb) {
         dkj.fill(0.0);
         dvj.fill(0.0);
-        // Query j0+tb-1+window-1 is the last to see a key of this block.
-        let iend = (j0 + tb - 1).saturating_add(window).min(t);
+        // The queries that see a key of this block: from its first key to the last query whose
+        // first key is inside the block (first is non-decreasing).
+        let iend = first[..t].partition_point(|f| *f < j0 + tb);
         for i0 in (j0..iend).step_by(tb) {
+            // On the diagonal tile, query i sees keys ≤ i only: S/dP microtiles wholly above the
+            // diagonal are skipped (their P and dS are zeroed below), and the products below
+            // start or stop at the diagonal.
+            let diag = i0 == j0;
             for qp in 0..tb / mr {
                 let a_off = (i0 / mr + qp) * hd * mr;
                 for kp in 0..tb / nr {
+                    if diag && kp * nr > qp * mr + mr - 1 {
+                        continue;
+                    }
                     let b_off = (j0 / nr + kp) * hd * nr;
                     let c_off = qp * mr * tb + kp * nr;
                     // S, dP tiles (MR × NR) from packed panels; all offsets inside the buffers.
@@ -118,27 +146,26 @@ fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut
             }
             for (qi, (srow, dprow)) in s.chunks_exact_mut(tb).zip(dp.chunks_exact_mut(tb)).enumerate() {
                 let i = i0 + qi;
-                shift.fill(lse[i]);
-                cpu::exp_sub(srow, shift);
-                if i0 == j0 {
-                    srow[qi + 1..].fill(0.0); // keys after query i
-                }
-                // Keys at or before i − window (outside the window).
-                srow[..(i + 1).saturating_sub(window).saturating_sub(j0).min(tb)].fill(0.0);
-                let d = delta[i];
-                for (g, p) in dprow.iter_mut().zip(srow.iter()) {
-                    *g = p * (*g - d) * scale;
+                // Visible keys of row i in this block: lo.. (its first key), ..hi (itself).
+                let lo = if i < t { first[i].saturating_sub(j0).min(tb) } else { 0 };
+                let hi = if diag { qi + 1 } else { tb };
+                pl.ds_row(srow, dprow, lse[i], delta[i], scale);
+                for row in [&mut *srow, &mut *dprow] {
+                    row[..lo].fill(0.0);
+                    row[hi..].fill(0.0);
                 }
             }
             for kp in 0..tb / mr {
+                // On the diagonal, key panel kp has P = dS = 0 for the queries before it.
+                let p0 = if diag { kp * mr } else { 0 };
                 for cp in 0..hdn / nr {
-                    let b_off = cp * tp * nr + i0 * nr;
+                    let b_off = cp * tp * nr + (i0 + p0) * nr;
                     let c_off = kp * mr * hdn + cp * nr;
                     // dV_j, dK_j tiles: A = Pᵀ / dSᵀ read in place (A(r, p) = P[p][kp·MR + r]).
                     pl.tile(
-                        tb,
+                        tb - p0,
                         Tile {
-                            a: s[kp * mr..].as_ptr(),
+                            a: s[p0 * tb + kp * mr..].as_ptr(),
                             rsa: 1,
                             csa: tb,
                             b: don[b_off..].as_ptr(),
@@ -149,9 +176,9 @@ fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut
                         true,
                     );
                     pl.tile(
-                        tb,
+                        tb - p0,
                         Tile {
-                            a: dp[kp * mr..].as_ptr(),
+                            a: dp[p0 * tb + kp * mr..].as_ptr(),
                             rsa: 1,
                             csa: tb,
                             b: qn[b_off..].as_ptr(),
@@ -164,12 +191,14 @@ fn body(pl: &Plan, x: &HeadIn, scale: f32, dq: GradOut, dk: GradOut, dv: GradOut
                 }
             }
             for qp in 0..tb / mr {
+                // On the diagonal, query panel qp has dS = 0 for the keys after it.
+                let kc = if diag { (qp + 1) * mr } else { tb };
                 for cp in 0..hdn / nr {
                     let b_off = cp * tp * nr + j0 * nr;
                     let c_off = (i0 + qp * mr) * hdn + cp * nr;
                     // dQ_i tile: A = dS rows read in place (A(r, p) = dS[qp·MR + r][p]).
                     pl.tile(
-                        tb,
+                        kc,
                         Tile {
                             a: dp[qp * mr * tb..].as_ptr(),
                             rsa: tb,

@@ -6,7 +6,7 @@
 //! the B panel of the next product Oᵀ += Vᵀ·Pᵀ:
 //! ```text
 //! for each query tile (NR queries):           Qb  = scale·Q tile as a B panel (hd × NR)
-//!   for each key block (TB keys, from the window's start up to the diagonal):
+//!   for each key block (TB keys, from the tile's first visible key (window, document) to the diagonal):
 //!     Sᵀ  = Ka[block] · Qb                     Ka: K in A panels (keys × hd), packed once
 //!     online softmax down each column of Sᵀ   (max, rescale Oᵀ and l, exp in place)
 //!     Oᵀ += Vt[block] · Sᵀ                     Vt: V in A panels (hd × keys), packed once
@@ -14,7 +14,7 @@
 //! ```
 
 use super::tile::{for_isa, pack_lanes, pack_steps, with_bufs, OutPtr, Plan, Rows};
-use crate::cpu::{self, Tile};
+use crate::cpu::Tile;
 
 /// Where one head's results go: o row i at o_base + i·o_stride (hd values), lse at
 /// l_base + i·l_stride.
@@ -27,40 +27,59 @@ pub(super) struct HeadOut {
     pub l_stride: usize,
 }
 
-pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut) {
+pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, first: &[usize], scale: f32, out: &HeadOut) {
     let Plan { nr, tb, tp, hd, hdm, .. } = *pl;
     // The scratch is taken outside and the body compiled for the plan's ISA inside, so the
     // elementwise loops of the body are vectorised for it.
-    with_bufs([tp * hd, hdm * tp, hd * nr, tb * nr, hdm * nr, 5 * nr], |bufs| {
+    with_bufs([tp * hd, hdm * tp, hd * nr, tb * nr, hdm * nr, 3 * nr], |bufs| {
         for_isa!(
             pl.isa,
-            fn run(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, bufs: [&mut [f32]; 6]) {
-                body(pl, q, k, v, scale, out, bufs)
+            fn run(
+                pl: &Plan,
+                q: Rows,
+                k: Rows,
+                v: Rows,
+                first: &[usize],
+                scale: f32,
+                out: &HeadOut,
+                bufs: [&mut [f32]; 6],
+            ) {
+                body(pl, q, k, v, first, scale, out, bufs)
             }
         )
     })
 }
 
+/// `first[i]` (i < tp, non-decreasing, ≤ i): the first key query i sees (window and document
+/// start); queries past T repeat the last query's.
 #[inline(always)]
-fn body(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, [ka, vt, qb, st, ot, lanes]: [&mut [f32]; 6]) {
-    let Plan { mr, nr, tb, t, tp, hd, hdm, window, .. } = *pl;
+fn body(
+    pl: &Plan,
+    q: Rows,
+    k: Rows,
+    v: Rows,
+    first: &[usize],
+    scale: f32,
+    out: &HeadOut,
+    [ka, vt, qb, st, ot, lanes]: [&mut [f32]; 6],
+) {
+    let Plan { mr, nr, tb, t, tp, hd, hdm, .. } = *pl;
     pack_lanes(k, 0, tp, mr, 1.0, ka);
     pack_steps(v, tp, hdm, mr, vt);
     let (ka, vt) = (&*ka, &*vt);
     let (m, rest) = lanes.split_at_mut(nr);
-    let (l, rest) = rest.split_at_mut(nr);
-    let (m_new, rest) = rest.split_at_mut(nr);
-    let (corr, m_exp) = rest.split_at_mut(nr);
+    let (l, corr) = rest.split_at_mut(nr);
     for i0 in (0..t).step_by(nr) {
         pack_lanes(q, i0, nr, nr, scale, qb);
         let qb = &*qb;
         ot.fill(0.0);
         m.fill(f32::NEG_INFINITY);
         l.fill(0.0);
-        // Keys past the tile's last query are all masked; so, under a window, are the keys
-        // before its first query's window: skip their blocks.
+        // Keys past the tile's last query are all masked; so are the keys before its first
+        // query's first key (window, document start): skip their blocks.
         let kend = (i0 + nr).min(t);
-        let kstart = (i0 + 1).saturating_sub(window) / tb * tb;
+        let kstart = first[i0] / tb * tb;
+        let last_first = first[i0 + nr - 1];
         for j0 in (kstart..kend).step_by(tb) {
             let rows = (kend - j0).min(tb).div_ceil(mr) * mr;
             for kp in 0..rows / mr {
@@ -73,55 +92,29 @@ fn body(pl: &Plan, q: Rows, k: Rows, v: Rows, scale: f32, out: &HeadOut, [ka, vt
                 );
             }
             let st = &mut st[..rows * nr];
-            // Causal mask: key j0+p is hidden from queries i0+q < j0+p; window: and from
-            // queries i0+q ≥ j0+p+window.
-            for (p, srow) in st.chunks_exact_mut(nr).enumerate() {
-                let hidden = (j0 + p).saturating_sub(i0).min(nr);
-                srow[..hidden].fill(f32::NEG_INFINITY);
-                let past = (j0 + p).saturating_add(window).saturating_sub(i0).min(nr);
-                srow[past..].fill(f32::NEG_INFINITY);
+            // Only blocks crossing the diagonal or some query's first key need a mask: key j0+p
+            // is hidden from queries i0+q < j0+p (causal) and from those with first > j0+p.
+            if j0 + rows > i0 + 1 || j0 < last_first {
+                let mut past = 0;
+                for (p, srow) in st.chunks_exact_mut(nr).enumerate() {
+                    let j = j0 + p;
+                    let hidden = j.saturating_sub(i0).min(nr);
+                    srow[..hidden].fill(f32::NEG_INFINITY);
+                    while past < nr && first[i0 + past] <= j {
+                        past += 1;
+                    }
+                    srow[past.max(hidden)..].fill(f32::NEG_INFINITY);
+                }
             }
             // Online softmax down the columns: new max, rescale factors, exp in place, sums.
-            m_new.copy_from_slice(m);
-            for srow in st.chunks_exact(nr) {
-                for (mx, s) in m_new.iter_mut().zip(srow) {
-                    *mx = if *s > *mx { *s } else { *mx }; // vmaxps; no NaN reaches here
-                }
-            }
-            // corr = exp(m − m_new): 0 on a query's first visible block (m = -inf). Under a
-            // window a query may see no key of a block yet (m_new = -inf): its exponents are
-            // taken against 0 instead, so corr and its P column are 0 (never -inf − -inf).
-            // m keeps -inf until the query's first visible key.
-            let base: &[f32] = if window < t && m_new.contains(&f32::NEG_INFINITY) {
-                for (e, x) in m_exp.iter_mut().zip(m_new.iter()) {
-                    *e = if *x == f32::NEG_INFINITY { 0.0 } else { *x };
-                }
-                m_exp
-            } else {
-                m_new
-            };
-            corr.copy_from_slice(m);
-            cpu::exp_sub(corr, base);
-            let rescale = corr.iter().any(|c| *c != 1.0);
-            for srow in st.chunks_exact_mut(nr) {
-                cpu::exp_sub(srow, base);
-            }
-            for (li, c) in l.iter_mut().zip(corr.iter()) {
-                *li *= c;
-            }
-            for srow in st.chunks_exact(nr) {
-                for (li, s) in l.iter_mut().zip(srow) {
-                    *li += s;
-                }
-            }
-            if rescale {
+            pl.softmax_step(st, m, l, corr);
+            if corr.iter().any(|c| *c != 1.0) {
                 for orow in ot.chunks_exact_mut(nr) {
                     for (o, c) in orow.iter_mut().zip(corr.iter()) {
                         *o *= c;
                     }
                 }
             }
-            m.copy_from_slice(m_new);
             for cp in 0..hdm / mr {
                 // Oᵀ rows cp·MR.. += Vt panel (MR dims × keys j0..j0+rows) · Pᵀ (rows × NR).
                 let a = vt[cp * tp * mr + j0 * mr..].as_ptr();

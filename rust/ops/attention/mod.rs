@@ -11,6 +11,12 @@
 //! keys, itself included); `None` is full causal. Key blocks wholly outside the window are
 //! skipped (forward and backward), the partial ones masked.
 //!
+//! Documents: with segment ids [B, T] (non-decreasing along each row: a row packs whole
+//! documents end to end), query i sees only keys of its own segment, causal within it (and
+//! within the window). Both masks reduce to one non-decreasing "first visible key" per query,
+//! so key blocks wholly before a tile's first key are skipped like the window's: a masked call
+//! costs no more than an unmasked one.
+//!
 //! One parallel task per (batch, query head), each summing in a fixed order, so results are
 //! bit-identical for any thread count. Under GQA, each query head's dK, dV go to its own
 //! partial buffer and the group's heads are summed in head order afterwards.
@@ -85,6 +91,46 @@ impl Dims {
     }
 }
 
+/// The first key each query sees, per batch row and padded to `tp` queries (the padding repeats
+/// the last query's): max(start of the query's segment, i + 1 − window).
+fn first_keys(op: &'static str, d: &Dims, tp: usize, wl: usize, segments: Option<&[i64]>) -> Result<Vec<usize>> {
+    if let Some(seg) = segments {
+        ensure_shape!(
+            seg.len() == d.b * d.t,
+            op,
+            "segments must be [B, T] = [{}, {}]; got {} ids",
+            d.b,
+            d.t,
+            seg.len()
+        );
+    }
+    let mut first = vec![0usize; d.b * tp];
+    for (b, row) in first.chunks_exact_mut(tp).enumerate() {
+        let mut start = 0;
+        for i in 0..d.t {
+            if let Some(seg) = segments {
+                let (prev, cur) = (seg[b * d.t + i.saturating_sub(1)], seg[b * d.t + i]);
+                if cur < prev {
+                    return Err(Error::value(
+                        op,
+                        format!(
+                            "segment ids must not decrease along a row (documents are contiguous): row {b} has \
+                             {prev} then {cur} at position {i}"
+                        ),
+                    ));
+                }
+                if cur != prev {
+                    start = i;
+                }
+            }
+            row[i] = start.max((i + 1).saturating_sub(wl));
+        }
+        let last = if d.t > 0 { row[d.t - 1] } else { 0 };
+        row[d.t..].fill(last);
+    }
+    Ok(first)
+}
+
 /// softmax(q·kᵀ·scale, causal, optionally within a sliding window of `window` keys) · v.
 /// Returns (o, lse).
 pub fn attention_forward(
@@ -94,7 +140,20 @@ pub fn attention_forward(
     scale: f32,
     window: Option<usize>,
 ) -> Result<(Tensor, Tensor)> {
-    forward_with(cpu::isa(), q, k, v, scale, window)
+    forward_with(cpu::isa(), q, k, v, scale, window, None)
+}
+
+/// `attention_forward` within documents: `segments` [B, T] (non-decreasing along each row)
+/// keeps each query to the keys of its own segment; None is `attention_forward`.
+pub fn attention_forward_segments(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    window: Option<usize>,
+    segments: Option<&[i64]>,
+) -> Result<(Tensor, Tensor)> {
+    forward_with(cpu::isa(), q, k, v, scale, window, segments)
 }
 
 /// `attention_forward` on a given instruction set (which the host must support).
@@ -105,16 +164,18 @@ pub fn forward_with(
     v: &Tensor,
     scale: f32,
     window: Option<usize>,
+    segments: Option<&[i64]>,
 ) -> Result<(Tensor, Tensor)> {
     assert!(cpu::supports(isa), "attention: {} is not supported by this host", isa.name());
     let d = dims("attention", q, k, v)?;
     let wl = window_len("attention", window)?;
     let mut o = Tensor::zeros(q.shape());
     let mut lse = Tensor::zeros(&[d.b, d.t, d.hq]);
+    let pl = Plan::new(isa, d.t, d.hd);
+    let first = first_keys("attention", &d, pl.tp, wl, segments)?;
     if d.hq * d.hd == 0 || d.t == 0 || d.b == 0 {
         return Ok((o, lse));
     }
-    let pl = Plan::new(isa, d.t, d.hd, wl);
     let (op, lp) = (OutPtr(o.data_mut().as_mut_ptr()), OutPtr(lse.data_mut().as_mut_ptr()));
     (0..d.b * d.hq).into_par_iter().for_each(|task| {
         let (b, h) = (task / d.hq, task % d.hq);
@@ -127,7 +188,8 @@ pub fn forward_with(
             l_base: b * d.t * d.hq + h,
             l_stride: d.hq,
         };
-        forward::head(&pl, d.q_rows(q.data(), b, h), d.kv_rows(k.data(), b, g), d.kv_rows(v.data(), b, g), scale, &out);
+        let (qr, kr, vr) = (d.q_rows(q.data(), b, h), d.kv_rows(k.data(), b, g), d.kv_rows(v.data(), b, g));
+        forward::head(&pl, qr, kr, vr, &first[b * pl.tp..][..pl.tp], scale, &out);
     });
     Ok((o, lse))
 }
@@ -143,7 +205,22 @@ pub fn attention_backward(
     scale: f32,
     window: Option<usize>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    backward_with(cpu::isa(), q, k, v, o, lse, dout, scale, window)
+    backward_with(cpu::isa(), q, k, v, o, lse, dout, scale, window, None)
+}
+
+/// Gradients of attention_forward_segments (same `window` and `segments`): (dq, dk, dv).
+pub fn attention_backward_segments(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    scale: f32,
+    window: Option<usize>,
+    segments: Option<&[i64]>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    backward_with(cpu::isa(), q, k, v, o, lse, dout, scale, window, segments)
 }
 
 /// `attention_backward` on a given instruction set (which the host must support).
@@ -157,6 +234,7 @@ pub fn backward_with(
     dout: &Tensor,
     scale: f32,
     window: Option<usize>,
+    segments: Option<&[i64]>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     assert!(cpu::supports(isa), "attention: {} is not supported by this host", isa.name());
     let d = dims("attention_backward", q, k, v)?;
@@ -173,10 +251,11 @@ pub fn backward_with(
     let mut dq = Tensor::zeros(q.shape());
     let mut dk = Tensor::zeros(k.shape());
     let mut dv = Tensor::zeros(k.shape());
+    let pl = Plan::new(isa, d.t, d.hd);
+    let first = first_keys("attention_backward", &d, pl.tp, wl, segments)?;
     if d.hq * d.hd == 0 || d.t == 0 || d.b == 0 {
         return Ok((dq, dk, dv));
     }
-    let pl = Plan::new(isa, d.t, d.hd, wl);
     let grouped = d.group() > 1;
     // Under GQA: per-query-head partials [B, Hq, T, hd], summed over each group below.
     let part_len = if grouped { d.b * d.hq * d.t * d.hd } else { 0 };
@@ -204,7 +283,7 @@ pub fn backward_with(
         let (kbase, kstride) = if grouped { (task * d.t * d.hd, d.hd) } else { (d.kv_at(b, 0, g), d.hkv * d.hd) };
         let dko = backward::GradOut { ptr: dkp, base: kbase, stride: kstride };
         let dvo = backward::GradOut { ptr: dvp, base: kbase, stride: kstride };
-        backward::head(&pl, &x, scale, dqo, dko, dvo);
+        backward::head(&pl, &x, &first[b * pl.tp..][..pl.tp], scale, dqo, dko, dvo);
     });
     if grouped {
         let kvrow = d.hkv * d.hd;

@@ -2,13 +2,29 @@ use super::*;
 use crate::cpu::Isa;
 use crate::ops::testutil::{assert_close, rand_vec, run_threads, same_bits};
 
-/// First key query i sees under `window` (None = 0, full causal).
-fn first_key(i: usize, window: Option<usize>) -> usize {
-    window.map_or(0, |w| (i + 1).saturating_sub(w))
+/// First key query i of batch row b sees under `window` (None = 0, full causal) and within
+/// its segment (walking back while the segment id is the same).
+fn first_key(i: usize, window: Option<usize>, seg: Option<(&[i64], usize, usize)>) -> usize {
+    let w = window.map_or(0, |w| (i + 1).saturating_sub(w));
+    let s = seg.map_or(0, |(seg, b, t)| {
+        let mut j = i;
+        while j > 0 && seg[b * t + j - 1] == seg[b * t + i] {
+            j -= 1;
+        }
+        j
+    });
+    w.max(s)
 }
 
 /// Materialised reference (B·H·T·T).
-fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, window: Option<usize>) -> Vec<f32> {
+fn attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    window: Option<usize>,
+    seg: Option<&[i64]>,
+) -> Vec<f32> {
     let d = dims("attention", q, k, v).unwrap();
     let mut o = vec![0.0f32; q.numel()];
     for b in 0..d.b {
@@ -16,7 +32,7 @@ fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, window: O
             let g = h / d.group();
             for i in 0..d.t {
                 let qi = &q.data()[d.q_at(b, i, h)..][..d.hd];
-                let j1 = first_key(i, window);
+                let j1 = first_key(i, window, seg.map(|s| (s, b, d.t)));
                 let s: Vec<f64> = (j1..=i)
                     .map(|j| {
                         let kj = &k.data()[d.kv_at(b, j, g)..][..d.hd];
@@ -65,6 +81,7 @@ fn backward_reference(
     dout: &Tensor,
     scale: f32,
     window: Option<usize>,
+    seg: Option<&[i64]>,
 ) -> [Vec<f32>; 3] {
     let d = dims("ref", q, k, v).unwrap();
     let (mut dq, mut dk, mut dv) = (vec![0.0f64; q.numel()], vec![0.0f64; k.numel()], vec![0.0f64; k.numel()]);
@@ -75,7 +92,7 @@ fn backward_reference(
             for i in 0..d.t {
                 let qi = &q.data()[d.q_at(b, i, h)..][..d.hd];
                 let doi = &dout.data()[d.q_at(b, i, h)..][..d.hd];
-                let j1 = first_key(i, window);
+                let j1 = first_key(i, window, seg.map(|s| (s, b, d.t)));
                 let s: Vec<f64> =
                     (j1..=i).map(|j| dot(qi, &k.data()[d.kv_at(b, j, g)..][..d.hd]) * scale as f64).collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -121,11 +138,15 @@ fn matches_materialised_reference_mha_and_gqa() {
 }
 
 fn check_against_reference(isa: Isa, q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>, tag: &str) {
-    let (o, lse) = forward_with(isa, q, k, v, 0.3, window).unwrap();
-    assert_close(o.data(), &attention_reference(q, k, v, 0.3, window), 1e-4, 1e-5, &format!("attention {tag}"));
+    check_masked(isa, q, k, v, window, None, tag)
+}
+
+fn check_masked(isa: Isa, q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>, seg: Option<&[i64]>, tag: &str) {
+    let (o, lse) = forward_with(isa, q, k, v, 0.3, window, seg).unwrap();
+    assert_close(o.data(), &attention_reference(q, k, v, 0.3, window, seg), 1e-4, 1e-5, &format!("attention {tag}"));
     let dout = Tensor::from_slice(q.shape(), &rand_vec(q.numel(), 4)).unwrap();
-    let (dq, dk, dv) = backward_with(isa, q, k, v, &o, &lse, &dout, 0.3, window).unwrap();
-    let want = backward_reference(q, k, v, &dout, 0.3, window);
+    let (dq, dk, dv) = backward_with(isa, q, k, v, &o, &lse, &dout, 0.3, window, seg).unwrap();
+    let want = backward_reference(q, k, v, &dout, 0.3, window, seg);
     for (name, got, want) in [("dq", &dq, &want[0]), ("dk", &dk, &want[1]), ("dv", &dv, &want[2])] {
         assert_close(got.data(), want, 1e-3, 1e-4, &format!("{name} {tag}"));
     }
@@ -180,4 +201,72 @@ fn one_and_two_threads_same_bits() {
             assert!(same_bits(one, two), "output {i}, window {window:?}");
         }
     }
+}
+
+/// Segment ids [B, T]: documents of the given lengths laid end to end in each row, numbered
+/// from 0 (the last one cut at T), as the belt hands them out.
+fn segments(b: usize, t: usize, lens: &[usize]) -> Vec<i64> {
+    let mut out = Vec::with_capacity(b * t);
+    for row in 0..b {
+        let (mut id, mut left) = (0i64, lens[row % lens.len()]);
+        for _ in 0..t {
+            if left == 0 {
+                id += 1;
+                left = lens[(row + id as usize) % lens.len()];
+            }
+            out.push(id);
+            left -= 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn segments_match_block_diagonal_reference() {
+    // Documents shorter than, equal to and longer than a tile; one-token documents; with and
+    // without a window (the two masks compose: the later first key wins).
+    let cases = [(2, 70, 4, 2, 16), (1, 130, 2, 1, 8), (2, 200, 2, 2, 40), (1, 33, 3, 1, 12)];
+    let lens: [&[usize]; 4] = [&[1, 5, 64, 3], &[17, 90, 1, 40], &[200], &[33, 2, 70]];
+    for isa in isas() {
+        for &(b, t, hq, hkv, hd) in &cases {
+            let (q, k, v) = inputs(b, t, hq, hkv, hd);
+            for l in lens {
+                let seg = segments(b, t, l);
+                for w in [None, Some(1), Some(23), Some(64)] {
+                    let tag = format!("{} b={b} t={t} hq={hq} hd={hd} docs={l:?} window={w:?}", isa.name());
+                    check_masked(isa, &q, &k, &v, w, Some(&seg), &tag);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn segments_of_one_document_are_unmasked_bit_for_bit_and_thread_invariant() {
+    let (q, k, v) = inputs(2, 150, 4, 2, 16);
+    let dout = Tensor::from_slice(q.shape(), &rand_vec(q.numel(), 6)).unwrap();
+    let run = |seg: Option<&[i64]>| {
+        let (o, l) = attention_forward_segments(&q, &k, &v, 0.3, None, seg).unwrap();
+        let (a, b, c) = attention_backward_segments(&q, &k, &v, &o, &l, &dout, 0.3, None, seg).unwrap();
+        [o, l, a, b, c].map(|t| t.data().to_vec())
+    };
+    let zeros = vec![0i64; 2 * 150];
+    for (i, (a, b)) in run(None).iter().zip(&run(Some(&zeros))).enumerate() {
+        assert!(same_bits(a, b), "output {i}");
+    }
+    let seg = segments(2, 150, &[3, 40, 70, 1, 64]);
+    let outs = run_threads(|| run(Some(&seg)));
+    for (i, (one, two)) in outs[0].iter().zip(&outs[1]).enumerate() {
+        assert!(same_bits(one, two), "output {i}");
+    }
+}
+
+#[test]
+fn bad_segments_are_errors() {
+    let (q, k, v) = inputs(1, 4, 2, 2, 8);
+    let e = attention_forward_segments(&q, &k, &v, 1.0, None, Some(&[0, 1, 0, 1])).unwrap_err();
+    assert!(e.to_string().contains("must not decrease"), "{e}");
+    assert!(attention_forward_segments(&q, &k, &v, 1.0, None, Some(&[0, 0, 0])).is_err());
+    let (o, l) = attention_forward(&q, &k, &v, 1.0, None).unwrap();
+    assert!(attention_backward_segments(&q, &k, &v, &o, &l, &o, 1.0, None, Some(&[0, 1, 1, 0])).is_err());
 }

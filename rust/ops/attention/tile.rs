@@ -22,8 +22,6 @@ pub(super) struct Plan {
     /// hd padded to a multiple of MR / of NR.
     pub hdm: usize,
     pub hdn: usize,
-    /// Sliding window in keys (query i sees keys i − window < j ≤ i); `usize::MAX` = causal.
-    pub window: usize,
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -35,22 +33,11 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 impl Plan {
-    pub fn new(isa: Isa, t: usize, hd: usize, window: usize) -> Plan {
+    pub fn new(isa: Isa, t: usize, hd: usize) -> Plan {
         let (mr, nr) = cpu::gemm_shape(isa);
         let l = mr / gcd(mr, nr) * nr;
         let tb = l * (64 / l).max(1);
-        Plan {
-            isa,
-            mr,
-            nr,
-            tb,
-            t,
-            tp: t.div_ceil(tb) * tb,
-            hd,
-            hdm: hd.div_ceil(mr) * mr,
-            hdn: hd.div_ceil(nr) * nr,
-            window,
-        }
+        Plan { isa, mr, nr, tb, t, tp: t.div_ceil(tb) * tb, hd, hdm: hd.div_ceil(mr) * mr, hdn: hd.div_ceil(nr) * nr }
     }
 
     /// One microkernel call: C (+)= A·B over `kc` steps.
@@ -59,6 +46,20 @@ impl Plan {
         // SAFETY: `isa` comes from cpu::isa(), which only reports supported sets; every caller
         // builds `t` from buffers sized by this plan (see each call site).
         unsafe { cpu::gemm_tile(self.isa, kc, &t, accumulate) }
+    }
+
+    /// One online-softmax step over a block of scores (NR columns, see `cpu::softmax_step`).
+    #[inline(always)]
+    pub fn softmax_step(&self, st: &mut [f32], m: &mut [f32], l: &mut [f32], corr: &mut [f32]) {
+        // SAFETY: `isa` comes from a supported-isa check (cpu::isa / supports).
+        unsafe { cpu::softmax_step(self.isa, st, self.nr, m, l, corr) }
+    }
+
+    /// One backward row, P and dS in place (see `cpu::attn_ds_row`).
+    #[inline(always)]
+    pub fn ds_row(&self, s: &mut [f32], dp: &mut [f32], lse: f32, delta: f32, scale: f32) {
+        // SAFETY: as above.
+        unsafe { cpu::attn_ds_row(self.isa, s, dp, lse, delta, scale) }
     }
 }
 
@@ -97,7 +98,7 @@ pub(super) fn with_bufs<R, const N: usize>(lens: [usize; N], f: impl FnOnce([&mu
 /// Runs `$body` (an expression) compiled for the plan's instruction set, so the elementwise
 /// loops around the microkernel calls are vectorised for it too.
 macro_rules! for_isa {
-    ($isa:expr, fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {{
+    ($isa:expr, fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {{
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f,avx2,fma")]
         unsafe fn avx512($($arg: $ty),*) $body
