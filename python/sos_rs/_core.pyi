@@ -59,6 +59,8 @@ __all__ = [
     "metric_attention_backward",
     "metric_attention_forward",
     "moe_plan",
+    "moe_swiglu_backward",
+    "moe_swiglu_forward",
     "mul",
     "num_threads",
     "rmsnorm_backward",
@@ -349,3 +351,17 @@ def dwconv_backward(
 ) -> tuple[Tensor, Tensor]: ...
 def rope_angles_forward(x: Tensor, ang: Tensor, pos: npt.NDArray[np.integer]) -> Tensor: ...
 def rope_angles_backward(x: Tensor, ang: Tensor, pos: npt.NDArray[np.integer], dy: Tensor) -> tuple[Tensor, Tensor]: ...
+def moe_swiglu_forward(
+    x: Tensor, gates: Tensor, plan: RoutePlan, w_gate: Tensor, w_up: Tensor, w_down: Tensor
+) -> tuple[Tensor, Tensor, Tensor]: ...
+def moe_swiglu_backward(
+    x: Tensor,
+    gates: Tensor,
+    plan: RoutePlan,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+    g: Tensor,
+    u: Tensor,
+    dy: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]: ...

@@ -13,13 +13,21 @@ use rayon::prelude::*;
 const CHUNK: usize = 1 << 14;
 
 #[derive(Clone, Copy)]
-struct Dims {
-    h: usize,
-    d: usize,
-    s: usize,
+pub(super) struct Dims {
+    pub h: usize,
+    pub d: usize,
+    pub s: usize,
 }
 
-fn dims(op: &'static str, xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor, wd: &Tensor) -> Result<Dims> {
+/// Checks the weights against each other and the rows `xs` [S, D] against them and `offsets`.
+pub(super) fn dims(
+    op: &'static str,
+    xs: &[usize],
+    offsets: &[usize],
+    wg: &Tensor,
+    wu: &Tensor,
+    wd: &Tensor,
+) -> Result<Dims> {
     ensure_shape!(
         wg.ndim() == 3 && wu.shape() == wg.shape(),
         op,
@@ -29,8 +37,8 @@ fn dims(op: &'static str, xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tens
     );
     let (e, h, d) = (wg.shape()[0], wg.shape()[1], wg.shape()[2]);
     ensure_shape!(wd.shape() == [e, d, h], op, "w_down {:?} must be [{}, {}, {}]", wd.shape(), e, d, h);
-    ensure_shape!(xs.ndim() == 2 && xs.shape()[1] == d, op, "rows {:?} must be [S, {}]", xs.shape(), d);
-    let s = xs.shape()[0];
+    ensure_shape!(xs.len() == 2 && xs[1] == d, op, "rows {:?} must be [S, {}]", xs, d);
+    let s = xs[0];
     ensure_shape!(
         offsets.len() == e + 1 && offsets[0] == 0 && offsets[e] == s && offsets.windows(2).all(|w| w[0] <= w[1]),
         op,
@@ -87,7 +95,7 @@ pub fn experts_forward(
     wu: &Tensor,
     wd: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let Dims { h, d, s, .. } = dims("experts", xs, offsets, wg, wu, wd)?;
+    let Dims { h, d, s, .. } = dims("experts", xs.shape(), offsets, wg, wu, wd)?;
     let (mut g, mut u, mut ys) = (Tensor::zeros(&[s, h]), Tensor::zeros(&[s, h]), Tensor::zeros(&[s, d]));
     let mut a = vec![0.0f32; s * h];
     let (x, wgd, wud, wdd) = (xs.data(), wg.data(), wu.data(), wd.data());
@@ -115,7 +123,7 @@ pub fn experts_backward(
     u: &Tensor,
     dys: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
-    let Dims { h, d, s, .. } = dims("experts_backward", xs, offsets, wg, wu, wd)?;
+    let Dims { h, d, s, .. } = dims("experts_backward", xs.shape(), offsets, wg, wu, wd)?;
     ensure_shape!(
         g.shape() == [s, h] && u.shape() == [s, h] && dys.shape() == [s, d],
         "experts_backward",
