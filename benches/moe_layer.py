@@ -146,7 +146,8 @@ def main() -> None:
             t_sos, t_dense, t_unf = interleaved_medians([sos_step, dense_step, unfused_step], args.runs)
             line += (
                 f"{1e3 * t_sos:8.1f} ms ({flops / t_sos / 1e9:6.1f} GFLOP/s)   "
-                f"dense SwiGLU hidden {args.k * args.hidden} {1e3 * t_dense:8.1f} ms ({flops / t_dense / 1e9:6.1f} GFLOP/s)   MoE/dense {t_sos / t_dense:5.3f}x   "
+                f"dense SwiGLU hidden {args.k * args.hidden} {1e3 * t_dense:8.1f} ms "
+                f"({flops / t_dense / 1e9:6.1f} GFLOP/s)   MoE/dense {t_sos / t_dense:5.3f}x   "
                 f"unfused ops {1e3 * t_unf:8.1f} ms, /dense {t_unf / t_dense:5.3f}x   "
             )
         sos_steps[e] = sos_step

@@ -114,7 +114,8 @@ class MoELayer(Module):
     """Sparse SwiGLU experts: a router picks k of E experts per token; tokens are grouped per
     expert (counting sort), each expert gathers its rows and runs one GEMM per projection over
     them, outputs are scattered back weighted by the gates (`F.moe_swiglu`, one fused op).
-    Capacity ceil(capacity_factor·N·k/E) per expert (<= 0: unlimited); assignments over it are dropped and the token passes via the residual."""
+    Capacity ceil(capacity_factor·N·k/E) per expert (<= 0: unlimited); assignments over it are
+    dropped and the token passes via the residual."""
 
     def __init__(
         self,
