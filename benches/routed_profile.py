@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--shapes", action="store_true", help="split matmul time by operand shapes")
     args = ap.parse_args()
     if args.threads:
         sos_rs.set_num_threads(args.threads)
@@ -46,11 +47,14 @@ def main() -> None:
     def wrap(name, fn):
         def timed(*a, **kw):
             t0 = time.perf_counter()
+            key = name
+            if args.shapes and name == "matmul":
+                key = f"matmul {list(a[0].shape)}{'T' if a[2] else ''} x {list(a[1].shape)}{'T' if a[3] else ''}"
             try:
                 return fn(*a, **kw)
             finally:
-                spent[name] += time.perf_counter() - t0
-                calls[name] += 1
+                spent[key] += time.perf_counter() - t0
+                calls[key] += 1
 
         return timed
 
@@ -87,7 +91,7 @@ def main() -> None:
     )
     for name, s in spent.most_common(args.top):
         per = s / args.steps
-        print(f"  {name:34s} {1e3 * per:8.2f} ms  {100 * per / total:5.1f}%  {calls[name] // args.steps:5d} calls/step")
+        print(f"  {name:44s} {1e3 * per:8.2f} ms  {100 * per / total:5.1f}%  {calls[name] // args.steps:5d} calls/step")
 
 
 if __name__ == "__main__":
