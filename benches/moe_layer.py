@@ -3,11 +3,17 @@ PyTorch index-dispatch implementation of the same layer (router softmax/τ, top-
 gates, per-expert gather -> SwiGLU -> index_add back), same process, same threads, same weights.
 
     python -m benches.moe_layer [--d 512] [--hidden 1024] [--tokens 2048] [--k 2] [--experts 8 32] [--runs 7]
+    python -m benches.moe_layer --vs-dense --experts 16 [--no-torch]
 
 Prints the median of --runs timed steps (after 2 warm-ups; the implementations alternate in blocks,
 so both see the same machine load) for each implementation and E, the
 ratio, the E=32/E=8 cost, and the active-parameter fraction. Capacity is unlimited on both sides
 (the same function; sos_rs's capacity rule is tested, not benchmarked).
+
+`--vs-dense` also times sos_rs's dense SwiGLU MLP of the same expert FLOPs (hidden k·H over the
+same tokens, `nn.SwiGLUMLP`) and the layer as separate dispatch -> experts -> combine ops (the
+unfused path), all alternating, and prints MoE time / dense time: the price of routing (router,
+grouping, gather and scatter) on top of the same GEMM work.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import numpy as np
 import sos_rs
 from benches.timing import interleaved_medians
 from sos_rs import _core
+from sos_rs import functional as F
+from sos_rs.nn import SwiGLUMLP
 from sos_rs.nn.moe import Aux, MoELayer
 
 
@@ -64,6 +72,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--tau", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=0, help="threads of both libraries (0: sos_rs default)")
+    ap.add_argument("--vs-dense", action="store_true", help="also time the same-FLOP dense SwiGLU (sos_rs)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch layer")
     args = ap.parse_args()
     import torch
 
@@ -100,21 +110,48 @@ def main() -> None:
             x.grad = None
             layer(x, Aux()).backward(dy)
 
-        tstep = torch_layer(args.d, args.hidden, e, args.k, args.tau, weights)
-        tx, tdy = torch.from_numpy(x_np), torch.from_numpy(dy_np)
-        # Same function: compare input gradients once before timing.
-        sos_step()
-        gap = np.abs(x.grad.numpy() - tstep(tx, tdy).numpy()).max()
         aux.routes.clear()
         layer(x, aux)
         frac = layer.active_fraction(aux.routes[0])
-        t_sos, t_torch = interleaved_medians([sos_step, lambda: tstep(tx, tdy)], args.runs)
+        line = f"E={e:3d}: sos_rs "
+        if not args.no_torch:
+            tstep = torch_layer(args.d, args.hidden, e, args.k, args.tau, weights)
+            tx, tdy = torch.from_numpy(x_np), torch.from_numpy(dy_np)
+            # Same function: compare input gradients once before timing.
+            sos_step()
+            gap = np.abs(x.grad.numpy() - tstep(tx, tdy).numpy()).max()
+            t_sos, t_torch = interleaved_medians([sos_step, lambda: tstep(tx, tdy)], args.runs)
+            line += (
+                f"{1e3 * t_sos:8.1f} ms ({flops / t_sos / 1e9:6.1f} GFLOP/s)   torch {1e3 * t_torch:8.1f} ms   "
+                f"speed-up {t_torch / t_sos:5.2f}x   max|dx diff| {gap:.1e}   "
+            )
+        if args.vs_dense:
+            dense = SwiGLUMLP(args.d, args.k * args.hidden, np.random.default_rng(e), 0.02, 0.02)
+            xd = sos_rs.tensor(x_np, requires_grad=True)
+
+            def dense_step(dense=dense, xd=xd, dy=dy):
+                dense.zero_grad()
+                xd.grad = None
+                dense(xd).backward(dy)
+
+            def unfused_step(layer=layer, x=x, dy=dy):
+                # The same layer as separate dispatch -> experts -> combine ops (before the fusion).
+                layer.zero_grad()
+                x.grad = None
+                gates, idx, _, _ = layer.router(x)
+                plan = F.moe_plan(idx, layer.router.n_experts, layer.capacity_factor)
+                ys = F.experts_swiglu(F.dispatch(x, plan), plan, layer.w_gate, layer.w_up, layer.w_down)
+                F.combine(ys, gates, plan).backward(dy)
+
+            t_sos, t_dense, t_unf = interleaved_medians([sos_step, dense_step, unfused_step], args.runs)
+            line += (
+                f"{1e3 * t_sos:8.1f} ms ({flops / t_sos / 1e9:6.1f} GFLOP/s)   "
+                f"dense SwiGLU hidden {args.k * args.hidden} {1e3 * t_dense:8.1f} ms "
+                f"({flops / t_dense / 1e9:6.1f} GFLOP/s)   MoE/dense {t_sos / t_dense:5.3f}x   "
+                f"unfused ops {1e3 * t_unf:8.1f} ms, /dense {t_unf / t_dense:5.3f}x   "
+            )
         sos_steps[e] = sos_step
-        print(
-            f"E={e:3d}: sos_rs {1e3 * t_sos:8.1f} ms ({flops / t_sos / 1e9:6.1f} GFLOP/s)   torch {1e3 * t_torch:8.1f} "
-            f"ms   "
-            f"speed-up {t_torch / t_sos:5.2f}x   active params/token {100 * frac:5.2f}%   max|dx diff| {gap:.1e}"
-        )
+        print(line + f"active params/token {100 * frac:5.2f}%")
     if len(args.experts) > 1:
         # The E comparison alternates the sos_rs layers themselves, so they share the machine load.
         es = sorted(sos_steps)

@@ -63,6 +63,8 @@ __all__ = [
     "metric_attention_backward",
     "metric_attention_forward",
     "moe_plan",
+    "moe_swiglu_backward",
+    "moe_swiglu_forward",
     "mul",
     "num_threads",
     "qkv_rope_merge",
@@ -401,3 +403,17 @@ def adamw_multi(
     max_norm: Optional[float] = None,
 ) -> float: ...
 def add_rmsnorm_forward(x: Tensor, a: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]: ...
+def moe_swiglu_forward(
+    x: Tensor, gates: Tensor, plan: RoutePlan, w_gate: Tensor, w_up: Tensor, w_down: Tensor
+) -> tuple[Tensor, Tensor, Tensor]: ...
+def moe_swiglu_backward(
+    x: Tensor,
+    gates: Tensor,
+    plan: RoutePlan,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+    g: Tensor,
+    u: Tensor,
+    dy: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]: ...

@@ -7,19 +7,27 @@
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
 use crate::ops::matmul::gemm;
-use crate::tensor::Tensor;
+use crate::tensor::{AlignedBuf, Tensor};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
 
 #[derive(Clone, Copy)]
-struct Dims {
-    h: usize,
-    d: usize,
-    s: usize,
+pub(super) struct Dims {
+    pub h: usize,
+    pub d: usize,
+    pub s: usize,
 }
 
-fn dims(op: &'static str, xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tensor, wd: &Tensor) -> Result<Dims> {
+/// Checks the weights against each other and the rows `xs` [S, D] against them and `offsets`.
+pub(super) fn dims(
+    op: &'static str,
+    xs: &[usize],
+    offsets: &[usize],
+    wg: &Tensor,
+    wu: &Tensor,
+    wd: &Tensor,
+) -> Result<Dims> {
     ensure_shape!(
         wg.ndim() == 3 && wu.shape() == wg.shape(),
         op,
@@ -29,8 +37,8 @@ fn dims(op: &'static str, xs: &Tensor, offsets: &[usize], wg: &Tensor, wu: &Tens
     );
     let (e, h, d) = (wg.shape()[0], wg.shape()[1], wg.shape()[2]);
     ensure_shape!(wd.shape() == [e, d, h], op, "w_down {:?} must be [{}, {}, {}]", wd.shape(), e, d, h);
-    ensure_shape!(xs.ndim() == 2 && xs.shape()[1] == d, op, "rows {:?} must be [S, {}]", xs.shape(), d);
-    let s = xs.shape()[0];
+    ensure_shape!(xs.len() == 2 && xs[1] == d, op, "rows {:?} must be [S, {}]", xs, d);
+    let s = xs[0];
     ensure_shape!(
         offsets.len() == e + 1 && offsets[0] == 0 && offsets[e] == s && offsets.windows(2).all(|w| w[0] <= w[1]),
         op,
@@ -87,9 +95,12 @@ pub fn experts_forward(
     wu: &Tensor,
     wd: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let Dims { h, d, s, .. } = dims("experts", xs, offsets, wg, wu, wd)?;
-    let (mut g, mut u, mut ys) = (Tensor::zeros(&[s, h]), Tensor::zeros(&[s, h]), Tensor::zeros(&[s, d]));
-    let mut a = vec![0.0f32; s * h];
+    let Dims { h, d, s, .. } = dims("experts", xs.shape(), offsets, wg, wu, wd)?;
+    // Every row belongs to one expert, whose GEMMs write it whole: recycled buffers, not zeroed.
+    let (mut g, mut u, mut ys) =
+        (Tensor::for_overwrite(&[s, h]), Tensor::for_overwrite(&[s, h]), Tensor::for_overwrite(&[s, d]));
+    let mut a = AlignedBuf::for_overwrite(s * h);
+    let a = a.as_mut_slice();
     let (x, wgd, wud, wdd) = (xs.data(), wg.data(), wu.data(), wd.data());
     let parts = split_rows(g.data_mut(), offsets, h).into_iter().zip(split_rows(u.data_mut(), offsets, h)).collect();
     per_expert(offsets, parts, |ex, r0, m, (ge, ue): (&mut [f32], &mut [f32])| {
@@ -97,7 +108,7 @@ pub fn experts_forward(
         gemm(m, h, d, xe, false, &wgd[ex * h * d..(ex + 1) * h * d], true, ge, false);
         gemm(m, h, d, xe, false, &wud[ex * h * d..(ex + 1) * h * d], true, ue, false);
     });
-    swiglu(g.data(), u.data(), &mut a);
+    swiglu(g.data(), u.data(), a);
     per_expert(offsets, split_rows(ys.data_mut(), offsets, d), |ex, r0, m, ye| {
         gemm(m, d, h, &a[r0 * h..(r0 + m) * h], false, &wdd[ex * d * h..(ex + 1) * d * h], true, ye, false);
     });
@@ -115,7 +126,7 @@ pub fn experts_backward(
     u: &Tensor,
     dys: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
-    let Dims { h, d, s, .. } = dims("experts_backward", xs, offsets, wg, wu, wd)?;
+    let Dims { h, d, s, .. } = dims("experts_backward", xs.shape(), offsets, wg, wu, wd)?;
     ensure_shape!(
         g.shape() == [s, h] && u.shape() == [s, h] && dys.shape() == [s, d],
         "experts_backward",
@@ -130,19 +141,27 @@ pub fn experts_backward(
     );
     let (x, gd, ud, dy) = (xs.data(), g.data(), u.data(), dys.data());
     let (wgd, wud, wdd) = (wg.data(), wu.data(), wd.data());
-    let mut a = vec![0.0f32; s * h];
-    swiglu(gd, ud, &mut a);
-    let (mut dwg, mut dwu, mut dwd) = (Tensor::zeros(wg.shape()), Tensor::zeros(wu.shape()), Tensor::zeros(wd.shape()));
+    // Scratch and gradients come from recycled buffers, not zeroed: every row of a, da, dg and
+    // dxs is written whole by its expert, and only empty experts' weight gradients need zeros.
+    let (mut abuf, mut dabuf, mut dgbuf) =
+        (AlignedBuf::for_overwrite(s * h), AlignedBuf::for_overwrite(s * h), AlignedBuf::for_overwrite(s * h));
+    let (a, da, dg) = (abuf.as_mut_slice(), dabuf.as_mut_slice(), dgbuf.as_mut_slice());
+    swiglu(gd, ud, a);
+    let (mut dwg, mut dwu, mut dwd) =
+        (Tensor::for_overwrite(wg.shape()), Tensor::for_overwrite(wu.shape()), Tensor::for_overwrite(wd.shape()));
+    for ex in (0..offsets.len() - 1).filter(|&ex| offsets[ex] == offsets[ex + 1]) {
+        dwg.data_mut()[ex * h * d..(ex + 1) * h * d].fill(0.0);
+        dwu.data_mut()[ex * h * d..(ex + 1) * h * d].fill(0.0);
+        dwd.data_mut()[ex * d * h..(ex + 1) * d * h].fill(0.0);
+    }
     // da = dy W_down[e];  dW_down[e] = dyᵀ a
-    let mut da = vec![0.0f32; s * h];
-    let parts = split_rows(&mut da, offsets, h).into_iter().zip(dwd.data_mut().chunks_mut(d * h)).collect();
+    let parts = split_rows(&mut *da, offsets, h).into_iter().zip(dwd.data_mut().chunks_mut(d * h)).collect();
     per_expert(offsets, parts, |ex, r0, m, (dae, dwde): (&mut [f32], &mut [f32])| {
         let dye = &dy[r0 * d..(r0 + m) * d];
         gemm(m, h, d, dye, false, &wdd[ex * d * h..(ex + 1) * d * h], false, dae, false);
         gemm(d, h, m, dye, true, &a[r0 * h..(r0 + m) * h], false, dwde, false);
     });
     // dg = da ⊙ u ⊙ silu'(g);  du = da ⊙ silu(g)   (the buffer a becomes du)
-    let mut dg = vec![0.0f32; s * h];
     dg.par_chunks_mut(CHUNK).zip(a.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (dgo, duo))| {
         let r = i * CHUNK..i * CHUNK + dgo.len();
         let mut dau = vec![0.0f32; dgo.len()];
@@ -154,7 +173,7 @@ pub fn experts_backward(
         }
     });
     let du = a;
-    let mut dxs = Tensor::zeros(&[s, d]);
+    let mut dxs = Tensor::for_overwrite(&[s, d]);
     let parts = split_rows(dxs.data_mut(), offsets, d)
         .into_iter()
         .zip(dwg.data_mut().chunks_mut(h * d).zip(dwu.data_mut().chunks_mut(h * d)))
@@ -268,6 +287,22 @@ mod tests {
         });
         for (i, (a, b)) in outs[0].iter().zip(&outs[1]).enumerate() {
             assert!(same_bits(a, b), "output {i}");
+        }
+    }
+
+    #[test]
+    fn empty_experts_get_zero_weight_gradients_from_recycled_buffers() {
+        // Weights over 1 MiB come from the recycling pool, not zeroed: run a step that fills every
+        // expert's gradient, then one where expert 1 is empty, whose gradients must be exact zeros.
+        let (e, h, d) = (3, 512, 256);
+        for offsets in [[0, 40, 90, 130], [0, 40, 40, 130]] {
+            let (xs, wg, wu, wd) = setup(e, h, d, &offsets);
+            let (ys, g, u) = experts_forward(&xs, &offsets, &wg, &wu, &wd).unwrap();
+            let (_, dwg, dwu, dwd) = experts_backward(&xs, &offsets, &wg, &wu, &wd, &g, &u, &ys).unwrap();
+            let empty = offsets[1] == offsets[2];
+            for t in [&dwg, &dwu, &dwd] {
+                assert_eq!(t.data()[h * d..2 * h * d].iter().all(|&v| v == 0.0), empty);
+            }
         }
     }
 }

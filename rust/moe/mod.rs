@@ -5,9 +5,14 @@
 //!
 //! Heterogeneous experts (the paths of an MoA block) use the same `Plan`: each path runs on
 //! `Plan::tokens_of(e)` and `combine_forward` scatters the outputs back weighted.
+//!
+//! `fused` runs dispatch, the SwiGLU bank and combine as one op pair (the `MoELayer` path):
+//! rows gathered per expert right before its GEMMs, gate-weighted outputs scattered straight to
+//! their (token, choice) rows, no [S, D] buffer kept for backward.
 
 pub mod dispatch;
 pub mod experts;
+pub mod fused;
 pub mod router;
 
 pub use dispatch::{build_plan, capacity_for, Plan, DROPPED};

@@ -7,6 +7,7 @@
 use crate::error::{ensure_shape, Error, Result};
 use crate::tensor::Tensor;
 use crate::threads;
+use rayon::prelude::*;
 
 fn dims(op: &'static str, x: &Tensor, ang: &Tensor, pos: &[u32]) -> Result<(usize, usize, usize)> {
     ensure_shape!(
@@ -32,11 +33,26 @@ fn dims(op: &'static str, x: &Tensor, ang: &Tensor, pos: &[u32]) -> Result<(usiz
     Ok((n, h, hd))
 }
 
-/// Rotates each (x1, x2) pair of one row by the angles `a` (len hd/2) scaled by `sign`.
-fn rotate(src: &[f32], a: &[f32], sign: f32, dst: &mut [f32]) {
-    let half = a.len();
-    for f in 0..half {
-        let (s, c) = (sign * a[f]).sin_cos();
+/// (sin, cos) of sign · ang for every angle row a position uses, [P, hd/2] pairs (rows no
+/// position uses stay zero): computed once per call, not once per row and head.
+fn sin_cos_table(ang: &Tensor, pos: &[u32], sign: f32) -> Vec<(f32, f32)> {
+    let (p, half) = (ang.shape()[0], ang.shape()[1]);
+    let mut used = vec![false; p];
+    pos.iter().for_each(|&q| used[q as usize] = true);
+    let ad = ang.data();
+    let mut t = vec![(0.0f32, 0.0f32); p * half];
+    t.par_chunks_mut(half.max(1)).enumerate().filter(|(r, _)| used[*r]).for_each(|(r, row)| {
+        for (f, sc) in row.iter_mut().enumerate() {
+            *sc = (sign * ad[r * half + f]).sin_cos();
+        }
+    });
+    t
+}
+
+/// Rotates each (x1, x2) pair of one row by the angles whose (sin, cos) are `sc` (len hd/2).
+fn rotate(src: &[f32], sc: &[(f32, f32)], dst: &mut [f32]) {
+    let half = sc.len();
+    for (f, &(s, c)) in sc.iter().enumerate() {
         let (x1, x2) = (src[f], src[f + half]);
         dst[f] = x1 * c - x2 * s;
         dst[f + half] = x2 * c + x1 * s;
@@ -45,15 +61,16 @@ fn rotate(src: &[f32], a: &[f32], sign: f32, dst: &mut [f32]) {
 
 pub fn rope_angles_forward(x: &Tensor, ang: &Tensor, pos: &[u32]) -> Result<Tensor> {
     let (_, h, hd) = dims("rope_angles", x, ang, pos)?;
-    let mut y = Tensor::zeros(x.shape());
-    let (xd, ad, half) = (x.data(), ang.data(), hd / 2);
+    let mut y = Tensor::for_overwrite(x.shape());
+    let (xd, half) = (x.data(), hd / 2);
+    let sc = sin_cos_table(ang, pos, 1.0);
     threads::for_row_chunks(y.data_mut(), h * hd, threads::rows_per_task(h * hd), |r0, out| {
         for (j, row) in out.chunks_mut(h * hd).enumerate() {
             let n = r0 + j;
-            let a = &ad[pos[n] as usize * half..][..half];
+            let a = &sc[pos[n] as usize * half..][..half];
             for hh in 0..h {
                 let at = n * h * hd + hh * hd;
-                rotate(&xd[at..at + hd], a, 1.0, &mut row[hh * hd..(hh + 1) * hd]);
+                rotate(&xd[at..at + hd], a, &mut row[hh * hd..(hh + 1) * hd]);
             }
         }
     });
@@ -65,15 +82,16 @@ pub fn rope_angles_forward(x: &Tensor, ang: &Tensor, pos: &[u32]) -> Result<Tens
 pub fn rope_angles_backward(x: &Tensor, ang: &Tensor, pos: &[u32], dy: &Tensor) -> Result<(Tensor, Tensor)> {
     let (n, h, hd) = dims("rope_angles_backward", x, ang, pos)?;
     ensure_shape!(dy.shape() == x.shape(), "rope_angles_backward", "dy {:?} vs x {:?}", dy.shape(), x.shape());
-    let (xd, ad, dyd, half) = (x.data(), ang.data(), dy.data(), hd / 2);
-    let mut dx = Tensor::zeros(x.shape());
+    let (xd, dyd, half) = (x.data(), dy.data(), hd / 2);
+    let (fwd, inv) = (sin_cos_table(ang, pos, 1.0), sin_cos_table(ang, pos, -1.0));
+    let mut dx = Tensor::for_overwrite(x.shape());
     threads::for_row_chunks(dx.data_mut(), h * hd, threads::rows_per_task(h * hd), |r0, out| {
         for (j, row) in out.chunks_mut(h * hd).enumerate() {
             let r = r0 + j;
-            let a = &ad[pos[r] as usize * half..][..half];
+            let a = &inv[pos[r] as usize * half..][..half];
             for hh in 0..h {
                 let at = r * h * hd + hh * hd;
-                rotate(&dyd[at..at + hd], a, -1.0, &mut row[hh * hd..(hh + 1) * hd]);
+                rotate(&dyd[at..at + hd], a, &mut row[hh * hd..(hh + 1) * hd]);
             }
         }
     });
@@ -85,7 +103,7 @@ pub fn rope_angles_backward(x: &Tensor, ang: &Tensor, pos: &[u32], dy: &Tensor) 
             let p = p as usize;
             for hh in 0..h {
                 let at = r * h * hd + hh * hd;
-                rotate(&xd[at..at + hd], &ad[p * half..(p + 1) * half], 1.0, &mut y);
+                rotate(&xd[at..at + hd], &fwd[p * half..(p + 1) * half], &mut y);
                 let g = &dyd[at..at + hd];
                 for f in 0..half {
                     part[p * half + f] += g[f + half] * y[f] - g[f] * y[f + half];

@@ -3,7 +3,7 @@
 
 use super::convert::{ids_from_numpy, run, to_py};
 use super::tensor::{w, T};
-use crate::moe::{self, dispatch, experts, router, Plan, DROPPED};
+use crate::moe::{self, dispatch, experts, fused, router, Plan, DROPPED};
 use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{IntoPyArray, PyArrayDyn};
 use pyo3::prelude::*;
@@ -252,5 +252,44 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(combine_backward, m)?)?;
     m.add_function(wrap_pyfunction!(experts_forward, m)?)?;
     m.add_function(wrap_pyfunction!(experts_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(moe_swiglu_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(moe_swiglu_backward, m)?)?;
     Ok(())
+}
+
+/// dispatch -> SwiGLU experts -> combine in one op: x [N, D], gates [N, k] -> (y [N, D], g, u);
+/// g and u [S, H] are the cache moe_swiglu_backward reads.
+#[pyfunction]
+fn moe_swiglu_forward(
+    py: Python<'_>,
+    x: PyRef<T>,
+    gates: PyRef<T>,
+    plan: PyRef<PyRoutePlan>,
+    w_gate: PyRef<T>,
+    w_up: PyRef<T>,
+    w_down: PyRef<T>,
+) -> PyResult<(T, T, T)> {
+    let (x, gt, p, a, b, c) = (&x.inner, &gates.inner, &plan.inner, &w_gate.inner, &w_up.inner, &w_down.inner);
+    run(py, || fused::moe_swiglu_forward(x, gt, p, a, b, c)).map(|(y, g, u)| (w(y), w(g), w(u)))
+}
+
+/// -> (dx, dgates, dw_gate, dw_up, dw_down)
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn moe_swiglu_backward(
+    py: Python<'_>,
+    x: PyRef<T>,
+    gates: PyRef<T>,
+    plan: PyRef<PyRoutePlan>,
+    w_gate: PyRef<T>,
+    w_up: PyRef<T>,
+    w_down: PyRef<T>,
+    g: PyRef<T>,
+    u: PyRef<T>,
+    dy: PyRef<T>,
+) -> PyResult<(T, T, T, T, T)> {
+    let (x, gt, p) = (&x.inner, &gates.inner, &plan.inner);
+    let (a, b, c, g, u, d) = (&w_gate.inner, &w_up.inner, &w_down.inner, &g.inner, &u.inner, &dy.inner);
+    run(py, || fused::moe_swiglu_backward(x, gt, p, a, b, c, g, u, d))
+        .map(|(dx, dg, dwg, dwu, dwd)| (w(dx), w(dg), w(dwg), w(dwu), w(dwd)))
 }

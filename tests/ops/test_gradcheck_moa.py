@@ -61,6 +61,21 @@ def moe_layer_case():
     return ("moe_layer", op, ref, [x, wr, wg, wu, wd], [0, 1, 2, 3, 4])
 
 
+def moe_layer_fused_case():
+    """The same layer through the fused op (`F.moe_swiglu`, what `MoELayer` runs)."""
+    name, _, ref, inputs, wrt = moe_layer_case()
+    x, wr = inputs[0], inputs[1]
+    probs = _core.router_probs_forward(_core.matmul(_core.Tensor(x), _core.Tensor(wr), False, True), 1.5)
+    _, idx = _core.topk_gates_forward(probs, 2, True)
+    plan = F.moe_plan(idx, 4, capacity_factor=1.0)
+
+    def op(x, wr, wg, wu, wd):
+        gates, _ = F.topk_gates(F.router_probs(F.linear(x, wr), 1.5), 2)
+        return F.moe_swiglu(x, gates, plan, wg, wu, wd)
+
+    return (name + "_fused", op, ref, inputs, wrt)
+
+
 def metric_inputs(b, t, h, hkv, hd, m=None):
     q = arr(m, h, hd) if m else arr(b, t, h, hd)
     return [q, arr(b, t, hkv, hd), arr(b, t, hkv, hd), arr(h, lo=0.5, hi=2.0), arr(h, hd, lo=0.2, hi=1.0), arr(b, t, h)]
@@ -102,6 +117,14 @@ CASES = [
         [0, 1, 2, 3],
     ),
     moe_layer_case(),
+    moe_layer_fused_case(),
+    (
+        "moe_swiglu",
+        lambda x, g, a, b, c: F.moe_swiglu(x, g, PLAN, a, b, c),
+        lambda x, g, a, b, c: RS.combine(RS.experts_swiglu(x[SLOT_TOKEN], OFFSETS, a, b, c), g, TOKEN_SLOT),
+        [arr(9, 3), arr(9, 2), arr(4, 5, 3), arr(4, 5, 3), arr(4, 3, 5)],
+        [0, 1, 2, 3, 4],
+    ),
     (
         "metric_mha",
         lambda q, k, v, a, w: F.metric_attention(q, k, v, a, w),

@@ -79,3 +79,16 @@ def experts_swiglu(xs: Tensor, plan: _core.RoutePlan, w_gate: Tensor, w_up: Tens
         (xs, w_gate, w_up, w_down),
         lambda d: _core.experts_backward(xs.data, plan, w_gate.data, w_up.data, w_down.data, g, u, d),
     )
+
+
+def moe_swiglu(x: Tensor, gates: Tensor, plan: _core.RoutePlan, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+    """combine(experts_swiglu(dispatch(x))) as one op: each expert gathers its rows of x right
+    before its GEMMs and scatters gate-weighted outputs straight back; no [S, D] rows are kept
+    for backward (only the [S, H] pre-activations).  x [N, D], gates [N, k] -> [N, D]"""
+    y, g, u = _core.moe_swiglu_forward(x.data, gates.data, plan, w_gate.data, w_up.data, w_down.data)
+    return record(
+        "moe_swiglu",
+        y,
+        (x, gates, w_gate, w_up, w_down),
+        lambda d: _core.moe_swiglu_backward(x.data, gates.data, plan, w_gate.data, w_up.data, w_down.data, g, u, d),
+    )

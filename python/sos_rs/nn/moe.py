@@ -112,9 +112,10 @@ def routed_mixture(
 
 class MoELayer(Module):
     """Sparse SwiGLU experts: a router picks k of E experts per token; tokens are grouped per
-    expert (counting sort), each expert runs one GEMM per projection over its group, outputs are
-    scattered back weighted by the gates. Capacity ceil(capacity_factor·N·k/E) per expert
-    (<= 0: unlimited); assignments over it are dropped and the token passes via the residual."""
+    expert (counting sort), each expert gathers its rows and runs one GEMM per projection over
+    them, outputs are scattered back weighted by the gates (`F.moe_swiglu`, one fused op).
+    Capacity ceil(capacity_factor·N·k/E) per expert (<= 0: unlimited); assignments over it are
+    dropped and the token passes via the residual."""
 
     def __init__(
         self,
@@ -159,8 +160,7 @@ class MoELayer(Module):
                     list(F.expert_fractions(idx, self.router.n_experts)),
                 )
             )
-        ys = F.experts_swiglu(F.dispatch(xf, plan), plan, self.w_gate, self.w_up, self.w_down)
-        return F.reshape(F.combine(ys, gates, plan), shape)
+        return F.reshape(F.moe_swiglu(xf, gates, plan, self.w_gate, self.w_up, self.w_down), shape)
 
     def active_fraction(self, record: RouteRecord) -> float:
         """Parameters read per token (router + its kept experts) over all of this layer's."""

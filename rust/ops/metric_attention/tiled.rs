@@ -40,8 +40,13 @@ fn augment(a: &MetricInputs, d: &Dims) -> Aug {
     (0..d.m).for_each(|m| row_of[pos(a, m)] = m as u32);
     let (qd, kd, vd, wd, ald) = (a.q.data(), a.k.data(), a.v.data(), a.w.data(), a.alpha.data());
     let soft = a.kb.filter(|_| !a.hard).map(|t| t.data());
-    let (mut qt, mut kt, mut vt) =
-        (Tensor::zeros(&[d.b, d.t, h, ha]), Tensor::zeros(&[d.b, d.t, h, ha]), Tensor::zeros(&[d.b, d.t, h, ha]));
+    // q̃ is zero at positions without a query row; k̃ and ṽ are written whole (the lane past hd of
+    // ṽ explicitly), so they come from recycled buffers without a zeroing pass.
+    let (mut qt, mut kt, mut vt) = (
+        Tensor::zeros(&[d.b, d.t, h, ha]),
+        Tensor::for_overwrite(&[d.b, d.t, h, ha]),
+        Tensor::for_overwrite(&[d.b, d.t, h, ha]),
+    );
     let mut kn = vec![0.0f32; n * h];
     let rows = qt
         .data_mut()
@@ -61,6 +66,7 @@ fn augment(a: &MetricInputs, d: &Dims) -> Aug {
             let (k, v) = (&kd[(p * d.hkv + g) * hd..][..hd], &vd[(p * d.hkv + g) * hd..][..hd]);
             kh[..hd].copy_from_slice(k);
             vh[..hd].copy_from_slice(v);
+            vh[hd] = 0.0;
             knr[hh] = (0..hd).map(|c| w[c] * k[c] * k[c]).sum();
             kh[hd] = -al * knr[hh] + soft.map_or(0.0, |kb| kb[p * h + hh]);
         }
@@ -106,7 +112,7 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
         d.h
     );
     let mut g = MetricGrads {
-        dq: Tensor::zeros(a.q.shape()),
+        dq: Tensor::for_overwrite(a.q.shape()), // every row written below (zero-size when m = 0)
         dk: Tensor::zeros(a.k.shape()),
         dv: Tensor::zeros(a.k.shape()),
         dalpha: Tensor::zeros(&[d.h]),
