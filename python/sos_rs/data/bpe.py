@@ -124,7 +124,14 @@ class PieceEncoder:
         if why:
             raise ValueError(f"PieceEncoder cannot reproduce this tokenizer exactly: {why}")
         self.tok, self.eot_id = tok, eot_id
-        self.cache = pl.DataFrame(schema={"piece": pl.String, "ids": pl.List(pl.UInt32)})
+        # The cache: piece -> k (a frame, for Polars joins) and the ids of piece k in
+        # ids[offsets[k]:offsets[k + 1]]; replaced whole under the lock, read as a snapshot.
+        index = pl.DataFrame(schema={"piece": pl.String, "k": pl.UInt32})
+        self.cache: Tuple[pl.DataFrame, np.ndarray, np.ndarray] = (
+            index,
+            np.zeros(1, np.int64),
+            np.zeros(0, np.uint32),
+        )
         self.checked: set = set()
         self.odd: set = {"\x00"}  # characters whose documents go through `encode`
         self.lock = threading.Lock()
@@ -156,27 +163,23 @@ class PieceEncoder:
         split = pieces(texts)
         counts = split.list.len().to_numpy().astype(np.int64)
         flat = split.explode().drop_nulls().rename("piece").to_frame()  # an empty text explodes to a null
-        cache = self.cache
-        new = flat.unique().join(cache, on="piece", how="anti")
-        if len(new):
+        index, offsets, ids = self.cache
+        found = flat.join(index, on="piece", how="left", maintain_order="left")["k"]
+        miss = found.is_null().to_numpy()
+        k = found.fill_null(0).to_numpy().astype(np.int64)
+        if miss.any():
+            missing = flat.filter(pl.Series(miss))
+            new = missing["piece"].unique()
             with self.lock:
-                self._probe(set().union(*new["piece"].to_list()))
+                self._probe(set().union(*new.to_list()))
             if self._odd_rows(texts) is not None:
                 return self.encode(texts)
-            ids = [e.ids for e in self.tok.encode_batch_fast(new["piece"].to_list())]
-            new = new.with_columns(ids=pl.Series(ids, dtype=pl.List(pl.UInt32)))
-            with self.lock:
-                if len(self.cache) < CACHE_PIECES:
-                    known = self.cache  # another thread may have added some of these meanwhile
-                    self.cache = pl.concat([known, new.join(known, on="piece", how="anti")], rechunk=False)
-                    if self.cache.n_chunks() > 64:
-                        self.cache = self.cache.rechunk()
-            cache = pl.concat([cache, new], rechunk=False)
-        got = flat.join(cache, on="piece", how="left", maintain_order="left")["ids"]
-        per_piece = got.list.len().to_numpy().astype(np.int64)
-        toks = got.explode().to_numpy().astype(np.uint32, copy=False)
-        cs = np.zeros(len(per_piece) + 1, np.int64)
-        np.cumsum(per_piece, out=cs[1:])
+            index, offsets, ids = self._add(new, [e.ids for e in self.tok.encode_batch_fast(new.to_list())])
+            k[miss] = missing.join(index, on="piece", how="left", maintain_order="left")["k"].to_numpy()
+        n = offsets[k + 1] - offsets[k]
+        toks = ids[np.repeat(offsets[k] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))]
+        cs = np.zeros(len(n) + 1, np.int64)
+        np.cumsum(n, out=cs[1:])
         ends = np.cumsum(counts)
         lengths = (cs[ends] - cs[ends - counts] + 1).astype(np.uint32)
         out = np.full(int(lengths.sum(dtype=np.int64)), self.eot_id, np.uint32)
@@ -184,6 +187,31 @@ class PieceEncoder:
         body[np.cumsum(lengths, dtype=np.int64) - 1] = False
         out[body] = toks
         return out, lengths
+
+    def _add(self, new: "pl.Series", new_ids: List[List[int]]) -> Tuple["pl.DataFrame", np.ndarray, np.ndarray]:
+        """The cache with `new` pieces added (those another thread has not added meanwhile); kept
+        as the cache while it holds fewer than CACHE_PIECES pieces, else used for this batch only."""
+        import polars as pl
+
+        with self.lock:
+            index, offsets, ids = self.cache
+            fresh = (
+                pl.DataFrame({"piece": new, "j": np.arange(len(new), dtype=np.int64)})
+                .join(index, on="piece", how="anti")
+                .sort("j")
+            )
+            j = fresh["j"].to_numpy()
+            add = [new_ids[i] for i in j]
+            lens = np.fromiter((len(x) for x in add), np.int64, len(add))
+            offsets = np.concatenate([offsets, offsets[-1] + np.cumsum(lens)])
+            ids = np.concatenate([ids, np.fromiter(chain.from_iterable(add), np.uint32, int(lens.sum()))])
+            k = pl.Series("k", np.arange(len(index), len(index) + len(j)), dtype=pl.UInt32)
+            index = pl.concat([index, fresh.select("piece", k)], rechunk=False)
+            if index.n_chunks() > 64:
+                index = index.rechunk()
+            if len(index) <= CACHE_PIECES:
+                self.cache = (index, offsets, ids)
+            return index, offsets, ids
 
     def _odd_rows(self, texts: "pl.Series") -> Optional[np.ndarray]:
         pattern = "[" + "".join(f"\\x{{{ord(c):X}}}" for c in sorted(self.odd)) + "]"

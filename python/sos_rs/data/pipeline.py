@@ -281,6 +281,7 @@ class _Shards:
 def _encode_slice(part: Part, off: int, n: int, encode) -> List[Tuple[str, np.ndarray, np.ndarray, int]]:
     """(split, tokens, lengths, text bytes) of one slice of a part, per split holding rows of it."""
     texts = pl.scan_parquet(part.path).slice(off, n).select("text").collect()["text"]
+    assert part.nbytes is not None, "dedup_and_split runs first"
     done = []
     for split in ("train", "val"):
         mask = getattr(part, split)[off : off + n]
