@@ -87,7 +87,7 @@ def _sink(lf: pl.LazyFrame, label: str, path: Path, files: int, file_bytes: int,
         min_chars=cfg.min_chars,
         max_chars=cfg.max_chars,
         split_on=cfg.split_on,
-    ).sink_parquet(path)
+    ).sink_parquet(path, compression="lz4")  # cheap to write and to read back twice; deleted at the end
     part = Part(label, path, files, file_bytes)
     part.stats = {
         k: int(v or 0) for k, v in pl.scan_parquet(path).select(**_PART_STATS).collect().row(0, named=True).items()
