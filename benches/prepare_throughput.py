@@ -125,6 +125,12 @@ def main() -> None:
                 flush=True,
             )
         print("\n" + format_summary(meta) + "\n")
+        if meta.get("tokenizer_sample"):
+            ts = meta["tokenizer_sample"]
+            print(
+                f"tokenizer sample: {ts['documents']:,} documents, {ts['bytes'] / 1e6:.1f} MB of "
+                f"{ts['train_bytes'] / 1e6:.1f} MB training text (budget {ts['budget_bytes'] / 1e6:.1f} MB)"
+            )
         input_mb = meta["stages"][0]["bytes_in"] / 1e6
         print(f"median of {args.repeats} runs, {input_mb:.1f} MB of input files (CPU seconds count every thread):")
         print(f"  {'stage':<16}{'wall s':>9}{'MB/s':>9}{'share':>8}{'CPU s':>9}{'CPU-s/MB':>10}")
