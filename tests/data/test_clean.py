@@ -43,3 +43,22 @@ def test_blank_line_split_and_stable_hash():
     # BLAKE2b-64 of the UTF-8 bytes, little-endian: pinned so splits never move between versions.
     assert out["hash"][1] == int.from_bytes(hashlib.blake2b(b"second", digest_size=8).digest(), "little")
     assert val_threshold(0.0) == 0 and val_threshold(0.5) == 2**63
+
+
+def test_nfc_shortcut_equals_full_normalization():
+    """`clean.nfc` skips texts below U+0300; the result equals NFC of every text, also for
+    combining marks, singletons (U+0340, U+212B), Hangul jamo and Devanagari nukta forms."""
+    import random
+    import unicodedata
+
+    from sos_rs.data import clean as C
+
+    rng = random.Random(0)
+    extra = (0x300, 0x301, 0x327, 0x340, 0x374, 0x37E, 0x387, 0x212B, 0x2126, 0x1E0A, 0x323, 0xFB01, 0x2000)
+    pool = [chr(c) for c in range(0x20, 0x2FF)] + [chr(c) for c in extra + (0xAC00, 0x1100, 0x1161, 0x11A8, 0x958)]
+    docs = ["".join(rng.choice(pool) for _ in range(rng.randint(0, 30))) for _ in range(5000)]
+    s = pl.Series(docs + [None, "plain ascii"], dtype=pl.String)
+    got = C.nfc(s).to_list()
+    assert got == s.str.normalize("NFC").to_list()
+    assert got[:-2] == [unicodedata.normalize("NFC", d) for d in docs]
+    assert C.nfc(pl.Series(["e\u0301"])).item() == "\u00e9"

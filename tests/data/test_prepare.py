@@ -186,7 +186,7 @@ def test_cli_prints_the_summary(mixed, tmp_path, capsys):
 def test_a_failed_run_leaves_no_shards_behind(mixed, tmp_path, monkeypatch):
     from sos_rs.data import pipeline
 
-    real, calls = pipeline.bpe.encode, []
+    real, calls = pipeline._encode_slice, []
 
     def fail_on_third_batch(*args):
         calls.append(1)
@@ -194,12 +194,119 @@ def test_a_failed_run_leaves_no_shards_behind(mixed, tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return real(*args)
 
-    monkeypatch.setattr(pipeline.bpe, "encode", fail_on_third_batch)
+    monkeypatch.setattr(pipeline, "_encode_slice", fail_on_third_batch)
     with pytest.raises(RuntimeError, match="disk full"):
         # tiny batches and shards: finished shards exist on disk when the failure hits
-        prepare([mixed], tmp_path / "out", batch_mb=1e-6, shard_tokens=1, **SMALL)
-    assert len(calls) == 3
+        prepare([mixed], tmp_path / "out", batch_mb=1e-6, shard_tokens=1, workers=1, **SMALL)
+    assert len(calls) in (3, 4)  # the pool may have started the next batch already
     left = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != "work")
     assert left == [], f"a failed run left {left}"
     monkeypatch.undo()
     prepare([mixed], tmp_path / "out", **SMALL)  # and needs no --overwrite afterwards
+
+
+TRICKY = list("aaabbcst'' \n\n\t  ..,!?12é漢字ßΩ\u0301\u00a0\u2028🙂\u0660\u00b2\u180e\u200b\x85\u3000-_") + [
+    "'s",
+    "'ll",
+    "'re",
+    " 's",
+    "\n \n",
+    "   ",
+    "<|endoftext|>",
+]
+
+
+def tricky_docs(n=1500, seed=0):
+    import random
+
+    rng = random.Random(seed)
+    docs = ["".join(rng.choice(TRICKY) for _ in range(rng.randint(0, 60))) for _ in range(n)]
+    return docs + ["", " ", "\n", "a  b", "a \n b", "x\n\n  y", "it's  's", "  'sup", "end  ", "end\n\n", "\x00a b"]
+
+
+def test_piece_encoder_gives_the_tokenizers_ids(monkeypatch):
+    """PieceEncoder == tokenizers' own per-document encoding, byte for byte, on raw text full of
+    whitespace runs, contractions, combining marks and odd spaces; and characters the two regex
+    engines would split differently go through the tokenizer (the probe), never silently."""
+    from sos_rs.data import bpe
+
+    docs = tricky_docs()
+    tok = bpe.train([docs], 400)
+    eot = tok.token_to_id(bpe.EOT)
+    ref = bpe.encode(tok, docs, eot)
+    enc = bpe.PieceEncoder(tok, eot)
+    for chunk in (docs[:500], docs[500:], docs):
+        got, want = enc.encode(pl.Series(chunk)), bpe.encode(tok, chunk, eot)
+        assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0])
+    assert enc.odd == {"\x00"} and len(enc.cache[0]) > 100, "the pieces, not the fallback, did the work"
+    # an engine that disagrees on one class (digits '9' and Arabic-Indic digits not \p{N}): caught
+    monkeypatch.setattr(bpe, "_PIECES", bpe._PIECES.replace(r"\p{N}", r"[0-8]"))
+    docs9 = [d + " 19x" for d in docs]
+    ref9 = bpe.encode(tok, docs9, eot)
+    enc = bpe.PieceEncoder(tok, eot)
+    got = enc.encode(pl.Series(docs9))
+    assert "9" in enc.odd and np.array_equal(got[0], ref9[0]) and np.array_equal(got[1], ref9[1])
+    # without the probe the difference would reach the shards
+    monkeypatch.setattr(bpe.PieceEncoder, "_probe", lambda self, chars: None)
+    got = bpe.PieceEncoder(tok, eot).encode(pl.Series(docs9))
+    assert not np.array_equal(got[0], ref9[0])
+    assert ref[0].size  # (the reference itself is not empty)
+
+
+def test_piece_encoder_refuses_tokenizers_it_cannot_reproduce():
+    from tokenizers import normalizers
+
+    from sos_rs.data import bpe
+
+    tok = bpe.train([["some text to learn from", "and more text"]], 300)
+    assert bpe.piece_encoder_refusal(tok) is None
+    tok.normalizer = normalizers.Lowercase()
+    assert "normalizer" in bpe.piece_encoder_refusal(tok)
+    with pytest.raises(ValueError, match="normalizer"):
+        bpe.PieceEncoder(tok, 0)
+
+
+def shard_bytes(out):
+    meta = read_meta(out)
+    return [open(p, "rb").read() for s in ("train", "val") for p in meta["shards"][s]]
+
+
+def test_shards_are_those_of_the_per_document_path_for_any_thread_count(tmp_path, monkeypatch):
+    """Same tokenizer -> the same shards, byte for byte, from the piece encoder with 1 or 3
+    threads and tiny batches as from tokenizers' per-document encoding (the path before it)."""
+    from sos_rs.data import bpe
+
+    src = tmp_path / "in"
+    src.mkdir()
+    docs = tricky_docs(600, seed=1)
+    for i in range(0, len(docs), 50):
+        (src / f"d{i:04d}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[i : i + 50]))
+    opts = dict(SMALL, batch_mb=2e-3, shard_tokens=3000)
+    prepare([src], tmp_path / "a", workers=1, **opts)
+    tok = str(tmp_path / "a" / "tokenizer.json")
+    prepare([src], tmp_path / "b", workers=3, tokenizer=tok, **opts)
+    monkeypatch.setattr(bpe, "piece_encoder_refusal", lambda tok: "forced: the per-document path")
+    prepare([src], tmp_path / "c", workers=2, tokenizer=tok, **opts)
+    a, b, c = (shard_bytes(tmp_path / x) for x in "abc")
+    assert len(a) > 2 and a == b == c
+
+
+def test_the_tokenizer_sample_is_bounded_and_independent_of_file_order(tmp_path):
+    """With a budget below the corpus the tokenizer sees at most that many bytes (at least one
+    document), and the same documents whatever the files' names and order."""
+    docs = [f"document {i}: " + " ".join(f"w{(i * j) % 97}" for j in range(40)) for i in range(200)]
+    for name, order in (("x", docs), ("y", docs[::-1])):
+        (tmp_path / name).mkdir()
+        for k, chunk in enumerate(np.array_split(np.arange(len(order)), 7)):
+            (tmp_path / name / f"{k}.jsonl").write_text("".join(json.dumps({"text": order[i]}) + "\n" for i in chunk))
+    budget_mb = 2e-3
+    mx = prepare([tmp_path / "x"], tmp_path / "ox", tokenizer_sample_mb=budget_mb, **SMALL)
+    my = prepare([tmp_path / "y"], tmp_path / "oy", tokenizer_sample_mb=budget_mb, workers=1, **SMALL)
+    sx = mx["tokenizer_sample"]
+    assert 1 <= sx["documents"] < len(docs) and sx["bytes"] <= budget_mb * 1e6 < sx["train_bytes"]
+    assert sx == my["tokenizer_sample"]
+    assert (tmp_path / "ox" / "tokenizer.json").read_text() == (tmp_path / "oy" / "tokenizer.json").read_text()
+    full = prepare([tmp_path / "x"], tmp_path / "of", **SMALL)["tokenizer_sample"]
+    assert full["bytes"] == full["train_bytes"] > sx["bytes"]
+    with pytest.raises(ValueError, match="tokenizer_sample_mb"):
+        prepare([tmp_path / "x"], tmp_path / "oz", tokenizer_sample_mb=0, **SMALL)

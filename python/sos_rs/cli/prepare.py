@@ -74,7 +74,8 @@ def add_parser(sub) -> None:
         "--tokenizer-sample-mb",
         type=float,
         default=d.tokenizer_sample_mb,
-        help="train the tokenizer on at most this much text (default 1024)",
+        help=f"train the tokenizer on at most this many MB of training text, drawn by content hash across the "
+        f"corpus (default {d.tokenizer_sample_mb:g})",
     )
     p.add_argument(
         "--shard-tokens",
@@ -83,6 +84,12 @@ def add_parser(sub) -> None:
         help=f"tokens per shard before starting another (default {d.shard_tokens})",
     )
     p.add_argument("--batch-mb", type=float, default=d.batch_mb, help="text per encoding batch (default 16)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="threads encoding batches (default 0: one per core); the output is the same for any number",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier preparation in DIR")
     p.add_argument("--keep-work", action="store_true", help="keep the cleaned documents in DIR/work")
     p.add_argument("--strict", action="store_true", help="fail if any input file is skipped")
@@ -111,6 +118,7 @@ def run(args) -> int:
         tokenizer_sample_mb=args.tokenizer_sample_mb,
         shard_tokens=args.shard_tokens,
         batch_mb=args.batch_mb,
+        workers=args.workers,
         overwrite=args.overwrite,
         keep_work=args.keep_work,
         strict=args.strict,

@@ -24,9 +24,13 @@ class PrepareConfig:
     tokenizer: Optional[str] = None  # use this tokenizer.json instead of training one
     eot_token: str = EOT  # the end-of-text special token closing every document
     min_frequency: int = 2  # BPE merges need a pair seen at least this often
-    tokenizer_sample_mb: float = 1024.0  # train the tokenizer on at most this much training text (input order)
+    # Train the tokenizer on at most this many MB of cleaned training text: all of it when it fits,
+    # else the documents with the smallest key = content hash x a fixed odd constant (mod 2^64),
+    # spread evenly over the corpus whatever the file order (see pipeline.choose_sample).
+    tokenizer_sample_mb: float = 64.0
     shard_tokens: int = 1 << 28  # start a new shard after this many tokens
     batch_mb: float = 16.0  # text per encoding batch; txt files are read in batches of 4x this
+    workers: int = 0  # threads reading and encoding batches (0: one per core); the output never depends on it
     overwrite: bool = False  # replace an earlier preparation in the output directory
     keep_work: bool = False  # keep the cleaned documents (DIR/work/*.parquet) afterwards
     strict: bool = False  # fail when any input file is skipped
@@ -47,3 +51,7 @@ class PrepareConfig:
             raise ValueError(f"bad length filter: min_chars={self.min_chars}, max_chars={self.max_chars}")
         if self.shard_tokens < 1 or self.batch_mb <= 0:
             raise ValueError("shard_tokens and batch_mb must be positive")
+        if not self.tokenizer_sample_mb > 0:
+            raise ValueError(f"tokenizer_sample_mb must be positive, got {self.tokenizer_sample_mb}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: one per core), got {self.workers}")

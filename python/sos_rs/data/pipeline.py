@@ -4,17 +4,23 @@
    parquet part under DIR/work, so memory stays bounded by a batch, not by the corpus.
 2. dedup + split: one pass over the parts' 64-bit hashes keeps the first copy of each document
    (input order) and sends a document to validation when its hash is below a threshold.
-3. tokenizer: byte-level BPE trained on training documents (or an existing tokenizer.json).
+3. tokenizer: byte-level BPE trained on a bounded sample of the training documents
+   (`tokenizer_sample_mb`, drawn by content hash across the whole corpus), or an existing
+   tokenizer.json.
 4. encode + write: batches of documents -> ids + end-of-text -> one shard series per
-   (split, source), through the Rust `ShardWriter`.
+   (split, source), through the Rust `ShardWriter`. `workers` threads read and encode batches
+   (Polars and `tokenizers` release the GIL; `bpe.PieceEncoder` when the tokenizer allows it)
+   while the main thread writes the finished ones in input order, a few batches in flight.
 
 Every document is counted at every stage; unusable files are reported with the reason.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -44,6 +50,9 @@ class Part:
     stats: Dict[str, int] = field(default_factory=dict)
     train: Optional[np.ndarray] = None  # per row: kept, and in the training split
     val: Optional[np.ndarray] = None
+    hash: Optional[np.ndarray] = None  # per row: the content hash (0 where not kept)
+    nbytes: Optional[np.ndarray] = None  # per row: UTF-8 bytes of the cleaned text
+    sample: Optional[np.ndarray] = None  # per row: in the tokenizer's training sample
 
 
 _PART_STATS = {
@@ -78,7 +87,7 @@ def _sink(lf: pl.LazyFrame, label: str, path: Path, files: int, file_bytes: int,
         min_chars=cfg.min_chars,
         max_chars=cfg.max_chars,
         split_on=cfg.split_on,
-    ).sink_parquet(path)
+    ).sink_parquet(path, compression="lz4")  # cheap to write and to read back twice; deleted at the end
     part = Part(label, path, files, file_bytes)
     part.stats = {
         k: int(v or 0) for k, v in pl.scan_parquet(path).select(**_PART_STATS).collect().row(0, named=True).items()
@@ -155,6 +164,7 @@ def dedup_and_split(parts: List[Part], val_fraction: float) -> Dict[str, int]:
     for p in parts:
         rows = slice(start, start + p.stats["docs"])
         p.train, p.val = first[rows] & ~val[rows], val[rows]
+        p.hash, p.nbytes = hv[rows], nbytes[rows]
         kept_bytes = int(nbytes[rows][p.train].sum() + nbytes[rows][p.val].sum())
         p.stats["unique"] = int(first[rows].sum())
         p.stats["duplicates"] = p.stats["kept"] - p.stats["unique"]
@@ -184,27 +194,59 @@ def _batches(parts: List[Part], batch_bytes: float, splits: Sequence[str]):
                     yield p, split, texts.filter(pl.Series(mask)).to_list()
 
 
+SAMPLE_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: hash * SAMPLE_MIX (mod 2^64) is a bijection of the hash
+
+
+def choose_sample(parts: List[Part], budget_bytes: float) -> Dict[str, int]:
+    """Marks `part.sample`: the training documents of the tokenizer. All of them when they fit in
+    `budget_bytes`; else those with the smallest key = hash x SAMPLE_MIX (mod 2^64) while their
+    cleaned bytes add up to at most the budget (at least one document). The key is a fixed
+    function of the content, unrelated to the validation split (which takes the smallest hashes),
+    so the sample is spread evenly over the corpus and does not depend on file order, batch
+    size or thread count."""
+    train = np.concatenate([p.train for p in parts if p.train is not None])
+    nbytes = np.concatenate([p.nbytes for p in parts if p.nbytes is not None])
+    with np.errstate(over="ignore"):
+        keys = np.concatenate([p.hash for p in parts if p.hash is not None]) * SAMPLE_MIX
+    chosen = train.copy()
+    if int(nbytes[train].sum()) > budget_bytes:
+        idx = np.flatnonzero(train)
+        order = idx[np.argsort(keys[idx], kind="stable")]
+        fits = np.cumsum(nbytes[order]) <= budget_bytes
+        fits[0] = True
+        chosen[:] = False
+        chosen[order[fits]] = True
+    start = 0
+    for p in parts:
+        p.sample = chosen[start : start + p.stats["docs"]]
+        start += p.stats["docs"]
+    return {
+        "documents": int(chosen.sum()),
+        "bytes": int(nbytes[chosen].sum()),
+        "budget_bytes": int(budget_bytes),
+        "train_bytes": int(nbytes[train].sum()),
+    }
+
+
 def make_tokenizer(parts: List[Part], out: Path, cfg: PrepareConfig, prog: Progress):
     if cfg.tokenizer:
         prog.stage("load tokenizer")
         tok = bpe.load(Path(cfg.tokenizer), cfg.eot_token)
+        sample: Dict[str, int] = {}
     else:
-        budget = cfg.tokenizer_sample_mb * MB
-        total = min(budget, sum(p.stats["train_bytes"] for p in parts))
-        prog.stage("train tokenizer", total / MB)
+        sample = choose_sample(parts, cfg.tokenizer_sample_mb * MB)
+        prog.stage("train tokenizer", sample["bytes"] / MB)
         used = [0]
 
-        def sample():
-            for _, _, texts in _batches(parts, cfg.batch_mb * MB, ["train"]):
-                if used[0] >= budget:
-                    return
-                used[0] += sum(len(t) for t in texts)
-                prog.update(min(used[0], total) / MB, "BPE merges run after the last batch")
-                yield texts
+        def texts():
+            for _, _, batch in _batches(parts, cfg.batch_mb * MB, ["sample"]):
+                used[0] += sum(len(t.encode()) for t in batch)
+                prog.update(used[0] / MB, "BPE merges run after the last batch")
+                yield batch
 
-        tok = bpe.train(sample(), cfg.vocab_size, cfg.eot_token, cfg.min_frequency)
+        tok = bpe.train(texts(), cfg.vocab_size, cfg.eot_token, cfg.min_frequency)
     tok.save(str(out / "tokenizer.json"))
-    return tok
+    return tok, sample
 
 
 class _Shards:
@@ -236,20 +278,53 @@ class _Shards:
         self.open.clear()
 
 
+def _encode_slice(part: Part, off: int, n: int, encode) -> List[Tuple[str, np.ndarray, np.ndarray, int]]:
+    """(split, tokens, lengths, text bytes) of one slice of a part, per split holding rows of it."""
+    texts = pl.scan_parquet(part.path).slice(off, n).select("text").collect()["text"]
+    assert part.nbytes is not None, "dedup_and_split runs first"
+    done = []
+    for split in ("train", "val"):
+        mask = getattr(part, split)[off : off + n]
+        if mask.any():
+            tokens, lengths = encode(texts.filter(pl.Series(mask)))
+            done.append((split, tokens, lengths, int(part.nbytes[off : off + n][mask].sum())))
+    return done
+
+
 def encode_and_write(parts: List[Part], out: Path, tok, cfg: PrepareConfig, prog: Progress) -> _Shards:
     eot = tok.token_to_id(cfg.eot_token)
     shards = _Shards(out, tok.get_vocab_size(), eot, cfg.shard_tokens)
     total = sum(p.stats["train_bytes"] + p.stats["val_bytes"] for p in parts)
+    why_not = bpe.piece_encoder_refusal(tok)
+    if why_not is None:
+        encode = bpe.PieceEncoder(tok, eot).encode
+        how = "pieces"
+    else:
+        prog.warn(f"encoding document by document (slower): {why_not}")
+
+        def encode(texts: pl.Series) -> Tuple[np.ndarray, np.ndarray]:
+            return bpe.encode(tok, texts.to_list(), eot)
+
+        how = "tokenizer"
+    workers = cfg.workers or os.cpu_count() or 1
     prog.stage("encode + write", total / MB)
     done = 0.0
+    jobs = [(p, off, n) for p in parts for off, n in _slices(p, cfg.batch_mb * MB)]
+    pending: List[Tuple[Part, Future]] = []
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sos-encode")
     try:
-        for p, split, texts in _batches(parts, cfg.batch_mb * MB, ["train", "val"]):
-            tokens, lengths = bpe.encode(tok, texts, eot)
-            shards.add(split, p.label, tokens, lengths)
-            done += sum(len(t) for t in texts)
-            prog.update(done / MB, f"{sum(shards.tokens.values()):,} tokens")
+        for i in range(len(jobs)):
+            while len(pending) < workers + 1 and i + len(pending) < len(jobs):
+                p, off, n = jobs[i + len(pending)]
+                pending.append((p, pool.submit(_encode_slice, p, off, n, encode)))
+            p, fut = pending.pop(0)
+            for split, tokens, lengths, nbytes in fut.result():
+                shards.add(split, p.label, tokens, lengths)
+                done += nbytes
+            prog.update(done / MB, f"{sum(shards.tokens.values()):,} tokens ({how}, {workers} threads)")
         shards.close()
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         shards.open.clear()  # unfinished writers delete their temporary files
     return shards
 
@@ -296,13 +371,13 @@ def prepare(
         prog.stage("dedup + split")
         dd = dedup_and_split(parts, cfg.val_fraction)
         finish("dedup_split", note=f"{dd['documents']:,} documents, {dd['duplicates']:,} duplicates dropped")
-        tok = make_tokenizer(parts, out, cfg, prog)
+        tok, sample = make_tokenizer(parts, out, cfg, prog)
         finish("tokenizer", note=f"vocabulary {tok.get_vocab_size():,}")
         shards = encode_and_write(parts, out, tok, cfg, prog)
         finish("encode_write", note=f"{sum(shards.tokens.values()):,} tokens")
         seconds["total"] = time.perf_counter() - t0
         cpu["total"] = time.process_time() - cpu0
-        meta = build_meta(parts, skipped, shards, tok, cfg, seconds, cpu)
+        meta = build_meta(parts, skipped, shards, tok, cfg, seconds, cpu, sample)
         write_meta(out, meta)
     except BaseException:
         _clear_outputs(out, overwrite=True)  # a failed run leaves no shards without a meta.json

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections import defaultdict
 from dataclasses import asdict
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .. import __version__
 
@@ -72,7 +72,14 @@ def stages(parts, n_skipped: int) -> List[Dict[str, Any]]:
 
 
 def build_meta(
-    parts, skipped, shards, tok, cfg, seconds: Dict[str, float], cpu_seconds: Dict[str, float]
+    parts,
+    skipped,
+    shards,
+    tok,
+    cfg,
+    seconds: Dict[str, float],
+    cpu_seconds: Dict[str, float],
+    sample: Optional[Dict[str, int]] = None,
 ) -> Dict[str, Any]:
     import polars
     import tokenizers
@@ -128,6 +135,7 @@ def build_meta(
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "cpu_seconds": {k: round(v, 3) for k, v in cpu_seconds.items()},
         "skipped_files": [asdict(s) for s in skipped],
+        "tokenizer_sample": sample or {},
         "options": asdict(cfg),
         "versions": {"sos_rs": __version__, "polars": polars.__version__, "tokenizers": tokenizers.__version__},
     }
