@@ -85,11 +85,6 @@ impl Lanes for __m512 {
         }
     }
     #[inline(always)]
-    unsafe fn prefetch_l1(p: *const f32) {
-        // SAFETY: see above; a prefetch is a hint that never faults.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
-    }
-    #[inline(always)]
     unsafe fn prefetch_c_row(p: *const f32) {
         // SAFETY: see above; a prefetch is a hint that never faults.
         unsafe {
@@ -218,23 +213,6 @@ pub unsafe fn gemm_tile(kc: usize, t: &Tile, accumulate: bool) {
             simd::gemm_tile::<__m512, MR>(kc, t, 1, MR, NR, accumulate) // packed panels: constant strides
         } else {
             simd::gemm_tile::<__m512, MR>(kc, t, t.rsa, t.csa, t.ldb, accumulate)
-        }
-    }
-}
-
-/// Rows of the wide GEMM tile (matmul only).
-pub const MR_WIDE: usize = 12;
-
-/// # Safety
-/// As `gemm_tile`, for MR_WIDE rows.
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub unsafe fn gemm_tile_wide(kc: usize, t: &Tile, accumulate: bool) {
-    // SAFETY: AVX-512F is available and `t` is valid for this tile (this function's contract).
-    unsafe {
-        if t.rsa == 1 && t.csa == MR_WIDE && t.ldb == NR {
-            simd::gemm_tile::<__m512, MR_WIDE>(kc, t, 1, MR_WIDE, NR, accumulate)
-        } else {
-            simd::gemm_tile::<__m512, MR_WIDE>(kc, t, t.rsa, t.csa, t.ldb, accumulate)
         }
     }
 }

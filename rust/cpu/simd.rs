@@ -43,9 +43,6 @@ pub(crate) trait Lanes: Copy {
     /// Before `gemm_tile` accumulates into a C row of 2W floats at `p`: AVX-512 prefetches its
     /// lines into L1, AVX2 does nothing. A hint: it never faults.
     unsafe fn prefetch_c_row(p: *const f32);
-    /// Fetches the line holding `p` into L1 (AVX-512); a hint that never faults. AVX2: nothing.
-    #[inline(always)]
-    unsafe fn prefetch_l1(_p: *const f32) {}
 }
 
 /// exp(x) by Cephes' range reduction and degree-5 polynomial (rel. error ~2 ulp); inputs are
@@ -115,11 +112,7 @@ pub(crate) unsafe fn gemm_tile<V: Lanes, const MR: usize>(
                 V::prefetch_c_row(t.c.add(r * t.ldc));
             }
         }
-        let pf = crate::ops::matmul::knob(4);
         for _ in 0..kc {
-            if pf > 0 && rsa == 1 && csa == MR {
-                V::prefetch_l1(rows[0].add(off + pf));
-            }
             let b0 = V::load(pb);
             let b1 = V::load(pb.add(V::W));
             for (r, row) in acc.iter_mut().enumerate() {

@@ -28,28 +28,9 @@ const PACK_PANELS: usize = 8;
 
 /// k block: a packed B micro-panel (KC × NR floats) takes about half of the L1 data cache.
 pub fn kc_for(isa: Isa) -> usize {
-    let (_, nr) = shape(isa);
+    let (_, nr) = cpu::gemm_shape(isa);
     let kc = cache::host().l1d / 2 / (nr * 4);
-    let kc = (kc / 16 * 16).clamp(128, 512);
-    let d = knob(0);
-    if d > 0 { d } else { kc }
-}
-
-fn shape(isa: Isa) -> (usize, usize) {
-    if isa == Isa::Avx512 && knob(3) == 12 { (cpu::avx512::MR_WIDE, 32) } else { cpu::gemm_shape(isa) }
-}
-
-unsafe fn kernel(isa: Isa, kc: usize, t: &Tile, acc: bool) {
-    unsafe {
-        if isa == Isa::Avx512 && knob(3) == 12 { cpu::avx512::gemm_tile_wide(kc, t, acc) } else { cpu::gemm_tile(isa, kc, t, acc) }
-    }
-}
-
-pub fn knob(i: usize) -> usize {
-    static K: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
-    K.get_or_init(|| {
-        std::env::var("SOS_GEMM_DEV").unwrap_or_default().split(',').map(|x| x.parse().unwrap_or(0)).chain([0; 8]).collect()
-    })[i]
+    (kc / 16 * 16).clamp(128, 512)
 }
 
 /// Largest row block: the A block (MC × KC) takes about a twelfth of L2, leaving room for the
@@ -91,7 +72,7 @@ pub(super) fn run(pr: &Problem, c: &mut [f32]) {
     if !parallel {
         return group_run(pr, cp, 0, pr.m, false);
     }
-    let (mr, _) = shape(pr.isa);
+    let (mr, _) = cpu::gemm_shape(pr.isa);
     threads::for_groups(|g, shares| {
         // Rows split across core groups in proportion to their threads, in whole MR panels.
         let total: usize = shares.iter().sum();
@@ -113,7 +94,7 @@ pub(super) static GROUP_SPLITS: std::sync::atomic::AtomicUsize = std::sync::atom
 
 /// Rows [r0, r1) of C, inside one core group (its pool is the current Rayon pool).
 fn group_run(pr: &Problem, cp: CPtr, r0: usize, r1: usize, parallel: bool) {
-    let (mr, nr) = shape(pr.isa);
+    let (mr, nr) = cpu::gemm_shape(pr.isa);
     let kc = kc_for(pr.isa);
     let kblocks = pr.k.div_ceil(kc);
     let rows = r1 - r0;
@@ -144,7 +125,9 @@ fn group_run(pr: &Problem, cp: CPtr, r0: usize, r1: usize, parallel: bool) {
         let want = if parallel { threads * TASKS_PER_THREAD } else { 1 };
         let mb0 = rows.div_ceil(mc_max(kc, mr));
         let mb = if mb0 >= want { mb0 } else { want.min(rows.div_ceil(mr * 4)).max(mb0).max(1) };
-        let mb = if knob(2) == 1 && parallel && mb >= threads { mb.div_ceil(threads) * threads } else { mb };
+        // Row blocks in a multiple of the thread count, so every thread gets the same number of
+        // (equal) tasks: 37 blocks on 2 threads left one thread a block behind at the end.
+        let mb = if parallel && mb >= threads { mb.div_ceil(threads) * threads } else { mb };
         let nb = want.div_ceil(mb).clamp(1, npan);
         let mc = rows.div_ceil(mb).div_ceil(mr) * mr;
         let pan_per_nb = npan.div_ceil(nb);
@@ -180,12 +163,12 @@ struct Block {
 /// columns go in sub-blocks whose C part (rows × columns, a sixth of L2) stays in L2 across
 /// the k blocks.
 fn block(pr: &Problem, cp: CPtr, bpack: &[f32], bl: Block) {
-    let (mr, nr) = shape(pr.isa);
+    let (mr, nr) = cpu::gemm_shape(pr.isa);
     let (rows, kc) = (bl.i1 - bl.i0, bl.kc);
     let rows_pad = rows.div_ceil(mr) * mr;
     // A row-major in memory (k contiguous): the microkernel reads it in place, and only a short
     // last panel is packed. Otherwise the whole A block (all k) is packed once per task.
-    let direct = match knob(1) { 0 => pr.a.cs == 1 && (pr.a.rs * 4) % 4096 != 0, 1 => false, _ => pr.a.cs == 1 };
+    let direct = pr.a.cs == 1;
     let tail = if direct { rows % mr } else { 0 };
     let kblocks = pr.k.div_ceil(kc);
     let alen = if direct { kblocks * mr * kc } else { kblocks * rows_pad * kc };
@@ -251,16 +234,16 @@ fn block(pr: &Problem, cp: CPtr, bpack: &[f32], bl: Block) {
 /// One microkernel call; edge tiles go through a stack buffer. Applies the epilogue on `last`.
 #[inline(always)]
 fn tile(pr: &Problem, t: Tile, kc: usize, rows: usize, cols: usize, acc: bool, last: bool, j0: usize) {
-    let (mr, nr) = shape(pr.isa);
+    let (mr, nr) = cpu::gemm_shape(pr.isa);
     if rows == mr && cols == nr {
         // SAFETY: isa is supported (checked by gemm_with); A has MR rows × kc steps at t's
         // strides (a full panel), B a packed kc × NR panel, C a full MR × NR tile of this task.
-        unsafe { kernel(pr.isa, kc, &t, acc) };
+        unsafe { cpu::gemm_tile(pr.isa, kc, &t, acc) };
     } else {
-        let mut tmp = [0.0f32; 12 * 32];
+        let mut tmp = [0.0f32; 8 * 32];
         let tt = Tile { c: tmp.as_mut_ptr(), ldc: nr, ..t };
         // SAFETY: as above, with C the MR × NR stack buffer (MR·NR ≤ 256 on every isa).
-        unsafe { kernel(pr.isa, kc, &tt, false) };
+        unsafe { cpu::gemm_tile(pr.isa, kc, &tt, false) };
         for r in 0..rows {
             // SAFETY: row r < rows and cols columns lie inside this task's rectangle of C.
             let dst = unsafe { std::slice::from_raw_parts_mut(t.c.add(r * t.ldc), cols) };

@@ -7,7 +7,6 @@
 //! `driver`). Not here: strided or batched C (callers flatten leading dims).
 
 mod driver;
-pub use driver::knob;
 mod pack;
 
 use crate::cpu::{self, Isa};

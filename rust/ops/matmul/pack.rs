@@ -90,7 +90,9 @@ fn copy_steps<const W: usize>(src: &[f32], base: usize, ps: usize, kc: usize, ds
 /// contiguous in the source (`ls` = 1): source element (lane l, step p) = `src[base + l + p*ps]`.
 /// Step-major: each step's lanes are read in one contiguous run and scattered to the panels, so
 /// the source streams row by row (a panel-major pack reads `width` floats from every row: short
-/// strided reads that the hardware prefetchers do not follow well, at 4 KiB-aliasing strides).
+/// strided reads). Used for B as stored (measured faster on the dx shapes, K large); the A
+/// blocks of a transposed A stay panel-major (step-major measured slower there: A's panels
+/// are short, so each step scatters to many write streams).
 pub(crate) fn pack_panels_contig(
     src: &[f32],
     base: usize,
@@ -129,10 +131,6 @@ pub(crate) fn pack_panels_contig(
 
 /// Packs rows [i0, i0+rows) × steps [p0, p0+kc) of A (view `a`: A(i, p)) into MR-row panels.
 pub(crate) fn pack_a(a: View, i0: usize, rows: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
-    if a.rs == 1 {
-        // A transposed: rows of op(A) contiguous for each step.
-        return pack_panels_contig(a.data, i0 + p0 * a.cs, a.cs, rows, kc, mr, kc * mr, dst);
-    }
     for (q, panel) in dst[..rows.div_ceil(mr) * kc * mr].chunks_exact_mut(kc * mr).enumerate() {
         let lanes = mr.min(rows - q * mr);
         pack_panel(a.data, (i0 + q * mr) * a.rs + p0 * a.cs, a.rs, a.cs, lanes, kc, mr, panel);
