@@ -47,7 +47,7 @@ def forward_with_backward(prefix: str, fwd: List[Tuple[str, int, int, int]]) -> 
 
 
 def shapes() -> List[Shape]:
-    table: List[Shape] = [tuple(s) for s in GEMM_SHAPES]  # type: ignore[misc]
+    table: List[Shape] = list(GEMM_SHAPES)
     names = {s[0] for s in table}
     for s in forward_with_backward("", [(n, m, nn, k) for n, m, nn, k, ta, tb in GEMM_SHAPES if not ta and tb]):
         if s[0] not in names:

@@ -115,7 +115,8 @@ fn group_run(pr: &Problem, cp: CPtr, r0: usize, r1: usize, parallel: bool) {
             pack_b(pr.b, p0, kc.min(pr.k - p0), jc + jp * nr, cols, nr, kc * nr, dst);
         };
         // Chunks of the buffer, one per piece: a k block's npan panels split into `pieces`.
-        let chunks = bpack.as_mut_slice().chunks_mut(npan * kc * nr).flat_map(|blk| blk.chunks_mut(PACK_PANELS * kc * nr));
+        let chunks =
+            bpack.as_mut_slice().chunks_mut(npan * kc * nr).flat_map(|blk| blk.chunks_mut(PACK_PANELS * kc * nr));
         if parallel {
             chunks.collect::<Vec<_>>().into_par_iter().enumerate().for_each(fill);
         } else {
