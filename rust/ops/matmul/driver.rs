@@ -23,6 +23,8 @@ use rayon::prelude::*;
 const PARALLEL_MIN_MACS: usize = 96 * 96 * 96;
 /// Parallel tasks per thread (more tasks balance better; fewer repack A less often).
 const TASKS_PER_THREAD: usize = 3;
+/// B panels packed together by one parallel piece of the B pack.
+const PACK_PANELS: usize = 8;
 
 /// k block: a packed B micro-panel (KC × NR floats) takes about half of the L1 data cache.
 pub fn kc_for(isa: Isa) -> usize {
@@ -101,22 +103,32 @@ fn group_run(pr: &Problem, cp: CPtr, r0: usize, r1: usize, parallel: bool) {
     for jc in (0..pr.n).step_by(nc) {
         let ncur = nc.min(pr.n - jc);
         let npan = ncur.div_ceil(nr);
-        // Packed B chunk: for each k block, npan panels of (kc × nr), at a fixed stride.
+        // Packed B chunk: for each k block, npan panels of (kc × nr), at a fixed stride. Packed
+        // in pieces of up to PACK_PANELS panels of one k block (a piece reads runs of up to
+        // PACK_PANELS·nr floats from each row of a B stored as [k, n]).
         let mut bpack = scratch::take_shared(kblocks * npan * kc * nr);
+        let pieces = npan.div_ceil(PACK_PANELS);
         let fill = |(q, dst): (usize, &mut [f32])| {
-            let (pb, jp) = (q / npan, q % npan);
-            let p0 = pb * kc;
-            pack_b(pr.b, p0, kc.min(pr.k - p0), jc + jp * nr, nr.min(ncur - jp * nr), nr, dst);
+            let (pb, g) = (q / pieces, q % pieces);
+            let (p0, jp) = (pb * kc, g * PACK_PANELS);
+            let cols = (PACK_PANELS * nr).min(ncur - jp * nr);
+            pack_b(pr.b, p0, kc.min(pr.k - p0), jc + jp * nr, cols, nr, kc * nr, dst);
         };
+        // Chunks of the buffer, one per piece: a k block's npan panels split into `pieces`.
+        let chunks =
+            bpack.as_mut_slice().chunks_mut(npan * kc * nr).flat_map(|blk| blk.chunks_mut(PACK_PANELS * kc * nr));
         if parallel {
-            bpack.as_mut_slice().par_chunks_mut(kc * nr).enumerate().for_each(fill);
+            chunks.collect::<Vec<_>>().into_par_iter().enumerate().for_each(fill);
         } else {
-            bpack.as_mut_slice().chunks_mut(kc * nr).enumerate().for_each(fill);
+            chunks.enumerate().for_each(fill);
         }
         // Task grid: row blocks × column blocks, sized for this group's threads.
         let want = if parallel { threads * TASKS_PER_THREAD } else { 1 };
         let mb0 = rows.div_ceil(mc_max(kc, mr));
         let mb = if mb0 >= want { mb0 } else { want.min(rows.div_ceil(mr * 4)).max(mb0).max(1) };
+        // Row blocks in a multiple of the thread count, so every thread gets the same number of
+        // (equal) tasks: 37 blocks on 2 threads left one thread a block behind at the end.
+        let mb = if parallel && mb >= threads { mb.div_ceil(threads) * threads } else { mb };
         let nb = want.div_ceil(mb).clamp(1, npan);
         let mc = rows.div_ceil(mb).div_ceil(mr) * mr;
         let pan_per_nb = npan.div_ceil(nb);

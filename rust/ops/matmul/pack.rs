@@ -36,11 +36,19 @@ pub(crate) fn pack_panel(
         return;
     }
     if ls == 1 {
-        // Lanes contiguous (A transposed, B as stored): one copy per step.
-        for (p, d) in dst.chunks_exact_mut(width).enumerate() {
-            let s = base + p * ps;
-            d[..lanes].copy_from_slice(&src[s..s + lanes]);
-            d[lanes..].fill(0.0);
+        // Lanes contiguous (A transposed, B as stored): one copy per step; full panels of the
+        // microkernels' widths copy a constant length (vector moves, not a memcpy call per step).
+        match (lanes == width, width) {
+            (true, 8) => copy_steps::<8>(src, base, ps, kc, dst),
+            (true, 16) => copy_steps::<16>(src, base, ps, kc, dst),
+            (true, 32) => copy_steps::<32>(src, base, ps, kc, dst),
+            _ => {
+                for (p, d) in dst.chunks_exact_mut(width).enumerate() {
+                    let s = base + p * ps;
+                    d[..lanes].copy_from_slice(&src[s..s + lanes]);
+                    d[lanes..].fill(0.0);
+                }
+            }
         }
     } else {
         // Steps contiguous (A as stored, B transposed): a transposing copy, 8×8 blocks in
@@ -67,6 +75,60 @@ pub(crate) fn pack_panel(
     }
 }
 
+/// `dst[p*W..][..W] = src[base + p*ps..][..W]` for p < kc: the lanes-contiguous pack of a full
+/// panel of constant width W.
+#[inline(always)]
+fn copy_steps<const W: usize>(src: &[f32], base: usize, ps: usize, kc: usize, dst: &mut [f32]) {
+    for (p, d) in dst[..kc * W].chunks_exact_mut(W).enumerate() {
+        let s: &[f32; W] = src[base + p * ps..][..W].try_into().expect("W floats");
+        d.copy_from_slice(s);
+    }
+}
+
+/// Packs `lanes` lanes × `kc` steps into consecutive panels of `width` lanes, panel q at
+/// `dst[q*stride..]` laid out as `pack_panel` does (zeros past the last lane), for lanes
+/// contiguous in the source (`ls` = 1): source element (lane l, step p) = `src[base + l + p*ps]`.
+/// Step-major: each step's lanes are read in one contiguous run and scattered to the panels, so
+/// the source streams row by row (a panel-major pack reads `width` floats from every row: short
+/// strided reads). Used for B as stored (measured faster on the dx shapes, K large); the A
+/// blocks of a transposed A stay panel-major (step-major measured slower there: A's panels
+/// are short, so each step scatters to many write streams).
+pub(crate) fn pack_panels_contig(
+    src: &[f32],
+    base: usize,
+    ps: usize,
+    lanes: usize,
+    kc: usize,
+    width: usize,
+    stride: usize,
+    dst: &mut [f32],
+) {
+    let npan = lanes.div_ceil(width);
+    if npan == 0 || kc == 0 {
+        return;
+    }
+    assert!(stride >= kc * width && dst.len() >= (npan - 1) * stride + kc * width, "pack: dst too short");
+    let full = lanes / width;
+    for p in 0..kc {
+        let row = &src[base + p * ps..][..lanes];
+        for q in 0..full {
+            let d = &mut dst[q * stride + p * width..][..width];
+            match width {
+                8 => d.copy_from_slice(&row[q * 8..][..8]),
+                16 => d.copy_from_slice(&row[q * 16..][..16]),
+                32 => d.copy_from_slice(&row[q * 32..][..32]),
+                _ => d.copy_from_slice(&row[q * width..][..width]),
+            }
+        }
+        if full < npan {
+            let d = &mut dst[full * stride + p * width..][..width];
+            let rest = lanes - full * width;
+            d[..rest].copy_from_slice(&row[full * width..]);
+            d[rest..].fill(0.0);
+        }
+    }
+}
+
 /// Packs rows [i0, i0+rows) × steps [p0, p0+kc) of A (view `a`: A(i, p)) into MR-row panels.
 pub(crate) fn pack_a(a: View, i0: usize, rows: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
     for (q, panel) in dst[..rows.div_ceil(mr) * kc * mr].chunks_exact_mut(kc * mr).enumerate() {
@@ -75,7 +137,15 @@ pub(crate) fn pack_a(a: View, i0: usize, rows: usize, p0: usize, kc: usize, mr: 
     }
 }
 
-/// Packs one NR-column panel of B (view `b`: B(p, j)): steps [p0, p0+kc), columns [j0, j0+cols).
-pub(crate) fn pack_b(b: View, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, dst: &mut [f32]) {
-    pack_panel(b.data, p0 * b.rs + j0 * b.cs, b.cs, b.rs, cols, kc, nr, dst);
+/// Packs the NR-column panels of B (view `b`: B(p, j)) covering steps [p0, p0+kc), columns
+/// [j0, j0+cols): panel q (columns j0 + q·NR ..) at `dst[q*stride..]`.
+pub(crate) fn pack_b(b: View, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, stride: usize, dst: &mut [f32]) {
+    if b.cs == 1 {
+        // B as stored: each step's columns contiguous.
+        return pack_panels_contig(b.data, p0 * b.rs + j0, b.rs, cols, kc, nr, stride, dst);
+    }
+    for (q, j) in (0..cols).step_by(nr).enumerate() {
+        let panel = &mut dst[q * stride..];
+        pack_panel(b.data, p0 * b.rs + (j0 + j) * b.cs, b.cs, b.rs, nr.min(cols - j), kc, nr, panel);
+    }
 }

@@ -174,3 +174,52 @@ fn matmul_and_linear_shapes() {
     let y = linear(&Tensor::zeros(&[2, 3, 0]), &Tensor::zeros(&[4, 0]), None, Activation::Identity).unwrap();
     assert_eq!(y.shape(), &[2, 3, 4]);
 }
+
+#[test]
+fn step_major_pack_matches_panel_pack() {
+    // pack_panels_contig (B as stored) against pack_panel one panel at a time: full panels of the
+    // microkernel widths, a short last panel, and a panel stride longer than the panel.
+    let src = rand_vec(40 * 300, 12);
+    for width in [4usize, 8, 16, 32] {
+        for lanes in [1, width - 1, width, 3 * width + 5, 8 * width] {
+            for kc in [1, 7, 33] {
+                let (base, ps, stride) = (17, 300, kc * width + 3);
+                let npan = lanes.div_ceil(width);
+                let mut got = vec![f32::NAN; npan * stride];
+                pack::pack_panels_contig(&src, base, ps, lanes, kc, width, stride, &mut got);
+                for q in 0..npan {
+                    let mut want = vec![f32::NAN; kc * width];
+                    let l = width.min(lanes - q * width);
+                    pack::pack_panel(&src, base + q * width, 1, ps, l, kc, width, &mut want);
+                    let tag = format!("width {width} lanes {lanes} kc {kc} panel {q}");
+                    assert!(same_bits(&got[q * stride..][..kc * width], &want), "{tag}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn wide_b_in_pack_pieces_parity_and_same_bits() {
+    // n spans several B pack pieces (PACK_PANELS panels each) with a short last piece and a short
+    // last panel; B as stored takes the step-major pack, B transposed the transposing one.
+    let (m, n, k) = (70, 8 * 32 + 8 * 32 + 45, 300);
+    for isa in isas() {
+        for (ta, tb) in [(false, false), (true, false), (false, true)] {
+            check(isa, m, n, k, ta, tb);
+        }
+    }
+    let (m, n, k) = (203, 601, 450);
+    let a = rand_vec(m * k, 13);
+    let b = rand_vec(k * n, 14);
+    for isa in isas() {
+        for (ta, tb) in [(false, false), (true, false)] {
+            let outs = run_threads(|| {
+                let mut c = vec![0.0; m * n];
+                gemm_with(isa, m, n, k, &a, ta, &b, tb, &mut c, false);
+                c
+            });
+            assert!(same_bits(&outs[0], &outs[1]), "{} ta={ta} tb={tb}", isa.name());
+        }
+    }
+}
