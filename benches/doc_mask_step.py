@@ -74,7 +74,8 @@ def main() -> None:
     print(
         f"dense d{a.d} L{a.layers} T{a.seq} B{a.batch}, {a.threads} threads, {docs} documents "
         f"(mean {a.batch * a.seq / docs:.0f} tokens), forward+backward:\n"
-        f"  wall: unmasked {plain * 1e3:.1f} ms, doc-masked {masked * 1e3:.1f} ms (masked/unmasked {masked / plain:.3f})\n"
+        f"  wall: unmasked {plain * 1e3:.1f} ms, doc-masked {masked * 1e3:.1f} ms "
+        f"(masked/unmasked {masked / plain:.3f})\n"
         f"  cpu:  unmasked {cp * 1e3:.1f} ms, doc-masked {cm * 1e3:.1f} ms (masked/unmasked {cm / cp:.3f})"
     )
 
