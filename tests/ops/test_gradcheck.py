@@ -19,13 +19,13 @@ def arr(*shape, lo=-1.0, hi=1.0):
     return rng.uniform(lo, hi, shape).astype(np.float32)
 
 
-def _qkv_attention_ref(qkv, h, hkv, hd, base, scale, window=None):
+def _qkv_attention_ref(qkv, h, hkv, hd, base, scale, window=None, positions=None, segments=None):
     """Split the stacked projection output into heads, RoPE q and k, attend (float64)."""
     b, t, _ = qkv.shape
     q = qkv[..., : h * hd].reshape(b, t, h, hd)
     k = qkv[..., h * hd : (h + hkv) * hd].reshape(b, t, hkv, hd)
     v = qkv[..., (h + hkv) * hd :].reshape(b, t, hkv, hd)
-    o = R.attention(R.rope(q, base), R.rope(k, base), v, scale, window)
+    o = R.attention(R.rope(q, base, positions), R.rope(k, base, positions), v, scale, window, segments)
     return o.reshape(b, t, h * hd)
 
 
@@ -33,6 +33,7 @@ IDS = np.array([[3, 0, 5], [5, 5, 1]])
 POS = np.array([4, 0, 2, 7, 1, 3])
 # Documents packed into rows of 7: a 1-token document, a document cut by the row's end.
 SEG = np.array([[0, 0, 1, 2, 2, 2, 2], [0, 1, 1, 1, 1, 1, 2]])
+DOC_POS = np.array([[0, 1, 0, 0, 1, 2, 3], [0, 0, 1, 2, 3, 4, 0]])  # positions restarting with SEG
 
 # name, sos op on Tensors, f64 reference on arrays, inputs (float32), which inputs to differentiate
 CASES = [
@@ -123,6 +124,15 @@ CASES = [
         lambda qkv: _qkv_attention_ref(qkv, 2, 2, 6, 100.0, 6**-0.5, window=2),
         [arr(1, 6, 36)],
         [0],
+    ),
+    (
+        "qkv_attention_docs",
+        lambda qkv: F.qkv_attention(qkv, 4, 2, 4, 100.0, 0.4, None, DOC_POS, SEG),
+        lambda qkv: _qkv_attention_ref(qkv, 4, 2, 4, 100.0, 0.4, positions=DOC_POS, segments=SEG),
+        [arr(2, 7, 32)],
+        [0],
+    ),
+    (
         "attention_segments",
         lambda q, k, v: F.causal_attention(q, k, v, 0.4, segments=SEG),
         lambda q, k, v: R.attention(q, k, v, 0.4, segments=SEG),
