@@ -128,12 +128,19 @@ pub fn gather_rows_backward(dy: &Tensor, rows: &[u32], n: usize) -> Result<Tenso
         order[cur[r as usize]] = m;
         cur[r as usize] += 1;
     }
-    let mut dx = Tensor::zeros(&[n, d]);
+    // Each row is written once (zeros where nothing was gathered): no zeroing pass first.
+    let mut dx = Tensor::for_overwrite(&[n, d]);
     let dyd = dy.data();
     threads::for_row_chunks(dx.data_mut(), d, threads::rows_per_task(d), |r0, out| {
         for (j, row) in out.chunks_mut(d).enumerate() {
-            for &m in &order[start[r0 + j]..start[r0 + j + 1]] {
-                cpu::axpy(1.0, &dyd[m * d..(m + 1) * d], row);
+            match &order[start[r0 + j]..start[r0 + j + 1]] {
+                [] => row.fill(0.0),
+                [first, rest @ ..] => {
+                    row.copy_from_slice(&dyd[first * d..(first + 1) * d]);
+                    for &m in rest {
+                        cpu::axpy(1.0, &dyd[m * d..(m + 1) * d], row);
+                    }
+                }
             }
         }
     });
@@ -203,6 +210,20 @@ mod tests {
         let dy = Tensor::from_slice(&[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
         assert_eq!(gather_rows_backward(&dy, &[2, 0, 2], 3).unwrap().data(), &[3.0, 4.0, 0.0, 0.0, 6.0, 8.0]);
         assert!(gather_rows_forward(&x, &[3]).is_err());
+    }
+
+    #[test]
+    fn gather_backward_zeroes_untouched_rows_of_recycled_buffers() {
+        // [1024, 512] is over 1 MiB: its buffer is recycled, not zeroed. Fill one with every row,
+        // then gather only the even rows: the odd rows of the gradient must be exact zeros.
+        let (n, d) = (1024, 512);
+        let all: Vec<u32> = (0..n as u32).collect();
+        let even: Vec<u32> = (0..n as u32).step_by(2).collect();
+        drop(gather_rows_backward(&Tensor::full(&[n, d], 3.0), &all, n).unwrap());
+        let dx = gather_rows_backward(&Tensor::full(&[even.len(), d], 2.0), &even, n).unwrap();
+        for (r, row) in dx.data().chunks(d).enumerate() {
+            assert!(row.iter().all(|&v| v == if r % 2 == 0 { 2.0 } else { 0.0 }), "row {r}");
+        }
     }
 
     #[test]
