@@ -64,3 +64,45 @@ def qkv_attention(
         return (_core.qkv_rope_merge(dq, dk, dv, base),)
 
     return record("qkv_attention", o.reshape([b, t, n_heads * head_dim]), (qkv,), backward)
+
+
+def qkv_proj_attention(
+    x: Tensor,
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    base: float,
+    scale: Optional[float] = None,
+    window: Optional[int] = None,
+) -> Tensor:
+    """The q/k/v projections of x [B, T, D] (weights [heads·head_dim, D]), RoPE on q and k
+    (positions 0..T-1) and causal attention, as one node -> [B, T, n_heads·head_dim]. The forward
+    runs one GEMM per projection (the GEMM is faster on the three narrow outputs than on one wide
+    one); the backward rotates dq, dk back into one dqkv buffer (`qkv_rope_merge`) so the input
+    gradient is one GEMM against the stacked weights (no sum of three) and the weight gradients
+    one GEMM, split per projection."""
+    window = check_window(window)
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+    b, t, _ = x.shape
+    q = _core.rope_forward(_core.matmul(x.data, wq.data, False, True).reshape([b, t, n_heads, head_dim]), base)
+    k = _core.rope_forward(_core.matmul(x.data, wk.data, False, True).reshape([b, t, n_kv_heads, head_dim]), base)
+    v = _core.matmul(x.data, wv.data, False, True).reshape([b, t, n_kv_heads, head_dim])
+    o, lse = _core.attention_forward(q, k, v, scale, window)
+    sizes = [wq.shape[0], wk.shape[0], wv.shape[0]]
+
+    def backward(dy):
+        dq, dk, dv = _core.attention_backward(q, k, v, o, lse, dy.reshape([b, t, n_heads, head_dim]), scale, window)
+        dqkv = _core.qkv_rope_merge(dq, dk, dv, base)  # [B, T, (H + 2·Hkv)·hd]
+        dx = None
+        if x.requires_grad:
+            dx = _core.matmul(dqkv, _core.concat_rows([wq.data, wk.data, wv.data]), False, False)
+        dws = [None, None, None]
+        if wq.requires_grad or wk.requires_grad or wv.requires_grad:
+            dws = _core.split_rows(_core.matmul(dqkv, x.data, True, False), sizes)
+        return (dx, *dws)
+
+    return record("qkv_attention", o.reshape([b, t, n_heads * head_dim]), (x, wq, wk, wv), backward)
