@@ -146,6 +146,31 @@ CASES = [
         [arr(2, 7, 2, 4), arr(2, 7, 2, 4), arr(2, 7, 2, 4)],
         [0, 1, 2],
     ),
+    (
+        "qkv_proj_attention_docs",
+        lambda x, wq, wk, wv: F.qkv_proj_attention(x, wq, wk, wv, 4, 2, 4, 100.0, 0.4, None, DOC_POS, SEG),
+        lambda x, wq, wk, wv: _qkv_attention_ref(
+            np.concatenate([R.linear(x, wq), R.linear(x, wk), R.linear(x, wv)], -1),
+            4,
+            2,
+            4,
+            100.0,
+            0.4,
+            positions=DOC_POS,
+            segments=SEG,
+        ),
+        [arr(2, 7, 6), arr(16, 6), arr(8, 6), arr(8, 6)],
+        [0, 1, 2, 3],
+    ),
+    (
+        "qkv_proj_attention_gqa",
+        lambda x, wq, wk, wv: F.qkv_proj_attention(x, wq, wk, wv, 4, 2, 4, 100.0, 0.4),
+        lambda x, wq, wk, wv: _qkv_attention_ref(
+            np.concatenate([R.linear(x, wq), R.linear(x, wk), R.linear(x, wv)], -1), 4, 2, 4, 100.0, 0.4
+        ),
+        [arr(2, 5, 6), arr(16, 6), arr(8, 6), arr(8, 6)],
+        [0, 1, 2, 3],
+    ),
     ("embedding", lambda w: F.embedding(w, IDS), lambda w: R.embedding(w, IDS), [arr(6, 4)], [0]),
     (
         "cross_entropy",

@@ -26,9 +26,9 @@ class CausalSelfAttention(Module):
     weight of head_dim, before RoPE; `scale` multiplies the scores (default 1/sqrt(head_dim));
     `window` (when set) lets each query see only the last `window` positions, itself included.
 
-    Without a cache, q_norm or biases, q/k/v are one GEMM against the three weights stacked and
-    `F.qkv_attention` splits the heads and applies RoPE in one pass (one node, one gradient
-    buffer for the three projections)."""
+    Without a cache, q_norm or biases, the projections, RoPE and attention are one node
+    (`F.qkv_proj_attention`): one gradient buffer for the three projections, so their backward is
+    one GEMM per operand and the input gradient needs no sum of three."""
 
     def __init__(
         self,
@@ -78,12 +78,21 @@ class CausalSelfAttention(Module):
             raise ValueError("positions/segments (document masks) are for training passes, not with a KV cache")
         hd = self.head_dim
         if cache is None and not self.qk_norm and not self.q_proj.has_bias:
-            # Fused: one GEMM against the stacked q/k/v weights, then split + RoPE in one pass
-            # inside the attention node (the same values; see F.qkv_attention).
-            w = F.concat_rows([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-            qkv = F.linear(x, w)  # [B, T, (H + 2·Hkv)·hd]
-            o = F.qkv_attention(
-                qkv, self.n_heads, self.n_kv_heads, hd, self.rope_theta, self.scale, self.window, positions, segments
+            # Fused: projections, RoPE and attention as one node whose backward is one GEMM per
+            # operand against the stacked weights (the same values; see F.qkv_proj_attention).
+            o = F.qkv_proj_attention(
+                x,
+                self.q_proj.weight,
+                self.k_proj.weight,
+                self.v_proj.weight,
+                self.n_heads,
+                self.n_kv_heads,
+                hd,
+                self.rope_theta,
+                self.scale,
+                self.window,
+                positions,
+                segments,
             )
             return self.o_proj(o)
         q = F.reshape(self.q_proj(x), [b, t, self.n_heads, hd])  # [B, T, H, hd]
