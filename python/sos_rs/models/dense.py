@@ -10,6 +10,7 @@ with their own RoPE base (Mistral, Gemma3): a sliding layer's queries see only t
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 from dataclasses import asdict, dataclass
@@ -184,6 +185,11 @@ class DenseBody(Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
 
+def _run_layer(layer: "DecoderLayer", x: Tensor, positions=None, segments=None) -> Tensor:
+    """One decoder block in a training pass (no cache): what `checkpoint` re-runs in backward."""
+    return layer(x, None, positions, segments)
+
+
 class DenseLM(LanguageModel):
     """Token ids [B, T] -> logits [B, T, vocab]."""
 
@@ -229,7 +235,7 @@ class DenseLM(LanguageModel):
             x = F.scale(x, math.sqrt(self.config.d_model))
         for i, layer in enumerate(self.model.layers):
             if self.config.recompute and cache is None:
-                x = checkpoint(lambda h, layer=layer: layer(h, None, positions, segments), x)
+                x = checkpoint(functools.partial(_run_layer, layer, positions=positions, segments=segments), x)
             else:
                 x = layer(x, None if cache is None else cache[i], positions, segments)
         return self.model.norm(x)
