@@ -104,6 +104,10 @@ fn first_keys(op: &'static str, d: &Dims, tp: usize, wl: usize, segments: Option
             seg.len()
         );
     }
+    if tp == 0 {
+        // No queries (T = 0): nothing to attend, and no rows to chunk.
+        return Ok(Vec::new());
+    }
     let mut first = vec![0usize; d.b * tp];
     for (b, row) in first.chunks_exact_mut(tp).enumerate() {
         let mut start = 0;

@@ -270,3 +270,19 @@ fn bad_segments_are_errors() {
     let (o, l) = attention_forward(&q, &k, &v, 1.0, None).unwrap();
     assert!(attention_backward_segments(&q, &k, &v, &o, &l, &o, 1.0, None, Some(&[0, 1, 1, 0])).is_err());
 }
+
+#[test]
+fn empty_sequences_and_batches_give_empty_results() {
+    // T = 0 once panicked (a zero chunk size while laying out per-query first keys).
+    for (b, t) in [(1, 0), (0, 4), (2, 0)] {
+        let (q, k, v) = inputs(b, t, 2, 1, 8);
+        let seg = vec![0i64; b * t];
+        for s in [None, Some(seg.as_slice())] {
+            let (o, lse) = attention_forward_segments(&q, &k, &v, 0.5, None, s).unwrap();
+            assert_eq!(o.shape(), q.shape());
+            assert_eq!(lse.shape(), &[b, t, 2]);
+            let (dq, dk, dv) = attention_backward_segments(&q, &k, &v, &o, &lse, &o, 0.5, None, s).unwrap();
+            assert_eq!((dq.shape(), dk.shape(), dv.shape()), (q.shape(), k.shape(), v.shape()));
+        }
+    }
+}
