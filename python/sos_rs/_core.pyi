@@ -68,7 +68,6 @@ __all__ = [
     "mul",
     "num_threads",
     "qkv_rope_merge",
-    "qkv_rope_split",
     "rmsnorm_backward",
     "rmsnorm_forward",
     "rope_angles_backward",
@@ -378,14 +377,6 @@ def linear_cross_entropy(
 def linear_cross_entropy_chunk(rows: int, vocab: int) -> int: ...
 def swiglu_packed_forward(gu: Tensor) -> Tensor: ...
 def swiglu_packed_backward(gu: Tensor, dy: Tensor) -> Tensor: ...
-def qkv_rope_split(
-    qkv: Tensor,
-    heads: int,
-    kv_heads: int,
-    head_dim: int,
-    base: float,
-    positions: Optional[npt.NDArray[np.integer]] = None,
-) -> tuple[Tensor, Tensor, Tensor]: ...
 def qkv_rope_merge(
     dq: Tensor, dk: Tensor, dv: Tensor, base: float, positions: Optional[npt.NDArray[np.integer]] = None
 ) -> Tensor: ...

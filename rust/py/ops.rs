@@ -406,24 +406,6 @@ fn swiglu_packed_backward(py: Python<'_>, gu: PyRef<T>, dy: PyRef<T>) -> PyResul
     run(py, || activation::swiglu_packed_backward(gu, dy)).map(w)
 }
 
-/// qkv [B, T, (H + 2·Hkv)·hd] -> (q, k roped; v), each [B, T, heads, hd].
-#[pyfunction]
-#[pyo3(signature = (qkv, heads, kv_heads, head_dim, base, positions=None))]
-fn qkv_rope_split(
-    py: Python<'_>,
-    qkv: PyRef<T>,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    base: f32,
-    positions: Option<&Bound<'_, PyAny>>,
-) -> PyResult<(T, T, T)> {
-    let pos = optional_ids(py, positions, "positions")?;
-    let x = &qkv.inner;
-    run(py, || rope::qkv_rope_split(x, heads, kv_heads, head_dim, pos.as_deref(), base))
-        .map(|(a, b, c)| (w(a), w(b), w(c)))
-}
-
 /// (dq, dk, dv) -> dqkv [B, T, (H + 2·Hkv)·hd], dq and dk rotated back.
 #[pyfunction]
 #[pyo3(signature = (dq, dk, dv, base, positions=None))]
@@ -524,7 +506,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(linear_cross_entropy_chunk, m)?)?;
     m.add_function(wrap_pyfunction!(swiglu_packed_forward, m)?)?;
     m.add_function(wrap_pyfunction!(swiglu_packed_backward, m)?)?;
-    m.add_function(wrap_pyfunction!(qkv_rope_split, m)?)?;
     m.add_function(wrap_pyfunction!(qkv_rope_merge, m)?)?;
     m.add_function(wrap_pyfunction!(adamw_multi, m)?)?;
     m.add_function(wrap_pyfunction!(add_rmsnorm_forward, m)?)?;

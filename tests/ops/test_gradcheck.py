@@ -112,25 +112,13 @@ CASES = [
         [0, 1, 2],
     ),
     (
-        "qkv_attention_gqa",
-        lambda qkv: F.qkv_attention(qkv, 4, 2, 4, 100.0, 0.4),
-        lambda qkv: _qkv_attention_ref(qkv, 4, 2, 4, 100.0, 0.4),
-        [arr(2, 5, 32)],
-        [0],
-    ),
-    (
-        "qkv_attention_window",
-        lambda qkv: F.qkv_attention(qkv, 2, 2, 6, 100.0, None, window=2),
-        lambda qkv: _qkv_attention_ref(qkv, 2, 2, 6, 100.0, 6**-0.5, window=2),
-        [arr(1, 6, 36)],
-        [0],
-    ),
-    (
-        "qkv_attention_docs",
-        lambda qkv: F.qkv_attention(qkv, 4, 2, 4, 100.0, 0.4, None, DOC_POS, SEG),
-        lambda qkv: _qkv_attention_ref(qkv, 4, 2, 4, 100.0, 0.4, positions=DOC_POS, segments=SEG),
-        [arr(2, 7, 32)],
-        [0],
+        "qkv_proj_attention_window",
+        lambda x, wq, wk, wv: F.qkv_proj_attention(x, wq, wk, wv, 2, 2, 6, 100.0, None, window=2),
+        lambda x, wq, wk, wv: _qkv_attention_ref(
+            np.concatenate([R.linear(x, wq), R.linear(x, wk), R.linear(x, wv)], -1), 2, 2, 6, 100.0, 6**-0.5, window=2
+        ),
+        [arr(1, 6, 5), arr(12, 5), arr(12, 5), arr(12, 5)],
+        [0, 1, 2, 3],
     ),
     (
         "attention_segments",

@@ -7,7 +7,7 @@ q [B, T, Hq, hd] and k, v [B, T, Hkv, hd] (no head transposes anywhere).
 """
 
 from .activation import gelu, silu, softmax, swiglu, swiglu_packed
-from .attention import causal_attention, check_window, qkv_attention, qkv_proj_attention
+from .attention import causal_attention, check_window, qkv_proj_attention
 from .elementwise import add, col_scale, mul, scale, sigmoid_range, softplus
 from .embedding import cross_entropy, embedding, linear_cross_entropy
 from .linear import linear, linear_bias, matmul
@@ -55,7 +55,6 @@ __all__ = [
     "moe_plan",
     "moe_swiglu",
     "mul",
-    "qkv_attention",
     "qkv_proj_attention",
     "reshape",
     "rmsnorm",

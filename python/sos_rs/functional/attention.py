@@ -48,42 +48,6 @@ def causal_attention(
     )
 
 
-def qkv_attention(
-    qkv: Tensor,
-    n_heads: int,
-    n_kv_heads: int,
-    head_dim: int,
-    base: float,
-    scale: Optional[float] = None,
-    window: Optional[int] = None,
-    positions: Optional[np.ndarray] = None,
-    segments: Optional[np.ndarray] = None,
-) -> Tensor:
-    """Causal attention straight from the output of one GEMM against the stacked q, k and v
-    projections: qkv [B, T, (n_heads + 2·n_kv_heads)·head_dim] is split into heads with RoPE (base
-    `base`, positions 0..T-1) applied to q and k in one pass, attended as `causal_attention`
-    does, and returned as [B, T, n_heads·head_dim]. One node: its backward runs the attention
-    backward and rotates dq, dk back into one dqkv buffer, so the projection's backward is one
-    GEMM per operand and the input gradient needs no sum of three. `positions` ([T] or [B, T])
-    replace 0..T-1 for RoPE and `segments` ([B, T]) keep queries within their document, as in
-    `causal_attention`."""
-    window = check_window(window)
-    if scale is None:
-        scale = 1.0 / math.sqrt(head_dim)
-    b, t, _ = qkv.shape
-    pos = None if positions is None else np.ascontiguousarray(positions).reshape(-1)
-    seg = None if segments is None else np.ascontiguousarray(segments).reshape(-1)
-    q, k, v = _core.qkv_rope_split(qkv.data, n_heads, n_kv_heads, head_dim, base, pos)
-    o, lse = _core.attention_forward(q, k, v, scale, window, seg)
-
-    def backward(dy):
-        dy = dy.reshape([b, t, n_heads, head_dim])
-        dq, dk, dv = _core.attention_backward(q, k, v, o, lse, dy, scale, window, seg)
-        return (_core.qkv_rope_merge(dq, dk, dv, base, pos),)
-
-    return record("qkv_attention", o.reshape([b, t, n_heads * head_dim]), (qkv,), backward)
-
-
 def qkv_proj_attention(
     x: Tensor,
     wq: Tensor,
