@@ -156,7 +156,6 @@ pub fn moe_swiglu_forward(
 
 /// Gradients of `moe_swiglu_forward` given dy [N, D]:
 /// (dx [N, D], dgates [N, k], dw_gate, dw_up, dw_down).
-#[allow(clippy::too_many_arguments)]
 pub fn moe_swiglu_backward(
     x: &Tensor,
     gates: &Tensor,

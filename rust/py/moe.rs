@@ -275,7 +275,6 @@ fn moe_swiglu_forward(
 
 /// -> (dx, dgates, dw_gate, dw_up, dw_down)
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
 fn moe_swiglu_backward(
     py: Python<'_>,
     x: PyRef<T>,

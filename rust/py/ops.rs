@@ -425,7 +425,6 @@ fn qkv_rope_merge(
 /// AdamW over all parameters in one call, the global-norm clip fused in (max_norm > 0); the
 /// gradients are scaled in place when clipped. Returns the norm before clipping (0 without clip).
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (params, grads, m, v, weight_decay, lr, beta1, beta2, eps, step, max_norm=None))]
 fn adamw_multi(
     py: Python<'_>,

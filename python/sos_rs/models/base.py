@@ -12,6 +12,7 @@ A family provides:
 | `forward(ids, cache=None)` | token ids [B, T] -> logits [B, T, V]; with a cache, ids continue it |
 | `loss(ids, targets, *, positions, segments)` | the training objective (cross-entropy plus regularisers) |
 | `eval_loss(ids, targets, *, positions, segments)` | mean cross-entropy in inference mode, as a float |
+| `next_token_loss(ids, targets, positions, segments)` | cross-entropy alone: `loss`'s default, `eval_loss`'s value |
 | `forward_docs(ids, positions, segments)` | `forward` keeping packed documents apart (masks optional) |
 | `supports_doc_mask` | whether `loss` takes the belt's positions/segments ([B, T], `data.doc_mask`) |
 | `new_cache(batch)` | a KV cache for sampling, or None when the family re-reads the context |
@@ -136,7 +137,7 @@ class LanguageModel(Module):
         `last_segments()` under `data.doc_mask`), documents packed into a row stay apart: RoPE
         positions restart at each document and no query attends across a document boundary.
         Families without `supports_doc_mask` raise InvalidValueError when given them."""
-        return F.cross_entropy(self.forward_docs(ids, positions, segments), targets)
+        return self.next_token_loss(ids, targets, positions, segments)
 
     def eval_loss(
         self,
@@ -151,9 +152,17 @@ class LanguageModel(Module):
         self.eval()
         try:
             with no_grad():
-                return F.cross_entropy(self.forward_docs(ids, positions, segments), targets).item()
+                return self.next_token_loss(ids, targets, positions, segments).item()
         finally:
             self.train(was)
+
+    def next_token_loss(
+        self, ids: np.ndarray, targets: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]
+    ) -> Tensor:
+        """The mean next-token cross-entropy alone, without a family's auxiliary terms: `loss`'s
+        default and what `eval_loss` reports. Families may compute it another way (the dense
+        family fuses the output projection into it)."""
+        return F.cross_entropy(self.forward_docs(ids, positions, segments), targets)
 
     def forward_docs(self, ids: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]) -> Tensor:
         """`forward` with optional document masks (see `loss`); families with

@@ -244,34 +244,13 @@ class DenseLM(LanguageModel):
         """The output projection [V, D]: lm_head, or the token embedding when tied."""
         return self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
 
-    def loss(
-        self,
-        ids: np.ndarray,
-        targets: np.ndarray,
-        *,
-        positions: Optional[np.ndarray] = None,
-        segments: Optional[np.ndarray] = None,
+    def next_token_loss(
+        self, ids: np.ndarray, targets: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]
     ) -> Tensor:
         """Mean next-token cross-entropy, with the output projection fused into the loss over
         vocabulary chunks (`F.linear_cross_entropy`): the [B, T, V] logits never exist at once.
         `positions`/`segments`: documents kept apart (see `LanguageModel.loss`)."""
         return F.linear_cross_entropy(self.hidden(ids, None, positions, segments), self.head(), targets)
-
-    def eval_loss(
-        self,
-        ids: np.ndarray,
-        targets: np.ndarray,
-        *,
-        positions: Optional[np.ndarray] = None,
-        segments: Optional[np.ndarray] = None,
-    ) -> float:
-        was = self.training
-        self.eval()
-        try:
-            with no_grad():
-                return self.loss(ids, targets, positions=positions, segments=segments).item()
-        finally:
-            self.train(was)
 
     def forward_docs(self, ids: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]) -> Tensor:
         return self.forward(ids, positions=positions, segments=segments)
