@@ -62,7 +62,25 @@ pub fn capacity_for(n_tokens: usize, k: usize, n_experts: usize, factor: f32) ->
 
 /// Builds the plan from the router's choices idx [N*k] (row n: k distinct experts, best first).
 pub fn build_plan(idx: &[u32], n_tokens: usize, k: usize, n_experts: usize, capacity: usize) -> Result<Plan> {
+    build_plan_kept(idx, None, n_tokens, k, n_experts, capacity)
+}
+
+/// `build_plan` where `keep[n*k + j] == false` leaves assignment (n, j) out before any capacity
+/// count: it gets no slot (`token_slot` is DROPPED), is not in `demand` and is not counted as
+/// `dropped` (SAGI skips agents whose gate is below its threshold this way).
+pub fn build_plan_kept(
+    idx: &[u32],
+    keep: Option<&[bool]>,
+    n_tokens: usize,
+    k: usize,
+    n_experts: usize,
+    capacity: usize,
+) -> Result<Plan> {
     ensure_shape!(idx.len() == n_tokens * k, "moe_plan", "{} expert ids for {} tokens × k={}", idx.len(), n_tokens, k);
+    if let Some(keep) = keep {
+        ensure_shape!(keep.len() == idx.len(), "moe_plan", "keep has {} entries for {} choices", keep.len(), idx.len());
+    }
+    let kept_choice = |a: usize| keep.is_none_or(|m| m[a]);
     super::router::check_ids("moe_plan", idx, n_experts)?;
     for (n, row) in idx.chunks(k.max(1)).enumerate() {
         for j in 1..row.len() {
@@ -77,6 +95,9 @@ pub fn build_plan(idx: &[u32], n_tokens: usize, k: usize, n_experts: usize, capa
     // Admission by priority: choice rank first, then token order.
     for j in 0..k {
         for n in 0..n_tokens {
+            if !kept_choice(n * k + j) {
+                continue;
+            }
             let e = idx[n * k + j] as usize;
             demand[e] += 1;
             if kept[e] < capacity {
@@ -106,7 +127,7 @@ pub fn build_plan(idx: &[u32], n_tokens: usize, k: usize, n_experts: usize, capa
             }
         }
     }
-    let dropped = idx.len() - s;
+    let dropped = demand.iter().sum::<usize>() - s;
     Ok(Plan { n_tokens, k, n_experts, capacity, offsets, slot_token, slot_choice, token_slot, demand, dropped })
 }
 
@@ -269,6 +290,31 @@ mod tests {
                 assert!(plan.tokens_of(ex).windows(2).all(|w| w[0] < w[1]), "tokens ascend within an expert");
             }
         }
+    }
+
+    #[test]
+    fn left_out_choices_get_no_slot_and_are_not_capacity_drops() {
+        let (n, k, e) = (60, 2, 4);
+        let idx = random_idx(n, k, e, 11);
+        let keep: Vec<bool> = (0..n * k).map(|a| a % k == 0 || a % 3 != 1).collect();
+        for cap in [usize::MAX, 20] {
+            let plan = build_plan_kept(&idx, Some(&keep), n, k, e, cap).unwrap();
+            // The same plan as building from the kept choices alone: skipped ones leave no trace.
+            let asked = keep.iter().filter(|&&x| x).count();
+            assert_eq!(plan.demand.iter().sum::<usize>(), asked);
+            assert_eq!(plan.n_slots() + plan.dropped, asked);
+            for a in 0..n * k {
+                if !keep[a] {
+                    assert_eq!(plan.token_slot[a], DROPPED);
+                }
+            }
+            if cap == usize::MAX {
+                assert_eq!(plan.dropped, 0);
+            }
+        }
+        let all = build_plan_kept(&idx, Some(&vec![true; n * k]), n, k, e, 20).unwrap();
+        assert_eq!(all.token_slot, build_plan(&idx, n, k, e, 20).unwrap().token_slot);
+        assert!(matches!(build_plan_kept(&idx, Some(&[true]), n, k, e, 20), Err(Error::Shape { .. })));
     }
 
     #[test]

@@ -15,4 +15,4 @@ pub mod experts;
 pub mod fused;
 pub mod router;
 
-pub use dispatch::{build_plan, capacity_for, Plan, DROPPED};
+pub use dispatch::{build_plan, build_plan_kept, capacity_for, Plan, DROPPED};

@@ -5,7 +5,7 @@ use super::convert::{ids_from_numpy, run, to_py};
 use super::tensor::{w, T};
 use crate::moe::{self, dispatch, experts, fused, router, Plan, DROPPED};
 use numpy::ndarray::{ArrayD, IxDyn};
-use numpy::{IntoPyArray, PyArrayDyn};
+use numpy::{IntoPyArray, PyArrayDyn, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 
 fn int_array<'py>(py: Python<'py>, v: Vec<i64>, shape: &[usize]) -> Bound<'py, PyArrayDyn<i64>> {
@@ -155,23 +155,33 @@ fn z_loss_backward(py: Python<'_>, logits: PyRef<T>, lse: PyRef<T>, dloss: f32) 
 }
 
 /// Groups tokens by expert. idx: [N, k] expert ids (best first); capacity = ceil(factor·N·k/E)
-/// (factor <= 0: unlimited) unless `capacity` is given.
+/// (factor <= 0: unlimited) unless `capacity` is given. `keep` (bool [N, k]): choices marked
+/// False are left out before capacity counts (no slot, not counted as dropped).
 #[pyfunction]
-#[pyo3(signature = (idx, n_experts, capacity_factor=0.0, capacity=None))]
+#[pyo3(signature = (idx, n_experts, capacity_factor=0.0, capacity=None, keep=None))]
 fn moe_plan(
     py: Python<'_>,
     idx: &Bound<'_, PyAny>,
     n_experts: usize,
     capacity_factor: f32,
     capacity: Option<usize>,
+    keep: Option<PyReadonlyArrayDyn<'_, bool>>,
 ) -> PyResult<PyRoutePlan> {
     let (ids, shape) = ids_from_numpy(py, idx, "expert ids")?;
     if shape.len() != 2 {
         return Err(to_py(crate::Error::shape("moe_plan", format!("expert ids must be [N, k], got {shape:?}"))));
     }
     let (n, k) = (shape[0], shape[1]);
+    let keep: Option<Vec<bool>> = match keep.as_ref().map(|m| m.as_array()) {
+        Some(m) if m.shape() != shape.as_slice() => {
+            let msg = format!("keep {:?} must have the shape of the expert ids {shape:?}", m.shape());
+            return Err(to_py(crate::Error::shape("moe_plan", msg)));
+        }
+        Some(m) => Some(m.iter().copied().collect()),
+        None => None,
+    };
     let cap = capacity.unwrap_or_else(|| moe::capacity_for(n, k, n_experts, capacity_factor));
-    run(py, || moe::build_plan(&ids, n, k, n_experts, cap)).map(|inner| PyRoutePlan { inner })
+    run(py, || moe::build_plan_kept(&ids, keep.as_deref(), n, k, n_experts, cap)).map(|inner| PyRoutePlan { inner })
 }
 
 #[pyfunction]

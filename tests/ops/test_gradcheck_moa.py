@@ -33,6 +33,9 @@ PLAN = F.moe_plan(IDX, 4, capacity=4)  # 18 assignments, 16 seats: drops
 SLOT_TOKEN = np.concatenate([PLAN.rows(e) for e in range(4)])
 TOKEN_SLOT = PLAN.token_slot()
 OFFSETS = PLAN.offsets
+KEEP = np.ones((9, 2), bool)
+KEEP[[1, 4, 5], 1] = False  # SAGI's skipped agents: second choices left out, no capacity limit
+KEPT_PLAN = F.moe_plan(IDX, 4, keep=KEEP)
 ROWS = np.array([0, 2, 3, 6, 7, 9, 10, 11])  # routed queries of B=2, T=6
 TRIPLES = rng.integers(0, 12, (7, 3))
 POS = np.array([3, 0, 2, 2, 1, 4])
@@ -122,6 +125,17 @@ CASES = [
         "moe_swiglu",
         lambda x, g, a, b, c: F.moe_swiglu(x, g, PLAN, a, b, c),
         lambda x, g, a, b, c: RS.combine(RS.experts_swiglu(x[SLOT_TOKEN], OFFSETS, a, b, c), g, TOKEN_SLOT),
+        [arr(9, 3), arr(9, 2), arr(4, 5, 3), arr(4, 5, 3), arr(4, 3, 5)],
+        [0, 1, 2, 3, 4],
+    ),
+    (
+        "moe_swiglu_kept",
+        lambda x, g, a, b, c: F.moe_swiglu(x, g, KEPT_PLAN, a, b, c),
+        lambda x, g, a, b, c: RS.combine(
+            RS.experts_swiglu(x[np.concatenate([KEPT_PLAN.rows(e) for e in range(4)])], KEPT_PLAN.offsets, a, b, c),
+            g,
+            KEPT_PLAN.token_slot(),
+        ),
         [arr(9, 3), arr(9, 2), arr(4, 5, 3), arr(4, 5, 3), arr(4, 3, 5)],
         [0, 1, 2, 3, 4],
     ),
@@ -219,3 +233,12 @@ def test_plan_reports_drops_and_case_exercises_them():
     assert PLAN.capacity == 4 and PLAN.dropped == 18 - PLAN.n_slots >= 2
     assert (TOKEN_SLOT == -1).sum() == PLAN.dropped
     assert sum(PLAN.counts) == PLAN.n_slots and all(c <= 4 for c in PLAN.counts)
+
+
+def test_kept_plan_leaves_choices_out_without_counting_drops():
+    assert KEPT_PLAN.dropped == 0 and KEPT_PLAN.n_slots == KEEP.sum() == 15
+    assert (KEPT_PLAN.token_slot()[~KEEP] == -1).all() and (KEPT_PLAN.token_slot()[KEEP] >= 0).all()
+    capped = F.moe_plan(IDX, 4, capacity=3, keep=KEEP)  # capacity drops count the kept choices only
+    assert capped.dropped == 15 - capped.n_slots > 0 and max(capped.counts) == 3
+    with pytest.raises(sos_rs.ShapeError, match="keep"):
+        F.moe_plan(IDX, 4, keep=KEEP[:5])

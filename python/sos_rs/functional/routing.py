@@ -50,11 +50,17 @@ def router_z_loss(logits: Tensor) -> Tensor:
 
 
 def moe_plan(
-    idx: np.ndarray, n_experts: int, capacity_factor: float = 0.0, capacity: Optional[int] = None
+    idx: np.ndarray,
+    n_experts: int,
+    capacity_factor: float = 0.0,
+    capacity: Optional[int] = None,
+    keep: Optional[np.ndarray] = None,
 ) -> _core.RoutePlan:
     """Groups tokens by expert (counting sort). Capacity ceil(factor·N·k/E) per expert, unlimited
-    when factor <= 0; assignments over capacity are dropped (see rust/moe/dispatch.rs)."""
-    return _core.moe_plan(idx, n_experts, capacity_factor, capacity)
+    when factor <= 0; assignments over capacity are dropped (see rust/moe/dispatch.rs). `keep`
+    (bool [N, k]) leaves the choices marked False out altogether: no slot, not counted as dropped."""
+    mask = None if keep is None else np.asarray(keep, dtype=bool)
+    return _core.moe_plan(idx, n_experts, capacity_factor, capacity, mask)
 
 
 def dispatch(x: Tensor, plan: _core.RoutePlan) -> Tensor:

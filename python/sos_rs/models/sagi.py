@@ -308,16 +308,17 @@ class SAGILM(LanguageModel):
     def estimate_memory(self, batch: int, seq: int) -> MemoryEstimate:
         """Per token and layer: the dense decoder's activations (as the dense family: ~12 d-wide
         and 3 ffn-wide values), the swarm's norm, observation, every routing round's query,
-        logits, probabilities and message, and for each of its k agents the gathered row, three
-        hidden-wide values and two outputs; plus logits and their gradient (3 × vocab)."""
+        logits, probabilities and message, for each of its k agents the two hidden-wide
+        pre-activations the fused expert op keeps (`F.moe_swiglu`), and the agents' d-wide sum;
+        plus logits and their gradient (3 × vocab)."""
         c = self.config
         k, rounds = c.caps()
         swarm = 3 * c.d_model + c.dim_s + (rounds + 1) * (2 * c.attn_dim + 3 * c.max_agents + 2 * c.dim_msg)
-        swarm += k * (3 * c.d_model + 3 * c.agent_hidden)
+        swarm += k * 2 * c.agent_hidden + c.d_model
         per_layer = 12 * c.d_model + 3 * c.ffn_hidden + swarm
-        # Calibrated: routing temporaries (per-round gathers and their gradients) add about 15% to
+        # Calibrated: routing temporaries (per-round gathers and their gradients) add about 10% to
         # the count at the peak (tests/models/test_memory_estimate.py).
-        acts = int(1.15 * batch * seq * (c.n_layers * per_layer + 3 * c.vocab_size)) * BYTES_F32
+        acts = int(1.10 * batch * seq * (c.n_layers * per_layer + 3 * c.vocab_size)) * BYTES_F32
         return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts, RUNTIME_BYTES)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:

@@ -126,17 +126,15 @@ class SwarmLayer(Module):
             active &= ~(cur == prev).all(1)
             prev = cur
 
-        # Agents: one virtual row per kept (token, agent) choice, grouped by agent.
+        # Agents: each kept (token, agent) choice runs the agent's SwiGLU on the token, weighted
+        # by its gate, in one fused op (rows gathered per agent, outputs scattered back).
         k = self.agent_cap
         keep = gates.numpy() >= c.route_min_gate  # [N, k]
         keep[:, 0] = True
         flat = np.flatnonzero(keep.reshape(-1))  # kept choices n*k + j, token order
         tok, agent = flat // k, idx.reshape(-1)[flat]
-        plan = F.moe_plan(agent[:, None], a)
-        slot_row = np.concatenate([plan.rows(e) for e in range(a)])
-        ys = F.experts_swiglu(F.gather_rows(hf, tok[slot_row]), plan, self.w_gate, self.w_up, self.w_down)
-        row_gates = F.gather_rows(F.reshape(gates, [n * k, 1]), flat)  # [M, 1]
-        y = F.scatter_add_rows(F.combine(ys, row_gates, plan), tok, n)  # [N, D]
+        plan = F.moe_plan(idx, a, keep=keep)
+        y = F.moe_swiglu(hf, gates, plan, self.w_gate, self.w_up, self.w_down)  # [N, D]
         y = F.add(y, F.col_scale(self.message_out(m), self.message_scale))
 
         if ctx.aux_loss_coef:
