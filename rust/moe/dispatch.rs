@@ -303,9 +303,9 @@ mod tests {
             let asked = keep.iter().filter(|&&x| x).count();
             assert_eq!(plan.demand.iter().sum::<usize>(), asked);
             assert_eq!(plan.n_slots() + plan.dropped, asked);
-            for a in 0..n * k {
-                if !keep[a] {
-                    assert_eq!(plan.token_slot[a], DROPPED);
+            for (slot, &kept) in plan.token_slot.iter().zip(&keep) {
+                if !kept {
+                    assert_eq!(*slot, DROPPED);
                 }
             }
             if cap == usize::MAX {
