@@ -14,6 +14,7 @@ from typing import ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .. import _core
 from .. import functional as F
 from ..autograd import Tensor, no_grad
 from ..nn import Embedding, Linear, Module, ModuleList
@@ -253,6 +254,16 @@ class MoALM(LanguageModel):
     def forward_with_aux(self, ids: np.ndarray, triples: Optional[np.ndarray] = None) -> Tuple[Tensor, Aux]:
         """Logits and the pass's auxiliary losses/statistics. `triples` fixes the regulariser's
         key triples (sampled when None and training)."""
+        h, aux = self.hidden_with_aux(ids, triples)
+        return F.linear(h, self.head()), aux  # [B, T, V]
+
+    def head(self) -> Tensor:
+        """The output projection [V, D]: lm_head, or the token embedding when tied."""
+        return self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
+
+    def hidden_with_aux(self, ids: np.ndarray, triples: Optional[np.ndarray] = None) -> Tuple[Tensor, Aux]:
+        """The head's output [B, T, D] (what the output projection reads) and the auxiliary
+        losses/statistics (see `forward_with_aux`)."""
         cfg = self.config
         ids = self.check_ids(ids)
         if self.training and cfg.ti_lambda and triples is None:
@@ -266,9 +277,7 @@ class MoALM(LanguageModel):
         x = self.model.embed_tokens(ids)  # [B, T, D]
         for i, layer in enumerate(self.model.layers):
             x = layer(x, aux, f"layers.{i}")
-        h = self.model.head(x)
-        head = self.model.embed_tokens.weight if cfg.tie_embeddings else self.lm_head.weight
-        return F.linear(h, head), aux  # [B, T, V]
+        return self.model.head(x), aux
 
     def forward(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
         """ids [B, T] -> logits [B, T, V]; the family has no KV cache (`new_cache` is None)."""
@@ -290,12 +299,22 @@ class MoALM(LanguageModel):
         """Mean next-token cross-entropy plus the weighted auxiliary losses (load balance, z-loss,
         triangle inequality); the parts are in `last_stats`. Document masks are refused."""
         self.check_doc_masks(np.asarray(ids), positions, segments)
-        logits, aux = self.forward_with_aux(ids, triples)
-        ce = F.cross_entropy(logits, targets)
+        h, aux = self.hidden_with_aux(ids, triples)
+        ce = F.linear_cross_entropy(h, self.head(), targets)
         extra = aux.total()
         self.last_stats = self.stats(aux, np.asarray(ids).size)
         self.last_stats["ce"] = ce.item()
         return ce if extra is None else F.add(ce, extra)
+
+    def next_token_loss(
+        self, ids: np.ndarray, targets: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]
+    ) -> Tensor:
+        """Mean next-token cross-entropy with the output projection fused into it over vocabulary
+        chunks (`F.linear_cross_entropy`: no [B, T, V] logits); what `eval_loss` reports."""
+        self.check_doc_masks(np.asarray(ids), positions, segments)
+        h, aux = self.hidden_with_aux(ids)
+        self.last_stats = self.stats(aux, np.asarray(ids).size)
+        return F.linear_cross_entropy(h, self.head(), targets)
 
     def step_stats(self) -> dict:
         """Cross-entropy alone, the active-parameter fraction (SPEC §2 item 2), the TI violation
@@ -327,7 +346,8 @@ class MoALM(LanguageModel):
         the paths): metric attention keeps k, v, rope'd and gated copies and its output for every
         token, q for its rows; ChannelMix and the FFN branches keep gathered rows, hidden
         activations and outputs; dispatch/combine keep the stacked outputs. Plus the head
-        adapter and logits with their gradient (3 × vocab per token)."""
+        adapter and one vocabulary chunk of logits (the fused loss's, at most 64 MiB:
+        `F.linear_cross_entropy`)."""
         c = self.config
         tokens = batch * seq
         hd, mix, ffn_hidden = c.head_dim or 0, c.mix_hidden or 0, c.ffn_hidden or 0  # resolved in __post_init__
@@ -340,13 +360,14 @@ class MoALM(LanguageModel):
         ffn_share = c.ffn_top_k / len(FFN_BRANCHES)
         ffn = ffn_share * (4 * ffn_hidden + 3 * c.d_model + 3 * c.d_model + 4 * c.ffn_rank + 3 * c.d_model)
         per_layer = 8 * c.d_model + mixer + ffn + 2 * c.d_model * (c.router_top_k + c.ffn_top_k)
-        head = 6 * c.d_model + 4 * c.ffn_rank + 3 * c.vocab_size
+        head = 6 * c.d_model + 4 * c.ffn_rank
+        chunk = _core.linear_cross_entropy_chunk(tokens, c.vocab_size)
         # Calibrated (tests/models/test_memory_estimate.py): the tape frees some of these before
         # the peak and the fused MoE op keeps fewer rows, so the counted values overstate the
         # peak. Measured on one thread (deterministic) the peak is 0.72-0.78 of the count; at 2
         # threads glibc's per-thread arenas add 10-40 MiB of slack that varies run to run, so the
         # factor sits between the two.
-        acts = int(0.8 * tokens * (c.n_layers * per_layer + head)) * BYTES_F32
+        acts = (int(0.8 * tokens * (c.n_layers * per_layer + head)) + tokens * chunk) * BYTES_F32
         return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts, RUNTIME_BYTES)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:
