@@ -100,6 +100,7 @@ class LanguageModel(Module):
     config_class: ClassVar[Type[Any]]
     config: Any
     model: Any  # the family's body (embedding, `layers`, ...), set by each family
+    lm_head: Any  # the untied output projection (a Linear), set by each family when not tied
     hf_model_type: ClassVar[Optional[str]] = None
     """`model_type` in the config.json of this family's Hugging Face export."""
     supports_doc_mask: ClassVar[bool] = False
@@ -163,6 +164,11 @@ class LanguageModel(Module):
         default and what `eval_loss` reports. Families may compute it another way (the dense
         family fuses the output projection into it)."""
         return F.cross_entropy(self.forward_docs(ids, positions, segments), targets)
+
+    def head(self) -> Tensor:
+        """The output projection [V, D]: `lm_head`, or the token embedding when
+        `config.tie_embeddings` (every family keeps them as `model.embed_tokens` and `lm_head`)."""
+        return self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
 
     def forward_docs(self, ids: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]) -> Tensor:
         """`forward` with optional document masks (see `loss`); families with

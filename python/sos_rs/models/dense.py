@@ -240,10 +240,6 @@ class DenseLM(LanguageModel):
                 x = layer(x, None if cache is None else cache[i], positions, segments)
         return self.model.norm(x)
 
-    def head(self) -> Tensor:
-        """The output projection [V, D]: lm_head, or the token embedding when tied."""
-        return self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
-
     def next_token_loss(
         self, ids: np.ndarray, targets: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]
     ) -> Tensor:

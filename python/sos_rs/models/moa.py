@@ -257,10 +257,6 @@ class MoALM(LanguageModel):
         h, aux = self.hidden_with_aux(ids, triples)
         return F.linear(h, self.head()), aux  # [B, T, V]
 
-    def head(self) -> Tensor:
-        """The output projection [V, D]: lm_head, or the token embedding when tied."""
-        return self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
-
     def hidden_with_aux(self, ids: np.ndarray, triples: Optional[np.ndarray] = None) -> Tuple[Tensor, Aux]:
         """The head's output [B, T, D] (what the output projection reads) and the auxiliary
         losses/statistics (see `forward_with_aux`)."""

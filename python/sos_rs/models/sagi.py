@@ -15,6 +15,7 @@ from typing import ClassVar, List, Optional, Tuple
 
 import numpy as np
 
+from .. import _core
 from .. import functional as F
 from ..autograd import Tensor
 from ..nn import CausalSelfAttention, Embedding, LayerKVCache, Linear, Module, ModuleList, RMSNorm, SwiGLUMLP
@@ -222,14 +223,20 @@ class SAGILM(LanguageModel):
         self, ids: np.ndarray, cache: Optional[list] = None, update_state: bool = False
     ) -> Tuple[Tensor, SwarmContext]:
         """Logits [B, T, V] and the pass's swarm context (losses, per-layer records)."""
+        h, ctx = self.hidden_with_aux(ids, cache, update_state)
+        return F.linear(h, self.head()), ctx
+
+    def hidden_with_aux(
+        self, ids: np.ndarray, cache: Optional[list] = None, update_state: bool = False
+    ) -> Tuple[Tensor, SwarmContext]:
+        """The final normed hidden states [B, T, D] the output projection reads, and the swarm
+        context (see `forward_with_aux`)."""
         ids = self.check_ids(ids, 0 if cache is None else cache[0].length)
         ctx = SwarmContext(update_state=update_state, aux_loss_coef=self.config.aux_loss_coef if self.training else 0)
         x = self.model.embed_tokens(ids)  # [B, T, D]
         for i, layer in enumerate(self.model.layers):
             x = layer(x, ctx, None if cache is None else cache[i])
-        x = self.model.norm(x)
-        head = self.model.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
-        return F.linear(x, head), ctx
+        return self.model.norm(x), ctx
 
     def forward(self, ids: np.ndarray, cache: Optional[list] = None) -> Tensor:
         """ids [B, T] -> logits [B, T, V]; the agent states are left unchanged."""
@@ -249,14 +256,24 @@ class SAGILM(LanguageModel):
         EMAs move (after the pass, so this step's keys are the previous states). Document masks
         are refused."""
         self.check_doc_masks(np.asarray(ids), positions, segments)
-        logits, ctx = self.forward_with_aux(ids, update_state=self.training)
-        ce = F.cross_entropy(logits, targets)
+        h, ctx = self.hidden_with_aux(ids, update_state=self.training)
+        ce = F.linear_cross_entropy(h, self.head(), targets)
         self.last_stats = self.stats(ctx)
         self.last_stats["ce"] = ce.item()
         out = ce
         for extra in ctx.losses:
             out = F.add(out, extra)
         return out
+
+    def next_token_loss(
+        self, ids: np.ndarray, targets: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]
+    ) -> Tensor:
+        """Mean next-token cross-entropy with the output projection fused into it
+        (`F.linear_cross_entropy`); the agent states are left unchanged. What `eval_loss` reports."""
+        self.check_doc_masks(np.asarray(ids), positions, segments)
+        h, ctx = self.hidden_with_aux(ids)
+        self.last_stats = self.stats(ctx)
+        return F.linear_cross_entropy(h, self.head(), targets)
 
     def new_cache(self, batch: int) -> list:
         """One empty KV cache per layer: the swarm works per token, so only attention caches."""
@@ -310,15 +327,16 @@ class SAGILM(LanguageModel):
         and 3 ffn-wide values), the swarm's norm, observation, every routing round's query,
         logits, probabilities and message, for each of its k agents the two hidden-wide
         pre-activations the fused expert op keeps (`F.moe_swiglu`), and the agents' d-wide sum;
-        plus logits and their gradient (3 × vocab)."""
+        plus one vocabulary chunk of logits (the fused loss's, at most 64 MiB)."""
         c = self.config
         k, rounds = c.caps()
         swarm = 3 * c.d_model + c.dim_s + (rounds + 1) * (2 * c.attn_dim + 3 * c.max_agents + 2 * c.dim_msg)
         swarm += k * 2 * c.agent_hidden + c.d_model
         per_layer = 12 * c.d_model + 3 * c.ffn_hidden + swarm
-        # Calibrated: routing temporaries (per-round gathers and their gradients) add about 10% to
+        # Calibrated: routing temporaries (per-round gathers and their gradients) add about 15% to
         # the count at the peak (tests/models/test_memory_estimate.py).
-        acts = int(1.10 * batch * seq * (c.n_layers * per_layer + 3 * c.vocab_size)) * BYTES_F32
+        chunk = _core.linear_cross_entropy_chunk(batch * seq, c.vocab_size)
+        acts = (int(1.15 * batch * seq * c.n_layers * per_layer) + batch * seq * chunk) * BYTES_F32
         return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts, RUNTIME_BYTES)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:
