@@ -99,10 +99,8 @@ pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, targets: &[u32], chunk: usiz
                     let m = cpu::max(row);
                     let s = cpu::exp_shift_sum(row, m, &mut tmp);
                     lo[j] = m + s.ln() - row[t];
-                    let scale = g / s;
-                    for (o, e) in row.iter_mut().zip(&tmp) {
-                        *o = e * scale;
-                    }
+                    // e·(g/s) for every entry, as cross_entropy_fused (scale: alpha·x, one rounding).
+                    cpu::scale(g / s, &tmp, row);
                     row[t] -= g;
                 }
             },
@@ -163,9 +161,7 @@ pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, targets: &[u32], chunk: usiz
             for (j, row) in rows.chunks_mut(vc).enumerate() {
                 let r = task * ROWS_PER_TASK + j;
                 cpu::exp_shift_sum(row, lse[r], &mut tmp);
-                for (o, e) in row.iter_mut().zip(&tmp) {
-                    *o = e * g;
-                }
+                cpu::scale(g, &tmp, row);
                 let t = targets[r] as usize;
                 if (c0..c0 + vc).contains(&t) {
                     row[t - c0] -= g;
