@@ -41,8 +41,9 @@ pub fn rmsnorm_forward(x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tens
 }
 
 /// dx = rstd * (w*dy - xhat * mean(w*dy*xhat)), dw = sum_rows dy * xhat.
-/// One pass: each block of ROW_BLOCK rows writes its dx rows and its dw partial, and the
-/// partials are summed in block order (thread-count independent).
+/// One pass: each block of ROW_BLOCK rows writes its dx rows and its dw partial (per row, after
+/// w·dy and its dot with x, one SIMD pass: `cpu::fused::rms_backward_row`), and the partials are
+/// summed in block order (thread-count independent).
 pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     rmsnorm_backward_acc(x, w, rstd, dy, None)
 }
@@ -86,7 +87,6 @@ pub fn rmsnorm_backward_acc(
                 let (xr, dyr, s) = (&xd[r * d..(r + 1) * d], &dyd[r * d..(r + 1) * d], sd[r]);
                 cpu::mul(wd, dyr, &mut wdy);
                 let c = s * cpu::dot(&wdy, xr) / d as f32; // mean(wdy * xhat), xhat = s*x
-                // dx = s·(wdy − c·s·x) and acc += dy·(s·x) in one SIMD pass.
                 cpu::fused::rms_backward_row(s, c, xr, &wdy, dyr, dxr, &mut acc);
                 if let Some(ad) = accd {
                     // 1·a + dx in one rounding: a + dx exactly as `add` gives it.
