@@ -108,16 +108,22 @@ class StepProfiler:
         prof = self
         node_init = autograd.Node.__init__
 
-        def init(node: autograd.Node, name: str, inputs, backward: Callable) -> None:
-            @functools.wraps(backward)
-            def labelled(dy):
-                prev, prof.label = prof.label, name
-                try:
-                    return backward(dy)
-                finally:
-                    prof.label = prev
+        def init(node: autograd.Node, name: str, inputs, backward: Callable, accumulate=None) -> None:
+            def label(fn: Callable) -> Callable:
+                @functools.wraps(fn)
+                def labelled(*args):
+                    prev, prof.label = prof.label, name
+                    try:
+                        return fn(*args)
+                    finally:
+                        prof.label = prev
 
-            node_init(node, name, inputs, labelled)
+                return labelled
+
+            if accumulate is None:
+                node_init(node, name, inputs, label(backward))
+            else:
+                node_init(node, name, inputs, label(backward), label(accumulate))
 
         self._patch(autograd.Node, "__init__", init)
 

@@ -58,19 +58,28 @@ class GraphFreedError(SosError, RuntimeError):
 
 
 class Node:
-    """One recorded op: its inputs and the function from output grad to input grads."""
+    """One recorded op: its inputs and the function from output grad to input grads.
 
-    __slots__ = ("inputs", "backward", "name")
+    `accumulate`, when given, is `backward` with the gradient that inputs[0] has already received
+    from its other consumers as a second argument: it returns inputs[0]'s gradient with that one
+    added (in the op's own pass, the bits of `add(prev, grad)`), saving the tape a separate add
+    over both buffers (a residual stream feeding a norm)."""
 
-    def __init__(self, name: str, inputs: Sequence["Tensor"], backward: Callable):
+    __slots__ = ("inputs", "backward", "accumulate", "name")
+
+    def __init__(
+        self, name: str, inputs: Sequence["Tensor"], backward: Callable, accumulate: Optional[Callable] = None
+    ):
         self.name = name
         self.inputs = tuple(inputs)
         self.backward = backward
+        self.accumulate = accumulate
 
     def release(self) -> None:
         """Drops the inputs and the closure (with every tensor it saved) once backward has used them."""
         self.inputs = ()
         self.backward = self._freed
+        self.accumulate = None
 
     def _freed(self, _grad):
         raise GraphFreedError(
@@ -143,11 +152,15 @@ class Tensor:
                     else:
                         _core.add_(t.grad, g)
                 continue
-            in_grads = node.backward(g)
-            for inp, ig in zip(node.inputs, in_grads):
+            first = node.inputs[0] if node.inputs else None
+            prev0 = None
+            if node.accumulate is not None and first is not None and all(i is not first for i in node.inputs[1:]):
+                prev0 = grads.get(id(first))
+            in_grads = node.backward(g) if prev0 is None else node.accumulate(g, prev0)
+            for i, (inp, ig) in enumerate(zip(node.inputs, in_grads)):
                 if ig is None or not inp.requires_grad:
                     continue
-                prev = grads.get(id(inp))
+                prev = None if (i == 0 and prev0 is not None) else grads.get(id(inp))
                 grads[id(inp)] = ig if prev is None else _core.add(prev, ig)
             del in_grads, g
             node.release()
@@ -174,10 +187,13 @@ def _topological(root: Tensor) -> list:
     return post
 
 
-def record(name: str, out: _core.Tensor, inputs: Sequence[Tensor], backward: Callable) -> Tensor:
-    """Wraps an op's output, recording the node when any input needs a gradient."""
+def record(
+    name: str, out: _core.Tensor, inputs: Sequence[Tensor], backward: Callable, accumulate: Optional[Callable] = None
+) -> Tensor:
+    """Wraps an op's output, recording the node when any input needs a gradient (`accumulate`:
+    see `Node`)."""
     if _grad_enabled and any(t.requires_grad for t in inputs):
-        return Tensor(out, requires_grad=True, _node=Node(name, inputs, backward))
+        return Tensor(out, requires_grad=True, _node=Node(name, inputs, backward, accumulate))
     return Tensor(out)
 
 

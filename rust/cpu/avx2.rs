@@ -115,7 +115,7 @@ fn hmax(v: __m256) -> f32 {
 /// # Safety
 /// The host supports AVX2 and FMA.
 #[inline(always)]
-unsafe fn sigmoid8(x: __m256) -> __m256 {
+pub(super) unsafe fn sigmoid8(x: __m256) -> __m256 {
     // SAFETY: AVX2 and FMA are available (this function's contract); no memory is touched.
     unsafe {
         let one = _mm256_set1_ps(1.0);

@@ -11,6 +11,7 @@ pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod cache;
+pub mod fused;
 pub mod peak;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]

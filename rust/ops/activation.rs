@@ -135,15 +135,12 @@ pub fn swiglu_packed_backward(gu: &Tensor, dy: &Tensor) -> Result<Tensor> {
     }
     let (gd, dyd) = (gu.data(), dy.data());
     threads::for_row_chunks(dgu.data_mut(), 2 * h, threads::rows_per_task(2 * h), |r0, out| {
-        let mut tmp = vec![0.0f32; h];
         for (j, o) in out.chunks_mut(2 * h).enumerate() {
             let r = r0 + j;
             let (row, dyr) = (&gd[r * 2 * h..(r + 1) * 2 * h], &dyd[r * h..(r + 1) * h]);
             let (dg, du) = o.split_at_mut(h);
-            cpu::silu(&row[..h], &mut tmp);
-            cpu::mul(&tmp, dyr, du);
-            cpu::mul(dyr, &row[h..], &mut tmp);
-            cpu::silu_backward(&row[..h], &tmp, dg);
+            // One pass, one sigmoid per element: the bits of silu, mul, mul, silu_backward.
+            cpu::fused::swiglu_backward(&row[..h], &row[h..], dyr, dg, du);
         }
     });
     Ok(dgu)

@@ -20,6 +20,7 @@ use crate::cpu;
 use crate::error::{ensure_shape, Result};
 use crate::ops::embedding::check_ids;
 use crate::ops::matmul::gemm;
+use crate::scratch;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -84,12 +85,16 @@ pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, targets: &[u32], chunk: usiz
     let chunk = chunk.clamp(1, v);
     let (xd, wd) = (x.data(), w.data());
     let g = 1.0 / n as f32;
-    let mut buf = Tensor::for_overwrite(&[n * chunk]);
+    // The logits chunk (32 MiB for the small bench model) from the shared scratch pool, which
+    // keeps it resident between steps: a fresh tensor mapping cost one page fault per 4 KiB on
+    // every call (most of this op's time outside its GEMMs). Every entry is written (by the
+    // GEMM) before it is read.
+    let mut buf = scratch::take_shared(n * chunk);
     let mut losses = vec![0.0f32; n];
     if grad && chunk == v {
         // One chunk: cross_entropy_fused's per-row arithmetic on the logits, then the GEMMs of
         // Linear's backward (dx = dl · w, dw = dlᵀ · x), bit for bit the unfused path.
-        let dl = buf.data_mut();
+        let dl = buf.as_mut_slice();
         gemm(n, v, d, xd, false, wd, true, dl, false);
         dl.par_chunks_mut(v * ROWS_PER_TASK).zip(losses.par_chunks_mut(ROWS_PER_TASK)).enumerate().for_each(
             |(task, (rows, lo))| {
@@ -99,10 +104,8 @@ pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, targets: &[u32], chunk: usiz
                     let m = cpu::max(row);
                     let s = cpu::exp_shift_sum(row, m, &mut tmp);
                     lo[j] = m + s.ln() - row[t];
-                    let scale = g / s;
-                    for (o, e) in row.iter_mut().zip(&tmp) {
-                        *o = e * scale;
-                    }
+                    // e·(g/s) for every entry, as cross_entropy_fused (scale: alpha·x, one rounding).
+                    cpu::scale(g / s, &tmp, row);
                     row[t] -= g;
                 }
             },
@@ -119,7 +122,7 @@ pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, targets: &[u32], chunk: usiz
     let mut tl = vec![0.0f32; n];
     for c0 in (0..v).step_by(chunk) {
         let vc = chunk.min(v - c0);
-        let lg = &mut buf.data_mut()[..n * vc];
+        let lg = &mut buf.as_mut_slice()[..n * vc];
         gemm(n, vc, d, xd, false, &wd[c0 * d..(c0 + vc) * d], true, lg, false);
         let lg = &*lg;
         mx.par_chunks_mut(ROWS_PER_TASK)
@@ -156,16 +159,14 @@ pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, targets: &[u32], chunk: usiz
     for c0 in (0..v).step_by(chunk) {
         let vc = chunk.min(v - c0);
         let wc = &wd[c0 * d..(c0 + vc) * d];
-        let dl = &mut buf.data_mut()[..n * vc];
+        let dl = &mut buf.as_mut_slice()[..n * vc];
         gemm(n, vc, d, xd, false, wc, true, dl, false);
         dl.par_chunks_mut(vc * ROWS_PER_TASK).enumerate().for_each(|(task, rows)| {
             let mut tmp = vec![0.0f32; vc];
             for (j, row) in rows.chunks_mut(vc).enumerate() {
                 let r = task * ROWS_PER_TASK + j;
                 cpu::exp_shift_sum(row, lse[r], &mut tmp);
-                for (o, e) in row.iter_mut().zip(&tmp) {
-                    *o = e * g;
-                }
+                cpu::scale(g, &tmp, row);
                 let t = targets[r] as usize;
                 if (c0..c0 + vc).contains(&t) {
                     row[t - c0] -= g;

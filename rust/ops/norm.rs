@@ -41,20 +41,36 @@ pub fn rmsnorm_forward(x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tens
 }
 
 /// dx = rstd * (w*dy - xhat * mean(w*dy*xhat)), dw = sum_rows dy * xhat.
-/// One pass: each block of ROW_BLOCK rows writes its dx rows and its dw partial, and the
-/// partials are summed in block order (thread-count independent).
+/// One pass: each block of ROW_BLOCK rows writes its dx rows and its dw partial (per row, after
+/// w·dy and its dot with x, one SIMD pass: `cpu::fused::rms_backward_row`), and the partials are
+/// summed in block order (thread-count independent).
 pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    rmsnorm_backward_acc(x, w, rstd, dy, None)
+}
+
+/// `rmsnorm_backward` with dx returned as `acc` + dx when `acc` (x's shape) is given: the
+/// gradient x already received from its other consumers (the residual stream), added in the
+/// same pass instead of by a separate `add` over both buffers. The bits of add(acc, dx).
+pub fn rmsnorm_backward_acc(
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+    acc: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
     use rayon::prelude::*;
     let (n, d) = rows_dim("rmsnorm_backward", x, w)?;
     ensure_shape!(
-        dy.shape() == x.shape() && rstd.shape() == [n],
+        dy.shape() == x.shape() && rstd.shape() == [n] && acc.is_none_or(|a| a.shape() == x.shape()),
         "rmsnorm_backward",
-        "x {:?}, dy {:?}, rstd {:?}",
+        "x {:?}, dy {:?}, rstd {:?}, acc {:?}",
         x.shape(),
         dy.shape(),
-        rstd.shape()
+        rstd.shape(),
+        acc.map(|a| a.shape())
     );
     let (xd, wd, sd, dyd) = (x.data(), w.data(), rstd.data(), dy.data());
+    let accd = acc.map(|a| a.data());
     let mut dx = Tensor::for_overwrite(x.shape());
     if n == 0 || d == 0 {
         return Ok((dx, Tensor::zeros(&[d])));
@@ -66,18 +82,15 @@ pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> R
         .map(|(b, dxb)| {
             let mut acc = vec![0.0f32; d];
             let mut wdy = vec![0.0f32; d];
-            let mut xhat = vec![0.0f32; d];
             for (j, dxr) in dxb.chunks_mut(d).enumerate() {
                 let r = b * ROW_BLOCK + j;
                 let (xr, dyr, s) = (&xd[r * d..(r + 1) * d], &dyd[r * d..(r + 1) * d], sd[r]);
                 cpu::mul(wd, dyr, &mut wdy);
                 let c = s * cpu::dot(&wdy, xr) / d as f32; // mean(wdy * xhat), xhat = s*x
-                for i in 0..d {
-                    dxr[i] = s * (wdy[i] - c * s * xr[i]);
-                }
-                cpu::scale(s, xr, &mut xhat);
-                for i in 0..d {
-                    acc[i] += dyr[i] * xhat[i];
+                cpu::fused::rms_backward_row(s, c, xr, &wdy, dyr, dxr, &mut acc);
+                if let Some(ad) = accd {
+                    // 1·a + dx in one rounding: a + dx exactly as `add` gives it.
+                    cpu::axpy(1.0, &ad[r * d..(r + 1) * d], dxr);
                 }
             }
             acc

@@ -5,18 +5,36 @@ use crate::error::{ensure_shape, Result};
 use crate::tensor::Tensor;
 use crate::threads;
 
-/// cos/sin tables [T, hd/2], computed in f32 like HF's `LlamaRotaryEmbedding`.
+/// cos/sin tables [positions, hd/2], computed in f32 like HF's `LlamaRotaryEmbedding`. Per-token
+/// positions ([B·T], documents restarting at 0) repeat few values: when they all lie below their
+/// count, each value's row is computed once and copied (the same bits, a fraction of the libm
+/// calls, which ran serially before every rotation).
 fn tables(positions: &[u32], hd: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
     let half = hd / 2;
     let inv: Vec<f32> = (0..half).map(|i| 1.0 / base.powf((2 * i) as f32 / hd as f32)).collect();
+    let direct = |ps: &mut dyn Iterator<Item = u32>, n: usize| {
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in ps {
+            for &f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        (cos, sin)
+    };
+    let distinct = positions.iter().max().map_or(0, |&m| m as usize + 1);
+    if distinct >= positions.len() || half == 0 {
+        return direct(&mut positions.iter().copied(), positions.len());
+    }
+    let (vc, vs) = direct(&mut (0..distinct as u32), distinct);
     let mut cos = Vec::with_capacity(positions.len() * half);
     let mut sin = Vec::with_capacity(positions.len() * half);
     for &p in positions {
-        for &f in &inv {
-            let a = p as f32 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
-        }
+        let p = p as usize;
+        cos.extend_from_slice(&vc[p * half..(p + 1) * half]);
+        sin.extend_from_slice(&vs[p * half..(p + 1) * half]);
     }
     (cos, sin)
 }
@@ -51,7 +69,8 @@ fn rotate(op: &'static str, x: &Tensor, positions: Option<&[u32]>, base: f32, si
     let per_row = pos.len() == b * t;
     let (cos, sin) = tables(pos, hd, base);
     let half = hd / 2;
-    let mut y = Tensor::zeros(x.shape());
+    // Every element is written below.
+    let mut y = Tensor::for_overwrite(x.shape());
     let xd = x.data();
     let tok = h * hd;
     threads::for_row_chunks(y.data_mut(), tok, threads::rows_per_task(tok), |r0, out| {
@@ -59,15 +78,7 @@ fn rotate(op: &'static str, x: &Tensor, positions: Option<&[u32]>, base: f32, si
             let r = r0 + j; // token index b*T + t
             let pi = if per_row { r } else { r % t };
             let (c, s) = (&cos[pi * half..(pi + 1) * half], &sin[pi * half..(pi + 1) * half]);
-            for hh in 0..h {
-                let xr = &xd[r * tok + hh * hd..r * tok + (hh + 1) * hd];
-                let yr = &mut yt[hh * hd..(hh + 1) * hd];
-                for i in 0..half {
-                    let (x1, x2, si) = (xr[i], xr[i + half], sign * s[i]);
-                    yr[i] = x1 * c[i] - x2 * si;
-                    yr[i + half] = x2 * c[i] + x1 * si;
-                }
-            }
+            crate::cpu::fused::rope_heads(&xd[r * tok..(r + 1) * tok], yt, c, s, sign);
         }
     });
     Ok(y)
@@ -139,14 +150,8 @@ fn positions_or_default<'a>(
 /// Rotates `heads` consecutive heads of size hd from `x` into `y` (the arithmetic of `rotate`).
 #[inline]
 fn rotate_heads(x: &[f32], y: &mut [f32], c: &[f32], s: &[f32], hd: usize, sign: f32) {
-    let half = hd / 2;
-    for (xr, yr) in x.chunks(hd).zip(y.chunks_mut(hd)) {
-        for i in 0..half {
-            let (x1, x2, si) = (xr[i], xr[i + half], sign * s[i]);
-            yr[i] = x1 * c[i] - x2 * si;
-            yr[i + half] = x2 * c[i] + x1 * si;
-        }
-    }
+    debug_assert_eq!(c.len(), hd / 2);
+    crate::cpu::fused::rope_heads(x, y, c, s, sign);
 }
 
 /// The fused QKV split: qkv [B, T, (H + 2·Hkv)·hd], the output of one GEMM against the stacked

@@ -68,9 +68,18 @@ fn rmsnorm_forward(py: Python<'_>, x: PyRef<T>, weight: PyRef<T>, eps: f32) -> P
 }
 
 #[pyfunction]
-fn rmsnorm_backward(py: Python<'_>, x: PyRef<T>, weight: PyRef<T>, rstd: PyRef<T>, dy: PyRef<T>) -> PyResult<(T, T)> {
+#[pyo3(signature = (x, weight, rstd, dy, acc=None))]
+fn rmsnorm_backward(
+    py: Python<'_>,
+    x: PyRef<T>,
+    weight: PyRef<T>,
+    rstd: PyRef<T>,
+    dy: PyRef<T>,
+    acc: Option<PyRef<T>>,
+) -> PyResult<(T, T)> {
     let (x, wt, r, dy) = (&x.inner, &weight.inner, &rstd.inner, &dy.inner);
-    run(py, || norm::rmsnorm_backward(x, wt, r, dy)).map(|(a, b)| (w(a), w(b)))
+    let acc = acc.as_ref().map(|a| &a.inner);
+    run(py, || norm::rmsnorm_backward_acc(x, wt, r, dy, acc)).map(|(a, b)| (w(a), w(b)))
 }
 
 #[pyfunction]

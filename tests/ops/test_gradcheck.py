@@ -64,6 +64,13 @@ CASES = [
         [0, 1, 2],
     ),
     (
+        "rmsnorm_residual",  # x feeds the norm and the residual add: the norm's backward adds dx
+        lambda x, w: F.add(x, F.rmsnorm(x, w, 1e-5)),
+        lambda x, w: x + R.rmsnorm(x, w, 1e-5),
+        [arr(4, 2, 19), arr(19)],
+        [0, 1],
+    ),
+    (
         "add_rmsnorm_norm",
         lambda x, a, w: F.add_rmsnorm(x, a, w, 1e-5)[1],
         lambda x, a, w: R.rmsnorm(x + a, w, 1e-5),
@@ -181,6 +188,47 @@ def test_gradient_accumulates_over_reuse():
     y = F.add(F.mul(x, x), x)
     y.backward(_core.Tensor(np.ones(3, np.float32)))
     np.testing.assert_allclose(x.grad.numpy(), [3.0, -3.0, 2.0])
+
+
+def test_norm_backward_accumulation_has_the_bits_of_the_tape_add(monkeypatch):
+    """The rmsnorm backward that adds the residual stream's gradient in its own pass
+    (Node.accumulate) gives the bits of the tape's separate add, and is what the tape runs."""
+    from sos_rs import autograd
+
+    x0, a0, w0 = arr(3, 5, 37), arr(3, 5, 37), arr(37)
+    up = _core.Tensor(arr(3, 5, 37))
+
+    def grads():
+        x, a, w = (sos_rs.tensor(v, requires_grad=True) for v in (x0, a0, w0))
+        s, y = F.add_rmsnorm(x, a, w, 1e-5)
+        out = F.add(F.add(s, y), F.rmsnorm(F.mul(s, s), w, 1e-5))
+        out.backward(up)
+        return [t.grad.numpy().view(np.uint32).copy() for t in (x, a, w)]
+
+    calls = []
+    orig = autograd.Node.__init__
+
+    def spy(node, name, inputs, backward, accumulate=None):
+        if accumulate is not None:
+            inner = accumulate
+
+            def accumulate(dy, acc):
+                calls.append(name)
+                return inner(dy, acc)
+
+        orig(node, name, inputs, backward, accumulate)
+
+    monkeypatch.setattr(autograd.Node, "__init__", spy)
+    fused = grads()
+    assert calls, "the tape used the fused accumulation"
+    monkeypatch.setattr(
+        autograd.Node,
+        "__init__",
+        lambda node, name, inputs, backward, accumulate=None: orig(node, name, inputs, backward),
+    )
+    plain = grads()
+    for f, p in zip(fused, plain):
+        np.testing.assert_array_equal(f, p)
 
 
 @pytest.mark.parametrize("window", [0, -2, 2.5, True])
