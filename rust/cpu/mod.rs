@@ -14,7 +14,7 @@ pub mod cache;
 pub mod peak;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
-mod simd;
+pub(crate) mod simd;
 
 use std::sync::OnceLock;
 

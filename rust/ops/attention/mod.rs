@@ -23,6 +23,9 @@
 
 mod backward;
 mod forward;
+mod row_backward;
+mod row_forward;
+mod row_kernels;
 mod tile;
 
 use crate::cpu;
@@ -89,6 +92,15 @@ impl Dims {
     fn kv_rows<'a>(&self, data: &'a [f32], b: usize, g: usize) -> Rows<'a> {
         Rows { data, base: self.kv_at(b, 0, g), stride: self.hkv * self.hd, n: self.t, hd: self.hd }
     }
+}
+
+/// Whether a head runs in the row layout (`row_forward`, `row_backward`: queries as microkernel
+/// rows, operands read in place, only K and V transposed) rather than the panel layout
+/// (`forward`, `backward`). The row layout reads NR columns of a row at a time, so it needs hd
+/// to be a multiple of NR; AVX-512 keeps the panel layout (not measurable on the hosts this was
+/// tuned on).
+fn row_layout(pl: &Plan) -> bool {
+    pl.isa != cpu::Isa::Avx512 && pl.hd.is_multiple_of(pl.nr)
 }
 
 /// The first key each query sees, per batch row and padded to `tp` queries (the padding repeats
@@ -193,7 +205,12 @@ pub fn forward_with(
             l_stride: d.hq,
         };
         let (qr, kr, vr) = (d.q_rows(q.data(), b, h), d.kv_rows(k.data(), b, g), d.kv_rows(v.data(), b, g));
-        forward::head(&pl, qr, kr, vr, &first[b * pl.tp..][..pl.tp], scale, &out);
+        let first = &first[b * pl.tp..][..pl.tp];
+        if row_layout(&pl) {
+            row_forward::head(&pl, qr, kr, vr, first, scale, &out);
+        } else {
+            forward::head(&pl, qr, kr, vr, first, scale, &out);
+        }
     });
     Ok((o, lse))
 }
@@ -287,7 +304,12 @@ pub fn backward_with(
         let (kbase, kstride) = if grouped { (task * d.t * d.hd, d.hd) } else { (d.kv_at(b, 0, g), d.hkv * d.hd) };
         let dko = backward::GradOut { ptr: dkp, base: kbase, stride: kstride };
         let dvo = backward::GradOut { ptr: dvp, base: kbase, stride: kstride };
-        backward::head(&pl, &x, &first[b * pl.tp..][..pl.tp], scale, dqo, dko, dvo);
+        let first = &first[b * pl.tp..][..pl.tp];
+        if row_layout(&pl) {
+            row_backward::head(&pl, &x, first, scale, dqo, dko, dvo);
+        } else {
+            backward::head(&pl, &x, first, scale, dqo, dko, dvo);
+        }
     });
     if grouped {
         let kvrow = d.hkv * d.hd;

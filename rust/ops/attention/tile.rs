@@ -190,3 +190,41 @@ impl OutPtr {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(off), len) }
     }
 }
+
+/// Transposed copy for the row-layout path: dst[c·ld + j] = row_j[c] for j < src.n, c < hd,
+/// and 0 for src.n ≤ j < ld (`ld` ≥ src.n, hd a multiple of 8): keys become contiguous so
+/// NR of them are one B-panel row. Whole groups of 8 rows go through 8×8 register transposes.
+#[inline(always)]
+pub(super) fn pack_transposed(src: Rows, ld: usize, dst: &mut [f32]) {
+    let (hd, n) = (src.hd, src.n);
+    let dst = &mut dst[..hd * ld];
+    let full = n / 8 * 8;
+    for j0 in (0..full).step_by(8) {
+        for c0 in (0..hd).step_by(8) {
+            cpu::transpose8x8(&src.data[src.base + j0 * src.stride + c0..], src.stride, &mut dst[c0 * ld + j0..], ld, 1.0);
+        }
+    }
+    for j in full..n {
+        for (c, v) in src.row(j).iter().enumerate() {
+            dst[c * ld + j] = *v;
+        }
+    }
+    for c in 0..hd {
+        dst[c * ld + n..(c + 1) * ld].fill(0.0);
+    }
+}
+
+/// The A operand of `mr` rows starting at row `i0`: read in place (pointer, row stride) when
+/// all of them exist, else copied into `tail` (mr × hd, zero past the last row).
+#[inline(always)]
+pub(super) fn strip(src: Rows, i0: usize, mr: usize, tail: &mut [f32]) -> (*const f32, usize) {
+    if i0 + mr <= src.n {
+        return (src.data[src.base + i0 * src.stride..].as_ptr(), src.stride);
+    }
+    let tail = &mut tail[..mr * src.hd];
+    tail.fill(0.0);
+    for (r, dst) in tail.chunks_exact_mut(src.hd).enumerate().take(src.n.saturating_sub(i0)) {
+        dst.copy_from_slice(src.row(i0 + r));
+    }
+    (tail.as_ptr(), src.hd)
+}
