@@ -13,16 +13,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn gflops(flops: f64, ms: f64, mut f: impl FnMut()) -> f64 {
+/// CPU seconds used by the whole process so far (all threads).
+fn cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// (GFLOP/s over wall time, GFLOP per CPU-second) of `f`, timed over ~`ms` milliseconds. The
+/// second is not lowered by other tenants taking the CPUs away.
+fn gflops(flops: f64, ms: f64, mut f: impl FnMut()) -> (f64, f64) {
     let t = Instant::now();
     f();
     let one = t.elapsed().as_secs_f64();
     let inner = ((ms / 1e3 / one.max(1e-7)) as usize).max(1);
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_seconds());
     for _ in 0..inner {
         f();
     }
-    flops * inner as f64 / t.elapsed().as_secs_f64() / 1e9
+    let total = flops * inner as f64 / 1e9;
+    (total / t.elapsed().as_secs_f64(), total / (cpu_seconds() - c))
 }
 
 fn mk(shape: [usize; 4], seed: usize) -> Tensor {
@@ -40,7 +51,7 @@ fn main() {
         ("fwd B16 H4 hd32 T128", 16, 128, 4, 32, 1),
         ("bwd B16 H4 hd32 T128", 16, 128, 4, 32, 2),
     ];
-    let th = 2;
+    let th: usize = std::env::var("AB_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     sos_rs::threads::set_num_threads(th);
     let only: Option<usize> = std::env::args().nth(2).and_then(|s| s.parse().ok());
     for (ci, (name, b, t, h, hd, part)) in cases.into_iter().enumerate() {
@@ -64,13 +75,29 @@ fn main() {
                 attention::attention_backward(&q, &k, &v, &o, &l, &dout, scale, None).unwrap();
             }
         };
+        if std::env::var("AB_CYCLES").is_ok() {
+            // For `perf stat -e cycles:u`: no peak probe, a fixed count of calls, the flops printed
+            // (flops per user cycle does not depend on other tenants taking the CPU).
+            for _ in 0..reps {
+                sos_rs::threads::install(run);
+            }
+            println!("{name:24} flops {:.6e}", flops * reps as f64);
+            continue;
+        }
         let mut rows = Vec::new();
         for _ in 0..reps {
             let p = peak::fma_peak_gflops(Isa::Avx512.min(sos_rs::cpu::isa()), th, 1, 30);
-            let g = gflops(flops, 150.0, || sos_rs::threads::install(run));
-            rows.push([p, g, g / p]);
+            let (g, gc) = gflops(flops, 150.0, || sos_rs::threads::install(run));
+            rows.push([p, g, g / p, gc]);
         }
         let col = |i: usize| median(rows.iter().map(|r| r[i]).collect());
-        println!("{name:24} thr {th} peak {:7.1} GFLOP/s {:7.1} frac {:.3}", col(0), col(1), col(2));
+        println!(
+            "{name:24} thr {th} peak {:6.1} GFLOP/s {:6.1} frac {:.3} | per CPU-s {:6.1} = {:.3} of 93",
+            col(0),
+            col(1),
+            col(2),
+            col(3),
+            col(3) / 93.0
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! `row_forward`): the same FlashAttention-2 order as `backward.rs`, but Q, dO, K are read in
 //! place as microkernel operands and only K and V are repacked (transposed, once per head).
 //! ```text
-//! Kt = Kᵀ, Vt = Vᵀ (hd × T, zero-padded)
+//! Kt, Vt = K, V as B panels (per NR keys: hd × NR, keys contiguous; zero past T)
 //! for each key block j (TB keys), for each query tile i (TB queries) that sees it:
 //!   S  = Q_i · Kt_j     dP = dO_i · Vt_j          rows = queries (A in place), NR keys per call
 //!   P  = exp(scale·S − lse)   dS = P∘(dP − δ)·scale   (0 where masked; δ = rowsum(dO∘O))
@@ -13,7 +13,7 @@
 
 use super::backward::{GradOut, HeadIn};
 use super::row_kernels::ds_row;
-use super::tile::{for_isa, pack_transposed, strip, with_bufs, Plan};
+use super::tile::{for_isa, pack_lanes, strip, with_bufs, Plan};
 use crate::cpu::{self, Tile};
 
 pub(super) fn head(pl: &Plan, x: &HeadIn, first: &[usize], scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) {
@@ -52,8 +52,8 @@ fn body(
 ) {
     let Plan { mr, nr, tb, t, tp, hd, .. } = *pl;
     let [kt, vt, dqa, s, dp, dkj, dvj, lse, delta, qtail, dotail] = bufs;
-    pack_transposed(x.k, tp, kt);
-    pack_transposed(x.v, tp, vt);
+    pack_lanes(x.k, 0, tp, nr, 1.0, kt);
+    pack_lanes(x.v, 0, tp, nr, 1.0, vt);
     let (kt, vt) = (&*kt, &*vt);
     for i in 0..t {
         (lse[i], delta[i]) = (x.lse[x.l_base + i * x.l_stride], cpu::dot(x.dout.row(i), x.o.row(i)));
@@ -84,10 +84,10 @@ fn body(
                     }
                     let (b_off, c_off) = (j0 + kp * nr, qp * mr * tb + kp * nr);
                     // S, dP tiles (MR queries × NR keys): A rows in place (or the tail copy),
-                    // B = Kt/Vt columns j0+kp·NR.. (≤ tp), C inside the TB × TB tiles.
-                    let (kb, vb) = (kt[b_off..].as_ptr(), vt[b_off..].as_ptr());
-                    pl.tile(hd, Tile { a: qa, rsa: qs, csa: 1, b: kb, ldb: tp, c: s[c_off..].as_mut_ptr(), ldc: tb }, false);
-                    pl.tile(hd, Tile { a: da, rsa: ds, csa: 1, b: vb, ldb: tp, c: dp[c_off..].as_mut_ptr(), ldc: tb }, false);
+                    // B = the K/V panels of keys j0+kp·NR.. (< tp), C inside the TB × TB tiles.
+                    let (kb, vb) = (kt[b_off * hd..].as_ptr(), vt[b_off * hd..].as_ptr());
+                    pl.tile(hd, Tile { a: qa, rsa: qs, csa: 1, b: kb, ldb: nr, c: s[c_off..].as_mut_ptr(), ldc: tb }, false);
+                    pl.tile(hd, Tile { a: da, rsa: ds, csa: 1, b: vb, ldb: nr, c: dp[c_off..].as_mut_ptr(), ldc: tb }, false);
                 }
             }
             for (r, (srow, dprow)) in s.chunks_exact_mut(tb).zip(dp.chunks_exact_mut(tb)).enumerate().take(strips * mr) {

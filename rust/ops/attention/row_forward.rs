@@ -1,14 +1,15 @@
 //! Causal attention forward for one (batch, head) in the row layout: queries as microkernel
-//! rows, so Q and V are read in place and only K is repacked (transposed, once per head).
+//! rows, so Q and V are read in place and only K is repacked (as B panels of NR keys, once per
+//! head).
 //! For head sizes that are a multiple of NR on AVX2 and scalar (see `mod.rs` for the choice).
 //!
 //! A strip of MR queries sees at most the keys up to its last query, so its whole score strip
 //! (MR × keys, O(MR·T) memory, never T×T) is computed at once and the softmax is exact in one
 //! go: no running max, no rescaling of the output.
 //! ```text
-//! Kt = Kᵀ (hd × T, zero-padded to a multiple of NR keys)
+//! Kt = K as B panels (per NR keys: hd × NR, keys contiguous; zero past T)
 //! for each strip of MR queries (from its first query's first visible key to its last query):
-//!   S  = Q[strip] · Kt[.., keys]            A = Q rows in place, NR keys per microkernel call
+//!   S  = Q[strip] · Kt[.., keys]            A = Q rows in place, one K panel per microkernel call
 //!   per row: m = max(scale·s), p = exp(scale·s − m) over the visible keys, 0 elsewhere, l = Σp
 //!   O  = P · V[keys]                        B = V rows in place (NR of hd per call), kc = keys
 //!   o = O / l,  lse = m + ln l
@@ -16,7 +17,7 @@
 
 use super::forward::HeadOut;
 use super::row_kernels::softmax_row;
-use super::tile::{for_isa, pack_transposed, strip, with_bufs, Plan, Rows};
+use super::tile::{for_isa, pack_lanes, strip, with_bufs, Plan, Rows};
 use crate::cpu::Tile;
 
 pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, first: &[usize], scale: f32, out: &HeadOut) {
@@ -53,7 +54,7 @@ fn body(
     [kt, s, oacc, qtail]: [&mut [f32]; 4],
 ) {
     let Plan { mr, nr, t, tp, hd, .. } = *pl;
-    pack_transposed(k, tp, kt);
+    pack_lanes(k, 0, tp, nr, 1.0, kt);
     let kt = &*kt;
     let mut ml = [(0.0f32, 0.0f32); 16];
     for i0 in (0..t).step_by(mr) {
@@ -65,11 +66,11 @@ fn body(
         let w = kend.div_ceil(nr) * nr - kstart;
         let s = &mut s[..mr * w];
         for jc in (0..w).step_by(nr) {
-            // S[.., jc..jc+NR] = Q strip (MR × hd, row stride qs) · Kt[.., kstart+jc..] (hd × NR,
-            // row stride tp): inside q (or qtail), kt (kstart + w ≤ tp) and s.
+            // S[.., jc..jc+NR] = Q strip (MR × hd, row stride qs) · the K panel of keys
+            // kstart+jc.. (hd × NR): inside q (or qtail), kt (kstart + w ≤ tp) and s.
             pl.tile(
                 hd,
-                Tile { a: qa, rsa: qs, csa: 1, b: kt[kstart + jc..].as_ptr(), ldb: tp, c: s[jc..].as_mut_ptr(), ldc: w },
+                Tile { a: qa, rsa: qs, csa: 1, b: kt[(kstart + jc) * hd..].as_ptr(), ldb: nr, c: s[jc..].as_mut_ptr(), ldc: w },
                 false,
             );
         }

@@ -191,29 +191,6 @@ impl OutPtr {
     }
 }
 
-/// Transposed copy for the row-layout path: dst[c·ld + j] = row_j[c] for j < src.n, c < hd,
-/// and 0 for src.n ≤ j < ld (`ld` ≥ src.n, hd a multiple of 8): keys become contiguous so
-/// NR of them are one B-panel row. Whole groups of 8 rows go through 8×8 register transposes.
-#[inline(always)]
-pub(super) fn pack_transposed(src: Rows, ld: usize, dst: &mut [f32]) {
-    let (hd, n) = (src.hd, src.n);
-    let dst = &mut dst[..hd * ld];
-    let full = n / 8 * 8;
-    for j0 in (0..full).step_by(8) {
-        for c0 in (0..hd).step_by(8) {
-            cpu::transpose8x8(&src.data[src.base + j0 * src.stride + c0..], src.stride, &mut dst[c0 * ld + j0..], ld, 1.0);
-        }
-    }
-    for j in full..n {
-        for (c, v) in src.row(j).iter().enumerate() {
-            dst[c * ld + j] = *v;
-        }
-    }
-    for c in 0..hd {
-        dst[c * ld + n..(c + 1) * ld].fill(0.0);
-    }
-}
-
 /// The A operand of `mr` rows starting at row `i0`: read in place (pointer, row stride) when
 /// all of them exist, else copied into `tail` (mr × hd, zero past the last row).
 #[inline(always)]
