@@ -38,8 +38,11 @@ fn gflops(flops: f64, ms: f64, mut f: impl FnMut()) -> (f64, f64) {
 
 fn mk(shape: [usize; 4], seed: usize) -> Tensor {
     let n: usize = shape.iter().product();
-    Tensor::from_slice(&shape, &(0..n).map(|i| ((i * 2654435761 + seed) % 1000) as f32 / 1000.0 - 0.5).collect::<Vec<_>>())
-        .unwrap()
+    Tensor::from_slice(
+        &shape,
+        &(0..n).map(|i| ((i * 2654435761 + seed) % 1000) as f32 / 1000.0 - 0.5).collect::<Vec<_>>(),
+    )
+    .unwrap()
 }
 
 fn main() {

@@ -86,18 +86,24 @@ fn body(
                     // S, dP tiles (MR queries × NR keys): A rows in place (or the tail copy),
                     // B = the K/V panels of keys j0+kp·NR.. (< tp), C inside the TB × TB tiles.
                     let (kb, vb) = (kt[b_off * hd..].as_ptr(), vt[b_off * hd..].as_ptr());
-                    pl.tile(hd, Tile { a: qa, rsa: qs, csa: 1, b: kb, ldb: nr, c: s[c_off..].as_mut_ptr(), ldc: tb }, false);
-                    pl.tile(hd, Tile { a: da, rsa: ds, csa: 1, b: vb, ldb: nr, c: dp[c_off..].as_mut_ptr(), ldc: tb }, false);
+                    pl.tile(
+                        hd,
+                        Tile { a: qa, rsa: qs, csa: 1, b: kb, ldb: nr, c: s[c_off..].as_mut_ptr(), ldc: tb },
+                        false,
+                    );
+                    pl.tile(
+                        hd,
+                        Tile { a: da, rsa: ds, csa: 1, b: vb, ldb: nr, c: dp[c_off..].as_mut_ptr(), ldc: tb },
+                        false,
+                    );
                 }
             }
-            for (r, (srow, dprow)) in s.chunks_exact_mut(tb).zip(dp.chunks_exact_mut(tb)).enumerate().take(strips * mr) {
+            for (r, (srow, dprow)) in s.chunks_exact_mut(tb).zip(dp.chunks_exact_mut(tb)).enumerate().take(strips * mr)
+            {
                 let i = i0 + r;
                 // Visible keys of row i in this block: lo.. (its first key), ..hi (itself).
-                let (lo, hi) = if r < qn {
-                    (first[i].saturating_sub(j0).min(tb), if diag { r + 1 } else { tb })
-                } else {
-                    (0, 0)
-                };
+                let (lo, hi) =
+                    if r < qn { (first[i].saturating_sub(j0).min(tb), if diag { r + 1 } else { tb }) } else { (0, 0) };
                 let (l, d) = if r < qn { (lse[i], delta[i]) } else { (0.0, 0.0) };
                 ds_row(pl.isa, srow, dprow, lo, hi, l, d, scale);
             }

@@ -70,7 +70,15 @@ fn body(
             // kstart+jc.. (hd × NR): inside q (or qtail), kt (kstart + w ≤ tp) and s.
             pl.tile(
                 hd,
-                Tile { a: qa, rsa: qs, csa: 1, b: kt[(kstart + jc) * hd..].as_ptr(), ldb: nr, c: s[jc..].as_mut_ptr(), ldc: w },
+                Tile {
+                    a: qa,
+                    rsa: qs,
+                    csa: 1,
+                    b: kt[(kstart + jc) * hd..].as_ptr(),
+                    ldb: nr,
+                    c: s[jc..].as_mut_ptr(),
+                    ldc: w,
+                },
                 false,
             );
         }

@@ -145,7 +145,8 @@ mod x86 {
             row[b..].fill(0.0);
         }
         let (ps, pd) = (s.as_mut_ptr(), dp.as_mut_ptr());
-        let (vs, vl, vd, zero) = (_mm256_set1_ps(scale), _mm256_set1_ps(lse), _mm256_set1_ps(delta), _mm256_setzero_ps());
+        let (vs, vl, vd, zero) =
+            (_mm256_set1_ps(scale), _mm256_set1_ps(lse), _mm256_set1_ps(delta), _mm256_setzero_ps());
         // SAFETY: a ≤ j, j + 8 ≤ b ≤ len of both rows.
         unsafe {
             for j in (a..b).step_by(W) {

@@ -160,8 +160,14 @@ fn check_masked(isa: Isa, q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usi
 fn sliding_window_matches_materialised_reference() {
     // W = 1 (only itself), W not a multiple of any tile (5, 23, 77), W = one tile (64), W ≥ T;
     // T spans one to several key blocks, so whole blocks are skipped and partial ones masked.
-    let cases =
-        [(2, 1, 2, 2, 8), (1, 70, 4, 2, 16), (1, 130, 2, 1, 8), (1, 200, 2, 2, 40), (2, 33, 3, 1, 12), (1, 101, 2, 1, 32)];
+    let cases = [
+        (2, 1, 2, 2, 8),
+        (1, 70, 4, 2, 16),
+        (1, 130, 2, 1, 8),
+        (1, 200, 2, 2, 40),
+        (2, 33, 3, 1, 12),
+        (1, 101, 2, 1, 32),
+    ];
     for isa in isas() {
         for &(b, t, hq, hkv, hd) in &cases {
             let (q, k, v) = inputs(b, t, hq, hkv, hd);
