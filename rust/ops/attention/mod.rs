@@ -1,7 +1,12 @@
 //! Causal self-attention, multi-head and grouped-query, memory-efficient and tiled: scores are
-//! computed a tile at a time with the GEMM microkernels and an online softmax, so memory is
-//! O(T·hd) per head and no B·H·T·T buffer exists. Forward saves the per-row log-sum-exp;
-//! backward recomputes the probabilities from it (`forward.rs`, `backward.rs`).
+//! computed a tile at a time with the GEMM microkernels, so memory is O(T·hd) per head and no
+//! B·H·T·T buffer exists. Forward saves the per-row log-sum-exp; backward recomputes the
+//! probabilities from it. Two layouts (`row_layout` picks one per call):
+//!   - row layout (`row_forward.rs`, `row_backward.rs`, `row_kernels.rs`): queries as
+//!     microkernel rows, Q, dO, K, V read in place, only K and V packed; an exact softmax per
+//!     strip of MR queries. AVX2 and scalar, hd a multiple of NR (32, 64, 128 on AVX2).
+//!   - panel layout (`forward.rs`, `backward.rs`): every operand packed into panels, an online
+//!     softmax over key blocks. AVX-512, and any hd.
 //!
 //! Layouts (no transposes needed around the projections):
 //!   q: [B, T, Hq, hd]   k, v: [B, T, Hkv, hd]   o: [B, T, Hq, hd]   lse: [B, T, Hq]
