@@ -15,7 +15,7 @@ pub mod fused;
 pub mod peak;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
-mod simd;
+pub(crate) mod simd;
 
 use std::sync::OnceLock;
 

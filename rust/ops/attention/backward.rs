@@ -36,7 +36,7 @@ pub(super) struct GradOut {
 impl GradOut {
     /// # Safety
     /// The rows belong to the calling task alone and lie inside the buffer.
-    unsafe fn row<'a>(&self, i: usize, hd: usize) -> &'a mut [f32] {
+    pub(super) unsafe fn row<'a>(&self, i: usize, hd: usize) -> &'a mut [f32] {
         // SAFETY: the caller's contract is the one `OutPtr::slice` asks for.
         unsafe { self.ptr.slice(self.base + i * self.stride, hd) }
     }

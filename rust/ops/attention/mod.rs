@@ -1,7 +1,12 @@
 //! Causal self-attention, multi-head and grouped-query, memory-efficient and tiled: scores are
-//! computed a tile at a time with the GEMM microkernels and an online softmax, so memory is
-//! O(T·hd) per head and no B·H·T·T buffer exists. Forward saves the per-row log-sum-exp;
-//! backward recomputes the probabilities from it (`forward.rs`, `backward.rs`).
+//! computed a tile at a time with the GEMM microkernels, so memory is O(T·hd) per head and no
+//! B·H·T·T buffer exists. Forward saves the per-row log-sum-exp; backward recomputes the
+//! probabilities from it. Two layouts (`row_layout` picks one per call):
+//!   - row layout (`row_forward.rs`, `row_backward.rs`, `row_kernels.rs`): queries as
+//!     microkernel rows, Q, dO, K, V read in place, only K and V packed; an exact softmax per
+//!     strip of MR queries. AVX2 and scalar, hd a multiple of NR (32, 64, 128 on AVX2).
+//!   - panel layout (`forward.rs`, `backward.rs`): every operand packed into panels, an online
+//!     softmax over key blocks. AVX-512, and any hd.
 //!
 //! Layouts (no transposes needed around the projections):
 //!   q: [B, T, Hq, hd]   k, v: [B, T, Hkv, hd]   o: [B, T, Hq, hd]   lse: [B, T, Hq]
@@ -23,6 +28,9 @@
 
 mod backward;
 mod forward;
+mod row_backward;
+mod row_forward;
+mod row_kernels;
 mod tile;
 
 use crate::cpu;
@@ -89,6 +97,15 @@ impl Dims {
     fn kv_rows<'a>(&self, data: &'a [f32], b: usize, g: usize) -> Rows<'a> {
         Rows { data, base: self.kv_at(b, 0, g), stride: self.hkv * self.hd, n: self.t, hd: self.hd }
     }
+}
+
+/// Whether a head runs in the row layout (`row_forward`, `row_backward`: queries as microkernel
+/// rows, operands read in place, only K and V transposed) rather than the panel layout
+/// (`forward`, `backward`). The row layout reads NR columns of a row at a time, so it needs hd
+/// to be a multiple of NR; AVX-512 keeps the panel layout (not measurable on the hosts this was
+/// tuned on).
+fn row_layout(pl: &Plan) -> bool {
+    pl.isa != cpu::Isa::Avx512 && pl.hd.is_multiple_of(pl.nr)
 }
 
 /// The first key each query sees, per batch row and padded to `tp` queries (the padding repeats
@@ -193,7 +210,12 @@ pub fn forward_with(
             l_stride: d.hq,
         };
         let (qr, kr, vr) = (d.q_rows(q.data(), b, h), d.kv_rows(k.data(), b, g), d.kv_rows(v.data(), b, g));
-        forward::head(&pl, qr, kr, vr, &first[b * pl.tp..][..pl.tp], scale, &out);
+        let first = &first[b * pl.tp..][..pl.tp];
+        if row_layout(&pl) {
+            row_forward::head(&pl, qr, kr, vr, first, scale, &out);
+        } else {
+            forward::head(&pl, qr, kr, vr, first, scale, &out);
+        }
     });
     Ok((o, lse))
 }
@@ -287,7 +309,12 @@ pub fn backward_with(
         let (kbase, kstride) = if grouped { (task * d.t * d.hd, d.hd) } else { (d.kv_at(b, 0, g), d.hkv * d.hd) };
         let dko = backward::GradOut { ptr: dkp, base: kbase, stride: kstride };
         let dvo = backward::GradOut { ptr: dvp, base: kbase, stride: kstride };
-        backward::head(&pl, &x, &first[b * pl.tp..][..pl.tp], scale, dqo, dko, dvo);
+        let first = &first[b * pl.tp..][..pl.tp];
+        if row_layout(&pl) {
+            row_backward::head(&pl, &x, first, scale, dqo, dko, dvo);
+        } else {
+            backward::head(&pl, &x, first, scale, dqo, dko, dvo);
+        }
     });
     if grouped {
         let kvrow = d.hkv * d.hd;

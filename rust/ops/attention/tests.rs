@@ -125,6 +125,10 @@ fn matches_materialised_reference_mha_and_gqa() {
         (1, 33, 6, 1, 12),
         (1, 65, 2, 1, 64),
         (1, 97, 2, 2, 40),
+        // Row layout (hd a multiple of NR on AVX2 and scalar): hd 32 and 64, T off every strip
+        // and block edge, GQA.
+        (2, 131, 4, 2, 32),
+        (1, 257, 2, 1, 64),
     ];
     for isa in isas() {
         for &(b, t, hq, hkv, hd) in &cases {
@@ -156,7 +160,14 @@ fn check_masked(isa: Isa, q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usi
 fn sliding_window_matches_materialised_reference() {
     // W = 1 (only itself), W not a multiple of any tile (5, 23, 77), W = one tile (64), W ≥ T;
     // T spans one to several key blocks, so whole blocks are skipped and partial ones masked.
-    let cases = [(2, 1, 2, 2, 8), (1, 70, 4, 2, 16), (1, 130, 2, 1, 8), (1, 200, 2, 2, 40), (2, 33, 3, 1, 12)];
+    let cases = [
+        (2, 1, 2, 2, 8),
+        (1, 70, 4, 2, 16),
+        (1, 130, 2, 1, 8),
+        (1, 200, 2, 2, 40),
+        (2, 33, 3, 1, 12),
+        (1, 101, 2, 1, 32),
+    ];
     for isa in isas() {
         for &(b, t, hq, hkv, hd) in &cases {
             let (q, k, v) = inputs(b, t, hq, hkv, hd);
@@ -189,7 +200,14 @@ fn window_at_least_t_is_full_causal_bit_for_bit() {
 
 #[test]
 fn one_and_two_threads_same_bits() {
-    let (q, k, v) = inputs(2, 100, 4, 2, 16);
+    // hd 16 and 32 take the row layout on AVX2, hd 12 the panel layout.
+    for hd in [16, 32, 12] {
+        one_and_two_threads_same_bits_at(hd);
+    }
+}
+
+fn one_and_two_threads_same_bits_at(hd: usize) {
+    let (q, k, v) = inputs(2, 100, 4, 2, hd);
     let dout = Tensor::from_slice(q.shape(), &rand_vec(q.numel(), 9)).unwrap();
     for window in [None, Some(1), Some(37)] {
         let outs = run_threads(|| {
@@ -225,7 +243,7 @@ fn segments(b: usize, t: usize, lens: &[usize]) -> Vec<i64> {
 fn segments_match_block_diagonal_reference() {
     // Documents shorter than, equal to and longer than a tile; one-token documents; with and
     // without a window (the two masks compose: the later first key wins).
-    let cases = [(2, 70, 4, 2, 16), (1, 130, 2, 1, 8), (2, 200, 2, 2, 40), (1, 33, 3, 1, 12)];
+    let cases = [(2, 70, 4, 2, 16), (1, 130, 2, 1, 8), (2, 200, 2, 2, 40), (1, 33, 3, 1, 12), (1, 150, 2, 1, 32)];
     let lens: [&[usize]; 4] = [&[1, 5, 64, 3], &[17, 90, 1, 40], &[200], &[33, 2, 70]];
     for isa in isas() {
         for &(b, t, hq, hkv, hd) in &cases {

@@ -190,3 +190,18 @@ impl OutPtr {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(off), len) }
     }
 }
+
+/// The A operand of `mr` rows starting at row `i0`: read in place (pointer, row stride) when
+/// all of them exist, else copied into `tail` (mr × hd, zero past the last row).
+#[inline(always)]
+pub(super) fn strip(src: Rows, i0: usize, mr: usize, tail: &mut [f32]) -> (*const f32, usize) {
+    if i0 + mr <= src.n {
+        return (src.data[src.base + i0 * src.stride..].as_ptr(), src.stride);
+    }
+    let tail = &mut tail[..mr * src.hd];
+    tail.fill(0.0);
+    for (r, dst) in tail.chunks_exact_mut(src.hd).enumerate().take(src.n.saturating_sub(i0)) {
+        dst.copy_from_slice(src.row(i0 + r));
+    }
+    (tail.as_ptr(), src.hd)
+}

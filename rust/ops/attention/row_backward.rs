@@ -1,0 +1,170 @@
+//! Causal attention backward for one (batch, query head) in the row layout (the companion of
+//! `row_forward`): the same FlashAttention-2 order as `backward.rs`, but Q, dO, K are read in
+//! place as microkernel operands and only K and V are repacked (transposed, once per head).
+//! ```text
+//! Kt, Vt = K, V as B panels (per NR keys: hd × NR, keys contiguous; zero past T)
+//! for each key block j (TB keys), for each query tile i (TB queries) that sees it:
+//!   S  = Q_i · Kt_j     dP = dO_i · Vt_j          rows = queries (A in place), NR keys per call
+//!   P  = exp(scale·S − lse)   dS = P∘(dP − δ)·scale   (0 where masked; δ = rowsum(dO∘O))
+//!   dV_j += Pᵀ · dO_i   dK_j += dSᵀ · Q_i         A = P/dS read transposed, B = dO/Q in place
+//!   dQ_i += dS · K_j                              A = dS rows, B = K rows in place
+//! ```
+//! The sums run over tiles in a fixed order, so the result does not depend on the threads.
+
+use super::backward::{GradOut, HeadIn};
+use super::row_kernels::ds_row;
+use super::tile::{for_isa, pack_lanes, strip, with_bufs, Plan};
+use crate::cpu::{self, Tile};
+
+pub(super) fn head(pl: &Plan, x: &HeadIn, first: &[usize], scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) {
+    let Plan { mr, tb, tp, hd, .. } = *pl;
+    let (th, bt, bh, mh) = (tp * hd, tb * tb, tb * hd, mr * hd);
+    with_bufs([th, th, th, bt, bt, bh, bh, tp, tp, mh, mh], |bufs| {
+        for_isa!(
+            pl.isa,
+            fn run(
+                pl: &Plan,
+                x: &HeadIn,
+                first: &[usize],
+                scale: f32,
+                dq: GradOut,
+                dk: GradOut,
+                dv: GradOut,
+                bufs: [&mut [f32]; 11],
+            ) {
+                body(pl, x, first, scale, dq, dk, dv, bufs)
+            }
+        )
+    })
+}
+
+/// `first` as in `forward::body`: first[i] is the first key query i sees.
+#[inline(always)]
+fn body(
+    pl: &Plan,
+    x: &HeadIn,
+    first: &[usize],
+    scale: f32,
+    dq: GradOut,
+    dk: GradOut,
+    dv: GradOut,
+    bufs: [&mut [f32]; 11],
+) {
+    let Plan { mr, nr, tb, t, tp, hd, .. } = *pl;
+    let [kt, vt, dqa, s, dp, dkj, dvj, lse, delta, qtail, dotail] = bufs;
+    pack_lanes(x.k, 0, tp, nr, 1.0, kt);
+    pack_lanes(x.v, 0, tp, nr, 1.0, vt);
+    let (kt, vt) = (&*kt, &*vt);
+    for i in 0..t {
+        (lse[i], delta[i]) = (x.lse[x.l_base + i * x.l_stride], cpu::dot(x.dout.row(i), x.o.row(i)));
+    }
+    let dqa = &mut dqa[..t.div_ceil(mr) * mr * hd];
+    dqa.fill(0.0);
+    // Row pointers of Q, dO, K (operands read in place), and their row stride.
+    let at = |r: &super::tile::Rows, i: usize, c: usize| r.data[r.base + i * r.stride + c..].as_ptr();
+    for j0 in (0..t).step_by(tb) {
+        let kn = tb.min(t - j0);
+        dkj.fill(0.0);
+        dvj.fill(0.0);
+        // The queries that see a key of this block: from its first key to the last query whose
+        // first key is inside the block (first is non-decreasing).
+        let iend = first[..t].partition_point(|f| *f < j0 + tb);
+        for i0 in (j0..iend).step_by(tb) {
+            let qn = tb.min(t - i0);
+            let strips = qn.div_ceil(mr);
+            // On the diagonal tile query i sees keys ≤ i only: S/dP microtiles wholly above it
+            // are skipped (the row pass zeroes them), the products start or stop at it.
+            let diag = i0 == j0;
+            for qp in 0..strips {
+                let (qa, qs) = strip(x.q, i0 + qp * mr, mr, qtail);
+                let (da, ds) = strip(x.dout, i0 + qp * mr, mr, dotail);
+                for kp in 0..kn.div_ceil(nr) {
+                    if diag && kp * nr > qp * mr + mr - 1 {
+                        break;
+                    }
+                    let (b_off, c_off) = (j0 + kp * nr, qp * mr * tb + kp * nr);
+                    // S, dP tiles (MR queries × NR keys): A rows in place (or the tail copy),
+                    // B = the K/V panels of keys j0+kp·NR.. (< tp), C inside the TB × TB tiles.
+                    let (kb, vb) = (kt[b_off * hd..].as_ptr(), vt[b_off * hd..].as_ptr());
+                    pl.tile(
+                        hd,
+                        Tile { a: qa, rsa: qs, csa: 1, b: kb, ldb: nr, c: s[c_off..].as_mut_ptr(), ldc: tb },
+                        false,
+                    );
+                    pl.tile(
+                        hd,
+                        Tile { a: da, rsa: ds, csa: 1, b: vb, ldb: nr, c: dp[c_off..].as_mut_ptr(), ldc: tb },
+                        false,
+                    );
+                }
+            }
+            for (r, (srow, dprow)) in s.chunks_exact_mut(tb).zip(dp.chunks_exact_mut(tb)).enumerate().take(strips * mr)
+            {
+                let i = i0 + r;
+                // Visible keys of row i in this block: lo.. (its first key), ..hi (itself).
+                let (lo, hi) =
+                    if r < qn { (first[i].saturating_sub(j0).min(tb), if diag { r + 1 } else { tb }) } else { (0, 0) };
+                let (l, d) = if r < qn { (lse[i], delta[i]) } else { (0.0, 0.0) };
+                ds_row(pl.isa, srow, dprow, lo, hi, l, d, scale);
+            }
+            let (s, dp) = (&*s, &*dp);
+            for kp in 0..kn.div_ceil(mr) {
+                // On the diagonal, key strip kp has P = dS = 0 for the queries before it.
+                let p0 = if diag { kp * mr } else { 0 };
+                if p0 >= qn {
+                    break;
+                }
+                for c0 in (0..hd).step_by(nr) {
+                    let c_off = kp * mr * hd + c0;
+                    // dV_j, dK_j tiles: A = Pᵀ / dSᵀ read in place (A(r, p) = P[p0+p][kp·MR + r]),
+                    // B = dO / Q rows i0+p0.. (< T) at columns c0..c0+NR (≤ hd).
+                    let a_off = p0 * tb + kp * mr;
+                    let (pdo, pq) = (at(&x.dout, i0 + p0, c0), at(&x.q, i0 + p0, c0));
+                    let tile = |a: &[f32], b, c: &mut [f32]| Tile {
+                        a: a[a_off..].as_ptr(),
+                        rsa: 1,
+                        csa: tb,
+                        b,
+                        ldb: x.q.stride,
+                        c: c[c_off..].as_mut_ptr(),
+                        ldc: hd,
+                    };
+                    debug_assert_eq!(x.q.stride, x.dout.stride);
+                    pl.tile(qn - p0, tile(s, pdo, dvj), true);
+                    pl.tile(qn - p0, tile(dp, pq, dkj), true);
+                }
+            }
+            for qp in 0..strips {
+                // On the diagonal, query strip qp has dS = 0 for the keys after it.
+                let kc = if diag { ((qp + 1) * mr).min(kn) } else { kn };
+                for c0 in (0..hd).step_by(nr) {
+                    // dQ_i tile: A = dS rows (MR × kc), B = K rows j0.. (< T) at columns c0..
+                    pl.tile(
+                        kc,
+                        Tile {
+                            a: dp[qp * mr * tb..].as_ptr(),
+                            rsa: tb,
+                            csa: 1,
+                            b: at(&x.k, j0, c0),
+                            ldb: x.k.stride,
+                            c: dqa[(i0 + qp * mr) * hd + c0..].as_mut_ptr(),
+                            ldc: hd,
+                        },
+                        true,
+                    );
+                }
+            }
+        }
+        for jj in 0..kn {
+            // SAFETY: key row j0+jj of this task's head (or partial buffer), this task only.
+            unsafe {
+                dk.row(j0 + jj, hd).copy_from_slice(&dkj[jj * hd..(jj + 1) * hd]);
+                dv.row(j0 + jj, hd).copy_from_slice(&dvj[jj * hd..(jj + 1) * hd]);
+            }
+        }
+    }
+    for i in 0..t {
+        // SAFETY: query row i of this task's head, this task only.
+        unsafe { dq.row(i, hd).copy_from_slice(&dqa[i * hd..(i + 1) * hd]) };
+    }
+}

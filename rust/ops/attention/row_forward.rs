@@ -1,0 +1,124 @@
+//! Causal attention forward for one (batch, head) in the row layout: queries as microkernel
+//! rows, so Q and V are read in place and only K is repacked (as B panels of NR keys, once per
+//! head).
+//! For head sizes that are a multiple of NR on AVX2 and scalar (see `mod.rs` for the choice).
+//!
+//! A strip of MR queries sees at most the keys up to its last query, so its whole score strip
+//! (MR × keys, O(MR·T) memory, never T×T) is computed at once and the softmax is exact in one
+//! go: no running max, no rescaling of the output.
+//! ```text
+//! Kt = K as B panels (per NR keys: hd × NR, keys contiguous; zero past T)
+//! for each strip of MR queries (from its first query's first visible key to its last query):
+//!   S  = Q[strip] · Kt[.., keys]            A = Q rows in place, one K panel per microkernel call
+//!   per row: m = max(scale·s), p = exp(scale·s − m) over the visible keys, 0 elsewhere, l = Σp
+//!   O  = P · V[keys]                        B = V rows in place (NR of hd per call), kc = keys
+//!   o = O / l,  lse = m + ln l
+//! ```
+
+use super::forward::HeadOut;
+use super::row_kernels::softmax_row;
+use super::tile::{for_isa, pack_lanes, strip, with_bufs, Plan, Rows};
+use crate::cpu::Tile;
+
+pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, first: &[usize], scale: f32, out: &HeadOut) {
+    let Plan { mr, tp, hd, .. } = *pl;
+    with_bufs([hd * tp, mr * tp, mr * hd, mr * hd], |bufs| {
+        for_isa!(
+            pl.isa,
+            fn run(
+                pl: &Plan,
+                q: Rows,
+                k: Rows,
+                v: Rows,
+                first: &[usize],
+                scale: f32,
+                out: &HeadOut,
+                bufs: [&mut [f32]; 4],
+            ) {
+                body(pl, q, k, v, first, scale, out, bufs)
+            }
+        )
+    })
+}
+
+/// `first` as in `forward::body`.
+#[inline(always)]
+fn body(
+    pl: &Plan,
+    q: Rows,
+    k: Rows,
+    v: Rows,
+    first: &[usize],
+    scale: f32,
+    out: &HeadOut,
+    [kt, s, oacc, qtail]: [&mut [f32]; 4],
+) {
+    let Plan { mr, nr, t, tp, hd, .. } = *pl;
+    pack_lanes(k, 0, tp, nr, 1.0, kt);
+    let kt = &*kt;
+    let mut ml = [(0.0f32, 0.0f32); 16];
+    for i0 in (0..t).step_by(mr) {
+        let rows = mr.min(t - i0);
+        let (qa, qs) = strip(q, i0, mr, qtail);
+        // Keys kstart..kend: from the strip's first visible key (rounded down to NR) to its
+        // last query; S is computed in NR-key columns up to kend rounded up (Kt is zero there).
+        let (kstart, kend) = (first[i0] / nr * nr, i0 + rows);
+        let w = kend.div_ceil(nr) * nr - kstart;
+        let s = &mut s[..mr * w];
+        for jc in (0..w).step_by(nr) {
+            // S[.., jc..jc+NR] = Q strip (MR × hd, row stride qs) · the K panel of keys
+            // kstart+jc.. (hd × NR): inside q (or qtail), kt (kstart + w ≤ tp) and s.
+            pl.tile(
+                hd,
+                Tile {
+                    a: qa,
+                    rsa: qs,
+                    csa: 1,
+                    b: kt[(kstart + jc) * hd..].as_ptr(),
+                    ldb: nr,
+                    c: s[jc..].as_mut_ptr(),
+                    ldc: w,
+                },
+                false,
+            );
+        }
+        for (r, srow) in s.chunks_exact_mut(w).enumerate() {
+            if r < rows {
+                let i = i0 + r;
+                ml[r] = softmax_row(pl.isa, srow, first[i] - kstart, i + 1 - kstart, scale);
+            } else {
+                srow.fill(0.0);
+            }
+        }
+        let s = &*s;
+        for c0 in (0..hd).step_by(nr) {
+            // O[.., c0..c0+NR] = P (MR × keys, row stride w) · V rows kstart..kend in place
+            // (columns c0..c0+NR ≤ hd): every key read exists (kend ≤ T).
+            pl.tile(
+                kend - kstart,
+                Tile {
+                    a: s.as_ptr(),
+                    rsa: w,
+                    csa: 1,
+                    b: v.data[v.base + kstart * v.stride + c0..].as_ptr(),
+                    ldb: v.stride,
+                    c: oacc[c0..].as_mut_ptr(),
+                    ldc: hd,
+                },
+                false,
+            );
+        }
+        for (r, &(m, l)) in ml.iter().enumerate().take(rows) {
+            let (inv, i) = (1.0 / l, i0 + r);
+            // SAFETY: row i of this task's head: hd values at o_base + i·o_stride and one lse
+            // value, written by this task only.
+            let (orow, lse) = unsafe {
+                (out.o.slice(out.o_base + i * out.o_stride, hd), out.lse.slice(out.l_base + i * out.l_stride, 1))
+            };
+            for (o, a) in orow.iter_mut().zip(&oacc[r * hd..(r + 1) * hd]) {
+                *o = a * inv;
+            }
+            lse[0] = m + l.ln();
+        }
+    }
+}

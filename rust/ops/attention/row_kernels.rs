@@ -1,0 +1,203 @@
+//! The elementwise row passes of the row-layout attention path (`row_forward`, `row_backward`):
+//! one score row per query, keys along the row, the visible keys a range `lo..hi` of it.
+//!
+//! Each kernel has an AVX2 body (8 lanes, `simd::exp`) and a scalar twin with the same
+//! operations in the same places (libm's exp, sums in key order instead of per lane); the
+//! tests below hold them to each other. Masked keys are exact zeros in both.
+
+use crate::cpu::Isa;
+
+/// Softmax numerator of one row, in place: s[j] = exp(scale·s[j] − m) for lo ≤ j < hi and 0
+/// elsewhere, m = max of scale·s over lo..hi. Returns (m, Σ s). Needs lo < hi ≤ s.len() and
+/// s.len() a multiple of 8.
+#[inline(always)]
+pub(super) fn softmax_row(isa: Isa, s: &mut [f32], lo: usize, hi: usize, scale: f32) -> (f32, f32) {
+    assert!(lo < hi && hi <= s.len() && s.len().is_multiple_of(8));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the plan's isa passed a supported-isa check, and AVX2 is below every SIMD set
+        // this path runs on (Avx512 plans never take it); the shape is asserted above.
+        Isa::Avx2 => unsafe { x86::softmax_row(s, lo, hi, scale) },
+        _ => softmax_row_scalar(s, lo, hi, scale),
+    }
+}
+
+/// Backward of one row, in place: s[j] = P = exp(scale·s[j] − lse), dp[j] = P·(dp[j] − delta)·scale
+/// for lo ≤ j < hi; both 0 elsewhere (and everywhere when lo ≥ hi). Needs s.len() == dp.len(),
+/// a multiple of 8, and hi ≤ s.len().
+#[inline(always)]
+pub(super) fn ds_row(isa: Isa, s: &mut [f32], dp: &mut [f32], lo: usize, hi: usize, lse: f32, delta: f32, scale: f32) {
+    assert!(s.len() == dp.len() && hi <= s.len() && s.len().is_multiple_of(8));
+    if lo >= hi {
+        s.fill(0.0);
+        dp.fill(0.0);
+        return;
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `softmax_row`.
+        Isa::Avx2 => unsafe { x86::ds_row(s, dp, lo, hi, lse, delta, scale) },
+        _ => ds_row_scalar(s, dp, lo, hi, lse, delta, scale),
+    }
+}
+
+/// The specification of `softmax_row`.
+pub(super) fn softmax_row_scalar(s: &mut [f32], lo: usize, hi: usize, scale: f32) -> (f32, f32) {
+    s[..lo].fill(0.0);
+    s[hi..].fill(0.0);
+    let mut m = f32::NEG_INFINITY;
+    for x in &mut s[lo..hi] {
+        *x *= scale;
+        m = x.max(m);
+    }
+    let mut sum = 0.0;
+    for x in &mut s[lo..hi] {
+        *x = (*x - m).exp();
+        sum += *x;
+    }
+    (m, sum)
+}
+
+/// The specification of `ds_row` (for lo < hi).
+pub(super) fn ds_row_scalar(s: &mut [f32], dp: &mut [f32], lo: usize, hi: usize, lse: f32, delta: f32, scale: f32) {
+    for row in [&mut *s, &mut *dp] {
+        row[..lo].fill(0.0);
+        row[hi..].fill(0.0);
+    }
+    for (p, g) in s[lo..hi].iter_mut().zip(&mut dp[lo..hi]) {
+        *p = (*p * scale - lse).exp();
+        *g = *p * (*g - delta) * scale;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use crate::cpu::simd::exp;
+    use std::arch::x86_64::*;
+
+    const W: usize = 8;
+
+    /// Lanes j..j+8 that lie in lo..hi, as an all-ones mask.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn inside(j: usize, lo: usize, hi: usize) -> __m256 {
+        let idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(j as i32));
+        let ok = _mm256_and_si256(
+            _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lo as i32 - 1)),
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), idx),
+        );
+        _mm256_castsi256_ps(ok)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hmax(v: __m256) -> f32 {
+        let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    /// See `super::softmax_row` (whose asserts this relies on).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) unsafe fn softmax_row(s: &mut [f32], lo: usize, hi: usize, scale: f32) -> (f32, f32) {
+        // Whole vectors from the one holding lo to the one holding hi − 1 (inside s: its length
+        // is a multiple of 8); the lanes outside lo..hi are masked to −∞, so exp gives 0.
+        let (a, b) = (lo / W * W, hi.div_ceil(W) * W);
+        s[..a].fill(0.0);
+        s[b..].fill(0.0);
+        let p = s.as_mut_ptr();
+        let (vs, ninf) = (_mm256_set1_ps(scale), _mm256_set1_ps(f32::NEG_INFINITY));
+        let mut mx = ninf;
+        // SAFETY: a ≤ j, j + 8 ≤ b ≤ s.len().
+        unsafe {
+            for j in (a..b).step_by(W) {
+                let x = _mm256_blendv_ps(ninf, _mm256_mul_ps(_mm256_loadu_ps(p.add(j)), vs), inside(j, lo, hi));
+                _mm256_storeu_ps(p.add(j), x);
+                mx = _mm256_max_ps(mx, x);
+            }
+            let vm = _mm256_set1_ps(hmax(mx));
+            let mut sum = _mm256_setzero_ps();
+            for j in (a..b).step_by(W) {
+                let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(j)), vm));
+                _mm256_storeu_ps(p.add(j), e);
+                sum = _mm256_add_ps(sum, e);
+            }
+            (_mm256_cvtss_f32(vm), hsum(sum))
+        }
+    }
+
+    /// See `super::ds_row` (whose asserts this relies on; lo < hi).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) unsafe fn ds_row(s: &mut [f32], dp: &mut [f32], lo: usize, hi: usize, lse: f32, delta: f32, scale: f32) {
+        let (a, b) = (lo / W * W, hi.div_ceil(W) * W);
+        for row in [&mut *s, &mut *dp] {
+            row[..a].fill(0.0);
+            row[b..].fill(0.0);
+        }
+        let (ps, pd) = (s.as_mut_ptr(), dp.as_mut_ptr());
+        let (vs, vl, vd, zero) =
+            (_mm256_set1_ps(scale), _mm256_set1_ps(lse), _mm256_set1_ps(delta), _mm256_setzero_ps());
+        // SAFETY: a ≤ j, j + 8 ≤ b ≤ len of both rows.
+        unsafe {
+            for j in (a..b).step_by(W) {
+                let e = exp(_mm256_fmsub_ps(_mm256_loadu_ps(ps.add(j)), vs, vl));
+                let pr = _mm256_blendv_ps(zero, e, inside(j, lo, hi));
+                _mm256_storeu_ps(ps.add(j), pr);
+                let g = _mm256_sub_ps(_mm256_loadu_ps(pd.add(j)), vd);
+                _mm256_storeu_ps(pd.add(j), _mm256_mul_ps(_mm256_mul_ps(pr, g), vs));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu;
+    use crate::ops::testutil::{assert_close, rand_vec};
+
+    #[test]
+    fn avx2_rows_match_scalar_twins() {
+        if !cpu::supports(Isa::Avx2) {
+            eprintln!("SKIP attention row kernels avx2: not supported on this host");
+            return;
+        }
+        for len in [8usize, 16, 48, 64] {
+            for (lo, hi) in [(0, len), (0, 1), (3, len - 2), (len - 1, len), (5.min(len - 1), len.min(13))] {
+                let x = rand_vec(len, len as u64 + lo as u64);
+                let (mut a, mut b) = (x.clone(), x.clone());
+                let (ma, la) = softmax_row(Isa::Avx2, &mut a, lo, hi, 0.37);
+                let (mb, lb) = softmax_row_scalar(&mut b, lo, hi, 0.37);
+                let tag = format!("softmax_row len={len} lo={lo} hi={hi}");
+                assert_eq!(ma, mb, "{tag}: max");
+                assert!((la - lb).abs() <= 1e-6 * lb, "{tag}: sum {la} vs {lb}");
+                assert_close(&a, &b, 1e-6, 0.0, &tag);
+                // Masked keys are exact zeros.
+                assert!(a[..lo].iter().chain(&a[hi..]).all(|v| *v == 0.0), "{tag}: masked keys");
+
+                let g = rand_vec(len, 7 + len as u64);
+                let (mut s1, mut s2, mut d1, mut d2) = (x.clone(), x.clone(), g.clone(), g.clone());
+                ds_row(Isa::Avx2, &mut s1, &mut d1, lo, hi, 0.8, 0.1, 0.25);
+                ds_row(Isa::Scalar, &mut s2, &mut d2, lo, hi, 0.8, 0.1, 0.25);
+                let tag = format!("ds_row len={len} lo={lo} hi={hi}");
+                assert_close(&s1, &s2, 1e-6, 0.0, &format!("{tag} P"));
+                assert_close(&d1, &d2, 1e-6, 1e-7, &format!("{tag} dS"));
+                assert!(d1[..lo].iter().chain(&d1[hi..]).all(|v| *v == 0.0), "{tag}: masked keys");
+            }
+        }
+        // An empty range zeroes both rows.
+        let (mut s, mut d) = (vec![1.0f32; 16], vec![1.0f32; 16]);
+        ds_row(Isa::Avx2, &mut s, &mut d, 9, 9, 0.0, 0.0, 1.0);
+        assert!(s.iter().chain(&d).all(|v| *v == 0.0));
+    }
+}
