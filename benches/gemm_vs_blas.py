@@ -8,7 +8,8 @@ multiply the same transposed views (numpy: `np.matmul(a.T, b, out=c)`, as the ba
 Each thread count runs in its own child process whose environment has OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE removed (they force older kernels) and OPENBLAS_NUM_THREADS = the thread count;
 the child prints OpenBLAS's kernel ("architecture", from threadpoolctl) and refuses to run when it
-is older than SkylakeX. Within a child, every repetition measures the FMA peak (`_core.fma_peak`)
+is older than the host's native one (SkylakeX or newer with AVX-512; Haswell, Zen or newer on an
+AVX2-only host, where sos_rs's isa is avx2). Within a child, every repetition measures the FMA peak (`_core.fma_peak`)
 and then alternates the libraries with a 0.4 s pause before each (OpenBLAS's and Rayon's workers
 spin after a call and would steal the other library's cores); figures are medians over the
 repetitions, the ratio the median of per-repetition ratios.
@@ -30,10 +31,14 @@ from typing import Any, Dict, List, Tuple
 from sos_rs.bench.worker import GEMM_SHAPES
 
 Shape = Tuple[str, int, int, int, bool, bool]
-# OpenBLAS kernels with AVX-512 sgemm (threadpoolctl's "architecture", case-insensitive).
+# OpenBLAS kernels with AVX-512 sgemm (threadpoolctl's "architecture", case-insensitive), and
+# those that are native on an AVX2+FMA host without AVX-512 (sos_rs's isa "avx2").
 NATIVE = ("skylakex", "cooperlake", "sapphirerapids")
+NATIVE_AVX2 = ("haswell", "zen", "skylakex", "cooperlake", "sapphirerapids")
 # 100M model: d 768, ffn 2048, vocabulary 32768, 2048 tokens per step.
 M100 = (768, 2048, 32768, 2048)
+# The small dense model of `benches.step_profile --presets small`: d 128, ffn 352, 16 × 128 tokens.
+SMALL = (128, 352, 2048)
 
 
 def forward_with_backward(prefix: str, fwd: List[Tuple[str, int, int, int]]) -> List[Shape]:
@@ -60,7 +65,14 @@ def shapes() -> List[Shape]:
         ("mlp_down", tokens, d, ffn),
         ("lm_head", tokens, vocab, d),
     ]
-    return table + forward_with_backward("m100_", fwd)
+    d, ffn, tokens = SMALL
+    small = [
+        ("qkv_proj", tokens, 3 * d, d),
+        ("attn_out", tokens, d, d),
+        ("mlp_up", tokens, 2 * ffn, d),
+        ("mlp_down", tokens, d, ffn),
+    ]
+    return table + forward_with_backward("m100_", fwd) + forward_with_backward("small_", small)
 
 
 def openblas_arch() -> str:
@@ -79,10 +91,11 @@ def child(threads: int, reps: int, names: List[str]) -> None:
     from sos_rs import _core
 
     arch = openblas_arch()
-    if arch.lower() not in NATIVE:
-        sys.exit(f"numpy's OpenBLAS runs the {arch!r} kernel, not SkylakeX or newer: not its native kernels")
-    sos_rs.set_num_threads(threads)
     isa = sos_rs.isa()
+    native = NATIVE_AVX2 if isa == "avx2" else NATIVE
+    if arch.lower() not in native:
+        sys.exit(f"numpy's OpenBLAS runs the {arch!r} kernel, not one native to this {isa} host ({native})")
+    sos_rs.set_num_threads(threads)
     rng = np.random.default_rng(0)
     for name, m, n, k, ta, tb in shapes():
         if names and name not in names:

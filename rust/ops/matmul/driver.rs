@@ -33,10 +33,15 @@ pub fn kc_for(isa: Isa) -> usize {
     (kc / 16 * 16).clamp(128, 512)
 }
 
-/// Largest row block: the A block (MC × KC) takes about a twelfth of L2, leaving room for the
-/// task's C block and the streamed B panels (larger blocks measured slower: L2 thrashing).
-fn mc_max(kc: usize, mr: usize) -> usize {
-    (cache::host().l2 / 12 / (kc * 4) / mr * mr).clamp(mr * 4, 1024)
+/// Largest row block: the A block (MC × KC) takes about a twelfth of L2 on AVX-512, leaving room
+/// for the task's C block and the streamed B panels (larger blocks measured slower there: L2
+/// thrashing). AVX2 takes a quarter: its L2 is smaller (512 KiB on Zen 3, where a twelfth is 42
+/// rows), and each packed B panel, streamed from L3 once per row block, then serves 21 row
+/// panels instead of 7 (the dW products, B = 2048 tokens × 128-704 columns: 1.05-1.15× at one
+/// thread on Zen 3, the other shapes unchanged).
+fn mc_max(isa: Isa, kc: usize, mr: usize) -> usize {
+    let share = if isa == Isa::Avx2 { 4 } else { 12 };
+    (cache::host().l2 / share / (kc * 4) / mr * mr).clamp(mr * 4, 1024)
 }
 
 /// Column chunk: the packed B chunk (k × NC) takes at most a quarter of L3.
@@ -124,7 +129,7 @@ fn group_run(pr: &Problem, cp: CPtr, r0: usize, r1: usize, parallel: bool) {
         }
         // Task grid: row blocks × column blocks, sized for this group's threads.
         let want = if parallel { threads * TASKS_PER_THREAD } else { 1 };
-        let mb0 = rows.div_ceil(mc_max(kc, mr));
+        let mb0 = rows.div_ceil(mc_max(pr.isa, kc, mr));
         let mb = if mb0 >= want { mb0 } else { want.min(rows.div_ceil(mr * 4)).max(mb0).max(1) };
         // Row blocks in a multiple of the thread count, so every thread gets the same number of
         // (equal) tasks: 37 blocks on 2 threads left one thread a block behind at the end.

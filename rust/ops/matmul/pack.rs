@@ -37,8 +37,11 @@ pub(crate) fn pack_panel(
     }
     if ls == 1 {
         // Lanes contiguous (A transposed, B as stored): one copy per step; full panels of the
-        // microkernels' widths copy a constant length (vector moves, not a memcpy call per step).
+        // microkernels' widths (MR 6 on AVX2, 8 on AVX-512; NR 16, 32) copy a constant length
+        // (vector moves, not a memcpy call per step: the AVX2 A panels of a transposed A went
+        // through memcpy and took a third of the dW products' time).
         match (lanes == width, width) {
+            (true, 6) => copy_steps::<6>(src, base, ps, kc, dst),
             (true, 8) => copy_steps::<8>(src, base, ps, kc, dst),
             (true, 16) => copy_steps::<16>(src, base, ps, kc, dst),
             (true, 32) => copy_steps::<32>(src, base, ps, kc, dst),
@@ -85,6 +88,17 @@ fn copy_steps<const W: usize>(src: &[f32], base: usize, ps: usize, kc: usize, ds
     }
 }
 
+/// The step-major scatter of one source row: `dst[q*stride + p*W..][..W] = row[q*W..][..W]` for
+/// q < full, with constant-length copies.
+#[inline(always)]
+fn scatter_row<const W: usize>(row: &[f32], full: usize, p: usize, stride: usize, dst: &mut [f32]) {
+    for q in 0..full {
+        let s: &[f32; W] = row[q * W..][..W].try_into().expect("W floats");
+        let d: &mut [f32; W] = (&mut dst[q * stride + p * W..][..W]).try_into().expect("W floats");
+        *d = *s;
+    }
+}
+
 /// Packs `lanes` lanes × `kc` steps into consecutive panels of `width` lanes, panel q at
 /// `dst[q*stride..]` laid out as `pack_panel` does (zeros past the last lane), for lanes
 /// contiguous in the source (`ls` = 1): source element (lane l, step p) = `src[base + l + p*ps]`.
@@ -111,13 +125,14 @@ pub(crate) fn pack_panels_contig(
     let full = lanes / width;
     for p in 0..kc {
         let row = &src[base + p * ps..][..lanes];
-        for q in 0..full {
-            let d = &mut dst[q * stride + p * width..][..width];
-            match width {
-                8 => d.copy_from_slice(&row[q * 8..][..8]),
-                16 => d.copy_from_slice(&row[q * 16..][..16]),
-                32 => d.copy_from_slice(&row[q * 32..][..32]),
-                _ => d.copy_from_slice(&row[q * width..][..width]),
+        match width {
+            8 => scatter_row::<8>(row, full, p, stride, dst),
+            16 => scatter_row::<16>(row, full, p, stride, dst),
+            32 => scatter_row::<32>(row, full, p, stride, dst),
+            _ => {
+                for q in 0..full {
+                    dst[q * stride + p * width..][..width].copy_from_slice(&row[q * width..][..width]);
+                }
             }
         }
         if full < npan {
