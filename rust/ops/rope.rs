@@ -1,6 +1,7 @@
 //! Rotary position embedding, HF Llama "rotate_half" layout: within each head of size hd, lane i
 //! pairs with lane i + hd/2 and both rotate by pos * base^(-2i/hd). Backward rotates by -angle.
 
+use crate::cpu::fused::rope_heads;
 use crate::error::{ensure_shape, Result};
 use crate::tensor::Tensor;
 use crate::threads;
@@ -12,31 +13,18 @@ use crate::threads;
 fn tables(positions: &[u32], hd: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
     let half = hd / 2;
     let inv: Vec<f32> = (0..half).map(|i| 1.0 / base.powf((2 * i) as f32 / hd as f32)).collect();
-    let direct = |ps: &mut dyn Iterator<Item = u32>, n: usize| {
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in ps {
-            for &f in &inv {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-        (cos, sin)
+    let rows = |ps: &[u32]| -> (Vec<f32>, Vec<f32>) {
+        let angles = || ps.iter().flat_map(|&p| inv.iter().map(move |&f| p as f32 * f));
+        (angles().map(f32::cos).collect(), angles().map(f32::sin).collect())
     };
     let distinct = positions.iter().max().map_or(0, |&m| m as usize + 1);
     if distinct >= positions.len() || half == 0 {
-        return direct(&mut positions.iter().copied(), positions.len());
+        return rows(positions);
     }
-    let (vc, vs) = direct(&mut (0..distinct as u32), distinct);
-    let mut cos = Vec::with_capacity(positions.len() * half);
-    let mut sin = Vec::with_capacity(positions.len() * half);
-    for &p in positions {
-        let p = p as usize;
-        cos.extend_from_slice(&vc[p * half..(p + 1) * half]);
-        sin.extend_from_slice(&vs[p * half..(p + 1) * half]);
-    }
-    (cos, sin)
+    let (vc, vs) = rows(&(0..distinct as u32).collect::<Vec<_>>());
+    let gather =
+        |v: &[f32]| positions.iter().flat_map(|&p| &v[p as usize * half..(p as usize + 1) * half]).copied().collect();
+    (gather(&vc), gather(&vs))
 }
 
 /// x: [B, T, H, hd]; positions: [T] (shared by the batch) or [B*T]. `sign` = 1 forward, -1 backward.
@@ -78,7 +66,7 @@ fn rotate(op: &'static str, x: &Tensor, positions: Option<&[u32]>, base: f32, si
             let r = r0 + j; // token index b*T + t
             let pi = if per_row { r } else { r % t };
             let (c, s) = (&cos[pi * half..(pi + 1) * half], &sin[pi * half..(pi + 1) * half]);
-            crate::cpu::fused::rope_heads(&xd[r * tok..(r + 1) * tok], yt, c, s, sign);
+            rope_heads(&xd[r * tok..(r + 1) * tok], yt, c, s, sign);
         }
     });
     Ok(y)
@@ -147,13 +135,6 @@ fn positions_or_default<'a>(
     }
 }
 
-/// Rotates `heads` consecutive heads of size hd from `x` into `y` (the arithmetic of `rotate`).
-#[inline]
-fn rotate_heads(x: &[f32], y: &mut [f32], c: &[f32], s: &[f32], hd: usize, sign: f32) {
-    debug_assert_eq!(c.len(), hd / 2);
-    crate::cpu::fused::rope_heads(x, y, c, s, sign);
-}
-
 /// The fused QKV split: qkv [B, T, (H + 2·Hkv)·hd], the output of one GEMM against the stacked
 /// q, k and v projections (per token: H query heads, Hkv key heads, Hkv value heads), becomes
 /// q [B, T, H, hd] and k [B, T, Hkv, hd] with RoPE applied and v [B, T, Hkv, hd], in one pass.
@@ -196,8 +177,8 @@ pub fn qkv_rope_split(
                 let pi = if per_row { r } else { r % t };
                 let (c, s) = (&cos[pi * half..(pi + 1) * half], &sin[pi * half..(pi + 1) * half]);
                 let x = &xd[r * width..(r + 1) * width];
-                rotate_heads(&x[..qw], qr, c, s, hd, 1.0);
-                rotate_heads(&x[qw..qw + kw], kr, c, s, hd, 1.0);
+                rope_heads(&x[..qw], qr, c, s, 1.0);
+                rope_heads(&x[qw..qw + kw], kr, c, s, 1.0);
                 vr.copy_from_slice(&x[qw + kw..]);
             }
         });
@@ -239,8 +220,8 @@ pub fn qkv_rope_merge(dq: &Tensor, dk: &Tensor, dv: &Tensor, positions: Option<&
             let (c, s) = (&cos[pi * half..(pi + 1) * half], &sin[pi * half..(pi + 1) * half]);
             let (oq, rest) = o.split_at_mut(qw);
             let (ok, ov) = rest.split_at_mut(kw);
-            rotate_heads(&dqd[r * qw..(r + 1) * qw], oq, c, s, hd, -1.0);
-            rotate_heads(&dkd[r * kw..(r + 1) * kw], ok, c, s, hd, -1.0);
+            rope_heads(&dqd[r * qw..(r + 1) * qw], oq, c, s, -1.0);
+            rope_heads(&dkd[r * kw..(r + 1) * kw], ok, c, s, -1.0);
             ov.copy_from_slice(&dvd[r * kw..(r + 1) * kw]);
         }
     });
