@@ -138,10 +138,21 @@ def child(threads: int, reps: int, names: List[str]) -> None:
         print(json.dumps(out), flush=True)
 
 
+def _thread_counts(text: str) -> List[int]:
+    """--threads: comma-separated positive integers (an argparse error, not a traceback)."""
+    try:
+        counts = [int(t) for t in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap.add_argument("--threads", type=_thread_counts, default="1,2", help="comma-separated thread counts")
     ap.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
     ap.add_argument("--json", action="store_true", help="print one JSON object per row instead of the table")
     ap.add_argument("--list", action="store_true", help="print the shapes and exit")
@@ -158,7 +169,7 @@ def main() -> None:
     if args.child:
         return child(args.child, args.reps, names)
     rows = []
-    for th in (int(t) for t in args.threads.split(",")):
+    for th in args.threads:
         env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
         env.update(SOS_QUIET="1", SOS_NUM_THREADS=str(th), OPENBLAS_NUM_THREADS=str(th), OMP_NUM_THREADS=str(th))
         cmd = [sys.executable, "-m", "benches.gemm_vs_blas", "--child", str(th), "--reps", str(args.reps)]

@@ -45,8 +45,20 @@ fn mk(shape: [usize; 4], seed: usize) -> Tensor {
     .unwrap()
 }
 
+/// Positional argument `i` when given: an integer in `range`, else one line and exit status 2.
+fn arg_in(i: usize, what: &str, range: std::ops::RangeInclusive<usize>) -> Option<usize> {
+    let s = std::env::args().nth(i)?;
+    match s.parse::<usize>() {
+        Ok(v) if range.contains(&v) => Some(v),
+        _ => {
+            eprintln!("attn_ab: {what} must be an integer in {range:?}, got {s:?} (usage: attn_ab [reps] [case])");
+            std::process::exit(2)
+        }
+    }
+}
+
 fn main() {
-    let reps: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let reps = arg_in(1, "reps", 1..=1000).unwrap_or(5);
     // (name, b, t, h, hd, part): part 0 = fwd+bwd, 1 = fwd, 2 = bwd
     let cases = [
         ("fb B1 H8 hd64 T256", 1, 256, 8, 64, 0),
@@ -56,7 +68,7 @@ fn main() {
     ];
     let th: usize = std::env::var("AB_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     sos_rs::threads::set_num_threads(th);
-    let only: Option<usize> = std::env::args().nth(2).and_then(|s| s.parse().ok());
+    let only = arg_in(2, "case", 0..=3);
     for (ci, (name, b, t, h, hd, part)) in cases.into_iter().enumerate() {
         if only.is_some_and(|o| o != ci) {
             continue;
