@@ -293,7 +293,10 @@ class DenseLM(LanguageModel):
         block = 12 * attn_width + 3 * ffn
         per_token = c.n_layers * c.d_model + block if c.recompute else c.n_layers * block
         chunk = _core.linear_cross_entropy_chunk(tokens, c.vocab_size)
-        acts = tokens * (per_token + chunk) * BYTES_F32
+        # Calibrated (tests/models/test_memory_estimate.py): buffers resident between steps (the
+        # loss's logits chunk in the scratch pool, per-thread GEMM and attention panels) and
+        # allocator slack put the measured peak ~10% above this count at the test sizes.
+        acts = int(1.1 * tokens * (per_token + chunk)) * BYTES_F32
         return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts, RUNTIME_BYTES)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:
