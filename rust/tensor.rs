@@ -36,9 +36,10 @@ const HUGE_MIN_BYTES: usize = 2 << 20;
 ///
 /// Mappings are sized in classes (`class`: eight steps per power of two, at most 12.5% slack) so
 /// that the routed families' token counts, which vary a little every step, reuse each other's
-/// buffers. A miss evicts (unmaps) the longest-idle pooled buffers of at least the size it maps,
-/// so pooled plus live mappings never exceed the largest demand seen: sizes that stopped being
-/// asked for do not pile up step after step.
+/// buffers. A miss evicts (unmaps) the longest-idle pooled buffers only as far as needed to keep
+/// pooled plus live mappings within the peak live demand plus a headroom (`headroom`): sizes
+/// that stopped being asked for do not pile up step after step, and a step whose forward and
+/// backward want different size mixes does not unmap and re-fault the same buffers every step.
 #[cfg(target_os = "linux")]
 mod recycle {
     use std::ptr::NonNull;
@@ -46,6 +47,15 @@ mod recycle {
 
     /// Bytes held for reuse at most; beyond it buffers go back to the kernel.
     const MAX_BYTES: usize = 1 << 30;
+
+    /// Headroom over the peak live demand that pooled buffers may fill: a quarter, at most
+    /// 256 MiB. Evicting on every miss (no headroom) kept the peak tight but made every small
+    /// dense step unmap and map again 22 buffers (49 MB) and SAGI's 30-40 MB; a quarter lets
+    /// the size mixes of forward and backward coexist (no mapping in a steady dense step, 0-3
+    /// MB per routed step) for a few MiB to tens of MiB more peak RSS at the test sizes.
+    fn headroom(peak: usize) -> usize {
+        (peak / 4).min(256 << 20)
+    }
 
     /// The mapping size for a request of `bytes` (>= 1 MiB): rounded up to a multiple of an
     /// eighth of its power of two (so a multiple of 128 KiB, hence of the page size).
@@ -55,33 +65,73 @@ mod recycle {
         bytes.div_ceil(step) * step
     }
 
-    struct Pool {
+    /// The pool's bookkeeping, apart from the mappings themselves (so the policy is testable
+    /// with made-up addresses).
+    #[derive(Default)]
+    pub(super) struct Pool {
         /// (address, bytes), oldest first.
         free: Vec<(usize, usize)>,
-        bytes: usize,
+        /// Bytes pooled (the sum over `free`).
+        pub(super) bytes: usize,
+        /// Bytes of mapped buffers handed out and not yet dropped.
+        pub(super) live: usize,
+        /// The most bytes ever live at once, counting a request being served.
+        pub(super) peak: usize,
     }
 
-    static POOL: Mutex<Pool> = Mutex::new(Pool { free: Vec::new(), bytes: 0 });
+    impl Pool {
+        const fn new() -> Self {
+            Pool { free: Vec::new(), bytes: 0, live: 0, peak: 0 }
+        }
 
-    /// A pooled mapping of exactly `bytes` (a class size), most recently freed first. On a miss,
-    /// unmaps the oldest pooled mappings until `bytes` have been returned (or the pool is empty),
-    /// as the caller is about to map that much afresh.
+        /// A pooled address of exactly `bytes`, most recently freed first, now live; or, on a
+        /// miss, the pooled mappings to unmap (longest idle first) so that pooled plus live
+        /// plus the `bytes` the caller maps next stay within the peak plus `headroom`.
+        pub(super) fn take(&mut self, bytes: usize) -> Result<usize, Vec<(usize, usize)>> {
+            if let Some(i) = self.free.iter().rposition(|&(_, b)| b == bytes) {
+                let (addr, b) = self.free.remove(i);
+                self.bytes -= b;
+                self.mapped(b);
+                return Ok(addr);
+            }
+            let peak = self.peak.max(self.live + bytes);
+            let cap = peak + headroom(peak);
+            let mut n = 0;
+            while n < self.free.len() && self.live + bytes + self.bytes > cap {
+                self.bytes -= self.free[n].1;
+                n += 1;
+            }
+            Err(self.free.drain(..n).collect())
+        }
+
+        /// Counts a mapping of `bytes` as live.
+        pub(super) fn mapped(&mut self, bytes: usize) {
+            self.live += bytes;
+            self.peak = self.peak.max(self.live);
+        }
+
+        /// A live mapping was dropped: pools it, or returns false when the pool is full (the
+        /// caller unmaps it).
+        pub(super) fn give(&mut self, addr: usize, bytes: usize) -> bool {
+            self.live = self.live.saturating_sub(bytes);
+            if self.bytes + bytes > MAX_BYTES {
+                return false;
+            }
+            self.bytes += bytes;
+            self.free.push((addr, bytes));
+            true
+        }
+    }
+
+    static POOL: Mutex<Pool> = Mutex::new(Pool::new());
+
+    /// A pooled mapping of exactly `bytes` (a class size), or None: the caller maps it afresh
+    /// and reports it with `mapped`. Evicted mappings are unmapped outside the lock.
     pub fn take(bytes: usize) -> Option<NonNull<f32>> {
-        let mut p = POOL.lock().ok()?;
-        if let Some(i) = p.free.iter().rposition(|&(_, b)| b == bytes) {
-            let (addr, b) = p.free.remove(i);
-            p.bytes -= b;
-            return NonNull::new(addr as *mut f32);
-        }
-        let mut freed = 0;
-        let mut n = 0;
-        while n < p.free.len() && freed < bytes {
-            freed += p.free[n].1;
-            n += 1;
-        }
-        let evicted: Vec<(usize, usize)> = p.free.drain(..n).collect();
-        p.bytes -= freed;
-        drop(p);
+        let evicted = match POOL.lock().ok()?.take(bytes) {
+            Ok(addr) => return NonNull::new(addr as *mut f32),
+            Err(evicted) => evicted,
+        };
         for (addr, b) in evicted {
             // SAFETY: a mapping of `b` bytes made by `AlignedBuf::alloc`, owned by the pool alone.
             unsafe { libc::munmap(addr as *mut libc::c_void, b) };
@@ -89,15 +139,16 @@ mod recycle {
         None
     }
 
-    /// Keeps the mapping for reuse; false when the pool is full (the caller unmaps it).
-    pub fn give(ptr: NonNull<f32>, bytes: usize) -> bool {
-        let Ok(mut p) = POOL.lock() else { return false };
-        if p.bytes + bytes > MAX_BYTES {
-            return false;
+    /// Counts a fresh mapping of `bytes` as live.
+    pub fn mapped(bytes: usize) {
+        if let Ok(mut p) = POOL.lock() {
+            p.mapped(bytes);
         }
-        p.bytes += bytes;
-        p.free.push((ptr.as_ptr() as usize, bytes));
-        true
+    }
+
+    /// Keeps the dropped mapping for reuse; false when the pool is full (the caller unmaps it).
+    pub fn give(ptr: NonNull<f32>, bytes: usize) -> bool {
+        POOL.lock().is_ok_and(|mut p| p.give(ptr.as_ptr() as usize, bytes))
     }
 
     /// Bytes pooled now (tests).
@@ -152,6 +203,7 @@ impl AlignedBuf {
                 )
             };
             if raw != libc::MAP_FAILED {
+                recycle::mapped(bytes);
                 if bytes >= HUGE_MIN_BYTES {
                     // Transparent huge pages where the kernel grants them (`madvise` mode): a
                     // fresh mapping is faulted in 2 MiB at a time instead of 4 KiB (measured on a
@@ -340,6 +392,48 @@ mod tests {
         // Generous for buffers other tests pool meanwhile; without eviction this reaches ~1 GiB.
         let cap = 300 << 20;
         assert!(recycle::pooled() <= cap, "pool holds {} MiB", recycle::pooled() >> 20);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pool_keeps_a_steady_step_without_remapping() {
+        // A step's forward keeps six 1 MiB activations alive while it asks for a 6 MiB logits
+        // chunk; its backward wants two 1.5 MiB gradients while they are still alive instead. Evicting on every
+        // miss unmapped the other phase's buffers each step; with the headroom, after the first
+        // step every request is a hit, and the pool stays within the peak plus a quarter.
+        let mib = 1usize << 20;
+        let mut pool = recycle::Pool::default();
+        let mut next = 0usize;
+        let mut maps = 0;
+        let mut get = |pool: &mut recycle::Pool, bytes: usize, maps: &mut usize| -> usize {
+            match pool.take(bytes) {
+                Ok(addr) => addr,
+                Err(_) => {
+                    *maps += 1;
+                    pool.mapped(bytes);
+                    next += 1;
+                    next
+                }
+            }
+        };
+        let mut per_step = Vec::new();
+        for _ in 0..6 {
+            let before = maps;
+            let acts: Vec<usize> = (0..6).map(|_| get(&mut pool, mib, &mut maps)).collect();
+            let logits = get(&mut pool, 6 * mib, &mut maps);
+            assert!(pool.give(logits, 6 * mib));
+            let grads: Vec<usize> = (0..2).map(|_| get(&mut pool, 3 * mib / 2, &mut maps)).collect();
+            for a in acts {
+                assert!(pool.give(a, mib));
+            }
+            for g in grads {
+                assert!(pool.give(g, 3 * mib / 2));
+            }
+            assert!(pool.live == 0 && pool.bytes <= pool.peak + pool.peak / 4, "pooled {}", pool.bytes);
+            per_step.push(maps - before);
+        }
+        assert_eq!(per_step[0], 9);
+        assert!(per_step[1..].iter().all(|&m| m == 0), "maps per step {per_step:?}");
     }
 
     #[test]

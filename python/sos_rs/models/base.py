@@ -48,13 +48,20 @@ BYTES_F32 = 4
 # Peak RSS a training step adds beyond weights, optimizer state and activations, whatever the model
 # size: thread-pool stacks and per-thread scratch, allocator slack (measured at 2 threads: 5-10 MiB).
 RUNTIME_BYTES = 8 << 20
+# The tensor pool keeps freed buffers for reuse up to a quarter over the peak live demand, at most
+# 256 MiB (rust/tensor.rs, `recycle::headroom`), so a step's forward and backward size mixes stay
+# mapped. Counted as the same quarter of the rest of the estimate (measured at the test sizes on
+# 2 threads, the peak then sits at 0.83-1.04 of an estimate with a fifth: tests/models/test_memory_estimate.py).
+POOL_HEADROOM_FRACTION = 0.25
+POOL_HEADROOM_MAX = 256 << 20
 
 
 @dataclasses.dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes a training step needs: parameters with their gradients and AdamW moments, the
-    activations the tape keeps until backward (plus logits and their gradient), and the runtime's
-    fixed share (thread pools and their scratch, allocator slack: `RUNTIME_BYTES`). Each family's
+    activations the tape keeps until backward (plus logits and their gradient), the runtime's
+    fixed share (thread pools and their scratch, allocator slack: `RUNTIME_BYTES`), and the
+    tensor pool's headroom of freed buffers kept for the next step (`pool`). Each family's
     formula is calibrated against the peak RSS growth `tests/support/memory_probe.py` measures,
     to within ±25% (tests/models/test_memory_estimate.py)."""
 
@@ -63,14 +70,20 @@ class MemoryEstimate:
     runtime: int = 0
 
     @property
+    def pool(self) -> int:
+        rest = self.weights_and_optimizer + self.activations + self.runtime
+        return min(int(POOL_HEADROOM_FRACTION * rest), POOL_HEADROOM_MAX)
+
+    @property
     def total(self) -> int:
-        return self.weights_and_optimizer + self.activations + self.runtime
+        return self.weights_and_optimizer + self.activations + self.runtime + self.pool
 
     def as_dict(self) -> Dict[str, int]:
         return {
             "weights_and_optimizer": self.weights_and_optimizer,
             "activations": self.activations,
             "runtime": self.runtime,
+            "pool": self.pool,
             "total": self.total,
         }
 

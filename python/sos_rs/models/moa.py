@@ -361,9 +361,9 @@ class MoALM(LanguageModel):
         # Calibrated (tests/models/test_memory_estimate.py): the tape frees some of these before
         # the peak and the fused MoE op keeps fewer rows, so the counted values overstate the
         # peak. Measured on one thread (deterministic) the peak is 0.72-0.78 of the count; at 2
-        # threads glibc's per-thread arenas add 10-40 MiB of slack that varies run to run, so the
-        # factor sits between the two.
-        acts = (int(0.8 * tokens * (c.n_layers * per_layer + head)) + tokens * chunk) * BYTES_F32
+        # threads glibc's per-thread arenas add 10-40 MiB of slack that varies run to run, and
+        # the tensor pool's headroom (`MemoryEstimate.pool`) is counted apart, so 0.7.
+        acts = (int(0.7 * tokens * (c.n_layers * per_layer + head)) + tokens * chunk) * BYTES_F32
         return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts, RUNTIME_BYTES)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:

@@ -151,7 +151,8 @@ class Trainer:
         self.log(
             f"model: {self.family}, {n / 1e6:.2f}M parameters | estimated memory {est['total'] / 2**20:.0f} MiB "
             f"(weights+optimizer {est['weights_and_optimizer'] / 2**20:.0f} MiB, "
-            f"activations {est['activations'] / 2**20:.0f} MiB, runtime {est['runtime'] / 2**20:.0f} MiB), "
+            f"activations {est['activations'] / 2**20:.0f} MiB, runtime {est['runtime'] / 2**20:.0f} MiB, "
+            f"tensor pool {est['pool'] / 2**20:.0f} MiB), "
             f"available {avail / 2**20:.0f} MiB"
         )
         if est["total"] > avail:
