@@ -16,9 +16,10 @@ const ALIGN: usize = 64;
 pub struct AlignedBuf {
     ptr: NonNull<f32>,
     len: usize,
-    /// Allocated by mmap (freed by munmap) rather than by the global allocator.
+    /// Bytes of the mmap mapping holding the buffer (its size class, or a pooled mapping up to
+    /// a quarter larger), freed by munmap or pooled; 0 when the global allocator holds it.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    mapped: bool,
+    map_bytes: usize,
 }
 
 /// Size from which buffers are mapped rather than allocated (and zeroed) on the heap.
@@ -84,15 +85,23 @@ mod recycle {
             Pool { free: Vec::new(), bytes: 0, live: 0, peak: 0 }
         }
 
-        /// A pooled address of exactly `bytes`, most recently freed first, now live; or, on a
-        /// miss, the pooled mappings to unmap (longest idle first) so that pooled plus live
-        /// plus the `bytes` the caller maps next stay within the peak plus `headroom`.
-        pub(super) fn take(&mut self, bytes: usize) -> Result<usize, Vec<(usize, usize)>> {
-            if let Some(i) = self.free.iter().rposition(|&(_, b)| b == bytes) {
+        /// A pooled (address, mapping bytes), now live: one of exactly `bytes` (most recently
+        /// freed first), else the smallest of at most a quarter more (its pages are resident
+        /// already, so RSS does not grow, and routed token counts that move by a class or two
+        /// from step to step still hit). On a miss, the pooled mappings to unmap (longest idle
+        /// first) so that pooled plus live plus the `bytes` the caller maps next stay within the
+        /// peak plus `headroom`.
+        pub(super) fn take(&mut self, bytes: usize) -> Result<(usize, usize), Vec<(usize, usize)>> {
+            let exact = self.free.iter().rposition(|&(_, b)| b == bytes);
+            let near = || {
+                let fits = self.free.iter().enumerate().filter(|&(_, &(_, b))| b > bytes && b - bytes <= bytes / 4);
+                fits.min_by_key(|&(_, &(_, b))| b).map(|(i, _)| i)
+            };
+            if let Some(i) = exact.or_else(near) {
                 let (addr, b) = self.free.remove(i);
                 self.bytes -= b;
                 self.mapped(b);
-                return Ok(addr);
+                return Ok((addr, b));
             }
             let peak = self.peak.max(self.live + bytes);
             let cap = peak + headroom(peak);
@@ -125,11 +134,11 @@ mod recycle {
 
     static POOL: Mutex<Pool> = Mutex::new(Pool::new());
 
-    /// A pooled mapping of exactly `bytes` (a class size), or None: the caller maps it afresh
-    /// and reports it with `mapped`. Evicted mappings are unmapped outside the lock.
-    pub fn take(bytes: usize) -> Option<NonNull<f32>> {
+    /// A pooled mapping of at least `bytes` (a class size) and its size, or None: the caller
+    /// maps it afresh and reports it with `mapped`. Evicted mappings are unmapped outside the lock.
+    pub fn take(bytes: usize) -> Option<(NonNull<f32>, usize)> {
         let evicted = match POOL.lock().ok()?.take(bytes) {
-            Ok(addr) => return NonNull::new(addr as *mut f32),
+            Ok((addr, b)) => return NonNull::new(addr as *mut f32).map(|p| (p, b)),
             Err(evicted) => evicted,
         };
         for (addr, b) in evicted {
@@ -176,14 +185,14 @@ impl AlignedBuf {
 
     fn alloc(len: usize, zeroed: bool) -> Self {
         if len == 0 {
-            return AlignedBuf { ptr: NonNull::dangling(), len: 0, mapped: false };
+            return AlignedBuf { ptr: NonNull::dangling(), len: 0, map_bytes: 0 };
         }
         let layout = Self::layout(len);
         #[cfg(target_os = "linux")]
         if layout.size() >= MAP_MIN_BYTES {
             let bytes = recycle::class(layout.size());
-            if let Some(ptr) = recycle::take(bytes) {
-                let mut b = AlignedBuf { ptr, len, mapped: true };
+            if let Some((ptr, map_bytes)) = recycle::take(bytes) {
+                let mut b = AlignedBuf { ptr, len, map_bytes };
                 if zeroed {
                     use rayon::prelude::*;
                     b.as_mut_slice().par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
@@ -215,14 +224,14 @@ impl AlignedBuf {
                 return AlignedBuf {
                     ptr: NonNull::new(raw as *mut f32).expect("mmap returned null"),
                     len,
-                    mapped: true,
+                    map_bytes: bytes,
                 };
             }
         }
         // SAFETY: layout has non-zero size; a null return is handled below.
         let raw = unsafe { alloc::alloc_zeroed(layout) } as *mut f32;
         let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, len, mapped: false }
+        AlignedBuf { ptr, len, map_bytes: 0 }
     }
 
     fn layout(len: usize) -> Layout {
@@ -246,12 +255,13 @@ impl Drop for AlignedBuf {
             return;
         }
         #[cfg(target_os = "linux")]
-        if self.mapped {
-            let bytes = recycle::class(Self::layout(self.len).size());
+        if self.map_bytes > 0 {
+            let bytes = self.map_bytes;
             if recycle::give(self.ptr, bytes) {
                 return;
             }
-            // SAFETY: mapped in `alloc` with exactly this (class) size; nothing borrows it any more.
+            // SAFETY: a mapping of exactly `map_bytes` bytes (made in `alloc`, or pooled and
+            // handed out by `recycle::take`); nothing borrows it any more.
             unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, bytes) };
             return;
         }
@@ -405,35 +415,51 @@ mod tests {
         let mut pool = recycle::Pool::default();
         let mut next = 0usize;
         let mut maps = 0;
-        let mut get = |pool: &mut recycle::Pool, bytes: usize, maps: &mut usize| -> usize {
+        let mut get = |pool: &mut recycle::Pool, bytes: usize, maps: &mut usize| -> (usize, usize) {
             match pool.take(bytes) {
-                Ok(addr) => addr,
+                Ok(hit) => hit,
                 Err(_) => {
                     *maps += 1;
                     pool.mapped(bytes);
                     next += 1;
-                    next
+                    (next, bytes)
                 }
             }
         };
         let mut per_step = Vec::new();
         for _ in 0..6 {
             let before = maps;
-            let acts: Vec<usize> = (0..6).map(|_| get(&mut pool, mib, &mut maps)).collect();
-            let logits = get(&mut pool, 6 * mib, &mut maps);
-            assert!(pool.give(logits, 6 * mib));
-            let grads: Vec<usize> = (0..2).map(|_| get(&mut pool, 3 * mib / 2, &mut maps)).collect();
-            for a in acts {
-                assert!(pool.give(a, mib));
-            }
-            for g in grads {
-                assert!(pool.give(g, 3 * mib / 2));
+            let acts: Vec<(usize, usize)> = (0..6).map(|_| get(&mut pool, mib, &mut maps)).collect();
+            let (logits, b) = get(&mut pool, 6 * mib, &mut maps);
+            assert!(pool.give(logits, b));
+            let grads: Vec<(usize, usize)> = (0..2).map(|_| get(&mut pool, 3 * mib / 2, &mut maps)).collect();
+            for (a, b) in acts.into_iter().chain(grads) {
+                assert!(pool.give(a, b));
             }
             assert!(pool.live == 0 && pool.bytes <= pool.peak + pool.peak / 4, "pooled {}", pool.bytes);
             per_step.push(maps - before);
         }
         assert_eq!(per_step[0], 9);
         assert!(per_step[1..].iter().all(|&m| m == 0), "maps per step {per_step:?}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pool_serves_a_near_size_from_a_larger_mapping() {
+        // A routed path's buffer one class larger than last step's is served from the pooled
+        // one (no fresh mapping); two classes past a quarter are not (a new mapping is cheaper
+        // than holding that much unused).
+        let mib = 1usize << 20;
+        let mut pool = recycle::Pool::default();
+        pool.mapped(4 * mib);
+        assert!(pool.give(0x1000, 4 * mib));
+        let smaller = recycle::class(4 * mib - 300 * 1024);
+        assert_eq!(pool.take(smaller), Ok((0x1000, 4 * mib)));
+        assert!(pool.give(0x1000, 4 * mib));
+        // Half the size misses; mapping 2 MiB next to the pooled 4 would pass the peak (4 MiB)
+        // plus its quarter, so the pooled mapping is evicted.
+        assert_eq!(pool.take(2 * mib), Err(vec![(0x1000, 4 * mib)]));
+        assert_eq!(pool.bytes, 0);
     }
 
     #[test]

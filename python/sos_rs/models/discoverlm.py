@@ -60,6 +60,8 @@ class DiscoverLMConfig(MoAConfig):
 class DiscoverLM(MoALM):
     """Token ids [B, T] -> logits [B, T, vocab]."""
 
+    ACTIVATION_CALIBRATION = 0.7  # see MoALM: its larger FFN buffers fill more of the pool headroom
+
     family = "discoverlm"
     config_class = DiscoverLMConfig
     hf_model_type = DiscoverLMConfig.model_type
