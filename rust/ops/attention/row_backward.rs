@@ -1,25 +1,28 @@
 //! Causal attention backward for one (batch, query head) in the row layout (the companion of
-//! `row_forward`): the same FlashAttention-2 order as `backward.rs`, but Q, dO, K are read in
-//! place as microkernel operands and only K and V are repacked (transposed, once per head).
+//! `row_forward`): the same FlashAttention-2 order as `backward.rs`, but Q and dO are read in
+//! place as the A operand of S and dP. Everything used as a B operand is packed once per head:
+//! K and V transposed, and K, Q, dO as step panels (read in place, their rows are H·hd apart,
+//! a stride that maps a column of them onto two L1 sets).
 //! ```text
 //! Kt, Vt = K, V as B panels (per NR keys: hd × NR, keys contiguous; zero past T)
+//! Ks, Qs, dOs = K, Q, dO as B panels (per NR columns: tp × NR, rows as steps)
 //! for each key block j (TB keys), for each query tile i (TB queries) that sees it:
 //!   S  = Q_i · Kt_j     dP = dO_i · Vt_j          rows = queries (A in place), NR keys per call
 //!   P  = exp(scale·S − lse)   dS = P∘(dP − δ)·scale   (0 where masked; δ = rowsum(dO∘O))
-//!   dV_j += Pᵀ · dO_i   dK_j += dSᵀ · Q_i         A = P/dS read transposed, B = dO/Q in place
-//!   dQ_i += dS · K_j                              A = dS rows, B = K rows in place
+//!   dV_j += Pᵀ · dO_i   dK_j += dSᵀ · Q_i         A = P/dS read transposed, B = dOs/Qs
+//!   dQ_i += dS · K_j                              A = dS rows, B = Ks
 //! ```
 //! The sums run over tiles in a fixed order, so the result does not depend on the threads.
 
 use super::backward::{GradOut, HeadIn};
 use super::row_kernels::ds_row;
-use super::tile::{for_isa, pack_lanes, strip, with_bufs, Plan};
+use super::tile::{for_isa, pack_lanes, pack_steps, strip, with_bufs, Plan};
 use crate::cpu::{self, Tile};
 
 pub(super) fn head(pl: &Plan, x: &HeadIn, first: &[usize], scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) {
     let Plan { mr, tb, tp, hd, .. } = *pl;
     let (th, bt, bh, mh) = (tp * hd, tb * tb, tb * hd, mr * hd);
-    with_bufs([th, th, th, bt, bt, bh, bh, tp, tp, mh, mh], |bufs| {
+    with_bufs([th, th, th, th, th, th, bt, bt, bh, bh, tp, tp, mh, mh], |bufs| {
         for_isa!(
             pl.isa,
             fn run(
@@ -30,7 +33,7 @@ pub(super) fn head(pl: &Plan, x: &HeadIn, first: &[usize], scale: f32, dq: GradO
                 dq: GradOut,
                 dk: GradOut,
                 dv: GradOut,
-                bufs: [&mut [f32]; 11],
+                bufs: [&mut [f32]; 14],
             ) {
                 body(pl, x, first, scale, dq, dk, dv, bufs)
             }
@@ -48,20 +51,23 @@ fn body(
     dq: GradOut,
     dk: GradOut,
     dv: GradOut,
-    bufs: [&mut [f32]; 11],
+    bufs: [&mut [f32]; 14],
 ) {
     let Plan { mr, nr, tb, t, tp, hd, .. } = *pl;
-    let [kt, vt, dqa, s, dp, dkj, dvj, lse, delta, qtail, dotail] = bufs;
+    let [kt, vt, ks, qs, dos, dqa, s, dp, dkj, dvj, lse, delta, qtail, dotail] = bufs;
     pack_lanes(x.k, 0, tp, nr, 1.0, kt);
     pack_lanes(x.v, 0, tp, nr, 1.0, vt);
-    let (kt, vt) = (&*kt, &*vt);
+    pack_steps(x.k, tp, hd, nr, ks);
+    pack_steps(x.q, tp, hd, nr, qs);
+    pack_steps(x.dout, tp, hd, nr, dos);
+    let (kt, vt, ks, qs, dos) = (&*kt, &*vt, &*ks, &*qs, &*dos);
+    // Rows i.. at columns c0.. (c0 a multiple of NR) of a step panel: B with ldb = NR.
+    let steps = |p: &[f32], i: usize, c0: usize| p[c0 * tp + i * nr..].as_ptr();
     for i in 0..t {
         (lse[i], delta[i]) = (x.lse[x.l_base + i * x.l_stride], cpu::dot(x.dout.row(i), x.o.row(i)));
     }
     let dqa = &mut dqa[..t.div_ceil(mr) * mr * hd];
     dqa.fill(0.0);
-    // Row pointers of Q, dO, K (operands read in place), and their row stride.
-    let at = |r: &super::tile::Rows, i: usize, c: usize| r.data[r.base + i * r.stride + c..].as_ptr();
     for j0 in (0..t).step_by(tb) {
         let kn = tb.min(t - j0);
         dkj.fill(0.0);
@@ -117,19 +123,19 @@ fn body(
                 for c0 in (0..hd).step_by(nr) {
                     let c_off = kp * mr * hd + c0;
                     // dV_j, dK_j tiles: A = Pᵀ / dSᵀ read in place (A(r, p) = P[p0+p][kp·MR + r]),
-                    // B = dO / Q rows i0+p0.. (< T) at columns c0..c0+NR (≤ hd).
+                    // B = dO / Q rows i0+p0.. (< T ≤ tp) at columns c0..c0+NR (≤ hd), from the
+                    // step panels.
                     let a_off = p0 * tb + kp * mr;
-                    let (pdo, pq) = (at(&x.dout, i0 + p0, c0), at(&x.q, i0 + p0, c0));
+                    let (pdo, pq) = (steps(dos, i0 + p0, c0), steps(qs, i0 + p0, c0));
                     let tile = |a: &[f32], b, c: &mut [f32]| Tile {
                         a: a[a_off..].as_ptr(),
                         rsa: 1,
                         csa: tb,
                         b,
-                        ldb: x.q.stride,
+                        ldb: nr,
                         c: c[c_off..].as_mut_ptr(),
                         ldc: hd,
                     };
-                    debug_assert_eq!(x.q.stride, x.dout.stride);
                     pl.tile(qn - p0, tile(s, pdo, dvj), true);
                     pl.tile(qn - p0, tile(dp, pq, dkj), true);
                 }
@@ -138,15 +144,16 @@ fn body(
                 // On the diagonal, query strip qp has dS = 0 for the keys after it.
                 let kc = if diag { ((qp + 1) * mr).min(kn) } else { kn };
                 for c0 in (0..hd).step_by(nr) {
-                    // dQ_i tile: A = dS rows (MR × kc), B = K rows j0.. (< T) at columns c0..
+                    // dQ_i tile: A = dS rows (MR × kc), B = K rows j0.. (< T) at columns c0..,
+                    // from the step panels.
                     pl.tile(
                         kc,
                         Tile {
                             a: dp[qp * mr * tb..].as_ptr(),
                             rsa: tb,
                             csa: 1,
-                            b: at(&x.k, j0, c0),
-                            ldb: x.k.stride,
+                            b: steps(ks, j0, c0),
+                            ldb: nr,
                             c: dqa[(i0 + qp * mr) * hd + c0..].as_mut_ptr(),
                             ldc: hd,
                         },

@@ -99,43 +99,74 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
+    fn hmin(v: __m256) -> f32 {
+        let s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_min_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
     fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
 
+    /// Whether vector j..j+8 lies wholly inside lo..hi (no lane needs masking).
+    #[inline(always)]
+    fn whole(j: usize, lo: usize, hi: usize) -> bool {
+        j >= lo && j + W <= hi
+    }
+
     /// See `super::softmax_row` (whose asserts this relies on).
+    ///
+    /// The max pass reads the raw scores only: for scale ≥ 0, rounding is monotonic, so
+    /// max(scale·s) = scale·max(s) exactly (for scale < 0, scale·min(s)), and the scaled scores
+    /// need no store. The exp pass computes scale·s − m as the twin does (two roundings); only
+    /// the first and last vectors are masked.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     pub(super) unsafe fn softmax_row(s: &mut [f32], lo: usize, hi: usize, scale: f32) -> (f32, f32) {
         // Whole vectors from the one holding lo to the one holding hi − 1 (inside s: its length
-        // is a multiple of 8); the lanes outside lo..hi are masked to −∞, so exp gives 0.
+        // is a multiple of 8); the lanes outside lo..hi are masked (to ∓∞ for the max and min,
+        // to 0 after the exp).
         let (a, b) = (lo / W * W, hi.div_ceil(W) * W);
         s[..a].fill(0.0);
         s[b..].fill(0.0);
         let p = s.as_mut_ptr();
-        let (vs, ninf) = (_mm256_set1_ps(scale), _mm256_set1_ps(f32::NEG_INFINITY));
-        let mut mx = ninf;
+        let (vs, ninf, pinf) = (_mm256_set1_ps(scale), _mm256_set1_ps(f32::NEG_INFINITY), _mm256_set1_ps(f32::INFINITY));
+        let (mut mx, mut mn) = (ninf, pinf);
         // SAFETY: a ≤ j, j + 8 ≤ b ≤ s.len().
         unsafe {
             for j in (a..b).step_by(W) {
-                let x = _mm256_blendv_ps(ninf, _mm256_mul_ps(_mm256_loadu_ps(p.add(j)), vs), inside(j, lo, hi));
-                _mm256_storeu_ps(p.add(j), x);
-                mx = _mm256_max_ps(mx, x);
+                let x = _mm256_loadu_ps(p.add(j));
+                if whole(j, lo, hi) {
+                    mx = _mm256_max_ps(mx, x);
+                    mn = _mm256_min_ps(mn, x);
+                } else {
+                    let ok = inside(j, lo, hi);
+                    mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, x, ok));
+                    mn = _mm256_min_ps(mn, _mm256_blendv_ps(pinf, x, ok));
+                }
             }
-            let vm = _mm256_set1_ps(hmax(mx));
-            let mut sum = _mm256_setzero_ps();
+            let m = if scale >= 0.0 { scale * hmax(mx) } else { scale * hmin(mn) };
+            let (vm, zero) = (_mm256_set1_ps(m), _mm256_setzero_ps());
+            let mut sum = zero;
             for j in (a..b).step_by(W) {
-                let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(j)), vm));
+                let mut e = exp(_mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(p.add(j)), vs), vm));
+                if !whole(j, lo, hi) {
+                    e = _mm256_blendv_ps(zero, e, inside(j, lo, hi));
+                }
                 _mm256_storeu_ps(p.add(j), e);
                 sum = _mm256_add_ps(sum, e);
             }
-            (_mm256_cvtss_f32(vm), hsum(sum))
+            (m, hsum(sum))
         }
     }
 
-    /// See `super::ds_row` (whose asserts this relies on; lo < hi).
+    /// See `super::ds_row` (whose asserts this relies on; lo < hi). Only the first and last
+    /// vectors are masked.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     pub(super) unsafe fn ds_row(s: &mut [f32], dp: &mut [f32], lo: usize, hi: usize, lse: f32, delta: f32, scale: f32) {
@@ -150,8 +181,10 @@ mod x86 {
         // SAFETY: a ≤ j, j + 8 ≤ b ≤ len of both rows.
         unsafe {
             for j in (a..b).step_by(W) {
-                let e = exp(_mm256_fmsub_ps(_mm256_loadu_ps(ps.add(j)), vs, vl));
-                let pr = _mm256_blendv_ps(zero, e, inside(j, lo, hi));
+                let mut pr = exp(_mm256_fmsub_ps(_mm256_loadu_ps(ps.add(j)), vs, vl));
+                if !whole(j, lo, hi) {
+                    pr = _mm256_blendv_ps(zero, pr, inside(j, lo, hi));
+                }
                 _mm256_storeu_ps(ps.add(j), pr);
                 let g = _mm256_sub_ps(_mm256_loadu_ps(pd.add(j)), vd);
                 _mm256_storeu_ps(pd.add(j), _mm256_mul_ps(_mm256_mul_ps(pr, g), vs));
@@ -175,15 +208,18 @@ mod tests {
         for len in [8usize, 16, 48, 64] {
             for (lo, hi) in [(0, len), (0, 1), (3, len - 2), (len - 1, len), (5.min(len - 1), len.min(13))] {
                 let x = rand_vec(len, len as u64 + lo as u64);
-                let (mut a, mut b) = (x.clone(), x.clone());
-                let (ma, la) = softmax_row(Isa::Avx2, &mut a, lo, hi, 0.37);
-                let (mb, lb) = softmax_row_scalar(&mut b, lo, hi, 0.37);
-                let tag = format!("softmax_row len={len} lo={lo} hi={hi}");
-                assert_eq!(ma, mb, "{tag}: max");
-                assert!((la - lb).abs() <= 1e-6 * lb, "{tag}: sum {la} vs {lb}");
-                assert_close(&a, &b, 1e-6, 0.0, &tag);
-                // Masked keys are exact zeros.
-                assert!(a[..lo].iter().chain(&a[hi..]).all(|v| *v == 0.0), "{tag}: masked keys");
+                // A negative scale takes the max from the raw minimum.
+                for sc in [0.37f32, -0.6] {
+                    let (mut a, mut b) = (x.clone(), x.clone());
+                    let (ma, la) = softmax_row(Isa::Avx2, &mut a, lo, hi, sc);
+                    let (mb, lb) = softmax_row_scalar(&mut b, lo, hi, sc);
+                    let tag = format!("softmax_row len={len} lo={lo} hi={hi} scale={sc}");
+                    assert_eq!(ma, mb, "{tag}: max");
+                    assert!((la - lb).abs() <= 1e-6 * lb, "{tag}: sum {la} vs {lb}");
+                    assert_close(&a, &b, 1e-6, 0.0, &tag);
+                    // Masked keys are exact zeros.
+                    assert!(a[..lo].iter().chain(&a[hi..]).all(|v| *v == 0.0), "{tag}: masked keys");
+                }
 
                 let g = rand_vec(len, 7 + len as u64);
                 let (mut s1, mut s2, mut d1, mut d2) = (x.clone(), x.clone(), g.clone(), g.clone());
