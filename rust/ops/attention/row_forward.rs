@@ -1,6 +1,7 @@
 //! Causal attention forward for one (batch, head) in the row layout: queries as microkernel
-//! rows, so Q is read in place and K and V are repacked once per head (K as B panels of NR
-//! keys, V as B panels of NR columns with keys as steps).
+//! rows, so Q is read in place and only K is repacked (as B panels of NR keys, once per head);
+//! V is read in place too, unless its row stride crowds the L1 sets (`tile::set_crowded`),
+//! then it is packed once per head as B panels of NR columns with keys as steps.
 //! For head sizes that are a multiple of NR on AVX2 and scalar (see `mod.rs` for the choice).
 //!
 //! A strip of MR queries sees at most the keys up to its last query, so its whole score strip
@@ -8,17 +9,17 @@
 //! go: no running max, no rescaling of the output.
 //! ```text
 //! Kt = K as B panels (per NR keys: hd × NR, keys contiguous; zero past T)
-//! Vs = V as B panels (per NR columns: tp × NR, columns contiguous)
+//! Vs = V as B panels (per NR columns: tp × NR, keys as steps), or V in place
 //! for each strip of MR queries (from its first query's first visible key to its last query):
 //!   S  = Q[strip] · Kt[.., keys]            A = Q rows in place, one K panel per microkernel call
 //!   per row: m = max(scale·s), p = exp(scale·s − m) over the visible keys, 0 elsewhere, l = Σp
-//!   O  = P · V[keys]                        B = V step panels (NR of hd per call), kc = keys
+//!   O  = P · V[keys]                        B = Vs (NR of hd per call), kc = keys
 //!   o = O / l,  lse = m + ln l
 //! ```
 
 use super::forward::HeadOut;
 use super::row_kernels::softmax_row;
-use super::tile::{for_isa, pack_lanes, pack_steps, strip, with_bufs, Plan, Rows};
+use super::tile::{for_isa, pack_lanes, pack_steps_rows, set_crowded, strip, with_bufs, Plan, Rows};
 use crate::cpu::Tile;
 
 pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, first: &[usize], scale: f32, out: &HeadOut) {
@@ -56,7 +57,12 @@ fn body(
 ) {
     let Plan { mr, nr, t, tp, hd, .. } = *pl;
     pack_lanes(k, 0, tp, nr, 1.0, kt);
-    pack_steps(v, tp, hd, nr, vs);
+    // V as the B operand of P·V: from step panels when its rows read in place would crowd
+    // their L1 sets (see `tile::set_crowded`).
+    let pv = set_crowded(v.stride, pl.tb);
+    if pv {
+        pack_steps_rows(v, tp, nr, vs);
+    }
     let (kt, vs) = (&*kt, &*vs);
     let mut ml = [(0.0f32, 0.0f32); 16];
     for i0 in (0..t).step_by(mr) {
@@ -95,19 +101,15 @@ fn body(
         let s = &*s;
         for c0 in (0..hd).step_by(nr) {
             // O[.., c0..c0+NR] = P (MR × keys, row stride w) · V rows kstart..kend, columns
-            // c0..c0+NR, from the step panels (contiguous: V rows in place are H·hd apart, and
-            // that stride maps a column of them onto two L1 sets): kend ≤ T ≤ tp.
+            // c0..c0+NR ≤ hd, from the step panels or in place: kend ≤ T ≤ tp.
+            let (b, ldb) = if pv {
+                (vs[c0 * tp + kstart * nr..].as_ptr(), nr)
+            } else {
+                (v.data[v.base + kstart * v.stride + c0..].as_ptr(), v.stride)
+            };
             pl.tile(
                 kend - kstart,
-                Tile {
-                    a: s.as_ptr(),
-                    rsa: w,
-                    csa: 1,
-                    b: vs[(c0 * tp + kstart * nr)..].as_ptr(),
-                    ldb: nr,
-                    c: oacc[c0..].as_mut_ptr(),
-                    ldc: hd,
-                },
+                Tile { a: s.as_ptr(), rsa: w, csa: 1, b, ldb, c: oacc[c0..].as_mut_ptr(), ldc: hd },
                 false,
             );
         }
