@@ -247,3 +247,30 @@ pub(super) fn strip(src: Rows, i0: usize, mr: usize, tail: &mut [f32]) -> (*cons
     }
     (tail.as_ptr(), src.hd)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_crowding_follows_the_stride() {
+        // Rows 2 KiB and 1 KiB apart fall into 2 and 4 sets (16, 32 lines): a column of 48
+        // crowds them; 512 B apart, 8 sets (64 lines) hold it; an odd stride spreads over all.
+        assert!(set_crowded(512, 48));
+        assert!(set_crowded(256, 48));
+        assert!(!set_crowded(128, 48));
+        assert!(!set_crowded(100, 48));
+        assert!(!set_crowded(512, 16));
+    }
+
+    #[test]
+    fn pack_steps_rows_matches_pack_steps() {
+        // 5 rows of hd 32, 48 floats apart, into tp = 8 (rows 5..8 zero), w = 16.
+        let data: Vec<f32> = (0..5 * 48).map(|i| i as f32 + 0.5).collect();
+        let src = Rows { data: &data, base: 3, stride: 48, n: 5, hd: 32 };
+        let (mut a, mut b) = (vec![f32::NAN; 32 * 8], vec![f32::NAN; 32 * 8]);
+        pack_steps(src, 8, 32, 16, &mut a);
+        pack_steps_rows(src, 8, 16, &mut b);
+        assert_eq!(a, b);
+    }
+}
