@@ -1,7 +1,10 @@
 //! Attention timing at the shapes the performance issue names, with the FMA peak measured before
 //! each repetition (medians printed). Used for before/after comparisons in alternating processes.
 //!
-//!   cargo run --release --example attn_ab [-- reps]
+//!   cargo run --release --example attn_ab [-- reps [case]]
+//!
+//! Cases 0-3 (the default): the issue's shapes; 4-7: forward and backward apart at hd 64,
+//! T = 1024 and 256.
 
 use sos_rs::cpu::{peak, Isa};
 use sos_rs::ops::attention;
@@ -65,12 +68,17 @@ fn main() {
         ("fb B1 H8 hd64 T1024", 1, 1024, 8, 64, 0),
         ("fwd B16 H4 hd32 T128", 16, 128, 4, 32, 1),
         ("bwd B16 H4 hd32 T128", 16, 128, 4, 32, 2),
+        ("fwd B1 H8 hd64 T1024", 1, 1024, 8, 64, 1),
+        ("bwd B1 H8 hd64 T1024", 1, 1024, 8, 64, 2),
+        ("fwd B1 H8 hd64 T256", 1, 256, 8, 64, 1),
+        ("bwd B1 H8 hd64 T256", 1, 256, 8, 64, 2),
     ];
     let th: usize = std::env::var("AB_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     sos_rs::threads::set_num_threads(th);
-    let only = arg_in(2, "case", 0..=3);
+    let only = arg_in(2, "case", 0..=cases.len() - 1);
     for (ci, (name, b, t, h, hd, part)) in cases.into_iter().enumerate() {
-        if only.is_some_and(|o| o != ci) {
+        // Without a case argument, the four shapes the issue names (4..: forward and backward apart).
+        if only.map_or(ci >= 4, |o| o != ci) {
             continue;
         }
         let (q, k, v, dout) = (mk([b, t, h, hd], 1), mk([b, t, h, hd], 2), mk([b, t, h, hd], 3), mk([b, t, h, hd], 4));

@@ -3,8 +3,10 @@
 //! B·H·T·T buffer exists. Forward saves the per-row log-sum-exp; backward recomputes the
 //! probabilities from it. Two layouts (`row_layout` picks one per call):
 //!   - row layout (`row_forward.rs`, `row_backward.rs`, `row_kernels.rs`): queries as
-//!     microkernel rows, Q, dO, K, V read in place, only K and V packed; an exact softmax per
-//!     strip of MR queries. AVX2 and scalar, hd a multiple of NR (32, 64, 128 on AVX2).
+//!     microkernel rows, Q and dO read in place as A operands, K and V packed (transposed);
+//!     B operands read by rows (V, K, Q, dO) are packed as step panels only when their row
+//!     stride crowds the L1 sets (`tile::set_crowded`); an exact softmax per strip of MR
+//!     queries. AVX2 and scalar, hd a multiple of NR (32, 64, 128 on AVX2).
 //!   - panel layout (`forward.rs`, `backward.rs`): every operand packed into panels, an online
 //!     softmax over key blocks. AVX-512, and any hd.
 //!

@@ -1,25 +1,29 @@
 //! Causal attention backward for one (batch, query head) in the row layout (the companion of
-//! `row_forward`): the same FlashAttention-2 order as `backward.rs`, but Q, dO, K are read in
-//! place as microkernel operands and only K and V are repacked (transposed, once per head).
+//! `row_forward`): the same FlashAttention-2 order as `backward.rs`, but Q and dO are read in
+//! place as the A operand of S and dP, and K and V are packed (transposed) once per head. K, Q,
+//! dO as B operands are read in place too, unless their row stride (H·hd) maps a column of
+//! them onto too few L1 sets (`tile::set_crowded`, e.g. H·hd = 512); then they are packed
+//! once per head as step panels.
 //! ```text
 //! Kt, Vt = K, V as B panels (per NR keys: hd × NR, keys contiguous; zero past T)
+//! Ks, Qs, dOs = K, Q, dO as B panels (per NR columns: tp × NR, rows as steps), or in place
 //! for each key block j (TB keys), for each query tile i (TB queries) that sees it:
 //!   S  = Q_i · Kt_j     dP = dO_i · Vt_j          rows = queries (A in place), NR keys per call
 //!   P  = exp(scale·S − lse)   dS = P∘(dP − δ)·scale   (0 where masked; δ = rowsum(dO∘O))
-//!   dV_j += Pᵀ · dO_i   dK_j += dSᵀ · Q_i         A = P/dS read transposed, B = dO/Q in place
-//!   dQ_i += dS · K_j                              A = dS rows, B = K rows in place
+//!   dV_j += Pᵀ · dO_i   dK_j += dSᵀ · Q_i         A = P/dS read transposed, B = dOs/Qs
+//!   dQ_i += dS · K_j                              A = dS rows, B = Ks
 //! ```
 //! The sums run over tiles in a fixed order, so the result does not depend on the threads.
 
 use super::backward::{GradOut, HeadIn};
 use super::row_kernels::ds_row;
-use super::tile::{for_isa, pack_lanes, strip, with_bufs, Plan};
+use super::tile::{for_isa, pack_lanes, pack_steps_rows, set_crowded, strip, with_bufs, Plan, Rows};
 use crate::cpu::{self, Tile};
 
 pub(super) fn head(pl: &Plan, x: &HeadIn, first: &[usize], scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) {
     let Plan { mr, tb, tp, hd, .. } = *pl;
     let (th, bt, bh, mh) = (tp * hd, tb * tb, tb * hd, mr * hd);
-    with_bufs([th, th, th, bt, bt, bh, bh, tp, tp, mh, mh], |bufs| {
+    with_bufs([th, th, th, th, th, th, bt, bt, bh, bh, tp, tp, mh, mh], |bufs| {
         for_isa!(
             pl.isa,
             fn run(
@@ -30,7 +34,7 @@ pub(super) fn head(pl: &Plan, x: &HeadIn, first: &[usize], scale: f32, dq: GradO
                 dq: GradOut,
                 dk: GradOut,
                 dv: GradOut,
-                bufs: [&mut [f32]; 11],
+                bufs: [&mut [f32]; 14],
             ) {
                 body(pl, x, first, scale, dq, dk, dv, bufs)
             }
@@ -48,20 +52,38 @@ fn body(
     dq: GradOut,
     dk: GradOut,
     dv: GradOut,
-    bufs: [&mut [f32]; 11],
+    bufs: [&mut [f32]; 14],
 ) {
     let Plan { mr, nr, tb, t, tp, hd, .. } = *pl;
-    let [kt, vt, dqa, s, dp, dkj, dvj, lse, delta, qtail, dotail] = bufs;
+    let [kt, vt, ks, qs, dos, dqa, s, dp, dkj, dvj, lse, delta, qtail, dotail] = bufs;
     pack_lanes(x.k, 0, tp, nr, 1.0, kt);
     pack_lanes(x.v, 0, tp, nr, 1.0, vt);
-    let (kt, vt) = (&*kt, &*vt);
+    // K (Q and dO) as B operands: from step panels when their rows read in place would
+    // crowd their L1 sets (the B operand of one call is up to TB rows of one column chunk).
+    let (pk, pq) = (set_crowded(x.k.stride, tb), set_crowded(x.q.stride, tb));
+    debug_assert_eq!(x.q.stride, x.dout.stride);
+    if pk {
+        pack_steps_rows(x.k, tp, nr, ks);
+    }
+    if pq {
+        pack_steps_rows(x.q, tp, nr, qs);
+        pack_steps_rows(x.dout, tp, nr, dos);
+    }
+    let (kt, vt, ks, qs, dos) = (&*kt, &*vt, &*ks, &*qs, &*dos);
+    // B = rows i.. (< T) at columns c0.. (c0 a multiple of NR, + NR ≤ hd): (pointer, ldb), from
+    // the step panel (rows i < T ≤ tp) or in place.
+    let b_at = |packed: bool, p: &[f32], r: &Rows, i: usize, c0: usize| {
+        if packed {
+            (p[c0 * tp + i * nr..].as_ptr(), nr)
+        } else {
+            (r.data[r.base + i * r.stride + c0..].as_ptr(), r.stride)
+        }
+    };
     for i in 0..t {
         (lse[i], delta[i]) = (x.lse[x.l_base + i * x.l_stride], cpu::dot(x.dout.row(i), x.o.row(i)));
     }
     let dqa = &mut dqa[..t.div_ceil(mr) * mr * hd];
     dqa.fill(0.0);
-    // Row pointers of Q, dO, K (operands read in place), and their row stride.
-    let at = |r: &super::tile::Rows, i: usize, c: usize| r.data[r.base + i * r.stride + c..].as_ptr();
     for j0 in (0..t).step_by(tb) {
         let kn = tb.min(t - j0);
         dkj.fill(0.0);
@@ -119,34 +141,34 @@ fn body(
                     // dV_j, dK_j tiles: A = Pᵀ / dSᵀ read in place (A(r, p) = P[p0+p][kp·MR + r]),
                     // B = dO / Q rows i0+p0.. (< T) at columns c0..c0+NR (≤ hd).
                     let a_off = p0 * tb + kp * mr;
-                    let (pdo, pq) = (at(&x.dout, i0 + p0, c0), at(&x.q, i0 + p0, c0));
-                    let tile = |a: &[f32], b, c: &mut [f32]| Tile {
+                    let (bdo, bq) = (b_at(pq, dos, &x.dout, i0 + p0, c0), b_at(pq, qs, &x.q, i0 + p0, c0));
+                    let tile = |a: &[f32], (b, ldb): (*const f32, usize), c: &mut [f32]| Tile {
                         a: a[a_off..].as_ptr(),
                         rsa: 1,
                         csa: tb,
                         b,
-                        ldb: x.q.stride,
+                        ldb,
                         c: c[c_off..].as_mut_ptr(),
                         ldc: hd,
                     };
-                    debug_assert_eq!(x.q.stride, x.dout.stride);
-                    pl.tile(qn - p0, tile(s, pdo, dvj), true);
-                    pl.tile(qn - p0, tile(dp, pq, dkj), true);
+                    pl.tile(qn - p0, tile(s, bdo, dvj), true);
+                    pl.tile(qn - p0, tile(dp, bq, dkj), true);
                 }
             }
             for qp in 0..strips {
                 // On the diagonal, query strip qp has dS = 0 for the keys after it.
                 let kc = if diag { ((qp + 1) * mr).min(kn) } else { kn };
                 for c0 in (0..hd).step_by(nr) {
-                    // dQ_i tile: A = dS rows (MR × kc), B = K rows j0.. (< T) at columns c0..
+                    // dQ_i tile: A = dS rows (MR × kc), B = K rows j0.. (< T) at columns c0...
+                    let (b, ldb) = b_at(pk, ks, &x.k, j0, c0);
                     pl.tile(
                         kc,
                         Tile {
                             a: dp[qp * mr * tb..].as_ptr(),
                             rsa: tb,
                             csa: 1,
-                            b: at(&x.k, j0, c0),
-                            ldb: x.k.stride,
+                            b,
+                            ldb,
                             c: dqa[(i0 + qp * mr) * hd + c0..].as_mut_ptr(),
                             ldc: hd,
                         },

@@ -1,6 +1,7 @@
 //! Causal attention forward for one (batch, head) in the row layout: queries as microkernel
-//! rows, so Q and V are read in place and only K is repacked (as B panels of NR keys, once per
-//! head).
+//! rows, so Q is read in place and only K is repacked (as B panels of NR keys, once per head);
+//! V is read in place too, unless its row stride crowds the L1 sets (`tile::set_crowded`),
+//! then it is packed once per head as B panels of NR columns with keys as steps.
 //! For head sizes that are a multiple of NR on AVX2 and scalar (see `mod.rs` for the choice).
 //!
 //! A strip of MR queries sees at most the keys up to its last query, so its whole score strip
@@ -8,21 +9,22 @@
 //! go: no running max, no rescaling of the output.
 //! ```text
 //! Kt = K as B panels (per NR keys: hd × NR, keys contiguous; zero past T)
+//! Vs = V as B panels (per NR columns: tp × NR, keys as steps), or V in place
 //! for each strip of MR queries (from its first query's first visible key to its last query):
 //!   S  = Q[strip] · Kt[.., keys]            A = Q rows in place, one K panel per microkernel call
 //!   per row: m = max(scale·s), p = exp(scale·s − m) over the visible keys, 0 elsewhere, l = Σp
-//!   O  = P · V[keys]                        B = V rows in place (NR of hd per call), kc = keys
+//!   O  = P · V[keys]                        B = Vs (NR of hd per call), kc = keys
 //!   o = O / l,  lse = m + ln l
 //! ```
 
 use super::forward::HeadOut;
 use super::row_kernels::softmax_row;
-use super::tile::{for_isa, pack_lanes, strip, with_bufs, Plan, Rows};
+use super::tile::{for_isa, pack_lanes, pack_steps_rows, set_crowded, strip, with_bufs, Plan, Rows};
 use crate::cpu::Tile;
 
 pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, first: &[usize], scale: f32, out: &HeadOut) {
     let Plan { mr, tp, hd, .. } = *pl;
-    with_bufs([hd * tp, mr * tp, mr * hd, mr * hd], |bufs| {
+    with_bufs([hd * tp, hd * tp, mr * tp, mr * hd, mr * hd], |bufs| {
         for_isa!(
             pl.isa,
             fn run(
@@ -33,7 +35,7 @@ pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, first: &[usize], scale:
                 first: &[usize],
                 scale: f32,
                 out: &HeadOut,
-                bufs: [&mut [f32]; 4],
+                bufs: [&mut [f32]; 5],
             ) {
                 body(pl, q, k, v, first, scale, out, bufs)
             }
@@ -51,11 +53,17 @@ fn body(
     first: &[usize],
     scale: f32,
     out: &HeadOut,
-    [kt, s, oacc, qtail]: [&mut [f32]; 4],
+    [kt, vs, s, oacc, qtail]: [&mut [f32]; 5],
 ) {
     let Plan { mr, nr, t, tp, hd, .. } = *pl;
     pack_lanes(k, 0, tp, nr, 1.0, kt);
-    let kt = &*kt;
+    // V as the B operand of P·V: from step panels when its rows read in place would crowd
+    // their L1 sets (see `tile::set_crowded`).
+    let pv = set_crowded(v.stride, pl.tb);
+    if pv {
+        pack_steps_rows(v, tp, nr, vs);
+    }
+    let (kt, vs) = (&*kt, &*vs);
     let mut ml = [(0.0f32, 0.0f32); 16];
     for i0 in (0..t).step_by(mr) {
         let rows = mr.min(t - i0);
@@ -92,19 +100,16 @@ fn body(
         }
         let s = &*s;
         for c0 in (0..hd).step_by(nr) {
-            // O[.., c0..c0+NR] = P (MR × keys, row stride w) · V rows kstart..kend in place
-            // (columns c0..c0+NR ≤ hd): every key read exists (kend ≤ T).
+            // O[.., c0..c0+NR] = P (MR × keys, row stride w) · V rows kstart..kend, columns
+            // c0..c0+NR ≤ hd, from the step panels or in place: kend ≤ T ≤ tp.
+            let (b, ldb) = if pv {
+                (vs[c0 * tp + kstart * nr..].as_ptr(), nr)
+            } else {
+                (v.data[v.base + kstart * v.stride + c0..].as_ptr(), v.stride)
+            };
             pl.tile(
                 kend - kstart,
-                Tile {
-                    a: s.as_ptr(),
-                    rsa: w,
-                    csa: 1,
-                    b: v.data[v.base + kstart * v.stride + c0..].as_ptr(),
-                    ldb: v.stride,
-                    c: oacc[c0..].as_mut_ptr(),
-                    ldc: hd,
-                },
+                Tile { a: s.as_ptr(), rsa: w, csa: 1, b, ldb, c: oacc[c0..].as_mut_ptr(), ldc: hd },
                 false,
             );
         }

@@ -99,6 +99,14 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
+    fn hmin(v: __m256) -> f32 {
+        let s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_min_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
     fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -106,40 +114,66 @@ mod x86 {
     }
 
     /// See `super::softmax_row` (whose asserts this relies on).
+    ///
+    /// The max pass reads the raw scores only: for scale ≥ 0, rounding is monotonic, so
+    /// max(scale·s) = scale·max(s) exactly (for scale < 0, scale·min(s)), and the scaled scores
+    /// need no store. The exp pass computes scale·s − m as the twin does (two roundings). Only
+    /// the first and the last vector can hold lanes outside lo..hi: they are masked apart from
+    /// the loop over the others (no branch per vector; short rows mispredict it).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     pub(super) unsafe fn softmax_row(s: &mut [f32], lo: usize, hi: usize, scale: f32) -> (f32, f32) {
-        // Whole vectors from the one holding lo to the one holding hi − 1 (inside s: its length
-        // is a multiple of 8); the lanes outside lo..hi are masked to −∞, so exp gives 0.
+        // Whole vectors from the one holding lo (a) to the one holding hi − 1 (last), inside s:
+        // its length is a multiple of 8.
         let (a, b) = (lo / W * W, hi.div_ceil(W) * W);
+        let last = b - W;
         s[..a].fill(0.0);
         s[b..].fill(0.0);
         let p = s.as_mut_ptr();
-        let (vs, ninf) = (_mm256_set1_ps(scale), _mm256_set1_ps(f32::NEG_INFINITY));
-        let mut mx = ninf;
-        // SAFETY: a ≤ j, j + 8 ≤ b ≤ s.len().
+        let (vs, ninf, pinf) =
+            (_mm256_set1_ps(scale), _mm256_set1_ps(f32::NEG_INFINITY), _mm256_set1_ps(f32::INFINITY));
+        let (ok_a, ok_l) = (inside(a, lo, hi), inside(last, lo, hi));
+        // SAFETY: a ≤ j ≤ last, j + 8 ≤ b ≤ s.len().
         unsafe {
-            for j in (a..b).step_by(W) {
-                let x = _mm256_blendv_ps(ninf, _mm256_mul_ps(_mm256_loadu_ps(p.add(j)), vs), inside(j, lo, hi));
-                _mm256_storeu_ps(p.add(j), x);
+            let x = _mm256_loadu_ps(p.add(a));
+            let (mut mx, mut mn) = (_mm256_blendv_ps(ninf, x, ok_a), _mm256_blendv_ps(pinf, x, ok_a));
+            for j in (a + W..last).step_by(W) {
+                let x = _mm256_loadu_ps(p.add(j));
                 mx = _mm256_max_ps(mx, x);
+                mn = _mm256_min_ps(mn, x);
             }
-            let vm = _mm256_set1_ps(hmax(mx));
-            let mut sum = _mm256_setzero_ps();
-            for j in (a..b).step_by(W) {
-                let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(j)), vm));
+            if last > a {
+                let x = _mm256_loadu_ps(p.add(last));
+                mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, x, ok_l));
+                mn = _mm256_min_ps(mn, _mm256_blendv_ps(pinf, x, ok_l));
+            }
+            let m = if scale >= 0.0 { scale * hmax(mx) } else { scale * hmin(mn) };
+            let (vm, zero) = (_mm256_set1_ps(m), _mm256_setzero_ps());
+            let e_at = |j: usize| exp(_mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(p.add(j)), vs), vm));
+            let e = _mm256_blendv_ps(zero, e_at(a), ok_a);
+            _mm256_storeu_ps(p.add(a), e);
+            let mut sum = e;
+            for j in (a + W..last).step_by(W) {
+                let e = e_at(j);
                 _mm256_storeu_ps(p.add(j), e);
                 sum = _mm256_add_ps(sum, e);
             }
-            (_mm256_cvtss_f32(vm), hsum(sum))
+            if last > a {
+                let e = _mm256_blendv_ps(zero, e_at(last), ok_l);
+                _mm256_storeu_ps(p.add(last), e);
+                sum = _mm256_add_ps(sum, e);
+            }
+            (m, hsum(sum))
         }
     }
 
-    /// See `super::ds_row` (whose asserts this relies on; lo < hi).
+    /// See `super::ds_row` (whose asserts this relies on; lo < hi). As in `softmax_row`, only
+    /// the first and the last vector are masked.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     pub(super) unsafe fn ds_row(s: &mut [f32], dp: &mut [f32], lo: usize, hi: usize, lse: f32, delta: f32, scale: f32) {
         let (a, b) = (lo / W * W, hi.div_ceil(W) * W);
+        let last = b - W;
         for row in [&mut *s, &mut *dp] {
             row[..a].fill(0.0);
             row[b..].fill(0.0);
@@ -147,14 +181,21 @@ mod x86 {
         let (ps, pd) = (s.as_mut_ptr(), dp.as_mut_ptr());
         let (vs, vl, vd, zero) =
             (_mm256_set1_ps(scale), _mm256_set1_ps(lse), _mm256_set1_ps(delta), _mm256_setzero_ps());
-        // SAFETY: a ≤ j, j + 8 ≤ b ≤ len of both rows.
+        // SAFETY: a ≤ j ≤ last, j + 8 ≤ b ≤ len of both rows.
         unsafe {
-            for j in (a..b).step_by(W) {
+            let step = |j: usize, ok: Option<__m256>| {
                 let e = exp(_mm256_fmsub_ps(_mm256_loadu_ps(ps.add(j)), vs, vl));
-                let pr = _mm256_blendv_ps(zero, e, inside(j, lo, hi));
+                let pr = ok.map_or(e, |ok| _mm256_blendv_ps(zero, e, ok));
                 _mm256_storeu_ps(ps.add(j), pr);
                 let g = _mm256_sub_ps(_mm256_loadu_ps(pd.add(j)), vd);
                 _mm256_storeu_ps(pd.add(j), _mm256_mul_ps(_mm256_mul_ps(pr, g), vs));
+            };
+            step(a, Some(inside(a, lo, hi)));
+            for j in (a + W..last).step_by(W) {
+                step(j, None);
+            }
+            if last > a {
+                step(last, Some(inside(last, lo, hi)));
             }
         }
     }
@@ -175,15 +216,18 @@ mod tests {
         for len in [8usize, 16, 48, 64] {
             for (lo, hi) in [(0, len), (0, 1), (3, len - 2), (len - 1, len), (5.min(len - 1), len.min(13))] {
                 let x = rand_vec(len, len as u64 + lo as u64);
-                let (mut a, mut b) = (x.clone(), x.clone());
-                let (ma, la) = softmax_row(Isa::Avx2, &mut a, lo, hi, 0.37);
-                let (mb, lb) = softmax_row_scalar(&mut b, lo, hi, 0.37);
-                let tag = format!("softmax_row len={len} lo={lo} hi={hi}");
-                assert_eq!(ma, mb, "{tag}: max");
-                assert!((la - lb).abs() <= 1e-6 * lb, "{tag}: sum {la} vs {lb}");
-                assert_close(&a, &b, 1e-6, 0.0, &tag);
-                // Masked keys are exact zeros.
-                assert!(a[..lo].iter().chain(&a[hi..]).all(|v| *v == 0.0), "{tag}: masked keys");
+                // A negative scale takes the max from the raw minimum.
+                for sc in [0.37f32, -0.6] {
+                    let (mut a, mut b) = (x.clone(), x.clone());
+                    let (ma, la) = softmax_row(Isa::Avx2, &mut a, lo, hi, sc);
+                    let (mb, lb) = softmax_row_scalar(&mut b, lo, hi, sc);
+                    let tag = format!("softmax_row len={len} lo={lo} hi={hi} scale={sc}");
+                    assert_eq!(ma, mb, "{tag}: max");
+                    assert!((la - lb).abs() <= 1e-6 * lb, "{tag}: sum {la} vs {lb}");
+                    assert_close(&a, &b, 1e-6, 0.0, &tag);
+                    // Masked keys are exact zeros.
+                    assert!(a[..lo].iter().chain(&a[hi..]).all(|v| *v == 0.0), "{tag}: masked keys");
+                }
 
                 let g = rand_vec(len, 7 + len as u64);
                 let (mut s1, mut s2, mut d1, mut d2) = (x.clone(), x.clone(), g.clone(), g.clone());

@@ -129,6 +129,10 @@ fn matches_materialised_reference_mha_and_gqa() {
         // and block edge, GQA.
         (2, 131, 4, 2, 32),
         (1, 257, 2, 1, 64),
+        // Row strides that crowd the L1 sets (tile::set_crowded): Q, dO and K, V as step
+        // panels (H·hd 512 and 256), and Q, dO only (K, V rows 64 apart).
+        (1, 131, 8, 4, 64),
+        (1, 100, 8, 2, 32),
     ];
     for isa in isas() {
         for &(b, t, hq, hkv, hd) in &cases {
@@ -167,6 +171,7 @@ fn sliding_window_matches_materialised_reference() {
         (1, 200, 2, 2, 40),
         (2, 33, 3, 1, 12),
         (1, 101, 2, 1, 32),
+        (1, 101, 8, 4, 64),
     ];
     for isa in isas() {
         for &(b, t, hq, hkv, hd) in &cases {
@@ -200,14 +205,15 @@ fn window_at_least_t_is_full_causal_bit_for_bit() {
 
 #[test]
 fn one_and_two_threads_same_bits() {
-    // hd 16 and 32 take the row layout on AVX2, hd 12 the panel layout.
-    for hd in [16, 32, 12] {
-        one_and_two_threads_same_bits_at(hd);
+    // hd 16 and 32 take the row layout on AVX2, hd 12 the panel layout; 8 heads of 64 the row
+    // layout with step panels (row strides that crowd the L1 sets).
+    for (hq, hd) in [(4, 16), (4, 32), (4, 12), (8, 64)] {
+        one_and_two_threads_same_bits_at(hq, hd);
     }
 }
 
-fn one_and_two_threads_same_bits_at(hd: usize) {
-    let (q, k, v) = inputs(2, 100, 4, 2, hd);
+fn one_and_two_threads_same_bits_at(hq: usize, hd: usize) {
+    let (q, k, v) = inputs(2, 100, hq, 2, hd);
     let dout = Tensor::from_slice(q.shape(), &rand_vec(q.numel(), 9)).unwrap();
     for window in [None, Some(1), Some(37)] {
         let outs = run_threads(|| {

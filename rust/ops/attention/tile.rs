@@ -173,6 +173,48 @@ pub(super) fn pack_steps(src: Rows, tp: usize, hd_pad: usize, w: usize, dst: &mu
     }
 }
 
+/// `pack_steps` for the row layout (hd a multiple of `w`, `w` a multiple of 8): the same
+/// layout, dst[(c/w)·tp·w + i·w + c%w] = row_i[c], but only rows past `src.n` are zeroed (the
+/// rest is written once), each row goes over in 8-float copies, and the row 8 ahead is
+/// prefetched: the rows are H·hd apart in memory, a stride the hardware prefetcher does not
+/// follow far enough to hide the latency of first touching them.
+#[inline(always)]
+pub(super) fn pack_steps_rows(src: Rows, tp: usize, w: usize, dst: &mut [f32]) {
+    let hd = src.hd;
+    assert!(hd.is_multiple_of(w) && w.is_multiple_of(8) && src.n <= tp);
+    let dst = &mut dst[..hd * tp];
+    for i in 0..src.n {
+        if i + 8 < src.n {
+            let ahead = src.row(i + 8);
+            for c in (0..hd).step_by(16) {
+                cpu::prefetch_l2(ahead[c..].as_ptr());
+            }
+        }
+        let row = src.row(i);
+        for (cp, chunk) in row.chunks_exact(w).enumerate() {
+            let d = &mut dst[cp * tp * w + i * w..][..w];
+            for (d8, s8) in d.chunks_exact_mut(8).zip(chunk.chunks_exact(8)) {
+                d8.copy_from_slice(s8);
+            }
+        }
+    }
+    for cp in 0..hd / w {
+        dst[cp * tp * w + src.n * w..(cp + 1) * tp * w].fill(0.0);
+    }
+}
+
+/// Whether a column of `rows` rows, `stride` floats apart, crowds the L1 sets it maps to: an L1
+/// of 4 KiB per way (32 KiB 8-way, 48 KiB 12-way) puts addresses 4 KiB apart in one set, so
+/// such a column spans only 4096 / gcd(stride bytes, 4096) sets (2 for H·hd = 512); with 8 ways
+/// each, fewer lines than rows means the column cannot stay in L1 while a microkernel call
+/// streams it as its B operand.
+pub(super) fn set_crowded(stride: usize, rows: usize) -> bool {
+    const WAY_BYTES: usize = 4096;
+    const WAYS: usize = 8;
+    let sets = (WAY_BYTES / gcd(stride * 4, WAY_BYTES)).min(WAY_BYTES / 64);
+    sets * WAYS < rows
+}
+
 /// An output buffer that tasks write at disjoint positions.
 #[derive(Clone, Copy)]
 pub(super) struct OutPtr(pub *mut f32);
@@ -204,4 +246,31 @@ pub(super) fn strip(src: Rows, i0: usize, mr: usize, tail: &mut [f32]) -> (*cons
         dst.copy_from_slice(src.row(i0 + r));
     }
     (tail.as_ptr(), src.hd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_crowding_follows_the_stride() {
+        // Rows 2 KiB and 1 KiB apart fall into 2 and 4 sets (16, 32 lines): a column of 48
+        // crowds them; 512 B apart, 8 sets (64 lines) hold it; an odd stride spreads over all.
+        assert!(set_crowded(512, 48));
+        assert!(set_crowded(256, 48));
+        assert!(!set_crowded(128, 48));
+        assert!(!set_crowded(100, 48));
+        assert!(!set_crowded(512, 16));
+    }
+
+    #[test]
+    fn pack_steps_rows_matches_pack_steps() {
+        // 5 rows of hd 32, 48 floats apart, into tp = 8 (rows 5..8 zero), w = 16.
+        let data: Vec<f32> = (0..5 * 48).map(|i| i as f32 + 0.5).collect();
+        let src = Rows { data: &data, base: 3, stride: 48, n: 5, hd: 32 };
+        let (mut a, mut b) = (vec![f32::NAN; 32 * 8], vec![f32::NAN; 32 * 8]);
+        pack_steps(src, 8, 32, 16, &mut a);
+        pack_steps_rows(src, 8, 16, &mut b);
+        assert_eq!(a, b);
+    }
 }
