@@ -103,13 +103,27 @@ pub(crate) fn pack_panel(
 }
 
 /// `dst[p*W..][..W] = src[base + p*ps..][..W]` for p < kc: the lanes-contiguous pack of a full
-/// panel of constant width W.
+/// panel of constant width W. Pointer-walking, with the bounds checked once: the indexed loop
+/// kept its step counter on the stack (a store-to-load chain per step) and its loads waited on
+/// it; the source rows are a row stride apart (most of a page), so each step's load is a miss
+/// and the loop must keep many in flight.
 #[inline(always)]
 fn copy_steps<const W: usize>(src: &[f32], base: usize, ps: usize, kc: usize, dst: &mut [f32]) {
-    for (p, d) in dst[..kc * W].chunks_exact_mut(W).enumerate() {
-        prefetch_l1(src.as_ptr().wrapping_add(base + (p + PREFETCH_STEPS_A) * ps));
-        let s: &[f32; W] = src[base + p * ps..][..W].try_into().expect("W floats");
-        d.copy_from_slice(s);
+    if kc == 0 {
+        return;
+    }
+    assert!(base + (kc - 1) * ps + W <= src.len() && dst.len() >= kc * W, "pack: panel out of bounds");
+    let (mut s, mut d) = (src[base..].as_ptr(), dst.as_mut_ptr());
+    for _ in 0..kc {
+        prefetch_l1(s.wrapping_add(PREFETCH_STEPS_A * ps));
+        // SAFETY: step p reads src[base + p*ps..][..W] and writes dst[p*W..][..W], both inside
+        // the slices by the assertion above (p < kc); s and d advance by ps and W per step, and
+        // the last advance (one past the end) is never dereferenced.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s, d, W);
+            s = s.wrapping_add(ps);
+            d = d.add(W);
+        }
     }
 }
 
