@@ -14,6 +14,7 @@ pub mod matmul;
 pub mod metric_attention;
 pub mod metric_reg;
 pub mod norm;
+pub mod residual_scale;
 pub mod optim;
 pub mod rope;
 pub mod rope_angles;

@@ -8,6 +8,7 @@
 //! (their dout is zero). Gradients map back through q̃ and k̃ by the chain rule.
 
 use super::{dims, Dims, MetricGrads, MetricInputs};
+use crate::cpu;
 use crate::error::{ensure_shape, Result};
 use crate::ops::attention::{attention_backward, attention_forward};
 use crate::tensor::Tensor;
@@ -28,20 +29,33 @@ struct Aug {
     row_of: Vec<u32>,
 }
 
+/// Lanes of q̃, k̃, ṽ: hd + 1 (the bias lane), zero-padded up to a multiple of the microkernel's
+/// NR where the attention kernels run the row layout for such widths (AVX2, scalar): hd 32 runs
+/// as 48 lanes in the row layout, which measured faster than 33 in the panel layout (whose
+/// value panels pad to 48 anyway). AVX-512 runs the panel layout for any width: no padding.
+fn aug_width(hd: usize) -> usize {
+    let isa = cpu::isa();
+    if isa == cpu::Isa::Avx512 {
+        return hd + 1;
+    }
+    let nr = cpu::gemm_shape(isa).1;
+    (hd + 1).div_ceil(nr) * nr
+}
+
 /// Position (b·T + t) of query row m.
 fn pos(a: &MetricInputs, m: usize) -> usize {
     a.rows.map_or(m, |r| r[m] as usize)
 }
 
-/// q̃, k̃, ṽ as [B, T, H, hd+1].
+/// q̃, k̃, ṽ as [B, T, H, aug_width(hd)].
 fn augment(a: &MetricInputs, d: &Dims) -> Aug {
-    let (h, hd, ha, n) = (d.h, d.hd, d.hd + 1, d.b * d.t);
+    let (h, hd, ha, n) = (d.h, d.hd, aug_width(d.hd), d.b * d.t);
     let mut row_of = vec![NONE; n];
     (0..d.m).for_each(|m| row_of[pos(a, m)] = m as u32);
     let (qd, kd, vd, wd, ald) = (a.q.data(), a.k.data(), a.v.data(), a.w.data(), a.alpha.data());
     let soft = a.kb.filter(|_| !a.hard).map(|t| t.data());
-    // q̃ is zero at positions without a query row; k̃ and ṽ are written whole (the lane past hd of
-    // ṽ explicitly), so they come from recycled buffers without a zeroing pass.
+    // q̃ is zero at positions without a query row; k̃ and ṽ are written whole (the lanes past hd of
+    // ṽ and past hd + 1 of k̃ explicitly), so they come from recycled buffers without a zeroing pass.
     let (mut qt, mut kt, mut vt) = (
         Tensor::zeros(&[d.b, d.t, h, ha]),
         Tensor::for_overwrite(&[d.b, d.t, h, ha]),
@@ -66,7 +80,8 @@ fn augment(a: &MetricInputs, d: &Dims) -> Aug {
             let (k, v) = (&kd[(p * d.hkv + g) * hd..][..hd], &vd[(p * d.hkv + g) * hd..][..hd]);
             kh[..hd].copy_from_slice(k);
             vh[..hd].copy_from_slice(v);
-            vh[hd] = 0.0;
+            vh[hd..].fill(0.0);
+            kh[hd + 1..].fill(0.0);
             knr[hh] = (0..hd).map(|c| w[c] * k[c] * k[c]).sum();
             kh[hd] = -al * knr[hh] + soft.map_or(0.0, |kb| kb[p * h + hh]);
         }
@@ -81,7 +96,7 @@ pub fn forward(a: MetricInputs) -> Result<(Tensor, Tensor)> {
     if d.m == 0 || d.h * d.hd == 0 {
         return Ok((o, lse));
     }
-    let (h, hd, ha) = (d.h, d.hd, d.hd + 1);
+    let (h, hd, ha) = (d.h, d.hd, aug_width(d.hd));
     let aug = augment(&a, &d);
     let (ot, lt) = attention_forward(&aug.qt, &aug.kt, &aug.vt, 1.0, None)?;
     let (otd, ltd) = (ot.data(), lt.data());
@@ -122,7 +137,7 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
     if d.m == 0 || d.h * d.hd == 0 {
         return Ok(g);
     }
-    let (h, hd, ha, n) = (d.h, d.hd, d.hd + 1, d.b * d.t);
+    let (h, hd, ha, n) = (d.h, d.hd, aug_width(d.hd), d.b * d.t);
     let aug = augment(&a, &d);
     // Dense õ = [o, 0], lse and dõ = [dout, 0]; positions without a query row stay zero.
     let (mut ot, mut lt, mut dot) =
