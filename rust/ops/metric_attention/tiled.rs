@@ -54,10 +54,10 @@ fn augment(a: &MetricInputs, d: &Dims) -> Aug {
     (0..d.m).for_each(|m| row_of[pos(a, m)] = m as u32);
     let (qd, kd, vd, wd, ald) = (a.q.data(), a.k.data(), a.v.data(), a.w.data(), a.alpha.data());
     let soft = a.kb.filter(|_| !a.hard).map(|t| t.data());
-    // q̃ is zero at positions without a query row; k̃ and ṽ are written whole (the lanes past hd of
-    // ṽ and past hd + 1 of k̃ explicitly), so they come from recycled buffers without a zeroing pass.
+    // q̃ (zero at positions without a query row), k̃ and ṽ are written whole (padding lanes
+    // explicitly), so they come from recycled buffers without a zeroing pass.
     let (mut qt, mut kt, mut vt) = (
-        Tensor::zeros(&[d.b, d.t, h, ha]),
+        Tensor::for_overwrite(&[d.b, d.t, h, ha]),
         Tensor::for_overwrite(&[d.b, d.t, h, ha]),
         Tensor::for_overwrite(&[d.b, d.t, h, ha]),
     );
@@ -76,6 +76,9 @@ fn augment(a: &MetricInputs, d: &Dims) -> Aug {
                 let q = &qd[d.q_at(row_of[p] as usize, hh)..][..hd];
                 (0..hd).for_each(|c| qh[c] = 2.0 * al * w[c] * q[c]);
                 qh[hd] = 1.0;
+                qh[hd + 1..].fill(0.0);
+            } else {
+                qh.fill(0.0);
             }
             let (k, v) = (&kd[(p * d.hkv + g) * hd..][..hd], &vd[(p * d.hkv + g) * hd..][..hd]);
             kh[..hd].copy_from_slice(k);
@@ -126,22 +129,29 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
         d.m,
         d.h
     );
+    let empty = d.m == 0 || d.h * d.hd == 0;
+    // dk, dv rows are zeroed in the pass that sums into them (zero tensors when nothing runs).
+    let kv_grad = || if empty { Tensor::zeros(a.k.shape()) } else { Tensor::for_overwrite(a.k.shape()) };
     let mut g = MetricGrads {
         dq: Tensor::for_overwrite(a.q.shape()), // every row written below (zero-size when m = 0)
-        dk: Tensor::zeros(a.k.shape()),
-        dv: Tensor::zeros(a.k.shape()),
+        dk: kv_grad(),
+        dv: kv_grad(),
         dalpha: Tensor::zeros(&[d.h]),
         dw: Tensor::zeros(&[d.h, d.hd]),
         dkb: a.kb.map(|kb| Tensor::zeros(kb.shape())),
     };
-    if d.m == 0 || d.h * d.hd == 0 {
+    if empty {
         return Ok(g);
     }
     let (h, hd, ha, n) = (d.h, d.hd, aug_width(d.hd), d.b * d.t);
     let aug = augment(&a, &d);
-    // Dense õ = [o, 0], lse and dõ = [dout, 0]; positions without a query row stay zero.
-    let (mut ot, mut lt, mut dot) =
-        (Tensor::zeros(aug.qt.shape()), Tensor::zeros(&[d.b, d.t, h]), Tensor::zeros(aug.qt.shape()));
+    // Dense õ = [o, 0], lse and dõ = [dout, 0]; zero at positions without a query row. Every
+    // row is written below, padding included, so no zeroing pass runs first.
+    let (mut ot, mut lt, mut dot) = (
+        Tensor::for_overwrite(aug.qt.shape()),
+        Tensor::for_overwrite(&[d.b, d.t, h]),
+        Tensor::for_overwrite(aug.qt.shape()),
+    );
     let (od, ld, dod) = (o.data(), lse.data(), dout.data());
     let dense = ot
         .data_mut()
@@ -150,12 +160,17 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
         .zip(lt.data_mut().par_chunks_mut(h));
     dense.enumerate().for_each(|(p, ((orow, drow), lrow))| {
         if aug.row_of[p] == NONE {
+            orow.fill(0.0);
+            drow.fill(0.0);
+            lrow.fill(0.0);
             return;
         }
         let m = aug.row_of[p] as usize;
         for hh in 0..h {
             orow[hh * ha..hh * ha + hd].copy_from_slice(&od[d.q_at(m, hh)..][..hd]);
             drow[hh * ha..hh * ha + hd].copy_from_slice(&dod[d.q_at(m, hh)..][..hd]);
+            orow[hh * ha + hd..(hh + 1) * ha].fill(0.0);
+            drow[hh * ha + hd..(hh + 1) * ha].fill(0.0);
             lrow[hh] = ld[m * h + hh];
         }
     });
@@ -174,6 +189,8 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
     let kvrow = d.hkv * hd;
     g.dk.data_mut().par_chunks_mut(kvrow).zip(g.dv.data_mut().par_chunks_mut(kvrow)).enumerate().for_each(
         |(p, (dkr, dvr))| {
+            dkr.fill(0.0);
+            dvr.fill(0.0);
             for hh in 0..h {
                 let (w, at, gk) = (&wd[hh * hd..(hh + 1) * hd], (p * h + hh) * ha, hh / d.group());
                 let (db, k) = (dkd[at + hd], &kd[(p * d.hkv + gk) * hd..][..hd]);
