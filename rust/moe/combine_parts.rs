@@ -24,15 +24,7 @@ fn check(op: &'static str, parts: &[&Tensor], gates: &Tensor, plan: &Plan) -> Re
     let d = parts.first().map_or(0, |p| p.last_dim());
     for (e, p) in parts.iter().enumerate() {
         let rows = plan.offsets[e + 1] - plan.offsets[e];
-        ensure_shape!(
-            p.shape() == [rows, d],
-            op,
-            "part {} must be [{}, {}], got {:?}",
-            e,
-            rows,
-            d,
-            p.shape()
-        );
+        ensure_shape!(p.shape() == [rows, d], op, "part {} must be [{}, {}], got {:?}", e, rows, d, p.shape());
     }
     ensure_shape!(
         gates.shape() == [plan.n_tokens, plan.k],
