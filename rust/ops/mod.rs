@@ -15,6 +15,7 @@ pub mod metric_attention;
 pub mod metric_reg;
 pub mod norm;
 pub mod optim;
+pub mod residual_scale;
 pub mod rope;
 pub mod rope_angles;
 pub mod softmax;

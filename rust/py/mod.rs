@@ -1,8 +1,9 @@
 //! The Python module `sos_rs._core`: the only code that names pyo3 or numpy. One file per part
 //! of the crate it binds: `tensor` (the `Tensor` class), `ops`, `moe`, `metric_attention`,
-//! `belt`, `governor` and `runtime` (threads, instruction set, FMA peak); `convert` holds the conversions
-//! they share. Each binding extracts its arguments, releases the GIL while the op runs on the
-//! sos_rs pool, and turns the core's `Error` into a typed exception from `sos_rs.errors`.
+//! `routed` (ops of the routed sublayers), `belt`, `governor` and `runtime` (threads,
+//! instruction set, FMA peak); `convert` holds the conversions they share. Each binding extracts
+//! its arguments, releases the GIL while the op runs on the sos_rs pool, and turns the core's
+//! `Error` into a typed exception from `sos_rs.errors`.
 
 mod belt;
 mod convert;
@@ -10,6 +11,7 @@ mod governor;
 mod metric_attention;
 mod moe;
 mod ops;
+mod routed;
 mod runtime;
 mod tensor;
 
@@ -21,6 +23,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ops::register(m)?;
     moe::register(m)?;
     metric_attention::register(m)?;
+    routed::register(m)?;
     belt::register(m)?;
     governor::register(m)?;
     runtime::register(m)?;

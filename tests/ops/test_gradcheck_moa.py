@@ -33,6 +33,7 @@ PLAN = F.moe_plan(IDX, 4, capacity=4)  # 18 assignments, 16 seats: drops
 SLOT_TOKEN = np.concatenate([PLAN.rows(e) for e in range(4)])
 TOKEN_SLOT = PLAN.token_slot()
 OFFSETS = PLAN.offsets
+PLAN3 = F.moe_plan(distinct_choices(7, 2, 3), 4)  # expert 3 gets no rows: its part is [0, D]
 KEEP = np.ones((9, 2), bool)
 KEEP[[1, 4, 5], 1] = False  # SAGI's skipped agents: second choices left out, no capacity limit
 KEPT_PLAN = F.moe_plan(IDX, 4, keep=KEEP)
@@ -113,6 +114,20 @@ CASES = [
         [0, 1],
     ),
     (
+        "combine_parts",
+        lambda a, b, c, d, g: F.combine_parts([a, b, c, d], g, PLAN),
+        lambda a, b, c, d, g: RS.combine(np.concatenate([a, b, c, d]), g, TOKEN_SLOT),
+        [arr(c, 3) for c in PLAN.counts] + [arr(9, 2)],
+        [0, 1, 2, 3, 4],
+    ),
+    (
+        "combine_parts_unused_expert",
+        lambda a, b, c, d, g: F.combine_parts([a, b, c, d], g, PLAN3),
+        lambda a, b, c, d, g: RS.combine(np.concatenate([a, b, c, d]), g, PLAN3.token_slot()),
+        [arr(c, 3) for c in PLAN3.counts] + [arr(7, 2)],
+        [0, 1, 2, 4],
+    ),
+    (
         "experts_swiglu",
         lambda xs, a, b, c: F.experts_swiglu(xs, PLAN, a, b, c),
         lambda xs, a, b, c: RS.experts_swiglu(xs, OFFSETS, a, b, c),
@@ -190,6 +205,7 @@ CASES = [
         [0],
     ),
     ("col_scale", F.col_scale, lambda x, s: x * s, [arr(3, 4, 5), arr(5)], [0, 1]),
+    ("add_col_scale", F.add_col_scale, lambda x, a, s: x + a * s, [arr(3, 4, 5), arr(3, 4, 5), arr(5)], [0, 1, 2]),
     ("gather_rows", lambda x: F.gather_rows(x, np.array([3, 0, 3, 1])), lambda x: x[[3, 0, 3, 1]], [arr(5, 3)], [0]),
     (
         "scatter_add_rows",

@@ -8,7 +8,7 @@ q [B, T, Hq, hd] and k, v [B, T, Hkv, hd] (no head transposes anywhere).
 
 from .activation import gelu, silu, softmax, swiglu, swiglu_packed
 from .attention import causal_attention, check_window, qkv_proj_attention
-from .elementwise import add, col_scale, mul, scale, sigmoid_range, softplus
+from .elementwise import add, add_col_scale, col_scale, mul, scale, sigmoid_range, softplus
 from .embedding import cross_entropy, embedding, linear_cross_entropy
 from .linear import linear, linear_bias, matmul
 from .metric import ball_penalty, metric_attention, ti_loss
@@ -16,6 +16,7 @@ from .norm import add_rmsnorm, layernorm, rmsnorm
 from .positional import dwconv, rope, rope_angles
 from .routing import (
     combine,
+    combine_parts,
     dispatch,
     expert_fractions,
     experts_swiglu,
@@ -30,12 +31,14 @@ from .shape import concat_rows, gather_rows, reshape, scatter_add_rows
 
 __all__ = [
     "add",
+    "add_col_scale",
     "add_rmsnorm",
     "ball_penalty",
     "causal_attention",
     "check_window",
     "col_scale",
     "combine",
+    "combine_parts",
     "concat_rows",
     "cross_entropy",
     "dispatch",

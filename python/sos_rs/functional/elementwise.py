@@ -37,3 +37,14 @@ def col_scale(x: Tensor, s: Tensor) -> Tensor:
         (x, s),
         lambda d: _core.col_scale_backward(x.data, s.data, d),
     )
+
+
+def add_col_scale(x: Tensor, a: Tensor, s: Tensor) -> Tensor:
+    """x + a ⊙ s over the last dimension in one pass (a LayerScaled residual branch): the bits of
+    `add(x, col_scale(a, s))` without the intermediate buffer.  x, a: [..., D], s: [D]"""
+
+    def backward(d):
+        da, ds = _core.col_scale_backward(a.data, s.data, d)
+        return d, da, ds
+
+    return record("add_col_scale", _core.add_col_scale_forward(x.data, a.data, s.data), (x, a, s), backward)

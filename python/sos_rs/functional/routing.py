@@ -1,12 +1,12 @@
 """Sparse routing: `router_probs` (softmax with temperature) -> `topk_gates` (top-k,
 renormalised gates, integer choices) -> `moe_plan` (tokens grouped per expert under a capacity;
 no gradient) -> `dispatch` / an expert computation / `combine` (weighted scatter back).
-Heterogeneous paths (the MoA block) take `plan.rows(e)` and feed `concat_rows` of their outputs
-to `combine`."""
+Heterogeneous paths (the MoA block) take `plan.rows(e)` and feed their outputs to
+`combine_parts` (`combine` of their concatenation, without the copy)."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -73,6 +73,19 @@ def combine(ys: Tensor, gates: Tensor, plan: _core.RoutePlan) -> Tensor:
     """y[n] = Σ_j gates[n, j] · ys[slot(n, j)] over kept choices.  ys [S, D] -> [N, D]"""
     y = _core.combine_forward(ys.data, gates.data, plan)
     return record("combine", y, (ys, gates), lambda dy: _core.combine_backward(ys.data, gates.data, plan, dy))
+
+
+def combine_parts(parts: Sequence[Tensor], gates: Tensor, plan: _core.RoutePlan) -> Tensor:
+    """combine(concat_rows(parts), gates, plan) without the concatenation: parts[e] [count_e, D]
+    holds expert e's rows in slot order (the same bits; dparts come back one per part)."""
+    parts = tuple(parts)
+    y = _core.combine_parts_forward([p.data for p in parts], gates.data, plan)
+
+    def backward(dy):
+        dparts, dg = _core.combine_parts_backward([p.data for p in parts], gates.data, plan, dy)
+        return (*dparts, dg)
+
+    return record("combine", y, (*parts, gates), backward)
 
 
 def experts_swiglu(xs: Tensor, plan: _core.RoutePlan, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:

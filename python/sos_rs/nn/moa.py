@@ -152,8 +152,8 @@ class MoABlock(Module):
         self.ffn_scale = Parameter(np.full(cfg.d_model, cfg.layer_scale_init), no_decay=True)
 
     def __call__(self, x: Tensor, aux: Aux, name: str) -> Tensor:
-        x = F.add(x, F.col_scale(self.mixer(self.mixer_norm(x), aux, name + ".mixer"), self.mixer_scale))
-        return F.add(x, F.col_scale(self.ffn(self.ffn_norm(x), aux, name + ".ffn"), self.ffn_scale))
+        x = F.add_col_scale(x, self.mixer(self.mixer_norm(x), aux, name + ".mixer"), self.mixer_scale)
+        return F.add_col_scale(x, self.ffn(self.ffn_norm(x), aux, name + ".ffn"), self.ffn_scale)
 
 
 class MoAHead(Module):
@@ -167,4 +167,4 @@ class MoAHead(Module):
 
     def __call__(self, x: Tensor) -> Tensor:
         h = self.norm(x)
-        return F.add(h, F.col_scale(self.adapter(h), self.adapter_scale))
+        return F.add_col_scale(h, self.adapter(h), self.adapter_scale)

@@ -103,7 +103,7 @@ def routed_mixture(
     for e, path in enumerate(paths):
         rows = plan.rows(e)
         outs.append(path(h, hf, rows) if len(rows) else Tensor(_core.Tensor.zeros([0, d])))
-    y = F.combine(F.concat_rows(outs), gates, plan)
+    y = F.combine_parts(outs, gates, plan)
     aux.routes.append(
         RouteRecord(name, list(plan.counts), plan.dropped, list(path_params), list(F.expert_fractions(idx, len(paths))))
     )

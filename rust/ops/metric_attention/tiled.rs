@@ -8,6 +8,7 @@
 //! (their dout is zero). Gradients map back through q̃ and k̃ by the chain rule.
 
 use super::{dims, Dims, MetricGrads, MetricInputs};
+use crate::cpu;
 use crate::error::{ensure_shape, Result};
 use crate::ops::attention::{attention_backward, attention_forward};
 use crate::tensor::Tensor;
@@ -28,22 +29,35 @@ struct Aug {
     row_of: Vec<u32>,
 }
 
+/// Lanes of q̃, k̃, ṽ: hd + 1 (the bias lane), zero-padded up to a multiple of the microkernel's
+/// NR where the attention kernels run the row layout for such widths (AVX2, scalar): hd 32 runs
+/// as 48 lanes in the row layout, which measured faster than 33 in the panel layout (whose
+/// value panels pad to 48 anyway). AVX-512 runs the panel layout for any width: no padding.
+fn aug_width(hd: usize) -> usize {
+    let isa = cpu::isa();
+    if isa == cpu::Isa::Avx512 {
+        return hd + 1;
+    }
+    let nr = cpu::gemm_shape(isa).1;
+    (hd + 1).div_ceil(nr) * nr
+}
+
 /// Position (b·T + t) of query row m.
 fn pos(a: &MetricInputs, m: usize) -> usize {
     a.rows.map_or(m, |r| r[m] as usize)
 }
 
-/// q̃, k̃, ṽ as [B, T, H, hd+1].
+/// q̃, k̃, ṽ as [B, T, H, aug_width(hd)].
 fn augment(a: &MetricInputs, d: &Dims) -> Aug {
-    let (h, hd, ha, n) = (d.h, d.hd, d.hd + 1, d.b * d.t);
+    let (h, hd, ha, n) = (d.h, d.hd, aug_width(d.hd), d.b * d.t);
     let mut row_of = vec![NONE; n];
     (0..d.m).for_each(|m| row_of[pos(a, m)] = m as u32);
     let (qd, kd, vd, wd, ald) = (a.q.data(), a.k.data(), a.v.data(), a.w.data(), a.alpha.data());
     let soft = a.kb.filter(|_| !a.hard).map(|t| t.data());
-    // q̃ is zero at positions without a query row; k̃ and ṽ are written whole (the lane past hd of
-    // ṽ explicitly), so they come from recycled buffers without a zeroing pass.
+    // q̃ (zero at positions without a query row), k̃ and ṽ are written whole (padding lanes
+    // explicitly), so they come from recycled buffers without a zeroing pass.
     let (mut qt, mut kt, mut vt) = (
-        Tensor::zeros(&[d.b, d.t, h, ha]),
+        Tensor::for_overwrite(&[d.b, d.t, h, ha]),
         Tensor::for_overwrite(&[d.b, d.t, h, ha]),
         Tensor::for_overwrite(&[d.b, d.t, h, ha]),
     );
@@ -62,11 +76,15 @@ fn augment(a: &MetricInputs, d: &Dims) -> Aug {
                 let q = &qd[d.q_at(row_of[p] as usize, hh)..][..hd];
                 (0..hd).for_each(|c| qh[c] = 2.0 * al * w[c] * q[c]);
                 qh[hd] = 1.0;
+                qh[hd + 1..].fill(0.0);
+            } else {
+                qh.fill(0.0);
             }
             let (k, v) = (&kd[(p * d.hkv + g) * hd..][..hd], &vd[(p * d.hkv + g) * hd..][..hd]);
             kh[..hd].copy_from_slice(k);
             vh[..hd].copy_from_slice(v);
-            vh[hd] = 0.0;
+            vh[hd..].fill(0.0);
+            kh[hd + 1..].fill(0.0);
             knr[hh] = (0..hd).map(|c| w[c] * k[c] * k[c]).sum();
             kh[hd] = -al * knr[hh] + soft.map_or(0.0, |kb| kb[p * h + hh]);
         }
@@ -81,7 +99,7 @@ pub fn forward(a: MetricInputs) -> Result<(Tensor, Tensor)> {
     if d.m == 0 || d.h * d.hd == 0 {
         return Ok((o, lse));
     }
-    let (h, hd, ha) = (d.h, d.hd, d.hd + 1);
+    let (h, hd, ha) = (d.h, d.hd, aug_width(d.hd));
     let aug = augment(&a, &d);
     let (ot, lt) = attention_forward(&aug.qt, &aug.kt, &aug.vt, 1.0, None)?;
     let (otd, ltd) = (ot.data(), lt.data());
@@ -111,22 +129,29 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
         d.m,
         d.h
     );
+    let empty = d.m == 0 || d.h * d.hd == 0;
+    // dk, dv rows are zeroed in the pass that sums into them (zero tensors when nothing runs).
+    let kv_grad = || if empty { Tensor::zeros(a.k.shape()) } else { Tensor::for_overwrite(a.k.shape()) };
     let mut g = MetricGrads {
         dq: Tensor::for_overwrite(a.q.shape()), // every row written below (zero-size when m = 0)
-        dk: Tensor::zeros(a.k.shape()),
-        dv: Tensor::zeros(a.k.shape()),
+        dk: kv_grad(),
+        dv: kv_grad(),
         dalpha: Tensor::zeros(&[d.h]),
         dw: Tensor::zeros(&[d.h, d.hd]),
         dkb: a.kb.map(|kb| Tensor::zeros(kb.shape())),
     };
-    if d.m == 0 || d.h * d.hd == 0 {
+    if empty {
         return Ok(g);
     }
-    let (h, hd, ha, n) = (d.h, d.hd, d.hd + 1, d.b * d.t);
+    let (h, hd, ha, n) = (d.h, d.hd, aug_width(d.hd), d.b * d.t);
     let aug = augment(&a, &d);
-    // Dense õ = [o, 0], lse and dõ = [dout, 0]; positions without a query row stay zero.
-    let (mut ot, mut lt, mut dot) =
-        (Tensor::zeros(aug.qt.shape()), Tensor::zeros(&[d.b, d.t, h]), Tensor::zeros(aug.qt.shape()));
+    // Dense õ = [o, 0], lse and dõ = [dout, 0]; zero at positions without a query row. Every
+    // row is written below, padding included, so no zeroing pass runs first.
+    let (mut ot, mut lt, mut dot) = (
+        Tensor::for_overwrite(aug.qt.shape()),
+        Tensor::for_overwrite(&[d.b, d.t, h]),
+        Tensor::for_overwrite(aug.qt.shape()),
+    );
     let (od, ld, dod) = (o.data(), lse.data(), dout.data());
     let dense = ot
         .data_mut()
@@ -135,12 +160,17 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
         .zip(lt.data_mut().par_chunks_mut(h));
     dense.enumerate().for_each(|(p, ((orow, drow), lrow))| {
         if aug.row_of[p] == NONE {
+            orow.fill(0.0);
+            drow.fill(0.0);
+            lrow.fill(0.0);
             return;
         }
         let m = aug.row_of[p] as usize;
         for hh in 0..h {
             orow[hh * ha..hh * ha + hd].copy_from_slice(&od[d.q_at(m, hh)..][..hd]);
             drow[hh * ha..hh * ha + hd].copy_from_slice(&dod[d.q_at(m, hh)..][..hd]);
+            orow[hh * ha + hd..(hh + 1) * ha].fill(0.0);
+            drow[hh * ha + hd..(hh + 1) * ha].fill(0.0);
             lrow[hh] = ld[m * h + hh];
         }
     });
@@ -159,6 +189,8 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
     let kvrow = d.hkv * hd;
     g.dk.data_mut().par_chunks_mut(kvrow).zip(g.dv.data_mut().par_chunks_mut(kvrow)).enumerate().for_each(
         |(p, (dkr, dvr))| {
+            dkr.fill(0.0);
+            dvr.fill(0.0);
             for hh in 0..h {
                 let (w, at, gk) = (&wd[hh * hd..(hh + 1) * hd], (p * h + hh) * ha, hh / d.group());
                 let (db, k) = (dkd[at + hd], &kd[(p * d.hkv + gk) * hd..][..hd]);
