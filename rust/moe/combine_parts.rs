@@ -4,7 +4,7 @@
 //! sublayer. Slot s of expert e is row s − offsets[e] of part e; the arithmetic is that of
 //! `dispatch::combine_forward` / `combine_backward`, so the results are the same bits.
 
-use super::dispatch::{Plan, DROPPED};
+use super::dispatch::{check_gates, Plan, DROPPED};
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
 use crate::tensor::Tensor;
@@ -26,14 +26,7 @@ fn check(op: &'static str, parts: &[&Tensor], gates: &Tensor, plan: &Plan) -> Re
         let rows = plan.offsets[e + 1] - plan.offsets[e];
         ensure_shape!(p.shape() == [rows, d], op, "part {} must be [{}, {}], got {:?}", e, rows, d, p.shape());
     }
-    ensure_shape!(
-        gates.shape() == [plan.n_tokens, plan.k],
-        op,
-        "gates {:?} must be [{}, {}]",
-        gates.shape(),
-        plan.n_tokens,
-        plan.k
-    );
+    check_gates(op, gates, plan)?;
     Ok(d)
 }
 

@@ -167,7 +167,7 @@ pub fn dispatch_backward(dxs: &Tensor, plan: &Plan) -> Result<Tensor> {
     Ok(dx)
 }
 
-fn check_gates(op: &'static str, gates: &Tensor, plan: &Plan) -> Result<()> {
+pub(super) fn check_gates(op: &'static str, gates: &Tensor, plan: &Plan) -> Result<()> {
     ensure_shape!(
         gates.shape() == [plan.n_tokens, plan.k],
         op,
