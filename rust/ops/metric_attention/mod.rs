@@ -14,6 +14,7 @@
 //! `hard`: inference-time ball pruning — key j is skipped for query i ≠ j when kb_jh < 0 (outside
 //! the ball), and kb adds nothing; a query always keeps itself, so no row is empty.
 
+mod biased;
 mod direct;
 mod tiled;
 
