@@ -24,6 +24,11 @@
 //! so key blocks wholly before a tile's first key are skipped like the window's: a masked call
 //! costs no more than an unmasked one.
 //!
+//! Score bias (`attention_forward_bias`, row layout only): a per-key, per-query-head bias
+//! [B, T, Hq] added to each raw score before the scale, scale·(q·k + bias): the math of a bias
+//! lane (q̃ = [q, 1], k̃ = [k, bias]) without widening hd. Backward also returns dbias, each
+//! key's sum of dS over its queries in query order (metric attention uses it).
+//!
 //! One parallel task per (batch, query head), each summing in a fixed order, so results are
 //! bit-identical for any thread count. Under GQA, each query head's dK, dV go to its own
 //! partial buffer and the group's heads are summed in head order afterwards.

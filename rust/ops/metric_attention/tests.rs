@@ -130,10 +130,13 @@ fn routed_rows_equal_the_dense_rows_at(hd: usize) {
         let gr = metric_attention_backward(routed, &or, &lr, &dsel).unwrap();
         for (m, &r) in rows.iter().enumerate() {
             let r = r as usize;
-            assert!(same_bits(&or.data()[m * row..(m + 1) * row], &od.data()[r * row..(r + 1) * row]), "o row {r}");
+            assert!(
+                same_bits(&or.data()[m * row..(m + 1) * row], &od.data()[r * row..(r + 1) * row]),
+                "o row {r} hd={hd}"
+            );
             assert!(
                 same_bits(&gr.dq.data()[m * row..(m + 1) * row], &gd.dq.data()[r * row..(r + 1) * row]),
-                "dq row {r}"
+                "dq row {r} hd={hd}"
             );
         }
         for (name, x, y) in [
@@ -141,7 +144,7 @@ fn routed_rows_equal_the_dense_rows_at(hd: usize) {
             ("dv", &gr.dv, &gd.dv),
             ("dkb", gr.dkb.as_ref().unwrap(), gd.dkb.as_ref().unwrap()),
         ] {
-            assert!(same_bits(x.data(), y.data()), "{name} hard={hard}");
+            assert!(same_bits(x.data(), y.data()), "{name} hard={hard} hd={hd}");
         }
         assert_close(gr.dalpha.data(), gd.dalpha.data(), 1e-5, 1e-6, "dalpha");
         assert_close(gr.dw.data(), gd.dw.data(), 1e-5, 1e-6, "dw");
@@ -194,7 +197,7 @@ fn one_and_two_threads_same_bits_at(hd: usize) {
         [o, g.dq, g.dk, g.dv, g.dalpha, g.dw, g.dkb.unwrap()].map(|t| t.data().to_vec())
     });
     for (i, (a, b)) in outs[0].iter().zip(&outs[1]).enumerate() {
-        assert!(same_bits(a, b), "output {i}");
+        assert!(same_bits(a, b), "output {i} hd={hd}");
     }
 }
 
