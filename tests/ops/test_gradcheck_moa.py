@@ -236,6 +236,21 @@ CASES = [
         [arr(2, 3, 2, 6), arr(5, 3, lo=-3, hi=3)],
         [0, 1],
     ),
+    # hd 16: the attention kernels' per-key score bias on AVX2 and scalar (hd 4 above: the bias lane)
+    (
+        "metric_mqa_ball_bias_hd16",
+        lambda q, k, v, a, w, kb: F.metric_attention(q, k, v, a, w, kb),
+        lambda q, k, v, a, w, kb: RS.metric_attention(q, k, v, a, w, kb),
+        metric_inputs(1, 6, 2, 1, 16),
+        [0, 1, 2, 3, 4, 5],
+    ),
+    (
+        "metric_routed_rows_hd16",
+        lambda q, k, v, a, w, kb: F.metric_attention(q, k, v, a, w, kb, ROWS),
+        lambda q, k, v, a, w, kb: RS.metric_attention(q, k, v, a, w, kb, ROWS),
+        metric_inputs(2, 6, 2, 1, 16, m=len(ROWS)),
+        [0, 1, 2, 3, 4, 5],
+    ),
 ]
 
 

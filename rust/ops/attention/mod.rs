@@ -24,6 +24,11 @@
 //! so key blocks wholly before a tile's first key are skipped like the window's: a masked call
 //! costs no more than an unmasked one.
 //!
+//! Score bias (`attention_forward_bias`, row layout only): a per-key, per-query-head bias
+//! [B, T, Hq] added to each raw score before the scale, scale·(q·k + bias): the math of a bias
+//! lane (q̃ = [q, 1], k̃ = [k, bias]) without widening hd. Backward also returns dbias, each
+//! key's sum of dS over its queries in query order (metric attention uses it).
+//!
 //! One parallel task per (batch, query head), each summing in a fixed order, so results are
 //! bit-identical for any thread count. Under GQA, each query head's dK, dV go to its own
 //! partial buffer and the group's heads are summed in head order afterwards.
@@ -189,12 +194,66 @@ pub fn forward_with(
     window: Option<usize>,
     segments: Option<&[i64]>,
 ) -> Result<(Tensor, Tensor)> {
+    forward_impl(isa, q, k, v, scale, window, segments, None)
+}
+
+/// Whether `attention_forward_bias` and `attention_backward_bias` run for head size `hd` on
+/// this host: the per-key bias exists in the row layout only (AVX2 and scalar, hd a multiple
+/// of NR).
+pub fn bias_supported(hd: usize) -> bool {
+    row_layout(&Plan::new(cpu::isa(), 0, hd))
+}
+
+/// `attention_forward` (full causal) with a per-key score bias: query head h scores key j of
+/// batch row b as scale·(q·k_j + bias[b, j, h]); `bias` is [B, T, Hq] (the layout of lse).
+/// The math of a bias lane (q̃ = [q, 1], k̃ = [k, bias]) at hd lanes. Needs `bias_supported(hd)`.
+pub fn attention_forward_bias(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
+    forward_impl(cpu::isa(), q, k, v, scale, None, None, Some(bias))
+}
+
+/// Checks a bias against the shape of lse and the layout's support for it.
+fn check_bias(op: &'static str, pl: &Plan, d: &Dims, bias: Option<&Tensor>) -> Result<()> {
+    if let Some(bias) = bias {
+        ensure_shape!(bias.shape() == [d.b, d.t, d.hq], op, "bias {:?} must be [B,T,Hq]", bias.shape());
+        if !row_layout(pl) {
+            return Err(Error::value(
+                op,
+                format!("a score bias needs the row layout (hd {} on {})", d.hd, pl.isa.name()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The bias column of head (b, h): key j at base + j·Hq.
+fn bias_col<'a>(d: &Dims, bias: Option<&'a Tensor>, b: usize, h: usize) -> Option<tile::Col<'a>> {
+    bias.map(|t| tile::Col { data: t.data(), base: b * d.t * d.hq + h, stride: d.hq })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_impl(
+    isa: cpu::Isa,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    window: Option<usize>,
+    segments: Option<&[i64]>,
+    bias: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
     assert!(cpu::supports(isa), "attention: {} is not supported by this host", isa.name());
     let d = dims("attention", q, k, v)?;
     let wl = window_len("attention", window)?;
     let mut o = Tensor::zeros(q.shape());
     let mut lse = Tensor::zeros(&[d.b, d.t, d.hq]);
     let pl = Plan::new(isa, d.t, d.hd);
+    check_bias("attention", &pl, &d, bias)?;
     let first = first_keys("attention", &d, pl.tp, wl, segments)?;
     if d.hq * d.hd == 0 || d.t == 0 || d.b == 0 {
         return Ok((o, lse));
@@ -214,7 +273,7 @@ pub fn forward_with(
         let (qr, kr, vr) = (d.q_rows(q.data(), b, h), d.kv_rows(k.data(), b, g), d.kv_rows(v.data(), b, g));
         let first = &first[b * pl.tp..][..pl.tp];
         if row_layout(&pl) {
-            row_forward::head(&pl, qr, kr, vr, first, scale, &out);
+            row_forward::head(&pl, qr, kr, vr, bias_col(&d, bias, b, h), first, scale, &out);
         } else {
             forward::head(&pl, qr, kr, vr, first, scale, &out);
         }
@@ -264,6 +323,40 @@ pub fn backward_with(
     window: Option<usize>,
     segments: Option<&[i64]>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    backward_impl(isa, q, k, v, o, lse, dout, scale, window, segments, None).map(|(dq, dk, dv, _)| (dq, dk, dv))
+}
+
+/// Gradients of `attention_forward_bias`: (dq, dk, dv, dbias), dbias [B, T, Hq] with
+/// dbias[b, j, h] = Σ_i dS_ij (the gradient of the unscaled score q·k_j + bias), summed over
+/// the queries in order.
+pub fn attention_backward_bias(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    backward_impl(cpu::isa(), q, k, v, o, lse, dout, scale, None, None, Some(bias))
+        .map(|(dq, dk, dv, db)| (dq, dk, dv, db.unwrap_or_else(|| Tensor::zeros(bias.shape()))))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_impl(
+    isa: cpu::Isa,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    scale: f32,
+    window: Option<usize>,
+    segments: Option<&[i64]>,
+    bias: Option<&Tensor>,
+) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
     assert!(cpu::supports(isa), "attention: {} is not supported by this host", isa.name());
     let d = dims("attention_backward", q, k, v)?;
     let wl = window_len("attention_backward", window)?;
@@ -280,15 +373,18 @@ pub fn backward_with(
     let mut dk = Tensor::zeros(k.shape());
     let mut dv = Tensor::zeros(k.shape());
     let pl = Plan::new(isa, d.t, d.hd);
+    check_bias("attention_backward", &pl, &d, bias)?;
+    let mut dbias = bias.map(|b| Tensor::zeros(b.shape()));
     let first = first_keys("attention_backward", &d, pl.tp, wl, segments)?;
     if d.hq * d.hd == 0 || d.t == 0 || d.b == 0 {
-        return Ok((dq, dk, dv));
+        return Ok((dq, dk, dv, dbias));
     }
     let grouped = d.group() > 1;
     // Under GQA: per-query-head partials [B, Hq, T, hd], summed over each group below.
     let part_len = if grouped { d.b * d.hq * d.t * d.hd } else { 0 };
     let (mut pk, mut pv) = (vec![0.0f32; part_len], vec![0.0f32; part_len]);
     let dqp = OutPtr(dq.data_mut().as_mut_ptr());
+    let dbp = dbias.as_mut().map(|t| OutPtr(t.data_mut().as_mut_ptr()));
     let (dkp, dvp) = if grouped {
         (OutPtr(pk.as_mut_ptr()), OutPtr(pv.as_mut_ptr()))
     } else {
@@ -313,7 +409,9 @@ pub fn backward_with(
         let dvo = backward::GradOut { ptr: dvp, base: kbase, stride: kstride };
         let first = &first[b * pl.tp..][..pl.tp];
         if row_layout(&pl) {
-            row_backward::head(&pl, &x, first, scale, dqo, dko, dvo);
+            // dbias of head (b, h): key j at b·T·Hq + h + j·Hq, this task's alone.
+            let dbo = dbp.map(|ptr| backward::GradOut { ptr, base: b * d.t * d.hq + h, stride: d.hq });
+            row_backward::head(&pl, &x, bias_col(&d, bias, b, h), first, scale, dqo, dko, dvo, dbo);
         } else {
             backward::head(&pl, &x, first, scale, dqo, dko, dvo);
         }
@@ -332,8 +430,10 @@ pub fn backward_with(
             });
         }
     }
-    Ok((dq, dk, dv))
+    Ok((dq, dk, dv, dbias))
 }
 
+#[cfg(test)]
+mod bias_tests;
 #[cfg(test)]
 mod tests;

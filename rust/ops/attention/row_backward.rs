@@ -10,6 +10,7 @@
 //! for each key block j (TB keys), for each query tile i (TB queries) that sees it:
 //!   S  = Q_i · Kt_j     dP = dO_i · Vt_j          rows = queries (A in place), NR keys per call
 //!   P  = exp(scale·S − lse)   dS = P∘(dP − δ)·scale   (0 where masked; δ = rowsum(dO∘O))
+//!   (with a score bias: S[.., j] += bias[j] first, and dbias_j += Σ_i dS_ij, queries in order)
 //!   dV_j += Pᵀ · dO_i   dK_j += dSᵀ · Q_i         A = P/dS read transposed, B = dOs/Qs
 //!   dQ_i += dS · K_j                              A = dS rows, B = Ks
 //! ```
@@ -17,45 +18,68 @@
 
 use super::backward::{GradOut, HeadIn};
 use super::row_kernels::ds_row;
-use super::tile::{for_isa, pack_lanes, pack_steps_rows, set_crowded, strip, with_bufs, Plan, Rows};
+use super::tile::{for_isa, pack_lanes, pack_steps_rows, set_crowded, strip, with_bufs, Col, Plan, Rows};
 use crate::cpu::{self, Tile};
 
-pub(super) fn head(pl: &Plan, x: &HeadIn, first: &[usize], scale: f32, dq: GradOut, dk: GradOut, dv: GradOut) {
-    let Plan { mr, tb, tp, hd, .. } = *pl;
-    let (th, bt, bh, mh) = (tp * hd, tb * tb, tb * hd, mr * hd);
-    with_bufs([th, th, th, th, th, th, bt, bt, bh, bh, tp, tp, mh, mh], |bufs| {
-        for_isa!(
-            pl.isa,
-            fn run(
-                pl: &Plan,
-                x: &HeadIn,
-                first: &[usize],
-                scale: f32,
-                dq: GradOut,
-                dk: GradOut,
-                dv: GradOut,
-                bufs: [&mut [f32]; 14],
-            ) {
-                body(pl, x, first, scale, dq, dk, dv, bufs)
-            }
-        )
-    })
-}
-
-/// `first` as in `forward::body`: first[i] is the first key query i sees.
-#[inline(always)]
-fn body(
+/// With `bias` (a score bias column), `db` takes its gradient (one value per key row).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn head(
     pl: &Plan,
     x: &HeadIn,
+    bias: Option<Col>,
     first: &[usize],
     scale: f32,
     dq: GradOut,
     dk: GradOut,
     dv: GradOut,
-    bufs: [&mut [f32]; 14],
+    db: Option<GradOut>,
+) {
+    let Plan { mr, tb, tp, hd, .. } = *pl;
+    let (th, bt, bh, mh) = (tp * hd, tb * tb, tb * hd, mr * hd);
+    let (bn, dbn) = if bias.is_some() { (tp, tb) } else { (0, 0) };
+    with_bufs([th, th, th, th, th, th, bt, bt, bh, bh, tp, tp, mh, mh, bn, dbn], |bufs| {
+        for_isa!(
+            pl.isa,
+            fn run(
+                pl: &Plan,
+                x: &HeadIn,
+                bias: Option<Col>,
+                first: &[usize],
+                scale: f32,
+                dq: GradOut,
+                dk: GradOut,
+                dv: GradOut,
+                db: Option<GradOut>,
+                bufs: [&mut [f32]; 16],
+            ) {
+                body(pl, x, bias, first, scale, dq, dk, dv, db, bufs)
+            }
+        )
+    })
+}
+
+/// `first` as in `forward::body`: first[i] is the first key query i sees. A bias is gathered
+/// into `bb` (tp keys, zero past T); `dbj` sums its gradient over one key block.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn body(
+    pl: &Plan,
+    x: &HeadIn,
+    bias: Option<Col>,
+    first: &[usize],
+    scale: f32,
+    dq: GradOut,
+    dk: GradOut,
+    dv: GradOut,
+    db: Option<GradOut>,
+    bufs: [&mut [f32]; 16],
 ) {
     let Plan { mr, nr, tb, t, tp, hd, .. } = *pl;
-    let [kt, vt, ks, qs, dos, dqa, s, dp, dkj, dvj, lse, delta, qtail, dotail] = bufs;
+    let [kt, vt, ks, qs, dos, dqa, s, dp, dkj, dvj, lse, delta, qtail, dotail, bb, dbj] = bufs;
+    let bias = bias.map(|c| {
+        c.gather(t, bb);
+        &*bb
+    });
     pack_lanes(x.k, 0, tp, nr, 1.0, kt);
     pack_lanes(x.v, 0, tp, nr, 1.0, vt);
     // K (Q and dO) as B operands: from step panels when their rows read in place would
@@ -88,6 +112,7 @@ fn body(
         let kn = tb.min(t - j0);
         dkj.fill(0.0);
         dvj.fill(0.0);
+        dbj.fill(0.0);
         // The queries that see a key of this block: from its first key to the last query whose
         // first key is inside the block (first is non-decreasing).
         let iend = first[..t].partition_point(|f| *f < j0 + tb);
@@ -127,7 +152,16 @@ fn body(
                 let (lo, hi) =
                     if r < qn { (first[i].saturating_sub(j0).min(tb), if diag { r + 1 } else { tb }) } else { (0, 0) };
                 let (l, d) = if r < qn { (lse[i], delta[i]) } else { (0.0, 0.0) };
+                if let Some(bias) = bias {
+                    // As in `row_forward`: keys j0..j0+TB (≤ tp, zero past T).
+                    srow.iter_mut().zip(&bias[j0..j0 + tb]).for_each(|(x, b)| *x += b);
+                }
                 ds_row(pl.isa, srow, dprow, lo, hi, l, d, scale);
+                if bias.is_some() && r < qn {
+                    // dbias_j = Σ_i dS_ij: this block's keys, query rows in order (dS is 0
+                    // outside lo..hi).
+                    dbj.iter_mut().zip(&*dprow).for_each(|(a, g)| *a += g);
+                }
             }
             let (s, dp) = (&*s, &*dp);
             for kp in 0..kn.div_ceil(mr) {
@@ -182,6 +216,12 @@ fn body(
             unsafe {
                 dk.row(j0 + jj, hd).copy_from_slice(&dkj[jj * hd..(jj + 1) * hd]);
                 dv.row(j0 + jj, hd).copy_from_slice(&dvj[jj * hd..(jj + 1) * hd]);
+            }
+        }
+        if let Some(db) = db {
+            for (jj, g) in dbj.iter().enumerate().take(kn) {
+                // SAFETY: the dbias value of key j0+jj of this task's head, this task only.
+                unsafe { db.row(j0 + jj, 1)[0] = *g };
             }
         }
     }

@@ -12,6 +12,7 @@
 //! Vs = V as B panels (per NR columns: tp × NR, keys as steps), or V in place
 //! for each strip of MR queries (from its first query's first visible key to its last query):
 //!   S  = Q[strip] · Kt[.., keys]            A = Q rows in place, one K panel per microkernel call
+//!   (with a score bias: S[.., j] += bias[j], so the scores are scale·(q·k + bias))
 //!   per row: m = max(scale·s), p = exp(scale·s − m) over the visible keys, 0 elsewhere, l = Σp
 //!   O  = P · V[keys]                        B = Vs (NR of hd per call), kc = keys
 //!   o = O / l,  lse = m + ln l
@@ -19,12 +20,23 @@
 
 use super::forward::HeadOut;
 use super::row_kernels::softmax_row;
-use super::tile::{for_isa, pack_lanes, pack_steps_rows, set_crowded, strip, with_bufs, Plan, Rows};
+use super::tile::{for_isa, pack_lanes, pack_steps_rows, set_crowded, strip, with_bufs, Col, Plan, Rows};
 use crate::cpu::Tile;
 
-pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, first: &[usize], scale: f32, out: &HeadOut) {
+#[allow(clippy::too_many_arguments)]
+pub(super) fn head(
+    pl: &Plan,
+    q: Rows,
+    k: Rows,
+    v: Rows,
+    bias: Option<Col>,
+    first: &[usize],
+    scale: f32,
+    out: &HeadOut,
+) {
     let Plan { mr, tp, hd, .. } = *pl;
-    with_bufs([hd * tp, hd * tp, mr * tp, mr * hd, mr * hd], |bufs| {
+    let bn = if bias.is_some() { tp } else { 0 };
+    with_bufs([hd * tp, hd * tp, mr * tp, mr * hd, mr * hd, bn], |bufs| {
         for_isa!(
             pl.isa,
             fn run(
@@ -32,30 +44,38 @@ pub(super) fn head(pl: &Plan, q: Rows, k: Rows, v: Rows, first: &[usize], scale:
                 q: Rows,
                 k: Rows,
                 v: Rows,
+                bias: Option<Col>,
                 first: &[usize],
                 scale: f32,
                 out: &HeadOut,
-                bufs: [&mut [f32]; 5],
+                bufs: [&mut [f32]; 6],
             ) {
-                body(pl, q, k, v, first, scale, out, bufs)
+                body(pl, q, k, v, bias, first, scale, out, bufs)
             }
         )
     })
 }
 
-/// `first` as in `forward::body`.
+/// `first` as in `forward::body`; `bias` (when given) is gathered into `bb` (tp keys, zero
+/// past T).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn body(
     pl: &Plan,
     q: Rows,
     k: Rows,
     v: Rows,
+    bias: Option<Col>,
     first: &[usize],
     scale: f32,
     out: &HeadOut,
-    [kt, vs, s, oacc, qtail]: [&mut [f32]; 5],
+    [kt, vs, s, oacc, qtail, bb]: [&mut [f32]; 6],
 ) {
     let Plan { mr, nr, t, tp, hd, .. } = *pl;
+    let bias = bias.map(|c| {
+        c.gather(t, bb);
+        &*bb
+    });
     pack_lanes(k, 0, tp, nr, 1.0, kt);
     // V as the B operand of P·V: from step panels when its rows read in place would crowd
     // their L1 sets (see `tile::set_crowded`).
@@ -89,6 +109,14 @@ fn body(
                 },
                 false,
             );
+        }
+        if let Some(bias) = bias {
+            // The bias lane's term, added after the dot product as its FMA with q̃ = 1 would:
+            // keys kstart..kstart+w (≤ tp, zero past T).
+            let bias = &bias[kstart..kstart + w];
+            for srow in s.chunks_exact_mut(w).take(rows) {
+                srow.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+            }
         }
         for (r, srow) in s.chunks_exact_mut(w).enumerate() {
             if r < rows {

@@ -80,6 +80,24 @@ impl<'a> Rows<'a> {
     }
 }
 
+/// One value per row of a head: row i at data[base + i·stride] (a score bias column).
+#[derive(Clone, Copy)]
+pub(super) struct Col<'a> {
+    pub data: &'a [f32],
+    pub base: usize,
+    pub stride: usize,
+}
+
+impl Col<'_> {
+    /// The first `n` values into dst[..n], zero past them.
+    #[inline(always)]
+    pub fn gather(&self, n: usize, dst: &mut [f32]) {
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = if i < n { self.data[self.base + i * self.stride] } else { 0.0 };
+        }
+    }
+}
+
 /// Splits this thread's scratch buffer (64-byte aligned, reused across calls so no page is
 /// faulted in per head) into pieces of the given lengths, each rounded up to 16 floats so
 /// every piece stays 64-byte aligned, and runs `f` on them. Contents are unspecified.

@@ -5,7 +5,8 @@
 //!   s_ij = α (2 (w⊙q_i)·k_j − ‖k_j‖²_w − ‖q_i‖²_w),
 //! where the last term is constant along a row, cancels in the softmax, and is left out.
 //! Two kernels compute it, neither forming a B·H·T·T buffer: `tiled` (the default) runs it as
-//! dot-product attention on augmented vectors through the tiled GEMM-microkernel attention, and
+//! dot-product attention through the tiled GEMM-microkernel attention (`biased`: the norm and
+//! kb terms as the kernels' per-key score bias, where they take one; else as an augmented lane), and
 //! `direct` walks each routed query row's keys with an online softmax (hard pruning, reference).
 //!
 //! Layouts: k, v [B, T, Hkv, hd] (MQA: Hkv = 1); q and o [B, T, H, hd], or with `rows` (routed
@@ -14,6 +15,7 @@
 //! `hard`: inference-time ball pruning — key j is skipped for query i ≠ j when kb_jh < 0 (outside
 //! the ball), and kb adds nothing; a query always keeps itself, so no row is empty.
 
+mod biased;
 mod direct;
 mod tiled;
 

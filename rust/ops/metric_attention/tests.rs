@@ -78,7 +78,9 @@ fn reference(c: &Case, kb: bool, hard: bool) -> Vec<f32> {
 
 #[test]
 fn matches_materialised_reference() {
-    for &(b, t, h, hkv, hd) in &[(1, 1, 1, 1, 4), (2, 70, 2, 2, 8), (1, 130, 4, 1, 6), (2, 33, 4, 2, 16)] {
+    for &(b, t, h, hkv, hd) in
+        &[(1, 1, 1, 1, 4), (2, 70, 2, 2, 8), (1, 130, 4, 1, 6), (2, 33, 4, 2, 16), (1, 65, 2, 1, 32)]
+    {
         let c = case(b, t, h, hkv, hd);
         for (kb, hard) in [(false, false), (true, false), (true, true)] {
             let (o, _) = metric_attention_forward(c.inputs(kb, hard)).unwrap();
@@ -95,7 +97,14 @@ fn matches_materialised_reference() {
 
 #[test]
 fn routed_rows_equal_the_dense_rows() {
-    let (b, t, h, hkv, hd) = (2, 50, 4, 1, 8);
+    // hd 8 takes the bias lane on AVX2, hd 32 the kernels' score bias (`biased`).
+    for hd in [8, 32] {
+        routed_rows_equal_the_dense_rows_at(hd);
+    }
+}
+
+fn routed_rows_equal_the_dense_rows_at(hd: usize) {
+    let (b, t, h, hkv) = (2, 50, 4, 1);
     let c = case(b, t, h, hkv, hd);
     let rows: Vec<u32> = (0..(b * t) as u32).filter(|r| r % 3 != 1).collect();
     let row = h * hd;
@@ -121,10 +130,13 @@ fn routed_rows_equal_the_dense_rows() {
         let gr = metric_attention_backward(routed, &or, &lr, &dsel).unwrap();
         for (m, &r) in rows.iter().enumerate() {
             let r = r as usize;
-            assert!(same_bits(&or.data()[m * row..(m + 1) * row], &od.data()[r * row..(r + 1) * row]), "o row {r}");
+            assert!(
+                same_bits(&or.data()[m * row..(m + 1) * row], &od.data()[r * row..(r + 1) * row]),
+                "o row {r} hd={hd}"
+            );
             assert!(
                 same_bits(&gr.dq.data()[m * row..(m + 1) * row], &gd.dq.data()[r * row..(r + 1) * row]),
-                "dq row {r}"
+                "dq row {r} hd={hd}"
             );
         }
         for (name, x, y) in [
@@ -132,7 +144,7 @@ fn routed_rows_equal_the_dense_rows() {
             ("dv", &gr.dv, &gd.dv),
             ("dkb", gr.dkb.as_ref().unwrap(), gd.dkb.as_ref().unwrap()),
         ] {
-            assert!(same_bits(x.data(), y.data()), "{name} hard={hard}");
+            assert!(same_bits(x.data(), y.data()), "{name} hard={hard} hd={hd}");
         }
         assert_close(gr.dalpha.data(), gd.dalpha.data(), 1e-5, 1e-6, "dalpha");
         assert_close(gr.dw.data(), gd.dw.data(), 1e-5, 1e-6, "dw");
@@ -171,7 +183,13 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn one_and_two_threads_same_bits() {
-    let c = case(2, 45, 4, 2, 8);
+    for hd in [8, 32] {
+        one_and_two_threads_same_bits_at(hd);
+    }
+}
+
+fn one_and_two_threads_same_bits_at(hd: usize) {
+    let c = case(2, 45, 4, 2, hd);
     let dout = Tensor::from_slice(c.q.shape(), &rand_vec(c.q.numel(), 9)).unwrap();
     let outs = run_threads(|| {
         let (o, l) = metric_attention_forward(c.inputs(true, false)).unwrap();
@@ -179,13 +197,21 @@ fn one_and_two_threads_same_bits() {
         [o, g.dq, g.dk, g.dv, g.dalpha, g.dw, g.dkb.unwrap()].map(|t| t.data().to_vec())
     });
     for (i, (a, b)) in outs[0].iter().zip(&outs[1]).enumerate() {
-        assert!(same_bits(a, b), "output {i}");
+        assert!(same_bits(a, b), "output {i} hd={hd}");
     }
 }
 
 #[test]
 fn tiled_matches_direct_forward_and_backward() {
-    for &(b, t, h, hkv, hd, routed) in &[(2, 33, 2, 2, 8, false), (1, 70, 4, 1, 16, true), (2, 20, 4, 2, 6, true)] {
+    // hd 16 and 32 take the kernels' score bias on AVX2 and scalar, 6 and 8 the bias lane on AVX2.
+    let cases = [
+        (2, 33, 2, 2, 8, false),
+        (1, 70, 4, 1, 16, true),
+        (2, 20, 4, 2, 6, true),
+        (2, 90, 4, 2, 32, false),
+        (1, 75, 4, 1, 32, true),
+    ];
+    for &(b, t, h, hkv, hd, routed) in &cases {
         let c = case(b, t, h, hkv, hd);
         let rows: Vec<u32> = (0..(b * t) as u32).filter(|r| r % 3 != 2).collect();
         let qsel: Vec<f32> =

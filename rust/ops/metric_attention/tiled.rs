@@ -6,11 +6,16 @@
 //! expanded. Routed queries sit at their positions in a dense q̃ (zero elsewhere): those rows cost
 //! a dense head, which the tiled kernel repays many times over, and add nothing to any gradient
 //! (their dout is zero). Gradients map back through q̃ and k̃ by the chain rule.
+//!
+//! Where the attention kernels take a per-key score bias (`attention::bias_supported`: the row
+//! layout, AVX2 and scalar with hd a multiple of NR), `biased` runs the same math without the
+//! bias lane (hd lanes instead of hd + 1 padded to NR); this path serves the rest (AVX-512,
+//! other head sizes).
 
 use super::{dims, Dims, MetricGrads, MetricInputs};
 use crate::cpu;
 use crate::error::{ensure_shape, Result};
-use crate::ops::attention::{attention_backward, attention_forward};
+use crate::ops::attention::{attention_backward, attention_forward, bias_supported};
 use crate::tensor::Tensor;
 use crate::threads;
 use rayon::prelude::*;
@@ -43,7 +48,7 @@ fn aug_width(hd: usize) -> usize {
 }
 
 /// Position (b·T + t) of query row m.
-fn pos(a: &MetricInputs, m: usize) -> usize {
+pub(super) fn pos(a: &MetricInputs, m: usize) -> usize {
     a.rows.map_or(m, |r| r[m] as usize)
 }
 
@@ -95,6 +100,9 @@ fn augment(a: &MetricInputs, d: &Dims) -> Aug {
 /// Returns (o, lse) in the layouts of `metric_attention_forward`.
 pub fn forward(a: MetricInputs) -> Result<(Tensor, Tensor)> {
     let d = dims("metric_attention", &a)?;
+    if bias_supported(d.hd) {
+        return super::biased::forward(a);
+    }
     let (mut o, mut lse) = (Tensor::zeros(a.q.shape()), Tensor::zeros(&[d.m, d.h]));
     if d.m == 0 || d.h * d.hd == 0 {
         return Ok((o, lse));
@@ -118,6 +126,9 @@ pub fn forward(a: MetricInputs) -> Result<(Tensor, Tensor)> {
 /// Gradients given forward's o, lse and dout (q's layout).
 pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Result<MetricGrads> {
     let d = dims("metric_attention_backward", &a)?;
+    if bias_supported(d.hd) {
+        return super::biased::backward(a, o, lse, dout);
+    }
     ensure_shape!(
         o.shape() == a.q.shape() && dout.shape() == a.q.shape() && lse.shape() == [d.m, d.h],
         "metric_attention_backward",
