@@ -60,17 +60,22 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     for fam in a.families:
+        if fam not in PRESETS:
+            sys.exit(f"step_faults: unknown family {fam!r} (have {sorted(PRESETS)})")
         for pre in a.presets:
-            if pre not in PRESETS.get(fam, {}):
-                sys.exit(f"step_faults: no preset {pre!r} for family {fam!r} (have {sorted(PRESETS.get(fam, {}))})")
+            if pre not in PRESETS[fam]:
+                sys.exit(f"step_faults: no preset {pre!r} for family {fam!r} (have {sorted(PRESETS[fam])})")
     if a.steps < 1 or a.threads < 1:
         sys.exit("step_faults: --steps and --threads must be at least 1")
     sos_rs.set_num_threads(a.threads)
     print(f"{'family':<11} {'preset':<7} {'faults/step':>12} {'first step':>11} {'CPU ms/step':>12}")
-    for fam in a.families:
-        for pre in a.presets:
-            r = measure(fam, pre, a.steps)
-            print(f"{fam:<11} {pre:<7} {r['faults']:>12.0f} {r['faults_first']:>11} {r['cpu_ms']:>12.1f}")
+    try:
+        for fam in a.families:
+            for pre in a.presets:
+                r = measure(fam, pre, a.steps)
+                print(f"{fam:<11} {pre:<7} {r['faults']:>12.0f} {r['faults_first']:>11} {r['cpu_ms']:>12.1f}")
+    except KeyboardInterrupt:
+        sys.exit("step_faults: interrupted")
 
 
 if __name__ == "__main__":

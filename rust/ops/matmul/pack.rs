@@ -116,9 +116,9 @@ fn copy_steps<const W: usize>(src: &[f32], base: usize, ps: usize, kc: usize, ds
     let (mut s, mut d) = (src[base..].as_ptr(), dst.as_mut_ptr());
     for _ in 0..kc {
         prefetch_l1(s.wrapping_add(PREFETCH_STEPS_A * ps));
-        // SAFETY: step p reads src[base + p*ps..][..W] and writes dst[p*W..][..W], both inside
-        // the slices by the assertion above (p < kc); s and d advance by ps and W per step, and
-        // the last advance (one past the end) is never dereferenced.
+        // Step p reads src[base + p*ps..][..W] and writes dst[p*W..][..W]; s and d then advance
+        // by ps and W (the last advance, one past the end, is never dereferenced).
+        // SAFETY: both ranges lie inside the slices by the assertion above, as p < kc.
         unsafe {
             std::ptr::copy_nonoverlapping(s, d, W);
             s = s.wrapping_add(ps);

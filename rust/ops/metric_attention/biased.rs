@@ -9,8 +9,8 @@
 //! and every gradient they could add is zero). Gradients map back through q̃ and the bias by the
 //! chain rule.
 
-use super::{dims, MetricGrads, MetricInputs};
-use crate::error::{ensure_shape, Result};
+use super::{check_backward, dims, MetricGrads, MetricInputs};
+use crate::error::Result;
 use crate::ops::attention::{attention_backward_bias, attention_forward_bias};
 use crate::tensor::Tensor;
 use crate::threads;
@@ -87,26 +87,9 @@ pub fn forward(a: MetricInputs) -> Result<(Tensor, Tensor)> {
 /// Gradients given forward's o, lse and dout (q's layout).
 pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Result<MetricGrads> {
     let d = dims("metric_attention_backward", &a)?;
-    ensure_shape!(
-        o.shape() == a.q.shape() && dout.shape() == a.q.shape() && lse.shape() == [d.m, d.h],
-        "metric_attention_backward",
-        "o {:?}, dout {:?} must match q {:?}; lse {:?} must be [{}, {}]",
-        o.shape(),
-        dout.shape(),
-        a.q.shape(),
-        lse.shape(),
-        d.m,
-        d.h
-    );
+    check_backward(&a, &d, o, lse, dout)?;
     if d.m == 0 || d.h * d.hd == 0 {
-        return Ok(MetricGrads {
-            dq: Tensor::zeros(a.q.shape()),
-            dk: Tensor::zeros(a.k.shape()),
-            dv: Tensor::zeros(a.k.shape()),
-            dalpha: Tensor::zeros(&[d.h]),
-            dw: Tensor::zeros(&[d.h, d.hd]),
-            dkb: a.kb.map(|kb| Tensor::zeros(kb.shape())),
-        });
+        return Ok(MetricGrads::zeros(&a, &d));
     }
     let (h, hd, n) = (d.h, d.hd, d.b * d.t);
     let pr = prepare(&a, &d);

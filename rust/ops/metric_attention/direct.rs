@@ -5,9 +5,9 @@
 //! dα, the q-side of dw) and a key pass (dk, dv, dkb, the k-side of dw), each writing disjoint
 //! rows, with per-task partials of dα, dw summed in task order.
 
-use super::{dims, Dims, MetricGrads, MetricInputs};
+use super::{check_backward, dims, Dims, MetricGrads, MetricInputs};
 use crate::cpu;
-use crate::error::{ensure_shape, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -148,27 +148,10 @@ pub fn forward(a: MetricInputs) -> Result<(Tensor, Tensor)> {
 pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Result<MetricGrads> {
     let p = Prep::new("metric_attention_backward", a)?;
     let d = p.d;
-    ensure_shape!(
-        o.shape() == a.q.shape() && dout.shape() == a.q.shape() && lse.shape() == [d.m, d.h],
-        "metric_attention_backward",
-        "o {:?}, dout {:?} must match q {:?}; lse {:?} must be [{}, {}]",
-        o.shape(),
-        dout.shape(),
-        a.q.shape(),
-        lse.shape(),
-        d.m,
-        d.h
-    );
+    check_backward(&a, &d, o, lse, dout)?;
     let (qd, kd, vd, wd, ald, ld, dod) =
         (a.q.data(), a.k.data(), a.v.data(), a.w.data(), a.alpha.data(), lse.data(), dout.data());
-    let mut g = MetricGrads {
-        dq: Tensor::zeros(a.q.shape()),
-        dk: Tensor::zeros(a.k.shape()),
-        dv: Tensor::zeros(a.k.shape()),
-        dalpha: Tensor::zeros(&[d.h]),
-        dw: Tensor::zeros(&[d.h, d.hd]),
-        dkb: a.kb.map(|kb| Tensor::zeros(kb.shape())),
-    };
+    let mut g = MetricGrads::zeros(&a, &d);
     let (qrow, kvrow, hd) = (d.h * d.hd, d.hkv * d.hd, d.hd);
     if d.m == 0 || qrow == 0 {
         return Ok(g);

@@ -69,6 +69,36 @@ impl Dims {
     }
 }
 
+impl MetricGrads {
+    /// All-zero gradients for the operands of `a`.
+    pub(super) fn zeros(a: &MetricInputs, d: &Dims) -> Self {
+        MetricGrads {
+            dq: Tensor::zeros(a.q.shape()),
+            dk: Tensor::zeros(a.k.shape()),
+            dv: Tensor::zeros(a.k.shape()),
+            dalpha: Tensor::zeros(&[d.h]),
+            dw: Tensor::zeros(&[d.h, d.hd]),
+            dkb: a.kb.map(|kb| Tensor::zeros(kb.shape())),
+        }
+    }
+}
+
+/// Checks the backward's o, dout (q's layout) and lse [m, H] against the inputs' dims.
+pub(super) fn check_backward(a: &MetricInputs, d: &Dims, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Result<()> {
+    ensure_shape!(
+        o.shape() == a.q.shape() && dout.shape() == a.q.shape() && lse.shape() == [d.m, d.h],
+        "metric_attention_backward",
+        "o {:?}, dout {:?} must match q {:?}; lse {:?} must be [{}, {}]",
+        o.shape(),
+        dout.shape(),
+        a.q.shape(),
+        lse.shape(),
+        d.m,
+        d.h
+    );
+    Ok(())
+}
+
 pub(super) fn dims(op: &'static str, a: &MetricInputs) -> Result<Dims> {
     let (q, k) = (a.q, a.k);
     ensure_shape!(

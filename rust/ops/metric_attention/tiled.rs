@@ -12,9 +12,9 @@
 //! bias lane (hd lanes instead of hd + 1 padded to NR); this path serves the rest (AVX-512,
 //! other head sizes).
 
-use super::{dims, Dims, MetricGrads, MetricInputs};
+use super::{check_backward, dims, Dims, MetricGrads, MetricInputs};
 use crate::cpu;
-use crate::error::{ensure_shape, Result};
+use crate::error::Result;
 use crate::ops::attention::{attention_backward, attention_forward, bias_supported};
 use crate::tensor::Tensor;
 use crate::threads;
@@ -129,17 +129,7 @@ pub fn backward(a: MetricInputs, o: &Tensor, lse: &Tensor, dout: &Tensor) -> Res
     if bias_supported(d.hd) {
         return super::biased::backward(a, o, lse, dout);
     }
-    ensure_shape!(
-        o.shape() == a.q.shape() && dout.shape() == a.q.shape() && lse.shape() == [d.m, d.h],
-        "metric_attention_backward",
-        "o {:?}, dout {:?} must match q {:?}; lse {:?} must be [{}, {}]",
-        o.shape(),
-        dout.shape(),
-        a.q.shape(),
-        lse.shape(),
-        d.m,
-        d.h
-    );
+    check_backward(&a, &d, o, lse, dout)?;
     let empty = d.m == 0 || d.h * d.hd == 0;
     // dk, dv rows are zeroed in the pass that sums into them (zero tensors when nothing runs).
     let kv_grad = || if empty { Tensor::zeros(a.k.shape()) } else { Tensor::for_overwrite(a.k.shape()) };
