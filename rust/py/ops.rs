@@ -512,6 +512,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dwconv_backward, m)?)?;
     m.add_function(wrap_pyfunction!(linear_cross_entropy, m)?)?;
     m.add_function(wrap_pyfunction!(linear_cross_entropy_chunk, m)?)?;
+    m.add_function(wrap_pyfunction!(linear_cross_entropy_logits, m)?)?;
     m.add_function(wrap_pyfunction!(swiglu_packed_forward, m)?)?;
     m.add_function(wrap_pyfunction!(swiglu_packed_backward, m)?)?;
     m.add_function(wrap_pyfunction!(qkv_rope_merge, m)?)?;
@@ -520,9 +521,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-/// Mean cross-entropy of x · wᵀ (x [..., D], w [V, D]) against one target per row, over
-/// vocabulary chunks of `chunk` rows of w (0: `linear_cross_entropy_chunk`), never holding all
-/// logits. Returns (loss, None) or, with `grad`, (loss, (dx, dw)) for dloss = 1.
+/// Mean cross-entropy of x · wᵀ (x [..., D], w [V, D]) against one target per row, never holding
+/// all logits: in row blocks over the whole vocabulary (`chunk` ≥ V), or over vocabulary chunks
+/// of `chunk` rows of w (0: `linear_cross_entropy_chunk`). Returns (loss, None) or, with `grad`, (loss, (dx, dw)) for dloss = 1.
 #[pyfunction]
 #[pyo3(signature = (x, w, targets, chunk=0, grad=false))]
 fn linear_cross_entropy(
@@ -545,4 +546,11 @@ fn linear_cross_entropy(
 #[pyfunction]
 fn linear_cross_entropy_chunk(rows: usize, vocab: usize) -> usize {
     linear_ce::vocab_chunk(rows, vocab)
+}
+
+/// Floats of the logits buffer `linear_cross_entropy` holds for `rows` rows and `vocab` entries
+/// (one row block or one vocabulary chunk, at most 64 MiB): what memory estimates count.
+#[pyfunction]
+fn linear_cross_entropy_logits(rows: usize, vocab: usize) -> usize {
+    linear_ce::logits_floats(rows, vocab)
 }

@@ -244,7 +244,7 @@ class DenseLM(LanguageModel):
         self, ids: np.ndarray, targets: np.ndarray, positions: Optional[np.ndarray], segments: Optional[np.ndarray]
     ) -> Tensor:
         """Mean next-token cross-entropy, with the output projection fused into the loss over
-        vocabulary chunks (`F.linear_cross_entropy`): the [B, T, V] logits never exist at once.
+        row blocks (`F.linear_cross_entropy`): the [B, T, V] logits never exist at once.
         `positions`/`segments`: documents kept apart (see `LanguageModel.loss`)."""
         return F.linear_cross_entropy(self.hidden(ids, None, positions, segments), self.head(), targets)
 
@@ -284,19 +284,19 @@ class DenseLM(LanguageModel):
     def estimate_memory(self, batch: int, seq: int) -> MemoryEstimate:
         """Activation count per layer: residual, 2 norms, q/k/v/o, rope'd q/k, attention out+lse,
         gate/up/act, MLP out (~12 d-wide + 3 ffn-wide values per token); with `recompute`, one
-        d-wide block input per layer and a single block's activations. Plus one vocabulary chunk
-        of logits (the fused loss's, at most 64 MiB: `F.linear_cross_entropy`)."""
+        d-wide block input per layer and a single block's activations. Plus the fused loss's logits
+        buffer (one row block or vocabulary chunk, at most 64 MiB: `F.linear_cross_entropy`)."""
         c = self.config
         tokens = batch * seq
         ffn = c.ffn_hidden or 0  # resolved in __post_init__
         attn_width = max(c.d_model, c.n_heads * c.resolved_head_dim())
         block = 12 * attn_width + 3 * ffn
         per_token = c.n_layers * c.d_model + block if c.recompute else c.n_layers * block
-        chunk = _core.linear_cross_entropy_chunk(tokens, c.vocab_size)
+        logits = _core.linear_cross_entropy_logits(tokens, c.vocab_size)
         # Calibrated (tests/models/test_memory_estimate.py): buffers resident between steps (the
         # loss's logits chunk in the scratch pool, per-thread GEMM and attention panels) and
         # allocator slack put the measured peak ~10% above this count at the test sizes.
-        acts = int(1.1 * tokens * (per_token + chunk)) * BYTES_F32
+        acts = int(1.1 * (tokens * per_token + logits)) * BYTES_F32
         return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts, RUNTIME_BYTES)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:

@@ -347,7 +347,7 @@ class MoALM(LanguageModel):
         the paths): metric attention keeps k, v, rope'd and gated copies and its output for every
         token, q for its rows; ChannelMix and the FFN branches keep gathered rows, hidden
         activations and outputs; dispatch/combine keep the stacked outputs. Plus the head
-        adapter and one vocabulary chunk of logits (the fused loss's, at most 64 MiB:
+        adapter and the fused loss's logits buffer (a row block or vocabulary chunk, at most 64 MiB:
         `F.linear_cross_entropy`)."""
         c = self.config
         tokens = batch * seq
@@ -362,16 +362,14 @@ class MoALM(LanguageModel):
         ffn = ffn_share * (4 * ffn_hidden + 3 * c.d_model + 3 * c.d_model + 4 * c.ffn_rank + 3 * c.d_model)
         per_layer = 8 * c.d_model + mixer + ffn + 2 * c.d_model * (c.router_top_k + c.ffn_top_k)
         head = 6 * c.d_model + 4 * c.ffn_rank
-        chunk = _core.linear_cross_entropy_chunk(tokens, c.vocab_size)
+        logits = _core.linear_cross_entropy_logits(tokens, c.vocab_size)
         # Calibrated (tests/models/test_memory_estimate.py): the tape frees some of these before
         # the peak and the fused MoE op keeps fewer rows, so the counted values overstate the
         # peak. Measured on one thread (deterministic) the peak is 0.72-0.78 of the count; at 2
         # threads glibc's per-thread arenas add 10-40 MiB of slack that varies run to run, and
         # the tensor pool's headroom (`MemoryEstimate.pool`) is counted apart
         # (`ACTIVATION_CALIBRATION`).
-        acts = (
-            int(self.ACTIVATION_CALIBRATION * tokens * (c.n_layers * per_layer + head)) + tokens * chunk
-        ) * BYTES_F32
+        acts = (int(self.ACTIVATION_CALIBRATION * tokens * (c.n_layers * per_layer + head)) + logits) * BYTES_F32
         return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts, RUNTIME_BYTES)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:

@@ -327,7 +327,7 @@ class SAGILM(LanguageModel):
         and 3 ffn-wide values), the swarm's norm, observation, every routing round's query,
         logits, probabilities and message, for each of its k agents the two hidden-wide
         pre-activations the fused expert op keeps (`F.moe_swiglu`), and the agents' d-wide sum;
-        plus one vocabulary chunk of logits (the fused loss's, at most 64 MiB)."""
+        plus the fused loss's logits buffer (a row block or vocabulary chunk, at most 64 MiB)."""
         c = self.config
         k, rounds = c.caps()
         swarm = 3 * c.d_model + c.dim_s + (rounds + 1) * (2 * c.attn_dim + 3 * c.max_agents + 2 * c.dim_msg)
@@ -335,8 +335,8 @@ class SAGILM(LanguageModel):
         per_layer = 12 * c.d_model + 3 * c.ffn_hidden + swarm
         # Calibrated: routing temporaries (per-round gathers and their gradients) add about 15% to
         # the count at the peak (tests/models/test_memory_estimate.py).
-        chunk = _core.linear_cross_entropy_chunk(batch * seq, c.vocab_size)
-        acts = (int(1.15 * batch * seq * c.n_layers * per_layer) + batch * seq * chunk) * BYTES_F32
+        logits = _core.linear_cross_entropy_logits(batch * seq, c.vocab_size)
+        acts = (int(1.15 * batch * seq * c.n_layers * per_layer) + logits) * BYTES_F32
         return MemoryEstimate(parameter_state_bytes(self.num_parameters()), acts, RUNTIME_BYTES)
 
     def export_hf(self, out: pathlib.Path, extra_config: Optional[dict] = None) -> List[pathlib.Path]:

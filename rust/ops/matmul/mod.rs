@@ -139,6 +139,13 @@ pub fn gemm_with(
     gemm_ex(isa, m, n, k, a, trans_a, b, trans_b, c, accumulate, &Epilogue::default())
 }
 
+/// The k block of `gemm` on this host: each C element sums its products in blocks of this many
+/// k steps, in increasing k, so splitting k at multiples of it (the later parts accumulating)
+/// gives the bits of one call.
+pub fn k_block() -> usize {
+    driver::kc_for(cpu::isa())
+}
+
 /// `gemm_with` on the active instruction set.
 pub fn gemm(
     m: usize,
