@@ -5,7 +5,7 @@
 
 use crate::cpu;
 use crate::error::{ensure_shape, Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{copy_par, Tensor};
 use crate::threads;
 use rayon::prelude::*;
 
@@ -161,10 +161,11 @@ pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor> {
         );
     }
     let total: usize = parts.iter().map(|p| p.shape()[0]).sum();
-    let mut y = Tensor::zeros(&[total, d]);
+    // Every element is written by the copies: no zeroing pass first.
+    let mut y = Tensor::for_overwrite(&[total, d]);
     let mut at = 0;
     for p in parts {
-        y.data_mut()[at..at + p.numel()].copy_from_slice(p.data());
+        copy_par(p.data(), &mut y.data_mut()[at..at + p.numel()]);
         at += p.numel();
     }
     Ok(y)
