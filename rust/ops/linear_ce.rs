@@ -36,10 +36,12 @@ const ROWS_PER_TASK: usize = 8;
 /// row blocks of 512.
 pub const CHUNK_BYTES: usize = 64 << 20;
 
-/// Fewest rows a row block may have. Below it (a vocabulary over 512k entries) the vocabulary walk
-/// is cheaper: each block adds dlogitsᵀ · x into all of dw, and tiny blocks make that GEMM short
-/// and its read-modify-write of dw frequent.
-const MIN_BLOCK_ROWS: usize = 32;
+/// Fewest rows a row block may have. Each block reads and writes all of dw (8·V·D bytes) for
+/// 6·rows·V·D FLOPs of GEMM: at memory bandwidth ~1/10 of the FMA rate in bytes, that costs
+/// about 13/rows of the GEMM time (10% at 128 rows), while the vocabulary walk costs a third
+/// more GEMM work. Short blocks also make short GEMMs. So a vocabulary over 128k entries (a
+/// 128-row block would pass 64 MiB) walks the vocabulary instead.
+const MIN_BLOCK_ROWS: usize = 128;
 
 /// Vocabulary rows per chunk for `n` rows: the whole vocabulary `v` when row blocks apply (a
 /// block of `MIN_BLOCK_ROWS` rows, or all `n`, fits in `CHUNK_BYTES`); otherwise chunks whose
@@ -416,7 +418,10 @@ mod tests {
         assert_eq!(logits_floats(2048, 32768), 512 / kb * kb * 32768);
         assert_eq!(vocab_chunk(1 << 30, 100), 100);
         assert_eq!(vocab_chunk(1, 10), 10);
-        // 32 rows of a 1M vocabulary would take 128 MiB: the vocabulary walk, 64 MiB of logits.
+        // 128 rows of a 256k vocabulary would take 128 MiB: the vocabulary walk, 64 MiB of logits.
+        assert_eq!(vocab_chunk(2048, 1 << 18), 8192);
+        assert_eq!(vocab_chunk(2048, 1 << 17), 1 << 17, "128 rows of a 128k vocabulary take 64 MiB");
+        assert_eq!(vocab_chunk(100, 150_000), 150_000, "all 100 rows fit");
         assert_eq!(vocab_chunk(2048, 1 << 20), 8192);
         assert_eq!(logits_floats(2048, 1 << 20), 2048 * 8192);
         assert!(logits_floats(2048, 32768) * 4 <= CHUNK_BYTES && logits_floats(100, 1 << 20) * 4 <= CHUNK_BYTES);

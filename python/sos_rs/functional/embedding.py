@@ -38,10 +38,11 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets: np.ndarray, chunk: 
     """Mean cross-entropy of the logits x · weightᵀ (x [..., D], weight [V, D]) against integer
     targets (one per row of x), a 0-d Tensor, computed without holding the [N, V] logits
     (rust/ops/linear_ce.rs). chunk: 0 picks the cut (row blocks over the whole vocabulary whose
-    logits take at most 64 MiB; vocabulary chunks only for vocabularies too large for that); V or
+    logits take at most 64 MiB; vocabulary chunks only for vocabularies over 128k entries); V or
     more forces row blocks, fewer walks the vocabulary in chunks of that many rows of weight.
-    Training takes dx and dweight for dloss = 1 in the same call (row blocks: bit-identical to
-    F.cross_entropy(F.linear(x, weight), targets); vocabulary chunks: within 1e-6); backward
+    Training takes dx and dweight for dloss = 1 in the same call: bit-identical to
+    F.cross_entropy(F.linear(x, weight), targets) with one row block or blocks a multiple of the
+    GEMM's k block (every vocabulary up to 32k at 2k rows), within 1e-6 otherwise; backward
     scales them by the upstream gradient."""
     targets = _as_ids(targets).reshape(-1)
     need = grad_enabled() and (x.requires_grad or weight.requires_grad)
