@@ -18,7 +18,7 @@
 
 use super::backward::{GradOut, HeadIn};
 use super::row_kernels::ds_row;
-use super::tile::{for_isa, pack_lanes, pack_steps_rows, set_crowded, strip, with_bufs, Col, Plan, Rows};
+use super::tile::{for_isa, pack_lanes, pack_steps_rows, prefetch_rows, set_crowded, strip, with_bufs, Col, Plan, Rows};
 use crate::cpu::{self, Tile};
 
 /// With `bias` (a score bias column), `db` takes its gradient (one value per key row).
@@ -104,6 +104,10 @@ fn body(
         }
     };
     for i in 0..t {
+        if i % 8 == 0 {
+            prefetch_rows(x.o, i + 8, 8);
+            prefetch_rows(x.dout, i + 8, 8);
+        }
         (lse[i], delta[i]) = (x.lse[x.l_base + i * x.l_stride], cpu::dot(x.dout.row(i), x.o.row(i)));
     }
     let dqa = &mut dqa[..t.div_ceil(mr) * mr * hd];
@@ -123,6 +127,9 @@ fn body(
             // are skipped (the row pass zeroes them), the products start or stop at it.
             let diag = i0 == j0;
             for qp in 0..strips {
+                // The next strip's rows of Q and dO (read in place) may not have been touched yet.
+                prefetch_rows(x.q, i0 + (qp + 1) * mr, mr);
+                prefetch_rows(x.dout, i0 + (qp + 1) * mr, mr);
                 let (qa, qs) = strip(x.q, i0 + qp * mr, mr, qtail);
                 let (da, ds) = strip(x.dout, i0 + qp * mr, mr, dotail);
                 for kp in 0..kn.div_ceil(nr) {
