@@ -20,7 +20,9 @@
 
 use super::backward::{GradOut, HeadIn};
 use super::row_kernels::ds_row;
-use super::tile::{for_isa, pack_lanes, pack_steps_rows, prefetch_rows, set_crowded, strip, with_bufs, Col, Plan, Rows};
+use super::tile::{
+    for_isa, pack_lanes, pack_steps_rows, prefetch_rows, set_crowded, strip, with_bufs, Col, Plan, Rows,
+};
 use crate::cpu::{self, Tile};
 
 /// With `bias` (a score bias column), `db` takes its gradient (one value per key row).

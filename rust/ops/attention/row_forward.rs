@@ -20,7 +20,9 @@
 
 use super::forward::HeadOut;
 use super::row_kernels::softmax_row;
-use super::tile::{for_isa, pack_lanes, pack_steps_rows, prefetch_rows, set_crowded, strip, with_bufs, Col, Plan, Rows};
+use super::tile::{
+    for_isa, pack_lanes, pack_steps_rows, prefetch_rows, set_crowded, strip, with_bufs, Col, Plan, Rows,
+};
 use crate::cpu::{self, Tile};
 
 #[allow(clippy::too_many_arguments)]
