@@ -250,14 +250,16 @@ fn forward_impl(
     assert!(cpu::supports(isa), "attention: {} is not supported by this host", isa.name());
     let d = dims("attention", q, k, v)?;
     let wl = window_len("attention", window)?;
-    let mut o = Tensor::zeros(q.shape());
-    let mut lse = Tensor::zeros(&[d.b, d.t, d.hq]);
     let pl = Plan::new(isa, d.t, d.hd);
     check_bias("attention", &pl, &d, bias)?;
     let first = first_keys("attention", &d, pl.tp, wl, segments)?;
     if d.hq * d.hd == 0 || d.t == 0 || d.b == 0 {
-        return Ok((o, lse));
+        return Ok((Tensor::zeros(q.shape()), Tensor::zeros(&[d.b, d.t, d.hq])));
     }
+    // Every row of o and every lse value is written below (each task writes all T rows of its
+    // head), so neither needs zeroing.
+    let mut o = Tensor::for_overwrite(q.shape());
+    let mut lse = Tensor::for_overwrite(&[d.b, d.t, d.hq]);
     let (op, lp) = (OutPtr(o.data_mut().as_mut_ptr()), OutPtr(lse.data_mut().as_mut_ptr()));
     (0..d.b * d.hq).into_par_iter().for_each(|task| {
         let (b, h) = (task / d.hq, task % d.hq);
@@ -369,17 +371,22 @@ fn backward_impl(
         q.shape(),
         lse.shape()
     );
-    let mut dq = Tensor::zeros(q.shape());
-    let mut dk = Tensor::zeros(k.shape());
-    let mut dv = Tensor::zeros(k.shape());
     let pl = Plan::new(isa, d.t, d.hd);
     check_bias("attention_backward", &pl, &d, bias)?;
     let mut dbias = bias.map(|b| Tensor::zeros(b.shape()));
     let first = first_keys("attention_backward", &d, pl.tp, wl, segments)?;
     if d.hq * d.hd == 0 || d.t == 0 || d.b == 0 {
-        return Ok((dq, dk, dv, dbias));
+        return Ok((Tensor::zeros(q.shape()), Tensor::zeros(k.shape()), Tensor::zeros(k.shape()), dbias));
     }
     let grouped = d.group() > 1;
+    // Each task writes every row of its head's dQ and (without GQA) of its key/value head's
+    // dK, dV, so those need no zeroing; under GQA the group's partials are added into dK, dV.
+    let mut dq = Tensor::for_overwrite(q.shape());
+    let (mut dk, mut dv) = if grouped {
+        (Tensor::zeros(k.shape()), Tensor::zeros(k.shape()))
+    } else {
+        (Tensor::for_overwrite(k.shape()), Tensor::for_overwrite(k.shape()))
+    };
     // Under GQA: per-query-head partials [B, Hq, T, hd], summed over each group below.
     let part_len = if grouped { d.b * d.hq * d.t * d.hd } else { 0 };
     let (mut pk, mut pv) = (vec![0.0f32; part_len], vec![0.0f32; part_len]);

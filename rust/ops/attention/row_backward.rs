@@ -1,24 +1,28 @@
 //! Causal attention backward for one (batch, query head) in the row layout (the companion of
 //! `row_forward`): the same FlashAttention-2 order as `backward.rs`, but Q and dO are read in
-//! place as the A operand of S and dP, and K and V are packed (transposed) once per head. K, Q,
-//! dO as B operands are read in place too, unless their row stride (H·hd) maps a column of
-//! them onto too few L1 sets (`tile::set_crowded`, e.g. H·hd = 512); then they are packed
-//! once per head as step panels.
+//! place as the A operand of S and dP, and K and V are packed (transposed) a key block at a
+//! time, just before the block's sweep. K, Q, dO as B operands are read in place too, unless
+//! their row stride (H·hd) maps a column of them onto too few L1 sets (`tile::set_crowded`,
+//! e.g. H·hd = 512); then they are packed as step panels (Q, dO once per head, K per block).
 //! ```text
-//! Kt, Vt = K, V as B panels (per NR keys: hd × NR, keys contiguous; zero past T)
-//! Ks, Qs, dOs = K, Q, dO as B panels (per NR columns: tp × NR, rows as steps), or in place
-//! for each key block j (TB keys), for each query tile i (TB queries) that sees it:
-//!   S  = Q_i · Kt_j     dP = dO_i · Vt_j          rows = queries (A in place), NR keys per call
-//!   P  = exp(scale·S − lse)   dS = P∘(dP − δ)·scale   (0 where masked; δ = rowsum(dO∘O))
-//!   (with a score bias: S[.., j] += bias[j] first, and dbias_j += Σ_i dS_ij, queries in order)
-//!   dV_j += Pᵀ · dO_i   dK_j += dSᵀ · Q_i         A = P/dS read transposed, B = dOs/Qs
-//!   dQ_i += dS · K_j                              A = dS rows, B = Ks
+//! Qs, dOs = Q, dO as B panels (per NR columns: tp × NR, rows as steps), or in place
+//! for each key block j (TB keys):
+//!   Kt_j, Vt_j = its K, V rows as B panels (per NR keys: hd × NR, keys contiguous; zero past T)
+//!   Ks_j = its K rows as a B panel (per NR columns: TB × NR, rows as steps), or in place
+//!   for each query tile i (TB queries) that sees it:
+//!     S  = Q_i · Kt_j     dP = dO_i · Vt_j        rows = queries (A in place), NR keys per call
+//!     P  = exp(scale·S − lse)   dS = P∘(dP − δ)·scale   (0 where masked; δ = rowsum(dO∘O))
+//!     (with a score bias: S[.., j] += bias[j] first, and dbias_j += Σ_i dS_ij, queries in order)
+//!     dV_j += Pᵀ · dO_i   dK_j += dSᵀ · Q_i       A = P/dS read transposed, B = dOs/Qs
+//!     dQ_i += dS · K_j                            A = dS rows, B = Ks_j
 //! ```
 //! The sums run over tiles in a fixed order, so the result does not depend on the threads.
 
 use super::backward::{GradOut, HeadIn};
 use super::row_kernels::ds_row;
-use super::tile::{for_isa, pack_lanes, pack_steps_rows, set_crowded, strip, with_bufs, Col, Plan, Rows};
+use super::tile::{
+    for_isa, pack_lanes, pack_steps_rows, prefetch_rows, set_crowded, strip, with_bufs, Col, Plan, Rows,
+};
 use crate::cpu::{self, Tile};
 
 /// With `bias` (a score bias column), `db` takes its gradient (one value per key row).
@@ -37,7 +41,7 @@ pub(super) fn head(
     let Plan { mr, tb, tp, hd, .. } = *pl;
     let (th, bt, bh, mh) = (tp * hd, tb * tb, tb * hd, mr * hd);
     let (bn, dbn) = if bias.is_some() { (tp, tb) } else { (0, 0) };
-    with_bufs([th, th, th, th, th, th, bt, bt, bh, bh, tp, tp, mh, mh, bn, dbn], |bufs| {
+    with_bufs([bh, bh, bh, th, th, th, bt, bt, bh, bh, tp, tp, mh, mh, bn, dbn], |bufs| {
         for_isa!(
             pl.isa,
             fn run(
@@ -80,20 +84,15 @@ fn body(
         c.gather(t, bb);
         &*bb
     });
-    pack_lanes(x.k, 0, tp, nr, 1.0, kt);
-    pack_lanes(x.v, 0, tp, nr, 1.0, vt);
     // K (Q and dO) as B operands: from step panels when their rows read in place would
     // crowd their L1 sets (the B operand of one call is up to TB rows of one column chunk).
     let (pk, pq) = (set_crowded(x.k.stride, tb), set_crowded(x.q.stride, tb));
     debug_assert_eq!(x.q.stride, x.dout.stride);
-    if pk {
-        pack_steps_rows(x.k, tp, nr, ks);
-    }
     if pq {
         pack_steps_rows(x.q, tp, nr, qs);
         pack_steps_rows(x.dout, tp, nr, dos);
     }
-    let (kt, vt, ks, qs, dos) = (&*kt, &*vt, &*ks, &*qs, &*dos);
+    let (qs, dos) = (&*qs, &*dos);
     // B = rows i.. (< T) at columns c0.. (c0 a multiple of NR, + NR ≤ hd): (pointer, ldb), from
     // the step panel (rows i < T ≤ tp) or in place.
     let b_at = |packed: bool, p: &[f32], r: &Rows, i: usize, c0: usize| {
@@ -104,12 +103,25 @@ fn body(
         }
     };
     for i in 0..t {
+        if i % 8 == 0 {
+            prefetch_rows(x.o, i + 8, 8);
+            prefetch_rows(x.dout, i + 8, 8);
+        }
         (lse[i], delta[i]) = (x.lse[x.l_base + i * x.l_stride], cpu::dot(x.dout.row(i), x.o.row(i)));
     }
     let dqa = &mut dqa[..t.div_ceil(mr) * mr * hd];
     dqa.fill(0.0);
     for j0 in (0..t).step_by(tb) {
         let kn = tb.min(t - j0);
+        // This block's keys packed as B operands (Kt, Vt; Ks when K is set-crowded), just before
+        // the sweep that reads them: TB rows each rather than the whole head, so the scratch
+        // that streams through L2 per sweep is the query side only.
+        pack_lanes(x.k, j0, tb, nr, 1.0, kt);
+        pack_lanes(x.v, j0, tb, nr, 1.0, vt);
+        let kblock = Rows { base: x.k.base + j0 * x.k.stride, n: kn, ..x.k };
+        if pk {
+            pack_steps_rows(kblock, tb, nr, ks);
+        }
         dkj.fill(0.0);
         dvj.fill(0.0);
         dbj.fill(0.0);
@@ -123,16 +135,19 @@ fn body(
             // are skipped (the row pass zeroes them), the products start or stop at it.
             let diag = i0 == j0;
             for qp in 0..strips {
+                // The next strip's rows of Q and dO (read in place) may not have been touched yet.
+                prefetch_rows(x.q, i0 + (qp + 1) * mr, mr);
+                prefetch_rows(x.dout, i0 + (qp + 1) * mr, mr);
                 let (qa, qs) = strip(x.q, i0 + qp * mr, mr, qtail);
                 let (da, ds) = strip(x.dout, i0 + qp * mr, mr, dotail);
                 for kp in 0..kn.div_ceil(nr) {
                     if diag && kp * nr > qp * mr + mr - 1 {
                         break;
                     }
-                    let (b_off, c_off) = (j0 + kp * nr, qp * mr * tb + kp * nr);
+                    let (b_off, c_off) = (kp * nr * hd, qp * mr * tb + kp * nr);
                     // S, dP tiles (MR queries × NR keys): A rows in place (or the tail copy),
-                    // B = the K/V panels of keys j0+kp·NR.. (< tp), C inside the TB × TB tiles.
-                    let (kb, vb) = (kt[b_off * hd..].as_ptr(), vt[b_off * hd..].as_ptr());
+                    // B = the block's K/V panel of keys j0+kp·NR.., C inside the TB × TB tiles.
+                    let (kb, vb) = (kt[b_off..].as_ptr(), vt[b_off..].as_ptr());
                     pl.tile(
                         hd,
                         Tile { a: qa, rsa: qs, csa: 1, b: kb, ldb: nr, c: s[c_off..].as_mut_ptr(), ldc: tb },
@@ -194,7 +209,7 @@ fn body(
                 let kc = if diag { ((qp + 1) * mr).min(kn) } else { kn };
                 for c0 in (0..hd).step_by(nr) {
                     // dQ_i tile: A = dS rows (MR × kc), B = K rows j0.. (< T) at columns c0...
-                    let (b, ldb) = b_at(pk, ks, &x.k, j0, c0);
+                    let (b, ldb) = if pk { (ks[c0 * tb..].as_ptr(), nr) } else { b_at(false, ks, &kblock, 0, c0) };
                     pl.tile(
                         kc,
                         Tile {

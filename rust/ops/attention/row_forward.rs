@@ -20,8 +20,10 @@
 
 use super::forward::HeadOut;
 use super::row_kernels::softmax_row;
-use super::tile::{for_isa, pack_lanes, pack_steps_rows, set_crowded, strip, with_bufs, Col, Plan, Rows};
-use crate::cpu::Tile;
+use super::tile::{
+    for_isa, pack_lanes, pack_steps_rows, prefetch_rows, set_crowded, strip, with_bufs, Col, Plan, Rows,
+};
+use crate::cpu::{self, Tile};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn head(
@@ -87,6 +89,14 @@ fn body(
     let mut ml = [(0.0f32, 0.0f32); 16];
     for i0 in (0..t).step_by(mr) {
         let rows = mr.min(t - i0);
+        // The next strip's query rows, and output rows, are first touched one strip from now.
+        prefetch_rows(q, i0 + mr, mr);
+        for i in (i0 + mr..i0 + 2 * mr).take_while(|i| *i < t) {
+            let o = out.o.0.wrapping_add(out.o_base + i * out.o_stride);
+            for c in (0..hd).step_by(16) {
+                cpu::prefetch_l2(o.wrapping_add(c));
+            }
+        }
         let (qa, qs) = strip(q, i0, mr, qtail);
         // Keys kstart..kend: from the strip's first visible key (rounded down to NR) to its
         // last query; S is computed in NR-key columns up to kend rounded up (Kt is zero there).

@@ -150,6 +150,8 @@ pub(super) fn pack_lanes(src: Rows, first: usize, rows: usize, w: usize, scale: 
         let full = if w.is_multiple_of(8) { w.min(src.n.saturating_sub(first + pi * w)) / 8 * 8 } else { 0 };
         for l0 in (0..full).step_by(8) {
             let i = first + pi * w + l0;
+            // The rows two groups ahead (see `prefetch_rows`).
+            prefetch_rows(src, i + 16, 8);
             for c0 in (0..c8).step_by(8) {
                 cpu::transpose8x8(
                     &src.data[src.base + i * src.stride + c0..],
@@ -187,6 +189,24 @@ pub(super) fn pack_steps(src: Rows, tp: usize, hd_pad: usize, w: usize, dst: &mu
         let row = src.row(i);
         for (cp, chunk) in row.chunks(w).enumerate() {
             dst[cp * tp * w + i * w..][..chunk.len()].iter_mut().zip(chunk).for_each(|(d, v)| *d = *v);
+        }
+    }
+}
+
+/// Asks for rows `first..first + n` of `src` (those below `src.n`) to be brought into the cache
+/// ahead of their use. A head's rows are H·hd apart; a row read for the first time (a strip of
+/// MR rows about to be an A operand, rows a pack is about to reach) otherwise stalls its
+/// reader on a miss to L3 or memory that the hardware prefetcher does not hide at this stride.
+/// A hint: it changes no value.
+#[inline(always)]
+pub(super) fn prefetch_rows(src: Rows, first: usize, n: usize) {
+    for i in first..(first + n).min(src.n) {
+        let row = src.row(i);
+        for c in (0..src.hd).step_by(16) {
+            cpu::prefetch_l2(row[c..].as_ptr());
+        }
+        if let Some(last) = row.last() {
+            cpu::prefetch_l2(last);
         }
     }
 }
