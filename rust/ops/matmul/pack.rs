@@ -65,10 +65,10 @@ pub(crate) fn pack_panel(
         // (vector moves, not a memcpy call per step: the AVX2 A panels of a transposed A went
         // through memcpy and took a third of the dW products' time).
         match (lanes == width, width) {
-            (true, 6) => copy_steps::<6>(src, base, ps, kc, dst),
-            (true, 8) => copy_steps::<8>(src, base, ps, kc, dst),
-            (true, 16) => copy_steps::<16>(src, base, ps, kc, dst),
-            (true, 32) => copy_steps::<32>(src, base, ps, kc, dst),
+            (true, 6) => copy_steps::<6>(src, base, ps, kc, dst, true),
+            (true, 8) => copy_steps::<8>(src, base, ps, kc, dst, true),
+            (true, 16) => copy_steps::<16>(src, base, ps, kc, dst, true),
+            (true, 32) => copy_steps::<32>(src, base, ps, kc, dst, true),
             _ => {
                 for (p, d) in dst.chunks_exact_mut(width).enumerate() {
                     let s = base + p * ps;
@@ -108,14 +108,16 @@ pub(crate) fn pack_panel(
 /// it; the source rows are a row stride apart (most of a page), so each step's load is a miss
 /// and the loop must keep many in flight.
 #[inline(always)]
-fn copy_steps<const W: usize>(src: &[f32], base: usize, ps: usize, kc: usize, dst: &mut [f32]) {
+fn copy_steps<const W: usize>(src: &[f32], base: usize, ps: usize, kc: usize, dst: &mut [f32], prefetch: bool) {
     if kc == 0 {
         return;
     }
     assert!(base + (kc - 1) * ps + W <= src.len() && dst.len() >= kc * W, "pack: panel out of bounds");
     let (mut s, mut d) = (src[base..].as_ptr(), dst.as_mut_ptr());
     for _ in 0..kc {
-        prefetch_l1(s.wrapping_add(PREFETCH_STEPS_A * ps));
+        if prefetch {
+            prefetch_l1(s.wrapping_add(PREFETCH_STEPS_A * ps));
+        }
         // Step p reads src[base + p*ps..][..W] and writes dst[p*W..][..W]; s and d then advance
         // by ps and W (the last advance, one past the end, is never dereferenced).
         // SAFETY: both ranges lie inside the slices by the assertion above, as p < kc.
@@ -144,8 +146,8 @@ fn scatter_row<const W: usize>(row: &[f32], full: usize, p: usize, stride: usize
 /// Step-major: each step's lanes are read in one contiguous run and scattered to the panels, so
 /// the source streams row by row (a panel-major pack reads `width` floats from every row: short
 /// strided reads). Used for B as stored (measured faster on the dx shapes, K large); the A
-/// blocks of a transposed A stay panel-major (step-major measured slower there: A's panels
-/// are short, so each step scatters to many write streams).
+/// blocks of a transposed A take `pack_panels_chunked` (step-major measured slower there: A's
+/// panels are short, so each step scatters to many write streams).
 pub(crate) fn pack_panels_contig(
     src: &[f32],
     base: usize,
@@ -187,8 +189,61 @@ pub(crate) fn pack_panels_contig(
     }
 }
 
+/// Steps per chunk of `pack_panels_chunked`: 16 source rows (of up to a few hundred floats) stay
+/// in L1 while every panel takes its part of them.
+const CHUNK_STEPS: usize = 16;
+
+/// Packs `lanes` lanes × `kc` steps into consecutive panels of `width` lanes, panel q at
+/// `dst[q*kc*width..]` laid out as `pack_panel` does, for lanes contiguous in the source
+/// (`ls` = 1): source element (lane l, step p) = `src[base + l + p*ps]`. In chunks of
+/// CHUNK_STEPS steps, each chunk panel after panel: the chunk's source rows are read from memory
+/// once (a panel-major pack walks every row once per panel: with rows a page apart each step is
+/// a TLB and cache miss), and each panel is written CHUNK_STEPS·width floats at a time (a
+/// step-major pack scatters every step to all panels). Used for the A blocks of a transposed A
+/// (the dW products: A = dYᵀ, k = tokens), whose rows are the k steps.
+pub(crate) fn pack_panels_chunked(
+    src: &[f32],
+    base: usize,
+    ps: usize,
+    lanes: usize,
+    kc: usize,
+    width: usize,
+    dst: &mut [f32],
+) {
+    let npan = lanes.div_ceil(width);
+    if npan == 0 || kc == 0 {
+        return;
+    }
+    let full = lanes / width;
+    for p0 in (0..kc).step_by(CHUNK_STEPS) {
+        let pc = CHUNK_STEPS.min(kc - p0);
+        // The rows of the chunk after next, a line at a time: their lines are a row stride apart
+        // (often across pages), which the hardware prefetchers do not follow.
+        let ahead = src.as_ptr().wrapping_add(base + (p0 + 2 * CHUNK_STEPS) * ps);
+        for p in 0..pc {
+            for l in (0..lanes).step_by(16) {
+                prefetch_l1(ahead.wrapping_add(p * ps + l));
+            }
+        }
+        for q in 0..npan {
+            let d = &mut dst[q * kc * width + p0 * width..][..pc * width];
+            let s = base + q * width + p0 * ps;
+            match (q < full, width) {
+                (true, 4) => copy_steps::<4>(src, s, ps, pc, d, false),
+                (true, 6) => copy_steps::<6>(src, s, ps, pc, d, false),
+                (true, 8) => copy_steps::<8>(src, s, ps, pc, d, false),
+                _ => pack_panel(src, s, 1, ps, width.min(lanes - q * width), pc, width, d),
+            }
+        }
+    }
+}
+
 /// Packs rows [i0, i0+rows) × steps [p0, p0+kc) of A (view `a`: A(i, p)) into MR-row panels.
 pub(crate) fn pack_a(a: View, i0: usize, rows: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
+    if a.rs == 1 && a.cs != 1 {
+        // A transposed: each step's rows contiguous.
+        return pack_panels_chunked(a.data, i0 + p0 * a.cs, a.cs, rows, kc, mr, dst);
+    }
     for (q, panel) in dst[..rows.div_ceil(mr) * kc * mr].chunks_exact_mut(kc * mr).enumerate() {
         let lanes = mr.min(rows - q * mr);
         pack_panel(a.data, (i0 + q * mr) * a.rs + p0 * a.cs, a.rs, a.cs, lanes, kc, mr, panel);

@@ -200,6 +200,31 @@ fn step_major_pack_matches_panel_pack() {
 }
 
 #[test]
+fn chunked_pack_matches_panel_pack() {
+    // pack_panels_chunked (A transposed) against pack_panel one panel at a time: the panel widths
+    // of every isa (MR 4, 6, 8), a short last panel, k not a multiple of the step chunk, and rows
+    // a page apart.
+    let src = rand_vec(1100 * 70, 15);
+    for width in [4usize, 6, 8] {
+        for lanes in [1, width - 1, width, 3 * width + 2, 8 * width] {
+            for (kc, ps) in [(1, 70), (17, 70), (40, 1100), (1, 1024)] {
+                let base = 3;
+                let npan = lanes.div_ceil(width);
+                let mut got = vec![f32::NAN; npan * kc * width];
+                pack::pack_panels_chunked(&src, base, ps, lanes, kc, width, &mut got);
+                for q in 0..npan {
+                    let mut want = vec![f32::NAN; kc * width];
+                    let l = width.min(lanes - q * width);
+                    pack::pack_panel(&src, base + q * width, 1, ps, l, kc, width, &mut want);
+                    let tag = format!("width {width} lanes {lanes} kc {kc} ps {ps} panel {q}");
+                    assert!(same_bits(&got[q * kc * width..][..kc * width], &want), "{tag}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn wide_b_in_pack_pieces_parity_and_same_bits() {
     // n spans several B pack pieces (PACK_PANELS panels each) with a short last piece and a short
     // last panel; B as stored takes the step-major pack, B transposed the transposing one.
