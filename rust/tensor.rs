@@ -349,9 +349,32 @@ impl Tensor {
     }
 }
 
+/// Copies `src` into `dst` (same length), cut into blocks over the Rayon pool when it is large
+/// enough for the split to pay: one core's copy bandwidth is well below the socket's.
+pub fn copy_par(src: &[f32], dst: &mut [f32]) {
+    const BLOCK: usize = 1 << 16; // 256 KiB per task
+    if src.len() < 2 * BLOCK {
+        dst.copy_from_slice(src);
+        return;
+    }
+    dst.par_chunks_mut(BLOCK).zip(src.par_chunks(BLOCK)).for_each(|(d, s)| d.copy_from_slice(s));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_par_copies_every_element_at_any_length() {
+        for n in [0, 1, 1000, (1 << 17) - 1, (1 << 17) + 1, 5 << 16] {
+            let src: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let mut dst = vec![f32::NAN; n];
+            copy_par(&src, &mut dst);
+            assert!(src.iter().zip(&dst).all(|(a, b)| a.to_bits() == b.to_bits()), "length {n}");
+            let t = Tensor::from_slice(&[n], &src).unwrap();
+            assert!(t.data().iter().zip(&src).all(|(a, b)| a.to_bits() == b.to_bits()), "from_slice {n}");
+        }
+    }
 
     #[test]
     fn buffers_are_aligned_and_zeroed() {
@@ -474,15 +497,4 @@ mod tests {
         assert_eq!((t.data()[0], u.data()[0]), (1.0, 5.0), "copy-on-write");
         assert!(t.reshape(&[4]).is_err());
     }
-}
-
-/// Copies `src` into `dst` (same length), cut into blocks over the Rayon pool when it is large
-/// enough for the split to pay: one core's copy bandwidth is well below the socket's.
-pub fn copy_par(src: &[f32], dst: &mut [f32]) {
-    const BLOCK: usize = 1 << 16; // 256 KiB per task
-    if src.len() < 2 * BLOCK {
-        dst.copy_from_slice(src);
-        return;
-    }
-    dst.par_chunks_mut(BLOCK).zip(src.par_chunks(BLOCK)).for_each(|(d, s)| d.copy_from_slice(s));
 }
