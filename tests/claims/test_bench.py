@@ -106,6 +106,9 @@ def test_cli_quick_one_model(tmp_path):
     assert m["peak_gflops"] > 0 and all(g["gflops"] > 0 for g in m["gemm"]) and m["attention"]
     row = data["train"][0]["sos"]
     assert row["family"] == "dense" and row["tokens_per_s"] > 0 and 0 < row["frac_peak"]
+    # The peak is the highest reading of the run, the workers' readings after their steps included.
+    assert 0 < row["peak_gflops_after"] <= m["peak_gflops"]
+    assert abs(row["frac_peak"] - row["gflops"] / m["peak_gflops"]) < 1e-9
     bad = subprocess.run(
         [sys.executable, "-m", "sos_rs", "bench", "--families", "nope"], capture_output=True, text=True
     )
